@@ -1,0 +1,45 @@
+// CONTRACT FILE (written by the lead).
+
+/**
+ * Base class of every error virtio-ts raises because of what the *other side* (a guest, a
+ * device, a peer) did. `code` is a string literal naming the kind, so callers can switch on
+ * it; subclasses carry structured fields (addresses, indices, sizes) rather than only text.
+ *
+ * Misuse by host code raises plain `TypeError` / `RangeError` instead.
+ */
+export abstract class VirtioError extends Error {
+  /** Machine-readable kind of error, a string literal per subclass. */
+  abstract readonly code: string;
+
+  override get name(): string {
+    return this.constructor.name;
+  }
+}
+
+/** Why a guest memory access failed. */
+export type GuestMemoryErrorCode =
+  | "out-of-bounds"
+  | "cross-region"
+  | "misaligned"
+  | "translation-fault"
+  | "read-only";
+
+/** A guest memory access fell outside the mapping, crossed regions where it may not, etc. */
+export class GuestMemoryError extends VirtioError {
+  /** What went wrong. */
+  readonly code: GuestMemoryErrorCode;
+  /** First guest address of the failed access. */
+  readonly addr: number;
+  /** Length in bytes of the failed access. */
+  readonly len: number;
+
+  /** @param code what went wrong; @param addr first address; @param len length in bytes. */
+  constructor(code: GuestMemoryErrorCode, addr: number, len: number, detail?: string) {
+    super(
+      `guest memory ${code} at 0x${addr.toString(16)} (+${len} bytes)${detail ? `: ${detail}` : ""}`,
+    );
+    this.code = code;
+    this.addr = addr;
+    this.len = len;
+  }
+}

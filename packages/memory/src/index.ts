@@ -1,0 +1,6 @@
+/**
+ * Guest memory for virtio devices and drivers.
+ * @packageDocumentation
+ */
+export * from "./errors.js";
+export type * from "./types.js";

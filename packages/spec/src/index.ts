@@ -1,0 +1,12 @@
+/**
+ * Constants and wire layouts of the OASIS VIRTIO 1.x specification.
+ *
+ * Every value here is checked against the Linux UAPI headers (`/usr/include/linux/virtio_*.h`)
+ * by a test that compiles a C program with gcc. Constants are plain objects `as const`, so each
+ * is usable both as a value (`DeviceStatus.DRIVER_OK`) and as a type (`DeviceStatus`).
+ *
+ * @packageDocumentation
+ */
+export * from "./features.js";
+export * from "./ring.js";
+export * from "./status.js";
