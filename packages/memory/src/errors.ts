@@ -1,4 +1,3 @@
-// CONTRACT FILE (written by the lead).
 
 /**
  * Base class of every error virtio-ts raises because of what the *other side* (a guest, a

@@ -1,4 +1,3 @@
-// CONTRACT FILE (written by the lead; implementers: keep these signatures, add docs/impl freely).
 
 /**
  * A guest-physical (or, behind a translation layer, IO-virtual) address.

@@ -1,4 +1,3 @@
-// CONTRACT FILE (written by the lead). Add subclasses as needed; keep the two-tier shape.
 import { VirtioError } from "@virtio-ts/memory";
 
 /**
@@ -11,14 +10,27 @@ export abstract class VirtqueueError extends VirtioError {
 }
 
 /**
- * One descriptor chain is malformed. Its head is known: the device may return it used with
- * length 0 and continue, but by default enters DEVICE_NEEDS_RESET (VIRTIO 1.3 §2.1.2).
+ * One descriptor chain is malformed. Its head is known and the avail entry has been consumed:
+ * the device may return the head used with length 0 and continue, but by default enters
+ * DEVICE_NEEDS_RESET (VIRTIO 1.3 §2.1.2).
  */
 export abstract class ChainError extends VirtqueueError {
   /** @inheritdoc */
   readonly scope = "chain" as const;
-  /** Head descriptor index (split) or buffer ID position (packed) of the bad chain. */
-  abstract readonly head: number;
+  /** Head descriptor index (split) or buffer ID (packed) of the bad chain. */
+  readonly head: number;
+  /** Index of the offending descriptor (in the indirect table when `indirect` is true). */
+  readonly index: number;
+  /** Whether the offending descriptor is inside an indirect table. */
+  readonly indirect: boolean;
+
+  /** @param message text; @param head chain head; @param index offending descriptor; @param indirect inside a table. */
+  constructor(message: string, head: number, index: number, indirect: boolean) {
+    super(`${message} (chain head ${head}, ${indirect ? "indirect entry" : "descriptor"} ${index})`);
+    this.head = head;
+    this.index = index;
+    this.indirect = indirect;
+  }
 }
 
 /** The ring is inconsistent (bad index, bad head, bad layout): stop the queue, set NEEDS_RESET. */
@@ -27,16 +39,220 @@ export abstract class RingError extends VirtqueueError {
   readonly scope = "ring" as const;
 }
 
+/** A chain revisits a descriptor: a loop. VIRTIO 1.3 §2.7.5.2 (chains end). */
+export class DescriptorLoopError extends ChainError {
+  /** @inheritdoc */
+  readonly code = "descriptor-loop" as const;
+}
+
+/** A chain has more descriptors than the queue size (or the cursor's capacity). §2.7.5.3.1 */
+export class ChainTooLongError extends ChainError {
+  /** @inheritdoc */
+  readonly code = "chain-too-long" as const;
+  /** The limit that was exceeded. */
+  readonly limit: number;
+  /** @param head chain head; @param index descriptor at which the limit was passed; @param indirect inside a table; @param limit the limit. */
+  constructor(head: number, index: number, indirect: boolean, limit: number) {
+    super(`descriptor chain longer than ${limit}`, head, index, indirect);
+    this.limit = limit;
+  }
+}
+
+/** A `next` field points outside the descriptor table (or indirect table). §2.7.5 */
+export class NextOutOfRangeError extends ChainError {
+  /** @inheritdoc */
+  readonly code = "next-out-of-range" as const;
+  /** The offending `next` value. */
+  readonly next: number;
+  /** @param head chain head; @param index descriptor; @param indirect inside a table; @param next its next; @param tableSize entries in the table. */
+  constructor(head: number, index: number, indirect: boolean, next: number, tableSize: number) {
+    super(`next ${next} outside a table of ${tableSize}`, head, index, indirect);
+    this.next = next;
+  }
+}
+
+/** A device-readable descriptor follows a device-writable one. VIRTIO 1.3 §2.7.4.2 */
+export class ReadableAfterWritableError extends ChainError {
+  /** @inheritdoc */
+  readonly code = "readable-after-writable" as const;
+}
+
+/** A buffer lies (partly) outside guest memory, wraps 2^64, or lacks the needed permission. */
+export class BufferOutOfBoundsError extends ChainError {
+  /** @inheritdoc */
+  readonly code = "buffer-out-of-bounds" as const;
+  /** Guest address of the buffer (≥ 2^53 values are approximate, see `@virtio-ts/memory`). */
+  readonly addr: number;
+  /** Length of the buffer. */
+  readonly len: number;
+  /** @param head chain head; @param index descriptor; @param indirect inside a table; @param addr buffer address; @param len buffer length. */
+  constructor(head: number, index: number, indirect: boolean, addr: number, len: number) {
+    super(`buffer [0x${addr.toString(16)}, +${len}) outside guest memory`, head, index, indirect);
+    this.addr = addr;
+    this.len = len;
+  }
+}
+
+/** The readable or writable part of a chain adds up to 2^32 bytes or more (lengths are le32). */
+export class TotalLengthOverflowError extends ChainError {
+  /** @inheritdoc */
+  readonly code = "total-length-overflow" as const;
+}
+
+/** VIRTQ_DESC_F_INDIRECT without VIRTIO_F_INDIRECT_DESC negotiated. §2.7.5.3.1 */
+export class IndirectNotNegotiatedError extends ChainError {
+  /** @inheritdoc */
+  readonly code = "indirect-not-negotiated" as const;
+}
+
+/** INDIRECT and NEXT set together. VIRTIO 1.3 §2.7.5.3.1 */
+export class IndirectWithNextError extends ChainError {
+  /** @inheritdoc */
+  readonly code = "indirect-with-next" as const;
+}
+
+/** An indirect table whose length is zero or not a multiple of 16. §2.7.5.3.1 */
+export class IndirectTableLengthError extends ChainError {
+  /** @inheritdoc */
+  readonly code = "indirect-table-length" as const;
+  /** The table length in bytes. */
+  readonly len: number;
+  /** @param head chain head; @param index descriptor; @param len the table length. */
+  constructor(head: number, index: number, len: number) {
+    super(`indirect table length ${len} is not a non-zero multiple of 16`, head, index, false);
+    this.len = len;
+  }
+}
+
+/** An indirect table entry with INDIRECT set (only one table per descriptor). §2.7.5.3.1 */
+export class NestedIndirectError extends ChainError {
+  /** @inheritdoc */
+  readonly code = "nested-indirect" as const;
+}
+
+/** An indirect table that lies outside guest memory. */
+export class IndirectTableOutOfBoundsError extends ChainError {
+  /** @inheritdoc */
+  readonly code = "indirect-table-out-of-bounds" as const;
+  /** Table address. */
+  readonly addr: number;
+  /** Table length. */
+  readonly len: number;
+  /** @param head chain head; @param index descriptor; @param addr table address; @param len table length. */
+  constructor(head: number, index: number, addr: number, len: number) {
+    super(`indirect table [0x${addr.toString(16)}, +${len}) outside guest memory`, head, index, false);
+    this.addr = addr;
+    this.len = len;
+  }
+}
+
+/** `avail.idx` moved more than queue size past the last consumed index. §2.7.6 */
+export class AvailIndexJumpError extends RingError {
+  /** @inheritdoc */
+  readonly code = "avail-index-jump" as const;
+  /** `avail.idx` as read. */
+  readonly availIdx: number;
+  /** Next index the device was going to consume. */
+  readonly lastAvailIdx: number;
+  /** Queue size. */
+  readonly queueSize: number;
+  /** @param availIdx read value; @param lastAvailIdx device's position; @param queueSize queue size. */
+  constructor(availIdx: number, lastAvailIdx: number, queueSize: number) {
+    super(`avail.idx ${availIdx} is more than ${queueSize} ahead of ${lastAvailIdx}`);
+    this.availIdx = availIdx;
+    this.lastAvailIdx = lastAvailIdx;
+    this.queueSize = queueSize;
+  }
+}
+
+/** An available-ring entry (chain head) outside the descriptor table. §2.7.6 */
+export class HeadOutOfRangeError extends RingError {
+  /** @inheritdoc */
+  readonly code = "head-out-of-range" as const;
+  /** The head as read. */
+  readonly head: number;
+  /** Queue size. */
+  readonly queueSize: number;
+  /** @param head read value; @param queueSize queue size. */
+  constructor(head: number, queueSize: number) {
+    super(`available head ${head} outside a queue of ${queueSize}`);
+    this.head = head;
+    this.queueSize = queueSize;
+  }
+}
+
+/** The same head (split) or buffer ID (packed) made available again while still in flight. */
+export class HeadInFlightError extends RingError {
+  /** @inheritdoc */
+  readonly code = "head-in-flight" as const;
+  /** The head or buffer ID. */
+  readonly head: number;
+  /** @param head the head or buffer ID. */
+  constructor(head: number) {
+    super(`head ${head} made available while still in flight`);
+    this.head = head;
+  }
+}
+
+/** Driver side: `used.idx` moved more than queue size past the last reaped index. */
+export class UsedIndexJumpError extends RingError {
+  /** @inheritdoc */
+  readonly code = "used-index-jump" as const;
+  /** `used.idx` as read. */
+  readonly usedIdx: number;
+  /** Next index the driver was going to reap. */
+  readonly lastUsedIdx: number;
+  /** Queue size. */
+  readonly queueSize: number;
+  /** @param usedIdx read value; @param lastUsedIdx driver's position; @param queueSize queue size. */
+  constructor(usedIdx: number, lastUsedIdx: number, queueSize: number) {
+    super(`used.idx ${usedIdx} is more than ${queueSize} ahead of ${lastUsedIdx}`);
+    this.usedIdx = usedIdx;
+    this.lastUsedIdx = lastUsedIdx;
+    this.queueSize = queueSize;
+  }
+}
+
+/** Driver side: the device returned an id that is not the head of a chain in flight. */
+export class UsedIdNotInFlightError extends RingError {
+  /** @inheritdoc */
+  readonly code = "used-id-not-in-flight" as const;
+  /** The id as read. */
+  readonly id: number;
+  /** @param id the id the device wrote. */
+  constructor(id: number) {
+    super(`device returned id ${id}, which is not in flight`);
+    this.id = id;
+  }
+}
+
+/** Driver side: the device reported writing more bytes than the chain's writable part holds. §2.7.8.1 */
+export class UsedLenTooLargeError extends RingError {
+  /** @inheritdoc */
+  readonly code = "used-len-too-large" as const;
+  /** The chain id. */
+  readonly id: number;
+  /** The length the device reported. */
+  readonly len: number;
+  /** Writable bytes the driver offered. */
+  readonly writableBytes: number;
+  /** @param id chain id; @param len reported length; @param writableBytes what was offered. */
+  constructor(id: number, len: number, writableBytes: number) {
+    super(`device reported ${len} bytes written to id ${id}, which offers ${writableBytes}`);
+    this.id = id;
+    this.len = len;
+    this.writableBytes = writableBytes;
+  }
+}
+
 /**
  * A queue's configuration (size, area addresses, alignment) is invalid. Raised when the queue
- * is enabled, not in the ring loops; on a device the transport answers by refusing the queue or
- * setting DEVICE_NEEDS_RESET.
+ * is set up, not in the ring loops; a transport answers by refusing the queue or setting
+ * DEVICE_NEEDS_RESET.
  */
-export class QueueConfigError extends VirtqueueError {
+export class QueueConfigError extends RingError {
   /** @inheritdoc */
   readonly code = "queue-config" as const;
-  /** @inheritdoc */
-  readonly scope = "ring" as const;
   /** Which setting is wrong ("size", "desc", "driver", "device", "layout"). */
   readonly field: string;
   /** The offending value. */

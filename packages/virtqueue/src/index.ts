@@ -1,7 +1,13 @@
 /**
- * Virtqueues: split and packed rings, driver and device sides.
+ * Virtqueues: split (and packed) rings, driver and device sides, with validation of everything
+ * the other side writes and typed errors for hostile input.
+ *
  * @packageDocumentation
  */
+export * from "./chain.js";
 export * from "./errors.js";
-export type * from "./types.js";
+export * from "./ring-features.js";
+export * from "./split-device.js";
+export * from "./split-driver.js";
 export * from "./split-layout.js";
+export type * from "./types.js";
