@@ -52,22 +52,29 @@ function run(size: number, featureBits: bigint, useIndirect: boolean, ops: Op[])
   const returned = new Map<number, number>();
   const expectedLen = new Map<number, number>();
   let nextToken = 1;
-  let deviceAwake = true;
-  let driverIrq = false;
+  // Each side is "awake" (working with notifications disabled), "settling" (found no work,
+  // notifications still disabled: the other side may publish now without notifying) or asleep.
+  let device: "awake" | "settling" | "asleep" = "awake";
+  let driver: "irq" | "settling" | "idle" = "idle";
   const unpublished: number[] = [];
 
   const publish = () => {
-    if (drv.publish()) deviceAwake = true;
+    if (drv.publish()) device = "awake";
     unpublished.length = 0;
   };
   const deviceStep = (max: number) => {
-    if (!deviceAwake) return;
+    if (device === "asleep") return;
+    if (device === "settling") {
+      // Re-enable notifications; the re-check closes the race with a publish made meanwhile.
+      device = dev.enableNotifications() ? "awake" : "asleep";
+      return;
+    }
     dev.disableNotifications();
     for (let i = 0; i < max && free.length > 0; i++) {
       const chain = free.pop()!;
       if (!dev.pop(chain)) {
         free.push(chain);
-        if (!dev.enableNotifications()) deviceAwake = false;
+        device = "settling";
         return;
       }
       // Which token is this? The device does not know; the test maps head -> token via the
@@ -93,20 +100,21 @@ function run(size: number, featureBits: bigint, useIndirect: boolean, ops: Op[])
     byHead.delete(chain.head);
     dev.push(chain.head, len);
     free.push(chain);
-    if (dev.needsInterrupt()) driverIrq = true;
+    if (dev.needsInterrupt()) driver = "irq";
   };
   const driverStep = () => {
-    if (!driverIrq) return;
-    drv.disableInterrupts();
-    for (;;) {
-      for (let t = drv.reap(); t !== undefined; t = drv.reap()) {
-        expect(returned.has(t)).toBe(false);
-        returned.set(t, drv.lastLen);
-        inFlight.delete(t);
-      }
-      if (!drv.enableInterrupts()) break;
+    if (driver === "idle") return;
+    if (driver === "settling") {
+      driver = drv.enableInterrupts() ? "irq" : "idle";
+      return;
     }
-    driverIrq = false;
+    drv.disableInterrupts();
+    for (let t = drv.reap(); t !== undefined; t = drv.reap()) {
+      expect(returned.has(t)).toBe(false);
+      returned.set(t, drv.lastLen);
+      inFlight.delete(t);
+    }
+    driver = "settling";
   };
 
   for (const op of ops) {
@@ -144,7 +152,7 @@ function run(size: number, featureBits: bigint, useIndirect: boolean, ops: Op[])
   // Drain, moved only by notifications: publish the rest, then let each side run while it
   // is awake. A lost kick or interrupt leaves tokens in flight.
   publish();
-  for (let guard = 0; guard < 10 * size + 100 && (deviceAwake || driverIrq || pending.length > 0); guard++) {
+  for (let guard = 0; guard < 10 * size + 100 && (device !== "asleep" || driver !== "idle" || pending.length > 0); guard++) {
     deviceStep(size);
     while (pending.length > 0) complete(0, 1);
     driverStep();
