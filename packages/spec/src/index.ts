@@ -7,6 +7,11 @@
  *
  * @packageDocumentation
  */
+export * from "./blk.js";
+export * from "./console.js";
 export * from "./features.js";
+export * from "./ids.js";
+export * from "./mmio.js";
+export * from "./net.js";
 export * from "./ring.js";
 export * from "./status.js";

@@ -1,0 +1,65 @@
+/**
+ * virtio-console constants and layouts.
+ * @see VIRTIO 1.3 §5.3 "Console Device"
+ * @module
+ */
+
+/** virtio-console feature bits. §5.3.3 */
+export const ConsoleFeature = {
+  /** Configuration `cols` and `rows` are valid. */
+  SIZE: 0,
+  /** Multiple ports and a control virtqueue. */
+  MULTIPORT: 1,
+  /** Emergency write through `emerg_wr`. */
+  EMERG_WRITE: 2,
+} as const;
+/** One virtio-console feature bit number. */
+export type ConsoleFeature = (typeof ConsoleFeature)[keyof typeof ConsoleFeature];
+
+/** Device configuration `struct virtio_console_config`. §5.3.4 */
+export const ConsoleConfig = {
+  /** `le16 cols`. */
+  COLS: 0,
+  /** `le16 rows`. */
+  ROWS: 2,
+  /** `le32 max_nr_ports`. */
+  MAX_NR_PORTS: 4,
+  /** `le32 emerg_wr`. */
+  EMERG_WR: 8,
+  /** Size in bytes. */
+  SIZE: 12,
+} as const;
+
+/** Control message `struct virtio_console_control`. §5.3.6.2 */
+export const ConsoleControl = {
+  /** `le32 id`: port number. */
+  ID: 0,
+  /** `le16 event`: {@link ConsoleEvent}. */
+  EVENT: 4,
+  /** `le16 value`. */
+  VALUE: 6,
+  /** Size in bytes. */
+  SIZE: 8,
+} as const;
+
+/** Control message events. §5.3.6.2 */
+export const ConsoleEvent = {
+  /** Driver → device: the driver is ready (value 1) or failed (0). */
+  DEVICE_READY: 0,
+  /** Device → driver: a port was added. */
+  DEVICE_ADD: 1,
+  /** Device → driver: a port was removed. */
+  DEVICE_REMOVE: 2,
+  /** Driver → device: a port is ready (value 1) or failed (0). */
+  PORT_READY: 3,
+  /** Device → driver: the port is a console. */
+  CONSOLE_PORT: 4,
+  /** Device → driver: the console was resized. */
+  RESIZE: 5,
+  /** Both ways: the port was opened (value 1) or closed (0). */
+  PORT_OPEN: 6,
+  /** Device → driver: the port's name follows. */
+  PORT_NAME: 7,
+} as const;
+/** One control event. */
+export type ConsoleEvent = (typeof ConsoleEvent)[keyof typeof ConsoleEvent];
