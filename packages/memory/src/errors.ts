@@ -1,4 +1,3 @@
-
 /**
  * Base class of every error virtio-ts raises because of what the *other side* (a guest, a
  * device, a peer) did. `code` is a string literal naming the kind, so callers can switch on
@@ -10,6 +9,7 @@ export abstract class VirtioError extends Error {
   /** Machine-readable kind of error, a string literal per subclass. */
   abstract readonly code: string;
 
+  /** The subclass name, e.g. "GuestMemoryError", so logs and `instanceof`-free code can tell kinds apart. */
   override get name(): string {
     return this.constructor.name;
   }

@@ -135,7 +135,8 @@ export class GuestMemoryMap implements GuestMemory {
   /** @inheritdoc */
   check(addr: number, len: number, access: AccessKind = "read"): boolean {
     // NaN and negative values fail the comparisons below; no allocation.
-    if (!(addr >= 0 && len >= 0 && len <= MAX_ACCESS_LENGTH) || addr !== Math.floor(addr)) return false;
+    if (!(addr >= 0 && len >= 0 && len <= MAX_ACCESS_LENGTH) || addr !== Math.floor(addr))
+      return false;
     const one = this.regionOf(addr, len);
     if (one !== undefined) return !(access === "write" && one.readOnly && len > 0);
     // Slow path: the range may continue into adjacent regions. Each step moves to a new
@@ -268,14 +269,16 @@ export class GuestMemoryMap implements GuestMemory {
   /** @inheritdoc */
   u16View(addr: number, count: number, access: AccessKind = "read"): Uint16Array {
     checkHostArgs(addr, count * 2);
-    if (addr % 2 !== 0) throw new GuestMemoryError("misaligned", addr, count * 2, "needs 2-byte alignment");
+    if (addr % 2 !== 0)
+      throw new GuestMemoryError("misaligned", addr, count * 2, "needs 2-byte alignment");
     const r = this.#at(addr, count * 2, access);
     return new Uint16Array(r.buffer, r.byteOffset + (addr - r.guestBase), count);
   }
   /** @inheritdoc */
   u32View(addr: number, count: number, access: AccessKind = "read"): Uint32Array {
     checkHostArgs(addr, count * 4);
-    if (addr % 4 !== 0) throw new GuestMemoryError("misaligned", addr, count * 4, "needs 4-byte alignment");
+    if (addr % 4 !== 0)
+      throw new GuestMemoryError("misaligned", addr, count * 4, "needs 4-byte alignment");
     const r = this.#at(addr, count * 4, access);
     return new Uint32Array(r.buffer, r.byteOffset + (addr - r.guestBase), count);
   }
@@ -333,7 +336,11 @@ function buildRegion(r: GuestRegionOptions, i: number): GuestRegion {
   if (guestBase + size > ADDRESS_LIMIT) {
     throw new RangeError(`${at}: guestBase + size must not exceed 2^53`);
   }
-  if (!Number.isSafeInteger(byteOffset) || byteOffset < 0 || byteOffset + size > buffer.byteLength) {
+  if (
+    !Number.isSafeInteger(byteOffset) ||
+    byteOffset < 0 ||
+    byteOffset + size > buffer.byteLength
+  ) {
     throw new RangeError(
       `${at}.byteOffset + size must lie inside the buffer (byteOffset ${byteOffset}, size ${size}, buffer ${buffer.byteLength})`,
     );

@@ -114,10 +114,12 @@ export class TranslatedMemory implements GuestMemory {
 
   /** Translate a range that must map contiguously; throws translation-fault otherwise. */
   #one(iova: number, len: number, access: AccessKind): number {
-    if (!(iova >= 0) || iova !== Math.floor(iova)) throw new GuestMemoryError("translation-fault", iova, len);
+    if (!(iova >= 0) || iova !== Math.floor(iova))
+      throw new GuestMemoryError("translation-fault", iova, len);
     const t = this.translate(iova, len, access);
     if (t === null || (t.len < len && len > 0)) {
-      if (t !== null) throw new GuestMemoryError("cross-region", iova, len, "range spans DMA windows");
+      if (t !== null)
+        throw new GuestMemoryError("cross-region", iova, len, "range spans DMA windows");
       throw new GuestMemoryError("translation-fault", iova, len);
     }
     return t.gpa;
@@ -125,13 +127,18 @@ export class TranslatedMemory implements GuestMemory {
 
   /** @inheritdoc */
   check(addr: number, len: number, access: AccessKind = "read"): boolean {
-    if (!(addr >= 0 && len >= 0 && len <= MAX_ACCESS_LENGTH) || addr !== Math.floor(addr)) return false;
+    if (!(addr >= 0 && len >= 0 && len <= MAX_ACCESS_LENGTH) || addr !== Math.floor(addr))
+      return false;
     let a = addr;
     let remaining = len;
     // Each step consumes at least one byte of a window; a zero-length range checks one point.
     do {
       const t = this.translate(a, remaining, access);
-      if (t === null || !(t.len > 0) || !this.inner.check(t.gpa, Math.min(t.len, remaining), access)) {
+      if (
+        t === null ||
+        !(t.len > 0) ||
+        !this.inner.check(t.gpa, Math.min(t.len, remaining), access)
+      ) {
         return false;
       }
       const n = Math.min(t.len, remaining);

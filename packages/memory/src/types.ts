@@ -1,4 +1,3 @@
-
 /**
  * A guest-physical (or, behind a translation layer, IO-virtual) address.
  *
@@ -12,7 +11,10 @@
  * The brand keeps host code from passing a length or an index where an address is meant;
  * use {@link guestAddress} to make one from a checked number.
  */
-export type GuestAddress = number & { readonly __brand: "GuestAddress" };
+export type GuestAddress = number & {
+  /** Type-level brand only; no such property exists at run time. */
+  readonly __brand: "GuestAddress";
+};
 
 /** Kind of access, for translation hooks (IOMMU / DMA windows). */
 export type AccessKind = "read" | "write";
@@ -31,15 +33,21 @@ export interface GuestMemory {
   readonly shared: boolean;
   /** Non-throwing, non-allocating: is [addr, addr+len) fully accessible for `access`? len may be 0. */
   check(addr: number, len: number, access?: AccessKind): boolean;
-  /** Little-endian scalar reads. */
+  /** Read one byte. @throws GuestMemoryError if unmapped. */
   readU8(addr: number): number;
+  /** Read a little-endian u16 (inside one region). @throws GuestMemoryError if unmapped or crossing regions. */
   readU16(addr: number): number;
+  /** Read a little-endian u32 (inside one region). @throws GuestMemoryError if unmapped or crossing regions. */
   readU32(addr: number): number;
+  /** Read a little-endian u64 as a bigint (inside one region). @throws GuestMemoryError if unmapped or crossing regions. */
   readU64(addr: number): bigint;
-  /** Little-endian scalar writes. Values are truncated to the width (u8/u16/u32). */
+  /** Write one byte (value truncated to 8 bits). @throws GuestMemoryError if unmapped or read-only. */
   writeU8(addr: number, value: number): void;
+  /** Write a little-endian u16 (value truncated to 16 bits). @throws GuestMemoryError if unmapped or read-only. */
   writeU16(addr: number, value: number): void;
+  /** Write a little-endian u32 (value truncated to 32 bits). @throws GuestMemoryError if unmapped or read-only. */
   writeU32(addr: number, value: number): void;
+  /** Write a little-endian u64 (value taken modulo 2^64). @throws GuestMemoryError if unmapped or read-only. */
   writeU64(addr: number, value: bigint): void;
   /** Copy guest [addr, addr+dst.length) into dst; may span adjacent regions. */
   read(addr: number, dst: Uint8Array): void;

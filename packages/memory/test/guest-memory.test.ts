@@ -167,11 +167,21 @@ describe("GuestMemoryMap regions", () => {
   it("validates its regions with messages naming the argument", () => {
     const b = new ArrayBuffer(0x1000);
     expect(() => new GuestMemoryMap([])).toThrow(/regions must be a non-empty array/);
-    expect(() => new GuestMemoryMap([{ guestBase: -1, size: 16, buffer: b }])).toThrow(/regions\[0\]\.guestBase/);
-    expect(() => new GuestMemoryMap([{ guestBase: 0, size: 0, buffer: b }])).toThrow(/regions\[0\]\.size/);
-    expect(() => new GuestMemoryMap([{ guestBase: 0, size: 0x2000, buffer: b }])).toThrow(/regions\[0\]\.byteOffset \+ size/);
-    expect(() => new GuestMemoryMap([{ guestBase: 2 ** 53 - 8, size: 16, buffer: b }])).toThrow(/must not exceed 2\^53/);
-    expect(() => new GuestMemoryMap([{ guestBase: 4, size: 16, buffer: b }])).toThrow(/congruent modulo 8/);
+    expect(() => new GuestMemoryMap([{ guestBase: -1, size: 16, buffer: b }])).toThrow(
+      /regions\[0\]\.guestBase/,
+    );
+    expect(() => new GuestMemoryMap([{ guestBase: 0, size: 0, buffer: b }])).toThrow(
+      /regions\[0\]\.size/,
+    );
+    expect(() => new GuestMemoryMap([{ guestBase: 0, size: 0x2000, buffer: b }])).toThrow(
+      /regions\[0\]\.byteOffset \+ size/,
+    );
+    expect(() => new GuestMemoryMap([{ guestBase: 2 ** 53 - 8, size: 16, buffer: b }])).toThrow(
+      /must not exceed 2\^53/,
+    );
+    expect(() => new GuestMemoryMap([{ guestBase: 4, size: 16, buffer: b }])).toThrow(
+      /congruent modulo 8/,
+    );
     expect(
       () =>
         new GuestMemoryMap([
@@ -179,7 +189,9 @@ describe("GuestMemoryMap regions", () => {
           { guestBase: 0x80, size: 0x100, buffer: b },
         ]),
     ).toThrow(/regions overlap/);
-    expect(() => new GuestMemoryMap([{ guestBase: 0, size: 16, buffer: {} as ArrayBuffer }])).toThrow(TypeError);
+    expect(
+      () => new GuestMemoryMap([{ guestBase: 0, size: 16, buffer: {} as ArrayBuffer }]),
+    ).toThrow(TypeError);
   });
 });
 

@@ -1,4 +1,9 @@
-import { createGuestMemory, dmaWindows, GuestMemoryError, TranslatedMemory } from "@virtio-ts/memory";
+import {
+  createGuestMemory,
+  dmaWindows,
+  GuestMemoryError,
+  TranslatedMemory,
+} from "@virtio-ts/memory";
 import { describe, expect, it } from "vitest";
 
 function setup() {
@@ -57,14 +62,21 @@ describe("TranslatedMemory with DMA windows", () => {
     const out = new Uint8Array(4);
     dev.read(0x0ffe, out);
     expect([...out]).toEqual([1, 2, 3, 4]);
-    expect(dev.sg(0x0ffe, 4).map((v) => [...v])).toEqual([[1, 2], [3, 4]]);
+    expect(dev.sg(0x0ffe, 4).map((v) => [...v])).toEqual([
+      [1, 2],
+      [3, 4],
+    ]);
     expect(codeOf(() => dev.slice(0x0ffe, 4))).toBe("cross-region");
     expect(dev.u32View(0x100, 2).length).toBe(2);
   });
 
   it("validates the window table with messages naming the window", () => {
-    expect(() => dmaWindows([{ iova: -1, gpa: 0, size: 1, access: "r" }])).toThrow(/windows\[0\]\.iova/);
-    expect(() => dmaWindows([{ iova: 0, gpa: 0, size: 0, access: "r" }])).toThrow(/windows\[0\]\.size/);
+    expect(() => dmaWindows([{ iova: -1, gpa: 0, size: 1, access: "r" }])).toThrow(
+      /windows\[0\]\.iova/,
+    );
+    expect(() => dmaWindows([{ iova: 0, gpa: 0, size: 0, access: "r" }])).toThrow(
+      /windows\[0\]\.size/,
+    );
     expect(() =>
       dmaWindows([
         { iova: 0, gpa: 0, size: 0x100, access: "r" },

@@ -119,10 +119,22 @@ export const LEGACY_VRING_ALIGN = 4096;
 export function legacySplitLayout(
   size: number,
   align: number = LEGACY_VRING_ALIGN,
-): { desc: number; avail: number; used: number; total: number } {
+): LegacySplitLayout {
   const avail = splitDescTableSize(size);
   const used = alignUp(avail + splitAvailSize(size), align);
   return { desc: 0, avail, used, total: used + splitUsedSize(size) };
+}
+
+/** Byte offsets of a legacy contiguous split ring, from the start of the ring memory. */
+export interface LegacySplitLayout {
+  /** Descriptor table offset (always 0). */
+  readonly desc: number;
+  /** Available ring offset. */
+  readonly avail: number;
+  /** Used ring offset (a multiple of the alignment). */
+  readonly used: number;
+  /** Total size in bytes (`vring_size`). */
+  readonly total: number;
 }
 
 function alignUp(value: number, align: number): number {

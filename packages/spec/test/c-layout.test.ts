@@ -160,32 +160,88 @@ const groups: Record<string, Check[]> = {
     ["outhdr.sector", off("virtio_blk_outhdr", "sector"), BlkOutHdr.SECTOR],
     ["dwz size", size("virtio_blk_discard_write_zeroes"), BlkDiscardWriteZeroes.SIZE],
     ["dwz.sector", off("virtio_blk_discard_write_zeroes", "sector"), BlkDiscardWriteZeroes.SECTOR],
-    ["dwz.num_sectors", off("virtio_blk_discard_write_zeroes", "num_sectors"), BlkDiscardWriteZeroes.NUM_SECTORS],
+    [
+      "dwz.num_sectors",
+      off("virtio_blk_discard_write_zeroes", "num_sectors"),
+      BlkDiscardWriteZeroes.NUM_SECTORS,
+    ],
     ["dwz.flags", off("virtio_blk_discard_write_zeroes", "flags"), BlkDiscardWriteZeroes.FLAGS],
     ["FLAG_UNMAP", "VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP", BlkDiscardWriteZeroes.FLAG_UNMAP],
     ["config size", size("virtio_blk_config"), BlkConfig.SIZE],
     ["config.capacity", off("virtio_blk_config", "capacity"), BlkConfig.CAPACITY],
     ["config.size_max", off("virtio_blk_config", "size_max"), BlkConfig.SIZE_MAX],
     ["config.seg_max", off("virtio_blk_config", "seg_max"), BlkConfig.SEG_MAX],
-    ["config.geometry.cylinders", off("virtio_blk_config", "geometry.cylinders"), BlkConfig.GEOMETRY_CYLINDERS],
+    [
+      "config.geometry.cylinders",
+      off("virtio_blk_config", "geometry.cylinders"),
+      BlkConfig.GEOMETRY_CYLINDERS,
+    ],
     ["config.geometry.heads", off("virtio_blk_config", "geometry.heads"), BlkConfig.GEOMETRY_HEADS],
-    ["config.geometry.sectors", off("virtio_blk_config", "geometry.sectors"), BlkConfig.GEOMETRY_SECTORS],
+    [
+      "config.geometry.sectors",
+      off("virtio_blk_config", "geometry.sectors"),
+      BlkConfig.GEOMETRY_SECTORS,
+    ],
     ["config.blk_size", off("virtio_blk_config", "blk_size"), BlkConfig.BLK_SIZE],
-    ["config.physical_block_exp", off("virtio_blk_config", "physical_block_exp"), BlkConfig.PHYSICAL_BLOCK_EXP],
-    ["config.alignment_offset", off("virtio_blk_config", "alignment_offset"), BlkConfig.ALIGNMENT_OFFSET],
+    [
+      "config.physical_block_exp",
+      off("virtio_blk_config", "physical_block_exp"),
+      BlkConfig.PHYSICAL_BLOCK_EXP,
+    ],
+    [
+      "config.alignment_offset",
+      off("virtio_blk_config", "alignment_offset"),
+      BlkConfig.ALIGNMENT_OFFSET,
+    ],
     ["config.min_io_size", off("virtio_blk_config", "min_io_size"), BlkConfig.MIN_IO_SIZE],
     ["config.opt_io_size", off("virtio_blk_config", "opt_io_size"), BlkConfig.OPT_IO_SIZE],
     ["config.wce", off("virtio_blk_config", "wce"), BlkConfig.WRITEBACK],
     ["config.num_queues", off("virtio_blk_config", "num_queues"), BlkConfig.NUM_QUEUES],
-    ["config.max_discard_sectors", off("virtio_blk_config", "max_discard_sectors"), BlkConfig.MAX_DISCARD_SECTORS],
-    ["config.max_discard_seg", off("virtio_blk_config", "max_discard_seg"), BlkConfig.MAX_DISCARD_SEG],
-    ["config.discard_sector_alignment", off("virtio_blk_config", "discard_sector_alignment"), BlkConfig.DISCARD_SECTOR_ALIGNMENT],
-    ["config.max_write_zeroes_sectors", off("virtio_blk_config", "max_write_zeroes_sectors"), BlkConfig.MAX_WRITE_ZEROES_SECTORS],
-    ["config.max_write_zeroes_seg", off("virtio_blk_config", "max_write_zeroes_seg"), BlkConfig.MAX_WRITE_ZEROES_SEG],
-    ["config.write_zeroes_may_unmap", off("virtio_blk_config", "write_zeroes_may_unmap"), BlkConfig.WRITE_ZEROES_MAY_UNMAP],
-    ["config.max_secure_erase_sectors", off("virtio_blk_config", "max_secure_erase_sectors"), BlkConfig.MAX_SECURE_ERASE_SECTORS],
-    ["config.max_secure_erase_seg", off("virtio_blk_config", "max_secure_erase_seg"), BlkConfig.MAX_SECURE_ERASE_SEG],
-    ["config.secure_erase_sector_alignment", off("virtio_blk_config", "secure_erase_sector_alignment"), BlkConfig.SECURE_ERASE_SECTOR_ALIGNMENT],
+    [
+      "config.max_discard_sectors",
+      off("virtio_blk_config", "max_discard_sectors"),
+      BlkConfig.MAX_DISCARD_SECTORS,
+    ],
+    [
+      "config.max_discard_seg",
+      off("virtio_blk_config", "max_discard_seg"),
+      BlkConfig.MAX_DISCARD_SEG,
+    ],
+    [
+      "config.discard_sector_alignment",
+      off("virtio_blk_config", "discard_sector_alignment"),
+      BlkConfig.DISCARD_SECTOR_ALIGNMENT,
+    ],
+    [
+      "config.max_write_zeroes_sectors",
+      off("virtio_blk_config", "max_write_zeroes_sectors"),
+      BlkConfig.MAX_WRITE_ZEROES_SECTORS,
+    ],
+    [
+      "config.max_write_zeroes_seg",
+      off("virtio_blk_config", "max_write_zeroes_seg"),
+      BlkConfig.MAX_WRITE_ZEROES_SEG,
+    ],
+    [
+      "config.write_zeroes_may_unmap",
+      off("virtio_blk_config", "write_zeroes_may_unmap"),
+      BlkConfig.WRITE_ZEROES_MAY_UNMAP,
+    ],
+    [
+      "config.max_secure_erase_sectors",
+      off("virtio_blk_config", "max_secure_erase_sectors"),
+      BlkConfig.MAX_SECURE_ERASE_SECTORS,
+    ],
+    [
+      "config.max_secure_erase_seg",
+      off("virtio_blk_config", "max_secure_erase_seg"),
+      BlkConfig.MAX_SECURE_ERASE_SEG,
+    ],
+    [
+      "config.secure_erase_sector_alignment",
+      off("virtio_blk_config", "secure_erase_sector_alignment"),
+      BlkConfig.SECURE_ERASE_SECTOR_ALIGNMENT,
+    ],
   ],
   "virtio-net constants and structs match <linux/virtio_net.h>": [
     ...(Object.entries(NetFeature).map(([k, v]) => [`F_${k}`, `VIRTIO_NET_F_${k}`, v]) as Check[]),
@@ -208,13 +264,29 @@ const groups: Record<string, Check[]> = {
     ["GSO_ECN", "VIRTIO_NET_HDR_GSO_ECN", NetGsoType.ECN],
     ["config.mac", off("virtio_net_config", "mac"), NetConfig.MAC],
     ["config.status", off("virtio_net_config", "status"), NetConfig.STATUS],
-    ["config.max_virtqueue_pairs", off("virtio_net_config", "max_virtqueue_pairs"), NetConfig.MAX_VIRTQUEUE_PAIRS],
+    [
+      "config.max_virtqueue_pairs",
+      off("virtio_net_config", "max_virtqueue_pairs"),
+      NetConfig.MAX_VIRTQUEUE_PAIRS,
+    ],
     ["config.mtu", off("virtio_net_config", "mtu"), NetConfig.MTU],
     ["config.speed", off("virtio_net_config", "speed"), NetConfig.SPEED],
     ["config.duplex", off("virtio_net_config", "duplex"), NetConfig.DUPLEX],
-    ["config.rss_max_key_size", off("virtio_net_config", "rss_max_key_size"), NetConfig.RSS_MAX_KEY_SIZE],
-    ["config.rss_max_indirection_table_length", off("virtio_net_config", "rss_max_indirection_table_length"), NetConfig.RSS_MAX_INDIRECTION_TABLE_LENGTH],
-    ["config.supported_hash_types", off("virtio_net_config", "supported_hash_types"), NetConfig.SUPPORTED_HASH_TYPES],
+    [
+      "config.rss_max_key_size",
+      off("virtio_net_config", "rss_max_key_size"),
+      NetConfig.RSS_MAX_KEY_SIZE,
+    ],
+    [
+      "config.rss_max_indirection_table_length",
+      off("virtio_net_config", "rss_max_indirection_table_length"),
+      NetConfig.RSS_MAX_INDIRECTION_TABLE_LENGTH,
+    ],
+    [
+      "config.supported_hash_types",
+      off("virtio_net_config", "supported_hash_types"),
+      NetConfig.SUPPORTED_HASH_TYPES,
+    ],
     ["config size", size("virtio_net_config"), NetConfig.SIZE],
     ["S_LINK_UP", "VIRTIO_NET_S_LINK_UP", NetStatus.LINK_UP],
     ["S_ANNOUNCE", "VIRTIO_NET_S_ANNOUNCE", NetStatus.ANNOUNCE],
@@ -251,7 +323,11 @@ const groups: Record<string, Check[]> = {
     ["F_EMERG_WRITE", "VIRTIO_CONSOLE_F_EMERG_WRITE", ConsoleFeature.EMERG_WRITE],
     ["config.cols", off("virtio_console_config", "cols"), ConsoleConfig.COLS],
     ["config.rows", off("virtio_console_config", "rows"), ConsoleConfig.ROWS],
-    ["config.max_nr_ports", off("virtio_console_config", "max_nr_ports"), ConsoleConfig.MAX_NR_PORTS],
+    [
+      "config.max_nr_ports",
+      off("virtio_console_config", "max_nr_ports"),
+      ConsoleConfig.MAX_NR_PORTS,
+    ],
     ["config.emerg_wr", off("virtio_console_config", "emerg_wr"), ConsoleConfig.EMERG_WR],
     ["config size", size("virtio_console_config"), ConsoleConfig.SIZE],
     ["control.id", off("virtio_console_control", "id"), ConsoleControl.ID],
@@ -274,11 +350,23 @@ const groups: Record<string, Check[]> = {
     // QUEUE_RESET (0x0c0) is newer than the Linux 6.1 headers: spec-only (VIRTIO 1.2 §4.2.2).
     ...(Object.entries(MmioReg)
       .filter(([k]) => k !== "QUEUE_RESET")
-      .map(([k, v]) => [k, `VIRTIO_MMIO_${k.replace("QUEUE_DRIVER", "QUEUE_AVAIL").replace("QUEUE_DEVICE", "QUEUE_USED")}`, v]) as Check[]),
+      .map(([k, v]) => [
+        k,
+        `VIRTIO_MMIO_${k.replace("QUEUE_DRIVER", "QUEUE_AVAIL").replace("QUEUE_DEVICE", "QUEUE_USED")}`,
+        v,
+      ]) as Check[]),
   ],
 };
 
-const HEADERS = ["virtio_config", "virtio_ids", "virtio_ring", "virtio_blk", "virtio_net", "virtio_mmio", "virtio_console"];
+const HEADERS = [
+  "virtio_config",
+  "virtio_ids",
+  "virtio_ring",
+  "virtio_blk",
+  "virtio_net",
+  "virtio_mmio",
+  "virtio_console",
+];
 let values: Record<string, number> = {};
 let c: (expr: string) => string = () => "";
 
@@ -293,9 +381,13 @@ function compileAndRun(name: string, source: string): string[] {
   } catch (e) {
     const err = e as { code?: string; stderr?: Buffer };
     if (err.code === "ENOENT") {
-      throw new Error("gcc not found: install the Debian packages gcc and linux-libc-dev (CI does)");
+      throw new Error(
+        "gcc not found: install the Debian packages gcc and linux-libc-dev (CI does)",
+      );
     }
-    throw new Error(`gcc failed (are the linux-libc-dev headers installed?):\n${err.stderr?.toString()}`);
+    throw new Error(
+      `gcc failed (are the linux-libc-dev headers installed?):\n${err.stderr?.toString()}`,
+    );
   }
   return execFileSync(bin, { encoding: "utf8" }).trim().split("\n");
 }
@@ -337,7 +429,7 @@ describe("@virtio-ts/spec against the Linux UAPI headers", () => {
       ...cases.map(([e, n, o]) => `  {${e}, ${n}, ${o}},`),
       "};",
       "int main(void) {",
-      "  for (unsigned i = 0; i < sizeof c / sizeof c[0]; i++) printf(\"%d\\n\", vring_need_event(c[i][0], c[i][1], c[i][2]));",
+      '  for (unsigned i = 0; i < sizeof c / sizeof c[0]; i++) printf("%d\\n", vring_need_event(c[i][0], c[i][1], c[i][2]));',
       "  return 0;",
       "}",
     ].join("\n");
@@ -354,15 +446,17 @@ describe("@virtio-ts/spec against the Linux UAPI headers", () => {
       "int main(void) {",
       "  for (unsigned n = 1; n <= 32768; n *= 2) {",
       "    struct vring vr; vring_init(&vr, n, (void *)0, 4096);",
-      "    printf(\"%lu %lu %lu\\n\", (unsigned long)(uintptr_t)vr.avail, (unsigned long)(uintptr_t)vr.used, (unsigned long)vring_size(n, 4096));",
+      '    printf("%lu %lu %lu\\n", (unsigned long)(uintptr_t)vr.avail, (unsigned long)(uintptr_t)vr.used, (unsigned long)vring_size(n, 4096));',
       "  }",
       "  return 0;",
       "}",
     ].join("\n");
     const lines = compileAndRun("vring_size", source);
-    expect(sizes.map((n) => {
-      const l = legacySplitLayout(n);
-      return `${l.avail} ${l.used} ${l.total}`;
-    })).toEqual(lines);
+    expect(
+      sizes.map((n) => {
+        const l = legacySplitLayout(n);
+        return `${l.avail} ${l.used} ${l.total}`;
+      }),
+    ).toEqual(lines);
   });
 });

@@ -1,4 +1,11 @@
-import { Feature, featureMask, hasFeature, legacySplitLayout, splitAvailSize, splitUsedSize } from "@virtio-ts/spec";
+import {
+  Feature,
+  featureMask,
+  hasFeature,
+  legacySplitLayout,
+  splitAvailSize,
+  splitUsedSize,
+} from "@virtio-ts/spec";
 import { describe, expect, it } from "vitest";
 
 describe("feature helpers", () => {
@@ -28,6 +35,11 @@ describe("split ring sizes", () => {
   });
 
   it("§2.7.2 places the legacy used ring on the next 4096-byte boundary", () => {
-    expect(legacySplitLayout(256)).toEqual({ desc: 0, avail: 4096, used: 8192, total: 8192 + 6 + 2048 });
+    expect(legacySplitLayout(256)).toEqual({
+      desc: 0,
+      avail: 4096,
+      used: 8192,
+      total: 8192 + 6 + 2048,
+    });
   });
 });

@@ -78,7 +78,14 @@ export class DescriptorChain {
     return this.#copy(mem, this.readableCount, this.count, offset, src, true);
   }
 
-  #copy(mem: GuestMemory, from: number, to: number, offset: number, buf: Uint8Array, write: boolean): number {
+  #copy(
+    mem: GuestMemory,
+    from: number,
+    to: number,
+    offset: number,
+    buf: Uint8Array,
+    write: boolean,
+  ): number {
     let skip = offset;
     let done = 0;
     for (let i = from; i < to && done < buf.length; i++) {

@@ -26,7 +26,9 @@ export abstract class ChainError extends VirtqueueError {
 
   /** @param message text; @param head chain head; @param index offending descriptor; @param indirect inside a table. */
   constructor(message: string, head: number, index: number, indirect: boolean) {
-    super(`${message} (chain head ${head}, ${indirect ? "indirect entry" : "descriptor"} ${index})`);
+    super(
+      `${message} (chain head ${head}, ${indirect ? "indirect entry" : "descriptor"} ${index})`,
+    );
     this.head = head;
     this.index = index;
     this.indirect = indirect;
@@ -140,7 +142,12 @@ export class IndirectTableOutOfBoundsError extends ChainError {
   readonly len: number;
   /** @param head chain head; @param index descriptor; @param addr table address; @param len table length. */
   constructor(head: number, index: number, addr: number, len: number) {
-    super(`indirect table [0x${addr.toString(16)}, +${len}) outside guest memory`, head, index, false);
+    super(
+      `indirect table [0x${addr.toString(16)}, +${len}) outside guest memory`,
+      head,
+      index,
+      false,
+    );
     this.addr = addr;
     this.len = len;
   }
@@ -263,5 +270,105 @@ export class QueueConfigError extends RingError {
     super(`invalid virtqueue ${field}: ${reason} (got ${value})`);
     this.field = field;
     this.value = value;
+  }
+}
+
+// ---- Packed ring (VIRTIO 1.3 §2.8) ----
+
+/**
+ * Packed ring: a descriptor after the first of a chain is not marked available with the wrap
+ * counter its ring position implies (VIRTIO 1.3 §2.8.6: flags "must be set/cleared correctly
+ * in all descriptors in the list"). The driver exposes a chain's first descriptor last, so a
+ * correct driver never shows a partial chain: the ring is inconsistent.
+ */
+export class PackedDescNotAvailableError extends RingError {
+  /** @inheritdoc */
+  readonly code = "packed-desc-not-available" as const;
+  /** Ring position of the offending descriptor. */
+  readonly position: number;
+  /** Its `flags` as read. */
+  readonly flags: number;
+  /** The avail wrap counter expected at that position. */
+  readonly wrap: boolean;
+  /** @param position ring position; @param flags flags as read; @param wrap expected wrap counter. */
+  constructor(position: number, flags: number, wrap: boolean) {
+    super(
+      `packed descriptor ${position} inside a chain is not available (flags 0x${flags.toString(16)}, wrap ${wrap ? 1 : 0})`,
+    );
+    this.position = position;
+    this.flags = flags;
+    this.wrap = wrap;
+  }
+}
+
+/**
+ * Packed ring, device side: the descriptor at the device's next available position has AVAIL
+ * and USED both equal to the avail wrap counter, so it looks used in the current lap although
+ * the device has not reached it yet. A driver sets USED to the inverse of AVAIL (VIRTIO 1.3
+ * §2.8.1), and every other stale state (used or available in the previous lap, zero) differs.
+ */
+export class PackedFlagsInconsistentError extends RingError {
+  /** @inheritdoc */
+  readonly code = "packed-flags-inconsistent" as const;
+  /** Ring position of the descriptor. */
+  readonly position: number;
+  /** Its `flags` as read. */
+  readonly flags: number;
+  /** The device's avail wrap counter. */
+  readonly wrap: boolean;
+  /** @param position ring position; @param flags flags as read; @param wrap the avail wrap counter. */
+  constructor(position: number, flags: number, wrap: boolean) {
+    super(
+      `packed descriptor ${position} has inconsistent AVAIL/USED flags 0x${flags.toString(16)} (wrap ${wrap ? 1 : 0})`,
+    );
+    this.position = position;
+    this.flags = flags;
+    this.wrap = wrap;
+  }
+}
+
+/**
+ * Packed ring: a chain whose descriptors all carry NEXT for a whole queue size, so it never
+ * ends and its buffer ID (in the last descriptor, VIRTIO 1.3 §2.8.6) is unknown. §2.8.17: a
+ * driver MUST NOT create a descriptor list longer than the queue size.
+ */
+export class PackedChainUnterminatedError extends RingError {
+  /** @inheritdoc */
+  readonly code = "packed-chain-unterminated" as const;
+  /** Ring position of the chain's first descriptor. */
+  readonly position: number;
+  /** Queue size. */
+  readonly queueSize: number;
+  /** @param position first descriptor; @param queueSize queue size. */
+  constructor(position: number, queueSize: number) {
+    super(
+      `packed chain starting at descriptor ${position} does not end within ${queueSize} descriptors`,
+    );
+    this.position = position;
+    this.queueSize = queueSize;
+  }
+}
+
+/**
+ * Packed ring: an event suppression structure in RING_EVENT_FLAGS_DESC mode names a descriptor
+ * offset outside the ring (VIRTIO 1.3 §2.8.14: the offset is a ring position, so below the
+ * queue size). Raised by the device for the driver's structure and by the driver for the
+ * device's.
+ */
+export class EventOffsetOutOfRangeError extends RingError {
+  /** @inheritdoc */
+  readonly code = "event-offset-out-of-range" as const;
+  /** Which structure: "driver" (Driver Event Suppression) or "device" (Device Event Suppression). */
+  readonly area: "driver" | "device";
+  /** The raw `desc` word (offset in bits 0–14, wrap counter in bit 15). */
+  readonly offWrap: number;
+  /** Queue size. */
+  readonly queueSize: number;
+  /** @param area which structure; @param offWrap raw word; @param queueSize queue size. */
+  constructor(area: "driver" | "device", offWrap: number, queueSize: number) {
+    super(`${area} event offset ${offWrap & 0x7fff} outside a queue of ${queueSize}`);
+    this.area = area;
+    this.offWrap = offWrap;
+    this.queueSize = queueSize;
   }
 }

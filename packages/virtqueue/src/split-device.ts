@@ -1,9 +1,15 @@
 import type { GuestMemory } from "@virtio-ts/memory";
-import { SplitDescFlags, VIRTQ_AVAIL_F_NO_INTERRUPT, VIRTQ_USED_F_NO_NOTIFY, vringNeedEvent } from "@virtio-ts/spec";
+import {
+  SplitDescFlags,
+  VIRTQ_AVAIL_F_NO_INTERRUPT,
+  VIRTQ_USED_F_NO_NOTIFY,
+  vringNeedEvent,
+} from "@virtio-ts/spec";
 import type { DescriptorChain } from "./chain.js";
 import {
   AvailIndexJumpError,
   BufferOutOfBoundsError,
+  type ChainError,
   ChainTooLongError,
   DescriptorLoopError,
   HeadInFlightError,
@@ -16,7 +22,6 @@ import {
   NextOutOfRangeError,
   ReadableAfterWritableError,
   TotalLengthOverflowError,
-  type ChainError,
 } from "./errors.js";
 import { mapSplitRing, type SplitRingViews } from "./split-layout.js";
 import type { DeviceQueue, QueueLayout, QueueState, RingFeatures } from "./types.js";
@@ -162,7 +167,7 @@ export class SplitDeviceQueue implements DeviceQueue {
     const desc = this.#v.desc;
     const size = this.size;
     // VIRTIO 1.3 §2.7.5.3.1: a chain is never longer than the queue size (indirect entries included).
-    const budget = chain.capacity < size ? chain.capacity : size;
+    const budget = Math.min(chain.capacity, size);
     const visited = this.#visited;
     const epoch = this.#nextEpoch();
     chain.begin(head);
@@ -204,13 +209,15 @@ export class SplitDeviceQueue implements DeviceQueue {
     budget: number,
     seenWritableBefore: boolean,
   ): number {
-    if (tableLen === 0 || (tableLen & 15) !== 0) return this.#fail(E_IND_LEN, at, false, tableLen, 0);
+    if (tableLen === 0 || (tableLen & 15) !== 0)
+      return this.#fail(E_IND_LEN, at, false, tableLen, 0);
     const n = tableLen >>> 4;
     // Reject a table that cannot fit before reading any of it: no work proportional to a
     // guest-chosen length beyond the queue size.
     if (n > budget) return this.#fail(E_TOO_LONG, at, false, budget, 0);
     const mem = this.#mem;
-    if (!mem.check(tableAddr, tableLen, "read")) return this.#fail(E_IND_OOB, at, false, tableAddr, tableLen);
+    if (!mem.check(tableAddr, tableLen, "read"))
+      return this.#fail(E_IND_OOB, at, false, tableAddr, tableLen);
     const visited = this.#visited;
     const epoch = this.#nextEpoch();
     let i = 0;
@@ -297,13 +304,23 @@ export class SplitDeviceQueue implements DeviceQueue {
       case E_NEXT:
         return new NextOutOfRangeError(head, i, ind, a, b);
       case E_R_AFTER_W:
-        return new ReadableAfterWritableError("device-readable descriptor after a writable one", head, i, ind);
+        return new ReadableAfterWritableError(
+          "device-readable descriptor after a writable one",
+          head,
+          i,
+          ind,
+        );
       case E_OOB:
         return new BufferOutOfBoundsError(head, i, ind, a, b);
       case E_TOTAL:
         return new TotalLengthOverflowError("chain length reaches 2^32 bytes", head, i, ind);
       case E_IND_NEG:
-        return new IndirectNotNegotiatedError("INDIRECT flag without VIRTIO_F_INDIRECT_DESC", head, i, ind);
+        return new IndirectNotNegotiatedError(
+          "INDIRECT flag without VIRTIO_F_INDIRECT_DESC",
+          head,
+          i,
+          ind,
+        );
       case E_IND_NEXT:
         return new IndirectWithNextError("INDIRECT and NEXT set together", head, i, ind);
       case E_IND_LEN:
@@ -382,9 +399,9 @@ export class SplitDeviceQueue implements DeviceQueue {
   }
 
   /**
-   * @inheritdoc
-   * Chains in flight are forgotten: save state only once they have been pushed (vhost
-   * GET_VRING_BASE drains first).
+   * Restore ring indices saved by {@link SplitDeviceQueue.getState}. Chains in flight are
+   * forgotten: save state only once they have been pushed (vhost GET_VRING_BASE drains first).
+   * @throws RangeError naming the field if an index is not a 16-bit integer.
    */
   setState(state: QueueState): void {
     for (const k of ["availIdx", "usedIdx"] as const) {

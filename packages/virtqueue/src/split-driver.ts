@@ -1,5 +1,10 @@
 import type { GuestMemory } from "@virtio-ts/memory";
-import { SplitDescFlags, VIRTQ_AVAIL_F_NO_INTERRUPT, VIRTQ_USED_F_NO_NOTIFY, vringNeedEvent } from "@virtio-ts/spec";
+import {
+  SplitDescFlags,
+  VIRTQ_AVAIL_F_NO_INTERRUPT,
+  VIRTQ_USED_F_NO_NOTIFY,
+  vringNeedEvent,
+} from "@virtio-ts/spec";
 import { UsedIdNotInFlightError, UsedIndexJumpError, UsedLenTooLargeError } from "./errors.js";
 import { mapSplitRing, type SplitRingViews } from "./split-layout.js";
 import type { DriverQueue, QueueLayout, QueueState, RingFeatures, Segment } from "./types.js";
@@ -79,7 +84,12 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
    * @param options indirect table area.
    * @throws QueueConfigError for an invalid layout; RangeError for an invalid indirect area.
    */
-  constructor(mem: GuestMemory, layout: QueueLayout, features: RingFeatures, options: SplitDriverOptions = {}) {
+  constructor(
+    mem: GuestMemory,
+    layout: QueueLayout,
+    features: RingFeatures,
+    options: SplitDriverOptions = {},
+  ) {
     this.#v = mapSplitRing(mem, layout, "driver");
     this.#mem = mem;
     this.size = layout.size;
@@ -90,7 +100,9 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
     const ind = options.indirect;
     if (ind !== undefined) {
       if (!Number.isInteger(ind.maxEntries) || ind.maxEntries < 2 || ind.maxEntries > layout.size) {
-        throw new RangeError(`options.indirect.maxEntries must be an integer in [2, queue size], got ${ind.maxEntries}`);
+        throw new RangeError(
+          `options.indirect.maxEntries must be an integer in [2, queue size], got ${ind.maxEntries}`,
+        );
       }
       if (!Number.isSafeInteger(ind.addr) || ind.addr % 16 !== 0) {
         throw new RangeError(`options.indirect.addr must be a 16-aligned address, got ${ind.addr}`);
@@ -128,16 +140,22 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
     for (let i = 0; i < n; i++) {
       const s = i < nr ? readable[i]! : writable[i - nr]!;
       if (!Number.isSafeInteger(s.addr) || s.addr < 0) {
-        throw new RangeError(`${i < nr ? `readable[${i}]` : `writable[${i - nr}]`}.addr must be a non-negative safe integer, got ${s.addr}`);
+        throw new RangeError(
+          `${i < nr ? `readable[${i}]` : `writable[${i - nr}]`}.addr must be a non-negative safe integer, got ${s.addr}`,
+        );
       }
       if (!Number.isInteger(s.len) || s.len < 0 || s.len >= TWO_32) {
-        throw new RangeError(`${i < nr ? `readable[${i}]` : `writable[${i - nr}]`}.len must be an integer in [0, 2^32), got ${s.len}`);
+        throw new RangeError(
+          `${i < nr ? `readable[${i}]` : `writable[${i - nr}]`}.len must be an integer in [0, 2^32), got ${s.len}`,
+        );
       }
       if (i >= nr) writableBytes += s.len;
     }
     // §2.7.5.3.1: a driver MUST NOT create a chain longer than the queue size.
-    if (n > this.size) throw new RangeError(`chain of ${n} segments is longer than the queue size ${this.size}`);
-    if (writableBytes >= TWO_32) throw new RangeError("writable segments add up to 2^32 bytes or more");
+    if (n > this.size)
+      throw new RangeError(`chain of ${n} segments is longer than the queue size ${this.size}`);
+    if (writableBytes >= TWO_32)
+      throw new RangeError("writable segments add up to 2^32 bytes or more");
     const ind = this.#indirect;
     const useIndirect = this.features.indirect && ind !== undefined && n > 1 && n <= ind.maxEntries;
     const needed = useIndirect ? 1 : n;
@@ -285,7 +303,14 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
   }
 }
 
-function writeDesc(desc: Uint32Array, i: number, addr: number, len: number, flags: number, next: number): void {
+function writeDesc(
+  desc: Uint32Array,
+  i: number,
+  addr: number,
+  len: number,
+  flags: number,
+  next: number,
+): void {
   const w = i << 2;
   desc[w] = addr % TWO_32;
   desc[w + 1] = Math.floor(addr / TWO_32);

@@ -45,8 +45,10 @@ const littleEndianHost = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
  * and the used ring 4-aligned; each area lies inside guest memory (and inside one region:
  * like QEMU's vhost, virtio-ts needs each ring area host-contiguous).
  *
- * @param driverWrites which side will write the descriptor table and available ring: the
- *   driver side maps them for "write", the device side for "read" (IOMMU permissions).
+ * @param mem guest memory (possibly behind an IOMMU).
+ * @param layout the queue size and the three area addresses.
+ * @param side which side maps the ring: the driver writes the descriptor table and available
+ *   ring, the device the used ring; each area is mapped with that access (IOMMU permissions).
  * @throws QueueConfigError naming the offending field.
  */
 export function mapSplitRing(
@@ -58,8 +60,17 @@ export function mapSplitRing(
     throw new QueueConfigError("big-endian hosts are not supported", "host", 0);
   }
   const { size, desc, driver, device } = layout;
-  if (!Number.isInteger(size) || size < 1 || size > SPLIT_QUEUE_MAX_SIZE || (size & (size - 1)) !== 0) {
-    throw new QueueConfigError(`queue size must be a power of 2 in [1, ${SPLIT_QUEUE_MAX_SIZE}]`, "size", size);
+  if (
+    !Number.isInteger(size) ||
+    size < 1 ||
+    size > SPLIT_QUEUE_MAX_SIZE ||
+    (size & (size - 1)) !== 0
+  ) {
+    throw new QueueConfigError(
+      `queue size must be a power of 2 in [1, ${SPLIT_QUEUE_MAX_SIZE}]`,
+      "size",
+      size,
+    );
   }
   checkArea(mem, "desc", desc, splitDescTableSize(size), SplitAlign.DESC);
   checkArea(mem, "driver", driver, splitAvailSize(size), SplitAlign.AVAIL);
@@ -81,7 +92,13 @@ export function mapSplitRing(
   }
 }
 
-function checkArea(mem: GuestMemory, field: string, addr: number, len: number, align: number): void {
+function checkArea(
+  mem: GuestMemory,
+  field: string,
+  addr: number,
+  len: number,
+  align: number,
+): void {
   if (!Number.isSafeInteger(addr) || addr < 0) {
     throw new QueueConfigError(`${field} address must be a non-negative safe integer`, field, addr);
   }
@@ -89,6 +106,10 @@ function checkArea(mem: GuestMemory, field: string, addr: number, len: number, a
     throw new QueueConfigError(`${field} area must be ${align}-byte aligned`, field, addr);
   }
   if (!mem.check(addr, len)) {
-    throw new QueueConfigError(`${field} area [0x${addr.toString(16)}, +${len}) is outside guest memory`, field, addr);
+    throw new QueueConfigError(
+      `${field} area [0x${addr.toString(16)}, +${len}) is outside guest memory`,
+      field,
+      addr,
+    );
   }
 }

@@ -8,7 +8,13 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { GuestMemoryMap } from "@virtio-ts/memory";
 import { Feature, featureMask, legacySplitLayout } from "@virtio-ts/spec";
-import { DescriptorChain, type QueueLayout, ringFeatures, SplitDeviceQueue, SplitDriverQueue } from "@virtio-ts/virtqueue";
+import {
+  DescriptorChain,
+  type QueueLayout,
+  ringFeatures,
+  SplitDeviceQueue,
+  SplitDriverQueue,
+} from "@virtio-ts/virtqueue";
 import { beforeAll, describe, expect, it } from "vitest";
 
 const IMG = 0x20000;
@@ -16,15 +22,22 @@ const dir = mkdtempSync(join(tmpdir(), "virtio-ts-interop-"));
 const bin = join(dir, "interop");
 const img = join(dir, "guest.img");
 const EVENT_IDX = ringFeatures(featureMask(Feature.RING_EVENT_IDX));
-const INDIRECT_EVENT = ringFeatures(featureMask(Feature.RING_EVENT_IDX) | featureMask(Feature.RING_INDIRECT_DESC));
+const INDIRECT_EVENT = ringFeatures(
+  featureMask(Feature.RING_EVENT_IDX) | featureMask(Feature.RING_INDIRECT_DESC),
+);
 
 beforeAll(() => {
   const src = fileURLToPath(new URL("./c/interop.c", import.meta.url));
   try {
-    execFileSync("gcc", ["-std=gnu11", "-O1", "-Wall", "-Werror", "-o", bin, src], { stdio: "pipe" });
+    execFileSync("gcc", ["-std=gnu11", "-O1", "-Wall", "-Werror", "-o", bin, src], {
+      stdio: "pipe",
+    });
   } catch (e) {
     const err = e as { code?: string; stderr?: Buffer };
-    if (err.code === "ENOENT") throw new Error("gcc not found: install the Debian packages gcc and linux-libc-dev (CI does)");
+    if (err.code === "ENOENT")
+      throw new Error(
+        "gcc not found: install the Debian packages gcc and linux-libc-dev (CI does)",
+      );
     throw new Error(`gcc failed:\n${err.stderr?.toString()}`);
   }
 });
@@ -45,7 +58,10 @@ function loadImage(buffer: ArrayBuffer) {
 describe("our driver against a C device using <linux/virtio_ring.h>", () => {
   const legacy = legacySplitLayout(16);
   const layouts: [string, QueueLayout][] = [
-    ["the legacy contiguous layout (vring_init)", { size: 16, desc: 0x1000, driver: 0x1000 + legacy.avail, device: 0x1000 + legacy.used }],
+    [
+      "the legacy contiguous layout (vring_init)",
+      { size: 16, desc: 0x1000, driver: 0x1000 + legacy.avail, device: 0x1000 + legacy.used },
+    ],
     ["separately placed areas", { size: 16, desc: 0x6000, driver: 0x4002, device: 0x5004 }],
   ];
   for (const [name, layout] of layouts) {
@@ -55,12 +71,34 @@ describe("our driver against a C device using <linux/virtio_ring.h>", () => {
       const drv = new SplitDriverQueue<string>(mem, layout, EVENT_IDX);
       mem.write(0x10000, new Uint8Array([1, 2, 3, 4, 5]));
       drv.add([{ addr: 0x10000, len: 5 }], [{ addr: 0x11000, len: 32 }], "one");
-      drv.add([], [{ addr: 0x12000, len: 7 }, { addr: 0x12100, len: 9 }], "two");
-      drv.add([{ addr: 0x10000, len: 2 }, { addr: 0x10002, len: 3 }], [], "three");
+      drv.add(
+        [],
+        [
+          { addr: 0x12000, len: 7 },
+          { addr: 0x12100, len: 9 },
+        ],
+        "two",
+      );
+      drv.add(
+        [
+          { addr: 0x10000, len: 2 },
+          { addr: 0x10002, len: 3 },
+        ],
+        [],
+        "three",
+      );
       drv.publish();
       saveImage(buffer);
       // The C device asks to be kicked only when the driver passes 2 more entries.
-      const lines = runC("device", img, "16", `${layout.desc}`, `${layout.driver}`, `${layout.device}`, "2");
+      const lines = runC(
+        "device",
+        img,
+        "16",
+        `${layout.desc}`,
+        `${layout.driver}`,
+        `${layout.device}`,
+        "2",
+      );
       expect(lines).toEqual([
         "head=0 nr=1 nw=1 rbytes=5 wbytes=32 sum=15",
         "head=2 nr=0 nw=2 rbytes=0 wbytes=16 sum=0",
@@ -91,16 +129,27 @@ describe("our device against a C driver using <linux/virtio_ring.h>", () => {
     const buffer = new ArrayBuffer(IMG);
     loadImage(buffer);
     const mem = memOver(buffer);
-    const dev = new SplitDeviceQueue(mem, { size: 8, desc: 0, driver: avail!, device: used! }, INDIRECT_EVENT);
+    const dev = new SplitDeviceQueue(
+      mem,
+      { size: 8, desc: 0, driver: avail!, device: used! },
+      INDIRECT_EVENT,
+    );
     const chain = new DescriptorChain(8);
     const seen: string[] = [];
     const request = new Uint8Array(13);
     while (dev.pop(chain)) {
-      const segs = Array.from({ length: chain.count }, (_, i) => `${chain.writable(i) ? "w" : "r"}${chain.len(i)}`);
+      const segs = Array.from(
+        { length: chain.count },
+        (_, i) => `${chain.writable(i) ? "w" : "r"}${chain.len(i)}`,
+      );
       seen.push(`${chain.head}:${segs.join(",")}`);
       if (chain.head === 0) {
         chain.copyFromReadable(mem, 0, request);
-        chain.copyToWritable(mem, 0, new TextEncoder().encode(new TextDecoder().decode(request).toUpperCase()));
+        chain.copyToWritable(
+          mem,
+          0,
+          new TextEncoder().encode(new TextDecoder().decode(request).toUpperCase()),
+        );
         dev.push(chain.head, 13);
         dev.needsInterrupt(); // the first signal after start is unconditional; the next one is not
       } else dev.push(chain.head, chain.writableBytes);

@@ -22,13 +22,12 @@ function setup(size = 8, features = NO_RING_FEATURES) {
 describe("SplitDeviceQueue layout checks", () => {
   it("§2.7 refuses a queue size that is not a power of 2", () => {
     const raw = new RawSplitRing(8);
-    const e = (() => {
-      try {
-        new SplitDeviceQueue(raw.mem, { ...raw.layout, size: 6 }, NO_RING_FEATURES);
-      } catch (err) {
-        return err;
-      }
-    })();
+    let e: unknown;
+    try {
+      new SplitDeviceQueue(raw.mem, { ...raw.layout, size: 6 }, NO_RING_FEATURES);
+    } catch (err) {
+      e = err;
+    }
     expect(e).toBeInstanceOf(QueueConfigError);
     expect((e as QueueConfigError).field).toBe("size");
     expect((e as QueueConfigError).value).toBe(6);
@@ -36,26 +35,26 @@ describe("SplitDeviceQueue layout checks", () => {
 
   it("§2.7 refuses a descriptor table that is not 16-byte aligned", () => {
     const raw = new RawSplitRing(8);
-    expect(() => new SplitDeviceQueue(raw.mem, { ...raw.layout, desc: 0x1008 }, NO_RING_FEATURES)).toThrow(
-      /desc area must be 16-byte aligned/,
-    );
+    expect(
+      () => new SplitDeviceQueue(raw.mem, { ...raw.layout, desc: 0x1008 }, NO_RING_FEATURES),
+    ).toThrow(/desc area must be 16-byte aligned/);
   });
 
   it("§2.7 refuses a used ring that is not 4-byte aligned and an avail ring that is not 2-byte aligned", () => {
     const raw = new RawSplitRing(8);
-    expect(() => new SplitDeviceQueue(raw.mem, { ...raw.layout, device: 0x3002 }, NO_RING_FEATURES)).toThrow(
-      QueueConfigError,
-    );
-    expect(() => new SplitDeviceQueue(raw.mem, { ...raw.layout, driver: 0x2001 }, NO_RING_FEATURES)).toThrow(
-      QueueConfigError,
-    );
+    expect(
+      () => new SplitDeviceQueue(raw.mem, { ...raw.layout, device: 0x3002 }, NO_RING_FEATURES),
+    ).toThrow(QueueConfigError);
+    expect(
+      () => new SplitDeviceQueue(raw.mem, { ...raw.layout, driver: 0x2001 }, NO_RING_FEATURES),
+    ).toThrow(QueueConfigError);
   });
 
   it("refuses a used ring that runs past the end of guest memory", () => {
     const raw = new RawSplitRing(8);
-    expect(() => new SplitDeviceQueue(raw.mem, { ...raw.layout, device: 0x10000 - 8 }, NO_RING_FEATURES)).toThrow(
-      /outside guest memory/,
-    );
+    expect(
+      () => new SplitDeviceQueue(raw.mem, { ...raw.layout, device: 0x10000 - 8 }, NO_RING_FEATURES),
+    ).toThrow(/outside guest memory/);
   });
 });
 
@@ -127,7 +126,8 @@ describe("SplitDeviceQueue.pop", () => {
 
   it("accepts a chain exactly as long as the queue", () => {
     const { raw, q, chain } = setup(4);
-    for (let i = 0; i < 4; i++) raw.writeDesc(i, { addr: D + i * 16, len: 16, flags: i < 3 ? F_NEXT : 0, next: i + 1 });
+    for (let i = 0; i < 4; i++)
+      raw.writeDesc(i, { addr: D + i * 16, len: 16, flags: i < 3 ? F_NEXT : 0, next: i + 1 });
     raw.offer(0);
     expect(q.pop(chain)).toBe(true);
     expect(chain.count).toBe(4);
@@ -260,8 +260,8 @@ describe("SplitDeviceQueue state", () => {
 
   it("setState rejects indices outside 16 bits, naming the field", () => {
     const { q } = setup();
-    expect(() => q.setState({ availIdx: 70000, usedIdx: 0, availWrap: true, usedWrap: true })).toThrow(
-      /state.availIdx/,
-    );
+    expect(() =>
+      q.setState({ availIdx: 70000, usedIdx: 0, availWrap: true, usedWrap: true }),
+    ).toThrow(/state.availIdx/);
   });
 });

@@ -19,7 +19,12 @@ const D = RawSplitRing.DATA;
 
 function setup(size = 8, features = NO_RING_FEATURES, indirect = false) {
   const raw = new RawSplitRing(size);
-  const q = new SplitDriverQueue<string>(raw.mem, raw.layout, features, indirect ? { indirect: { addr: 0x8000, maxEntries: 4 } } : {});
+  const q = new SplitDriverQueue<string>(
+    raw.mem,
+    raw.layout,
+    features,
+    indirect ? { indirect: { addr: 0x8000, maxEntries: 4 } } : {},
+  );
   return { raw, q, mem: raw.mem, L: raw.layout };
 }
 
@@ -44,7 +49,16 @@ function deviceUse(raw: RawSplitRing, slot: number, id: number, len: number, new
 describe("SplitDriverQueue.add and publish", () => {
   it("§2.7.13.1 writes readable then writable descriptors linked by NEXT", () => {
     const { raw, q } = setup();
-    expect(q.add([{ addr: D, len: 16 }], [{ addr: D + 0x100, len: 512 }, { addr: D + 0x400, len: 1 }], "a")).toBe(true);
+    expect(
+      q.add(
+        [{ addr: D, len: 16 }],
+        [
+          { addr: D + 0x100, len: 512 },
+          { addr: D + 0x400, len: 1 },
+        ],
+        "a",
+      ),
+    ).toBe(true);
     expect(readDesc(raw, 0)).toEqual({ addr: D, len: 16, flags: 1, next: 1 });
     expect(readDesc(raw, 1)).toEqual({ addr: D + 0x100, len: 512, flags: 3, next: 2 });
     expect(readDesc(raw, 2)).toEqual({ addr: D + 0x400, len: 1, flags: 2, next: 0 });
@@ -70,8 +84,27 @@ describe("SplitDriverQueue.add and publish", () => {
 
   it("returns false, adding nothing, when there are not enough free descriptors", () => {
     const { q } = setup(4);
-    expect(q.add([{ addr: D, len: 1 }, { addr: D, len: 1 }, { addr: D, len: 1 }], [], "a")).toBe(true);
-    expect(q.add([{ addr: D, len: 1 }, { addr: D, len: 1 }], [], "b")).toBe(false);
+    expect(
+      q.add(
+        [
+          { addr: D, len: 1 },
+          { addr: D, len: 1 },
+          { addr: D, len: 1 },
+        ],
+        [],
+        "a",
+      ),
+    ).toBe(true);
+    expect(
+      q.add(
+        [
+          { addr: D, len: 1 },
+          { addr: D, len: 1 },
+        ],
+        [],
+        "b",
+      ),
+    ).toBe(false);
     expect(q.numFree).toBe(1);
   });
 
@@ -124,7 +157,14 @@ describe("SplitDriverQueue.add and publish", () => {
   it("§2.7.5.3 uses one descriptor and an indirect table when INDIRECT_DESC is negotiated", () => {
     const { raw, q } = setup(8, INDIRECT, true);
     expect(indirectAreaSize(8, 4)).toBe(8 * 4 * 16);
-    q.add([{ addr: D, len: 16 }], [{ addr: D + 0x100, len: 512 }, { addr: D + 0x400, len: 1 }], "a");
+    q.add(
+      [{ addr: D, len: 16 }],
+      [
+        { addr: D + 0x100, len: 512 },
+        { addr: D + 0x400, len: 1 },
+      ],
+      "a",
+    );
     expect(q.numFree).toBe(7);
     expect(readDesc(raw, 0)).toEqual({ addr: 0x8000, len: 48, flags: 4, next: 0 });
     expect(readDesc(raw, 0, 0x8000)).toEqual({ addr: D, len: 16, flags: 1, next: 1 });
@@ -136,7 +176,14 @@ describe("SplitDriverQueue.add and publish", () => {
 describe("SplitDriverQueue.reap", () => {
   it("returns tokens with the written length and frees the descriptors", () => {
     const { raw, q } = setup(4);
-    q.add([{ addr: D, len: 4 }, { addr: D, len: 4 }], [{ addr: D, len: 100 }], "a");
+    q.add(
+      [
+        { addr: D, len: 4 },
+        { addr: D, len: 4 },
+      ],
+      [{ addr: D, len: 100 }],
+      "a",
+    );
     q.add([], [{ addr: D, len: 8 }], "b");
     q.publish();
     expect(q.numFree).toBe(0);
@@ -149,18 +196,47 @@ describe("SplitDriverQueue.reap", () => {
     expect(q.reap()).toBe("a");
     expect(q.lastLen).toBe(77);
     expect(q.numFree).toBe(4);
-    expect(q.add([{ addr: D, len: 1 }, { addr: D, len: 1 }, { addr: D, len: 1 }, { addr: D, len: 1 }], [], "c")).toBe(true);
+    expect(
+      q.add(
+        [
+          { addr: D, len: 1 },
+          { addr: D, len: 1 },
+          { addr: D, len: 1 },
+          { addr: D, len: 1 },
+        ],
+        [],
+        "c",
+      ),
+    ).toBe(true);
   });
 
   it("frees chains from its private shadow even if the device scribbles on the descriptor table", () => {
     const { raw, q } = setup(4);
-    q.add([{ addr: D, len: 1 }, { addr: D, len: 1 }], [], "a");
+    q.add(
+      [
+        { addr: D, len: 1 },
+        { addr: D, len: 1 },
+      ],
+      [],
+      "a",
+    );
     q.publish();
     raw.mem.fill(raw.layout.desc, 64, 0xff); // hostile device overwrites next fields
     deviceUse(raw, 0, 0, 0);
     expect(q.reap()).toBe("a");
     expect(q.numFree).toBe(4);
-    expect(q.add([{ addr: D, len: 1 }, { addr: D, len: 1 }, { addr: D, len: 1 }, { addr: D, len: 1 }], [], "b")).toBe(true);
+    expect(
+      q.add(
+        [
+          { addr: D, len: 1 },
+          { addr: D, len: 1 },
+          { addr: D, len: 1 },
+          { addr: D, len: 1 },
+        ],
+        [],
+        "b",
+      ),
+    ).toBe(true);
   });
 
   it("rejects a used id that is not in flight", () => {

@@ -21,7 +21,10 @@ interface Sent {
   writable: Segment[];
 }
 
-const segArb = fc.record({ addr: fc.integer({ min: 0x10000, max: 0x1ff00 }), len: fc.integer({ min: 0, max: 255 }) });
+const segArb = fc.record({
+  addr: fc.integer({ min: 0x10000, max: 0x1ff00 }),
+  len: fc.integer({ min: 0, max: 255 }),
+});
 type Op =
   | { kind: "add"; r: Segment[]; w: Segment[]; publish: boolean }
   | { kind: "publish" }
@@ -30,10 +33,19 @@ type Op =
   | { kind: "driver" };
 
 const opArb: fc.Arbitrary<Op> = fc.oneof(
-  fc.record({ kind: fc.constant("add" as const), r: fc.array(segArb, { maxLength: 4 }), w: fc.array(segArb, { maxLength: 4 }), publish: fc.boolean() }),
+  fc.record({
+    kind: fc.constant("add" as const),
+    r: fc.array(segArb, { maxLength: 4 }),
+    w: fc.array(segArb, { maxLength: 4 }),
+    publish: fc.boolean(),
+  }),
   fc.record({ kind: fc.constant("publish" as const) }),
   fc.record({ kind: fc.constant("device" as const), max: fc.integer({ min: 1, max: 8 }) }),
-  fc.record({ kind: fc.constant("complete" as const), pick: fc.nat(), frac: fc.double({ min: 0, max: 1, noNaN: true }) }),
+  fc.record({
+    kind: fc.constant("complete" as const),
+    pick: fc.nat(),
+    frac: fc.double({ min: 0, max: 1, noNaN: true }),
+  }),
   fc.record({ kind: fc.constant("driver" as const) }),
 );
 
@@ -41,7 +53,12 @@ function run(size: number, featureBits: bigint, useIndirect: boolean, ops: Op[])
   const features = ringFeatures(featureBits);
   const mem = createGuestMemory({ size: 0x20000, shared: false });
   const layout = { size, desc: 0x1000, driver: 0x1000 + 16 * size, device: 0x4000 };
-  const drv = new SplitDriverQueue<number>(mem, layout, features, useIndirect ? { indirect: { addr: 0x6000, maxEntries: Math.min(8, size) } } : {});
+  const drv = new SplitDriverQueue<number>(
+    mem,
+    layout,
+    features,
+    useIndirect ? { indirect: { addr: 0x6000, maxEntries: Math.min(8, size) } } : {},
+  );
   expect(indirectAreaSize(size, 8)).toBeLessThanOrEqual(0xa000);
   const dev = new SplitDeviceQueue(mem, layout, features);
   const chains = Array.from({ length: size }, () => new DescriptorChain(size));
@@ -54,19 +71,21 @@ function run(size: number, featureBits: bigint, useIndirect: boolean, ops: Op[])
   let nextToken = 1;
   // Each side is "awake" (working with notifications disabled), "settling" (found no work,
   // notifications still disabled: the other side may publish now without notifying) or asleep.
-  let device: "awake" | "settling" | "asleep" = "awake";
-  let driver: "irq" | "settling" | "idle" = "idle";
+  const st: { device: "awake" | "settling" | "asleep"; driver: "irq" | "settling" | "idle" } = {
+    device: "awake",
+    driver: "idle",
+  };
   const unpublished: number[] = [];
 
   const publish = () => {
-    if (drv.publish()) device = "awake";
+    if (drv.publish()) st.device = "awake";
     unpublished.length = 0;
   };
   const deviceStep = (max: number) => {
-    if (device === "asleep") return;
-    if (device === "settling") {
+    if (st.device === "asleep") return;
+    if (st.device === "settling") {
       // Re-enable notifications; the re-check closes the race with a publish made meanwhile.
-      device = dev.enableNotifications() ? "awake" : "asleep";
+      st.device = dev.enableNotifications() ? "awake" : "asleep";
       return;
     }
     dev.disableNotifications();
@@ -74,7 +93,7 @@ function run(size: number, featureBits: bigint, useIndirect: boolean, ops: Op[])
       const chain = free.pop()!;
       if (!dev.pop(chain)) {
         free.push(chain);
-        device = "settling";
+        st.device = "settling";
         return;
       }
       // Which token is this? The device does not know; the test maps head -> token via the
@@ -100,12 +119,12 @@ function run(size: number, featureBits: bigint, useIndirect: boolean, ops: Op[])
     byHead.delete(chain.head);
     dev.push(chain.head, len);
     free.push(chain);
-    if (dev.needsInterrupt()) driver = "irq";
+    if (dev.needsInterrupt()) st.driver = "irq";
   };
   const driverStep = () => {
-    if (driver === "idle") return;
-    if (driver === "settling") {
-      driver = drv.enableInterrupts() ? "irq" : "idle";
+    if (st.driver === "idle") return;
+    if (st.driver === "settling") {
+      st.driver = drv.enableInterrupts() ? "irq" : "idle";
       return;
     }
     drv.disableInterrupts();
@@ -114,7 +133,7 @@ function run(size: number, featureBits: bigint, useIndirect: boolean, ops: Op[])
       returned.set(t, drv.lastLen);
       inFlight.delete(t);
     }
-    driver = "settling";
+    st.driver = "settling";
   };
 
   for (const op of ops) {
@@ -128,7 +147,9 @@ function run(size: number, featureBits: bigint, useIndirect: boolean, ops: Op[])
         // possible from outside, so read it from the avail ring slot just written.
         const slot = (drv.getState().availIdx - 1) & (size - 1);
         const head = mem.readU16(layout.driver + 4 + 2 * slot);
-        expect(before - drv.numFree).toBe(useIndirect && op.r.length + op.w.length > 1 ? 1 : op.r.length + op.w.length);
+        expect(before - drv.numFree).toBe(
+          useIndirect && op.r.length + op.w.length > 1 ? 1 : op.r.length + op.w.length,
+        );
         inFlight.set(token, { readable: op.r, writable: op.w });
         byHead.set(head, token);
         unpublished.push(token);
@@ -152,7 +173,12 @@ function run(size: number, featureBits: bigint, useIndirect: boolean, ops: Op[])
   // Drain, moved only by notifications: publish the rest, then let each side run while it
   // is awake. A lost kick or interrupt leaves tokens in flight.
   publish();
-  for (let guard = 0; guard < 10 * size + 100 && (device !== "asleep" || driver !== "idle" || pending.length > 0); guard++) {
+  for (
+    let guard = 0;
+    guard < 10 * size + 100 &&
+    (st.device !== "asleep" || st.driver !== "idle" || pending.length > 0);
+    guard++
+  ) {
     deviceStep(size);
     while (pending.length > 0) complete(0, 1);
     driverStep();
@@ -176,9 +202,13 @@ describe("split ring driver ↔ device over random workloads", () => {
   for (const c of configs) {
     it(`with ${c.name}, every token returns exactly once with its length and no wakeup is lost`, () => {
       fc.assert(
-        fc.property(fc.constantFrom(1, 2, 4, 8, 16), fc.array(opArb, { maxLength: 300 }), (size, ops) => {
-          run(size, c.bits, c.indirect && size >= 2, ops);
-        }),
+        fc.property(
+          fc.constantFrom(1, 2, 4, 8, 16),
+          fc.array(opArb, { maxLength: 300 }),
+          (size, ops) => {
+            run(size, c.bits, c.indirect && size >= 2, ops);
+          },
+        ),
         { numRuns: 150 },
       );
     });

@@ -87,15 +87,31 @@ function heapGrowth(ops: number): { before: number; after: number } | undefined 
 
 async function splitBench(): Promise<void> {
   const bin = buildC();
-  console.log(`split ring round trips (add+publish -> pop -> push -> reap), queue ${SIZE}, batch ${BATCH}, ${fmt(OPS)} ops`);
+  console.log(
+    `split ring round trips (add+publish -> pop -> push -> reap), queue ${SIZE}, batch ${BATCH}, ${fmt(OPS)} ops`,
+  );
   jsSingle(Math.min(OPS, 200_000)); // warm-up
   const js1 = jsSingle(OPS);
-  const c1 = Number(execFileSync(bin, ["single", `${SIZE}`, `${BATCH}`, `${OPS}`], { encoding: "utf8" }));
+  const c1 = Number(
+    execFileSync(bin, ["single", `${SIZE}`, `${BATCH}`, `${OPS}`], { encoding: "utf8" }),
+  );
   const js2 = await jsThreads(OPS);
-  const c2 = Number(execFileSync(bin, ["threads", `${SIZE}`, `${BATCH}`, `${OPS}`], { encoding: "utf8" }));
+  const c2 = Number(
+    execFileSync(bin, ["threads", `${SIZE}`, `${BATCH}`, `${OPS}`], { encoding: "utf8" }),
+  );
   console.table([
-    { case: "one thread", "virtio-ts ops/s": fmt(js1), "C ops/s": fmt(c1), "TS / C": (js1 / c1).toFixed(2) },
-    { case: "two threads (busy poll)", "virtio-ts ops/s": fmt(js2), "C ops/s": fmt(c2), "TS / C": (js2 / c2).toFixed(2) },
+    {
+      case: "one thread",
+      "virtio-ts ops/s": fmt(js1),
+      "C ops/s": fmt(c1),
+      "TS / C": (js1 / c1).toFixed(2),
+    },
+    {
+      case: "two threads (busy poll)",
+      "virtio-ts ops/s": fmt(js2),
+      "C ops/s": fmt(c2),
+      "TS / C": (js2 / c2).toFixed(2),
+    },
   ]);
   const heapOps = quick ? 1_000_000 : 4_000_000;
   const heap = heapGrowth(heapOps);

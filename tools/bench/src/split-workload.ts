@@ -1,7 +1,13 @@
 // The split-ring workload shared by the one-thread and two-worker benchmarks: the same shape as
 // c/split_ring.c (one readable 64-byte buffer per chain, the device answers length 0).
 import type { GuestMemory } from "@virtio-ts/memory";
-import { DescriptorChain, NO_RING_FEATURES, type QueueLayout, SplitDeviceQueue, SplitDriverQueue } from "@virtio-ts/virtqueue";
+import {
+  DescriptorChain,
+  NO_RING_FEATURES,
+  type QueueLayout,
+  SplitDeviceQueue,
+  SplitDriverQueue,
+} from "@virtio-ts/virtqueue";
 
 /** Ring placement for a queue of `size` entries in a 1 MiB memory. */
 export function layoutFor(size: number): QueueLayout {

@@ -13,10 +13,16 @@ const bell = new Int32Array(bellBuffer);
 const hex = (n: number) => `0x${n.toString(16)}`;
 
 console.log("virtio-ts demo: one split virtqueue in a SharedArrayBuffer");
-console.log(`  queue size ${QUEUE.size}; descriptor table ${hex(QUEUE.desc)}, avail ring ${hex(QUEUE.driver)}, used ring ${hex(QUEUE.device)}`);
-console.log("  guest driver = main thread, device = worker thread, kick/interrupt = Atomics.notify\n");
+console.log(
+  `  queue size ${QUEUE.size}; descriptor table ${hex(QUEUE.desc)}, avail ring ${hex(QUEUE.driver)}, used ring ${hex(QUEUE.device)}`,
+);
+console.log(
+  "  guest driver = main thread, device = worker thread, kick/interrupt = Atomics.notify\n",
+);
 
-const worker = new Worker(new URL("./device-worker.js", import.meta.url), { workerData: { memBuffer, bellBuffer } });
+const worker = new Worker(new URL("./device-worker.js", import.meta.url), {
+  workerData: { memBuffer, bellBuffer },
+});
 const messages: (BatchReport | FaultReport)[] = [];
 let wake: (() => void) | undefined;
 worker.on("message", (m: BatchReport | FaultReport) => {
@@ -41,11 +47,15 @@ words.forEach((w, i) => {
   const outAddr = 0x20000 + i * 0x100;
   mem.write(inAddr, enc.encode(w));
   driver.add([{ addr: inAddr, len: w.length }], [{ addr: outAddr, len: 64 }], w);
-  console.log(`driver: added "${w}": readable ${hex(inAddr)}+${w.length}, writable ${hex(outAddr)}+64`);
+  console.log(
+    `driver: added "${w}": readable ${hex(inAddr)}+${w.length}, writable ${hex(outAddr)}+64`,
+  );
 });
 const irqsBefore = Atomics.load(bell, IRQ);
 const needKick = driver.publish();
-console.log(`driver: published avail.idx=${driver.getState().availIdx}; device asked for a kick: ${needKick}`);
+console.log(
+  `driver: published avail.idx=${driver.getState().availIdx}; device asked for a kick: ${needKick}`,
+);
 if (needKick) kick();
 
 const report = await nextMessage();
@@ -68,13 +78,17 @@ mem.writeU16(at + 14, head); // next = itself
 const availIdx = mem.readU16(QUEUE.driver + 2);
 mem.writeU16(QUEUE.driver + 4 + 2 * (availIdx % QUEUE.size), head);
 Atomics.store(new Uint16Array(memBuffer, QUEUE.driver, 2), 1, (availIdx + 1) & 0xffff);
-console.log(`guest: desc[${head}] = { addr 0x10000, len 16, flags NEXT, next ${head} }; avail.idx=${availIdx + 1}; kick`);
+console.log(
+  `guest: desc[${head}] = { addr 0x10000, len 16, flags NEXT, next ${head} }; avail.idx=${availIdx + 1}; kick`,
+);
 kick();
 const fault = await nextMessage();
 if (fault.type === "fault") {
   console.log(`device: rejected the chain with ${fault.error.name} (code "${fault.error.code}")`);
   console.log(`        fields: ${JSON.stringify(fault.error.fields)}`);
-  console.log("        the device would now set DEVICE_NEEDS_RESET (VIRTIO 1.3 §2.1.2); the host loop never hangs.");
+  console.log(
+    "        the device would now set DEVICE_NEEDS_RESET (VIRTIO 1.3 §2.1.2); the host loop never hangs.",
+  );
 } else {
   console.log("unexpected: the device accepted a looping chain");
   process.exitCode = 1;
