@@ -11,6 +11,8 @@ export const BLK_ID_BYTES = 20;
 
 /** virtio-blk feature bits. §5.2.3 */
 export const BlkFeature = {
+  /** Legacy only: device supports request barriers. §5.2.3.1 */
+  BARRIER: 0,
   /** Maximum size of any single segment is in `size_max`. */
   SIZE_MAX: 1,
   /** Maximum number of segments in a request is in `seg_max`. */
@@ -21,6 +23,8 @@ export const BlkFeature = {
   RO: 5,
   /** Block size of disk is in `blk_size`. */
   BLK_SIZE: 6,
+  /** Legacy only: device supports SCSI packet commands. §5.2.3.1 */
+  SCSI: 7,
   /** Cache flush command support. */
   FLUSH: 9,
   /** Device exports information on optimal I/O alignment. */
@@ -37,6 +41,11 @@ export const BlkFeature = {
   LIFETIME: 15,
   /** Device supports secure erase command. */
   SECURE_ERASE: 16,
+  /**
+   * Device is a zoned block device. Its configuration fields and requests are not modelled
+   * here; a device that does not implement them simply does not offer this bit.
+   */
+  ZONED: 17,
 } as const;
 /** One virtio-blk feature bit number. */
 export type BlkFeature = (typeof BlkFeature)[keyof typeof BlkFeature];
@@ -147,6 +156,41 @@ export const BlkConfig = {
   MAX_SECURE_ERASE_SEG: 64,
   /** `le32 secure_erase_sector_alignment`. */
   SECURE_ERASE_SECTOR_ALIGNMENT: 68,
-  /** Size of the structure up to and including the secure-erase fields (as in Linux 6.1). */
+  /**
+   * Size of the structure up to and including the secure-erase fields, as in the Linux 6.1
+   * header. The standard continues with the zoned characteristics (VIRTIO_BLK_F_ZONED, bytes
+   * 72–95), which virtio-ts does not model.
+   */
   SIZE: 72,
 } as const;
+
+/**
+ * Response of a GET_LIFETIME request `struct virtio_blk_lifetime` (VIRTIO_BLK_F_LIFETIME).
+ * Newer than the Linux 6.1 headers, so only the standard defines it.
+ *
+ * @see VIRTIO 1.3 §5.2.6 "Device Operation"
+ */
+export const BlkLifetime = {
+  /** Size in bytes. */
+  SIZE: 6,
+  /** `le16 pre_eol_info`: {@link BlkPreEolInfo}. */
+  PRE_EOL_INFO: 0,
+  /** `le16 device_lifetime_est_typ_a`: wear of SLC cells, in steps of 10% (0 = undefined). */
+  DEVICE_LIFETIME_EST_TYP_A: 2,
+  /** `le16 device_lifetime_est_typ_b`: wear of MLC cells, in steps of 10% (0 = undefined). */
+  DEVICE_LIFETIME_EST_TYP_B: 4,
+} as const;
+
+/** Values of `virtio_blk_lifetime.pre_eol_info` (reserved blocks consumed). §5.2.6 */
+export const BlkPreEolInfo = {
+  /** Value not available. */
+  UNDEFINED: 0,
+  /** Less than 80% of reserved blocks are consumed. */
+  NORMAL: 1,
+  /** 80% of reserved blocks are consumed. */
+  WARNING: 2,
+  /** 90% of reserved blocks are consumed. */
+  URGENT: 3,
+} as const;
+/** One `pre_eol_info` value. */
+export type BlkPreEolInfo = (typeof BlkPreEolInfo)[keyof typeof BlkPreEolInfo];

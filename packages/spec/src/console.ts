@@ -42,7 +42,12 @@ export const ConsoleControl = {
   SIZE: 8,
 } as const;
 
-/** Control message events. §5.3.6.2 */
+/**
+ * Control message events. The standard's names are used; Linux calls DEVICE_ADD and
+ * DEVICE_REMOVE `VIRTIO_CONSOLE_PORT_ADD` and `VIRTIO_CONSOLE_PORT_REMOVE`.
+ *
+ * @see VIRTIO 1.3 §5.3.6.2 "Multiport Device Operation"
+ */
 export const ConsoleEvent = {
   /** Driver → device: the driver is ready (value 1) or failed (0). */
   DEVICE_READY: 0,
@@ -63,3 +68,19 @@ export const ConsoleEvent = {
 } as const;
 /** One control event. */
 export type ConsoleEvent = (typeof ConsoleEvent)[keyof typeof ConsoleEvent];
+
+/**
+ * `struct virtio_console_resize`, which follows a RESIZE control message. Only the standard
+ * defines it (Linux keeps its copy out of the UAPI headers). Linux drivers before commit
+ * 5326ab737a47 read `rows` first, against the standard; this layout follows the standard.
+ *
+ * @see VIRTIO 1.3 §5.3.6.2 "Multiport Device Operation"
+ */
+export const ConsoleResize = {
+  /** `le16 cols`. */
+  COLS: 0,
+  /** `le16 rows`. */
+  ROWS: 2,
+  /** Size in bytes. */
+  SIZE: 4,
+} as const;

@@ -7,6 +7,13 @@
  * @see VIRTIO 1.3 §6 "Reserved Feature Bits"
  */
 export const Feature = {
+  /**
+   * Legacy only: the device notifies when a queue runs empty even if notifications are
+   * suppressed. §6.3 "Legacy Interface: Reserved Feature Bits"
+   */
+  NOTIFY_ON_EMPTY: 24,
+  /** Legacy only: the device accepts any framing of a request across descriptors. §6.3 */
+  ANY_LAYOUT: 27,
   /** The driver can use descriptors with VIRTQ_DESC_F_INDIRECT set. §2.7.5.3 */
   RING_INDIRECT_DESC: 28,
   /** Enables the used_event and avail_event fields (notification suppression). §2.7.7 */

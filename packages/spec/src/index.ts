@@ -14,4 +14,6 @@ export * from "./ids.js";
 export * from "./mmio.js";
 export * from "./net.js";
 export * from "./ring.js";
+export * from "./rng.js";
 export * from "./status.js";
+export * from "./vsock.js";

@@ -91,8 +91,10 @@ export type MmioReg = (typeof MmioReg)[keyof typeof MmioReg];
 
 /** `InterruptStatus` bits. §4.2.2 */
 export const MmioInterrupt = {
-  /** Used buffer notification. */
+  /** Used buffer notification (Linux `VIRTIO_MMIO_INT_VRING`). */
   VRING: 1,
+  /** The same bit under the standard's name "Used Buffer Notification". */
+  USED_BUFFER: 1,
   /** Configuration change notification. */
   CONFIG: 2,
 } as const;

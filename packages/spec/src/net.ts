@@ -16,6 +16,8 @@ export const NetFeature = {
   MTU: 3,
   /** Device has given MAC address (`mac` in config). */
   MAC: 5,
+  /** Legacy only: device handles packets with any GSO type. §5.1.3.2 */
+  GSO: 6,
   /** Driver can receive TSOv4. */
   GUEST_TSO4: 7,
   /** Driver can receive TSOv6. */
@@ -50,10 +52,22 @@ export const NetFeature = {
   MQ: 22,
   /** Set MAC address through the control channel. */
   CTRL_MAC_ADDR: 23,
+  /** Device can provide device-level statistics (newer than the Linux 6.1 headers). */
+  DEVICE_STATS: 50,
+  /** Device supports virtqueue notification coalescing (newer than the Linux 6.1 headers). */
+  VQ_NOTF_COAL: 52,
   /** Device supports notifications coalescing. */
   NOTF_COAL: 53,
+  /** Driver can receive USOv4 packets (newer than the Linux 6.1 headers). */
+  GUEST_USO4: 54,
+  /** Driver can receive USOv6 packets (newer than the Linux 6.1 headers). */
+  GUEST_USO6: 55,
+  /** Device can receive USO packets (newer than the Linux 6.1 headers). */
+  HOST_USO: 56,
   /** Device can report per-packet hash value and type. */
   HASH_REPORT: 57,
+  /** Driver provides the exact `hdr_len` (newer than the Linux 6.1 headers). */
+  GUEST_HDRLEN: 59,
   /** Device supports RSS receive steering. */
   RSS: 60,
   /** Device can process duplicated ACKs and report coalesced segments. */
@@ -86,6 +100,23 @@ export const NetHdr = {
   CSUM_OFFSET: 8,
   /** `le16 num_buffers`. */
   NUM_BUFFERS: 10,
+} as const;
+
+/**
+ * `struct virtio_net_hdr_v1_hash`: the header with hash report fields, used when
+ * VIRTIO_NET_F_HASH_REPORT is negotiated. The first 12 bytes are {@link NetHdr}.
+ *
+ * @see VIRTIO 1.3 §5.1.6 "Device Operation"
+ */
+export const NetHdrHash = {
+  /** Size in bytes. */
+  SIZE: 20,
+  /** `le32 hash_value`. */
+  HASH_VALUE: 12,
+  /** `le16 hash_report`: which hash type was calculated. */
+  HASH_REPORT: 16,
+  /** `le16 padding_reserved`. */
+  PADDING: 18,
 } as const;
 
 /** `virtio_net_hdr.flags`. §5.1.6 */
@@ -166,6 +197,8 @@ export const NetCtrlClass = {
   MQ: 4,
   /** Offload state configuration. */
   GUEST_OFFLOADS: 5,
+  /** Notification coalescing (VIRTIO_NET_F_NOTF_COAL). */
+  NOTF_COAL: 6,
 } as const;
 /** One control class. */
 export type NetCtrlClass = (typeof NetCtrlClass)[keyof typeof NetCtrlClass];
@@ -196,8 +229,16 @@ export const NetCtrlCmd = {
   ANNOUNCE_ACK: 0,
   /** MQ class: set the number of queue pairs. */
   MQ_VQ_PAIRS_SET: 0,
+  /** MQ class: configure receive-side scaling (VIRTIO_NET_F_RSS). */
+  MQ_RSS_CONFIG: 1,
+  /** MQ class: configure hash reporting (VIRTIO_NET_F_HASH_REPORT). */
+  MQ_HASH_CONFIG: 2,
   /** GUEST_OFFLOADS class: set offloads. */
   GUEST_OFFLOADS_SET: 0,
+  /** NOTF_COAL class: set transmit coalescing parameters. */
+  NOTF_COAL_TX_SET: 0,
+  /** NOTF_COAL class: set receive coalescing parameters. */
+  NOTF_COAL_RX_SET: 1,
 } as const;
 
 /** Limits of `MQ_VQ_PAIRS_SET`. §5.1.6.5.5 */

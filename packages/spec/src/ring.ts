@@ -204,6 +204,50 @@ export const PackedEventFlags = {
 /** One packed event-suppression flags value. */
 export type PackedEventFlags = (typeof PackedEventFlags)[keyof typeof PackedEventFlags];
 
+/**
+ * Bit number of the wrap counter inside `pvirtq_event_suppress.desc` (`off_wrap`); bits 0–14
+ * hold the descriptor ring offset. Linux calls it `VRING_PACKED_EVENT_F_WRAP_CTR`.
+ *
+ * @see VIRTIO 1.3 §2.8.14 "Event Suppression Structure Format"
+ */
+export const PACKED_EVENT_F_WRAP_CTR = 15;
+
+/** Mask of the descriptor ring offset in an `off_wrap` word (bits 0–14). §2.8.14 */
+export const PACKED_EVENT_OFFSET_MASK = 0x7fff;
+
+/**
+ * Encode an `off_wrap` word of the packed event suppression structure: the ring offset at
+ * which the writer wants an event, and the wrap counter that offset belongs to.
+ *
+ * @param offset - descriptor ring offset, an integer in [0, 0x7fff] (below the queue size).
+ * @param wrapCounter - the wrap counter (`true` or `1` for 1).
+ * @throws RangeError if `offset` is not an integer in [0, 0x7fff].
+ * @see VIRTIO 1.3 §2.8.14 "Event Suppression Structure Format"
+ */
+export function packedEventOffWrap(offset: number, wrapCounter: boolean | 0 | 1): number {
+  if (!Number.isInteger(offset) || offset < 0 || offset > PACKED_EVENT_OFFSET_MASK) {
+    throw new RangeError(
+      `packedEventOffWrap(offset): offset must be an integer in [0, 0x7fff], got ${offset}`,
+    );
+  }
+  return offset | (wrapCounter ? 1 << PACKED_EVENT_F_WRAP_CTR : 0);
+}
+
+/**
+ * The descriptor ring offset (bits 0–14) of an `off_wrap` word. The word is read from shared
+ * memory and is not trusted: the caller still checks the offset against its queue size.
+ *
+ * @see VIRTIO 1.3 §2.8.14
+ */
+export function packedEventOffset(offWrap: number): number {
+  return offWrap & PACKED_EVENT_OFFSET_MASK;
+}
+
+/** The wrap counter (bit 15) of an `off_wrap` word, as 0 or 1. §2.8.14 */
+export function packedEventWrapCounter(offWrap: number): 0 | 1 {
+  return ((offWrap >>> PACKED_EVENT_F_WRAP_CTR) & 1) as 0 | 1;
+}
+
 /** Required alignment of each packed virtqueue part, in bytes. §2.8.10.1 */
 export const PackedAlign = {
   /** Descriptor ring. */

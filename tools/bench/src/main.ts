@@ -1,126 +1,199 @@
 // virtio-ts benchmarks. Every figure is printed beside a baseline measured in the same run.
-//   node --expose-gc tools/bench/dist/main.js [split] [--quick]
+//
+//   node [--expose-gc] tools/bench/dist/main.js [split] [heap] [--quick]
+//
+// split: split-ring round trips per second, one thread and two workers with Atomics doorbells,
+//        beside c/split_ring.c (same shape) compiled with gcc in this run; ratio TS / C.
+// heap:  heap growth and garbage collections over 1,000,000 one-thread round trips.
 import { execFileSync } from "node:child_process";
-import { mkdtempSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { PerformanceObserver } from "node:perf_hooks";
 import { fileURLToPath } from "node:url";
+import { setFlagsFromString } from "node:v8";
+import { runInNewContext } from "node:vm";
 import { Worker } from "node:worker_threads";
 import { createGuestMemory } from "@virtio-ts/memory";
-import { DeviceLoop, DriverLoop } from "./split-workload.js";
+import {
+  BATCH,
+  Ctl,
+  DeviceSide,
+  DriverSide,
+  MEM_SIZE,
+  type Rate,
+  READ_LEN,
+  roundTrips,
+  runSingle,
+  SIZE,
+  WRITE_LEN,
+} from "./split-workload.js";
 
-const quick = process.argv.includes("--quick");
-const only = process.argv.slice(2).filter((a) => !a.startsWith("--"));
-const SIZE = 256;
-const BATCH = 32;
-const OPS = quick ? 500_000 : 5_000_000;
+const args = process.argv.slice(2);
+const quick = args.includes("--quick");
+const REPS = quick ? 1 : 3;
 
-function fmt(n: number): string {
-  return n >= 1e6 ? `${(n / 1e6).toFixed(2)}M` : `${(n / 1e3).toFixed(0)}k`;
+/** Operations per measured run (the first fifth is warm-up), by case. */
+const OPS = quick
+  ? { tsSingle: 500_000, cSingle: 4_000_000, tsThreads: 300_000, cThreads: 1_000_000 }
+  : { tsSingle: 5_000_000, cSingle: 40_000_000, tsThreads: 3_000_000, cThreads: 10_000_000 };
+
+interface ThreadRate extends Rate {
+  readonly kicks: number;
+  readonly irqs: number;
 }
 
-function buildC(): string {
+const perSecond = (r: Rate) => r.ops / (r.ns / 1e9);
+
+function median<T extends Rate>(runs: T[]): T {
+  const sorted = [...runs].sort((a, b) => perSecond(a) - perSecond(b));
+  return sorted[Math.floor(sorted.length / 2)]!;
+}
+
+async function repeat<T extends Rate>(run: () => T | Promise<T>): Promise<T> {
+  const runs: T[] = [];
+  for (let i = 0; i < REPS; i++) runs.push(await run());
+  return median(runs);
+}
+
+function mops(r: Rate | undefined): string {
+  return r === undefined ? "n/a" : `${(perSecond(r) / 1e6).toFixed(2)} M/s`;
+}
+
+function ratio(ts: Rate, c: Rate | undefined): string {
+  return c === undefined ? "n/a" : (perSecond(ts) / perSecond(c)).toFixed(2);
+}
+
+function row(cells: string[]): string {
+  const widths = [30, 13, 13, 6];
+  return cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join("  ");
+}
+
+/** Compile c/split_ring.c into a temporary directory; undefined (with the reason) if gcc fails. */
+function buildC(): { bin: string; dir: string } | string {
+  const src = fileURLToPath(new URL("../c/split_ring.c", import.meta.url));
   const dir = mkdtempSync(join(tmpdir(), "virtio-ts-bench-"));
   const bin = join(dir, "split_ring");
-  const src = fileURLToPath(new URL("../c/split_ring.c", import.meta.url));
-  execFileSync("gcc", ["-O2", "-pthread", "-o", bin, src]);
-  return bin;
-}
-
-function jsSingle(ops: number): number {
-  const mem = createGuestMemory({ size: 1 << 20 });
-  const drv = new DriverLoop(mem, SIZE, BATCH);
-  const dev = new DeviceLoop(mem, SIZE);
-  const t0 = performance.now();
-  while (drv.reaped < ops) {
-    drv.add(ops);
-    dev.step();
-    drv.reap();
+  try {
+    execFileSync("gcc", ["-O2", "-pthread", "-o", bin, src], { stdio: "pipe" });
+    return { bin, dir };
+  } catch (e) {
+    rmSync(dir, { recursive: true, force: true });
+    const err = e as { code?: string; stderr?: Buffer };
+    return err.code === "ENOENT" ? "gcc not found" : `gcc failed: ${String(err.stderr ?? e)}`;
   }
-  return ops / ((performance.now() - t0) / 1000);
 }
 
-async function jsThreads(ops: number): Promise<number> {
-  const buffer = new SharedArrayBuffer(1 << 20);
-  const start = new SharedArrayBuffer(8);
-  const url = new URL("./split-worker.js", import.meta.url);
-  const common = { buffer, size: SIZE, batch: BATCH, total: ops, start };
-  const results = ["device", "driver"].map((role) => {
-    const w = new Worker(url, { workerData: { ...common, role } });
-    return new Promise<{ done: number; ms?: number }>((resolve, reject) => {
-      w.once("message", (m) => {
-        resolve(m);
-        void w.terminate();
-      });
-      w.once("error", reject);
-    });
-  });
-  const go = new Int32Array(start);
-  while (Atomics.load(go, 1) < 2) await new Promise((r) => setTimeout(r, 5));
-  Atomics.store(go, 0, 1);
-  Atomics.notify(go, 0);
-  const [, driver] = await Promise.all(results);
-  return ops / (driver!.ms! / 1000);
+function runC(bin: string, mode: "single" | "threads", ops: number): ThreadRate {
+  const out = execFileSync(bin, [mode, `${ops}`, `${SIZE}`, `${BATCH}`], { encoding: "utf8" });
+  const [measured, ns, kicks, irqs] = out.trim().split(/\s+/).map(Number);
+  return { ops: measured!, ns: ns!, kicks: kicks!, irqs: irqs! };
 }
 
-function heapGrowth(ops: number): { before: number; after: number } | undefined {
-  const gc = (globalThis as { gc?: () => void }).gc;
-  if (!gc) return undefined;
-  const mem = createGuestMemory({ size: 1 << 20 });
-  const drv = new DriverLoop(mem, SIZE, BATCH);
-  const dev = new DeviceLoop(mem, SIZE);
-  const run = (n: number) => {
-    const target = drv.reaped + n;
-    while (drv.reaped < target) {
-      drv.add(target);
-      dev.step();
-      drv.reap();
-    }
-  };
-  run(2_000_000); // warm up: let the JIT settle (its own allocations are not per-op garbage)
-  gc();
-  const before = process.memoryUsage().heapUsed;
-  run(ops);
-  const after = process.memoryUsage().heapUsed; // no gc(): garbage would show here
-  return { before, after };
+/** Two workers (driver, device) over one SharedArrayBuffer, fresh for each run. */
+async function runThreads(total: number): Promise<ThreadRate> {
+  const buffer = new SharedArrayBuffer(MEM_SIZE);
+  const ctlBuffer = new SharedArrayBuffer(Ctl.COUNT * 4);
+  const script = new URL("./split-worker.js", import.meta.url);
+  const workers = (["device", "driver"] as const).map(
+    (role) => new Worker(script, { workerData: { role, buffer, ctlBuffer, total } }),
+  );
+  const reports = await Promise.all(
+    workers.map(
+      (w) =>
+        new Promise<{ role: string } & Partial<Rate>>((resolve, reject) => {
+          w.once("message", resolve);
+          w.once("error", reject);
+        }),
+    ),
+  );
+  await Promise.all(workers.map((w) => w.terminate()));
+  const driver = reports.find((r) => r.role === "driver")!;
+  const ctl = new Int32Array(ctlBuffer);
+  return { ops: driver.ops!, ns: driver.ns!, kicks: ctl[Ctl.KICKS]!, irqs: ctl[Ctl.IRQS]! };
 }
 
 async function splitBench(): Promise<void> {
-  const bin = buildC();
   console.log(
-    `split ring round trips (add+publish -> pop -> push -> reap), queue ${SIZE}, batch ${BATCH}, ${fmt(OPS)} ops`,
+    `split ring round trips (add+publish -> pop -> push -> reap): queue ${SIZE}, batch ${BATCH}, ` +
+      `2-descriptor chains (${READ_LEN} B readable + ${WRITE_LEN} B writable), VIRTIO_F_EVENT_IDX; ` +
+      `median of ${REPS}`,
   );
-  jsSingle(Math.min(OPS, 200_000)); // warm-up
-  const js1 = jsSingle(OPS);
-  const c1 = Number(
-    execFileSync(bin, ["single", `${SIZE}`, `${BATCH}`, `${OPS}`], { encoding: "utf8" }),
+  const c = buildC();
+  const bin = typeof c === "string" ? undefined : c.bin;
+  if (typeof c === "string") console.log(`  C baseline skipped: ${c}`);
+  const tsSingle = await repeat(() =>
+    runSingle(createGuestMemory({ size: MEM_SIZE }), OPS.tsSingle),
   );
-  const js2 = await jsThreads(OPS);
-  const c2 = Number(
-    execFileSync(bin, ["threads", `${SIZE}`, `${BATCH}`, `${OPS}`], { encoding: "utf8" }),
+  const cSingle = bin ? await repeat(() => runC(bin, "single", OPS.cSingle)) : undefined;
+  const tsThreads = await repeat(() => runThreads(OPS.tsThreads));
+  const cThreads = bin ? await repeat(() => runC(bin, "threads", OPS.cThreads)) : undefined;
+  if (typeof c !== "string") rmSync(c.dir, { recursive: true, force: true });
+
+  console.log(row(["", "virtio-ts", "C (gcc -O2)", "TS/C"]));
+  console.log(row(["one thread", mops(tsSingle), mops(cSingle), ratio(tsSingle, cSingle)]));
+  console.log(
+    row([
+      "two threads, Atomics doorbells",
+      mops(tsThreads),
+      mops(cThreads),
+      ratio(tsThreads, cThreads),
+    ]),
   );
-  console.table([
-    {
-      case: "one thread",
-      "virtio-ts ops/s": fmt(js1),
-      "C ops/s": fmt(c1),
-      "TS / C": (js1 / c1).toFixed(2),
-    },
-    {
-      case: "two threads (busy poll)",
-      "virtio-ts ops/s": fmt(js2),
-      "C ops/s": fmt(c2),
-      "TS / C": (js2 / c2).toFixed(2),
-    },
-  ]);
-  const heapOps = quick ? 1_000_000 : 4_000_000;
-  const heap = heapGrowth(heapOps);
-  if (heap) {
-    const grew = heap.after - heap.before;
-    console.log(
-      `heap growth over ${fmt(heapOps)} round trips (forced GC before, 128 MiB semi-space so no scavenge hides garbage): ${(grew / 1024).toFixed(1)} KiB (${(grew / heapOps).toFixed(3)} bytes/op)`,
-    );
-  } else console.log("heap growth: run with node --expose-gc to measure");
+  const per1k = (r: ThreadRate | undefined, n: number, k: "kicks" | "irqs") =>
+    r === undefined ? "n/a" : ((1000 * r[k]) / n).toFixed(1);
+  console.log(
+    `  two threads, per 1000 buffers: kicks ${per1k(tsThreads, OPS.tsThreads, "kicks")} (C ${per1k(cThreads, OPS.cThreads, "kicks")}), ` +
+      `interrupts ${per1k(tsThreads, OPS.tsThreads, "irqs")} (C ${per1k(cThreads, OPS.cThreads, "irqs")})`,
+  );
 }
 
-if (only.length === 0 || only.includes("split")) await splitBench();
+/** global.gc if node runs with --expose-gc, else the same function obtained at run time. */
+function getGc(): () => void {
+  const exposed = (globalThis as { gc?: () => void }).gc;
+  if (exposed) return exposed;
+  setFlagsFromString("--expose-gc");
+  return runInNewContext("gc") as () => void;
+}
+
+async function heapBench(): Promise<void> {
+  const ops = 1_000_000;
+  const gc = getGc();
+  const mem = createGuestMemory({ size: MEM_SIZE });
+  const drv = new DriverSide(mem);
+  const dev = new DeviceSide(mem);
+  roundTrips(drv, dev, 200_000); // let the JIT settle first: compiled code is not per-op garbage
+  const gcs: number[] = [];
+  const observer = new PerformanceObserver((list) => {
+    for (const e of list.getEntries()) gcs.push(e.startTime);
+  });
+  observer.observe({ entryTypes: ["gc"] });
+  gc();
+  const before = process.memoryUsage().heapUsed;
+  const t0 = performance.now();
+  roundTrips(drv, dev, drv.reaped + ops);
+  const t1 = performance.now();
+  const after = process.memoryUsage().heapUsed; // no gc() first: per-op garbage would show here
+  gc();
+  const retained = process.memoryUsage().heapUsed;
+  await new Promise((r) => setTimeout(r, 50)); // gc entries are delivered asynchronously
+  observer.disconnect();
+  const during = gcs.filter((t) => t >= t0 && t <= t1).length;
+  const kib = (n: number) => `${n >= 0 ? "+" : ""}${(n / 1024).toFixed(1)} KiB`;
+  console.log(
+    `heap over ${ops.toLocaleString("en")} one-thread round trips: ${kib(after - before)} used ` +
+      `(${((after - before) / ops).toFixed(3)} B/op), ${during} GCs during the loop, ` +
+      `${kib(retained - before)} retained after gc`,
+  );
+}
+
+const benches: Record<string, () => Promise<void>> = { split: splitBench, heap: heapBench };
+const names = args.filter((a) => !a.startsWith("--"));
+const unknown = names.filter((n) => !(n in benches));
+if (unknown.length > 0) {
+  console.error(
+    `unknown bench ${unknown.join(", ")}; choose from: ${Object.keys(benches).join(", ")}`,
+  );
+  process.exit(2);
+}
+for (const name of names.length > 0 ? names : Object.keys(benches)) await benches[name]!();

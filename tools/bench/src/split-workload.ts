@@ -1,76 +1,158 @@
-// The split-ring workload shared by the one-thread and two-worker benchmarks: the same shape as
-// c/split_ring.c (one readable 64-byte buffer per chain, the device answers length 0).
+// The split-ring workload shared by the one-thread and the two-worker benchmarks. Same shape as
+// c/split_ring.c: 2-descriptor chains (16 readable bytes, 64 writable bytes at fixed addresses,
+// the device touches no data and answers with the full writable length), queue size 256,
+// batches of 32, VIRTIO_F_EVENT_IDX notification suppression.
 import type { GuestMemory } from "@virtio-ts/memory";
+import { Feature, featureMask, splitAvailSize } from "@virtio-ts/spec";
 import {
   DescriptorChain,
-  NO_RING_FEATURES,
   type QueueLayout,
+  ringFeatures,
+  type Segment,
   SplitDeviceQueue,
   SplitDriverQueue,
 } from "@virtio-ts/virtqueue";
 
-/** Ring placement for a queue of `size` entries in a 1 MiB memory. */
-export function layoutFor(size: number): QueueLayout {
-  return { size, desc: 0x1000, driver: 0x1000 + 16 * size, device: 0x2000 + 18 * size };
+/** Queue size of every split-ring bench. */
+export const SIZE = 256;
+/** Chains the driver adds per publish, and the device pops per interrupt decision. */
+export const BATCH = 32;
+/** Guest memory size of every bench. */
+export const MEM_SIZE = 1 << 20;
+/** Where the (shared, never touched) data buffers live. */
+export const DATA = 0x10000;
+/** Readable bytes per chain. */
+export const READ_LEN = 16;
+/** Writable bytes per chain; the device reports them all written. */
+export const WRITE_LEN = 64;
+/** Ring features of every bench. */
+export const FEATURES = ringFeatures(featureMask(Feature.RING_EVENT_IDX));
+
+/** Int32 indices of the doorbell and counter words of the two-worker bench. */
+export const Ctl = {
+  /** Kick doorbell (driver → device). */
+  KICK: 0,
+  /** Interrupt doorbell (device → driver). */
+  IRQ: 1,
+  /** Set once the driver has initialised the ring. */
+  READY: 2,
+  /** Kicks the driver sent. */
+  KICKS: 3,
+  /** Interrupts the device sent. */
+  IRQS: 4,
+  /** Number of words. */
+  COUNT: 5,
+} as const;
+
+/** A measured run: `ops` round trips in `ns` nanoseconds (warm-up excluded). */
+export interface Rate {
+  readonly ops: number;
+  readonly ns: number;
 }
 
-/** Data buffers start here. */
-export const DATA = 0x80000;
+/** Round trips run before timing starts: the first fifth (JIT warm-up, caches). */
+export function warmOps(total: number): number {
+  return Math.floor(total / 5);
+}
 
-/** Driver-side loop state; `step` adds up to `batch` chains, publishes, and reaps. */
-export class DriverLoop {
+/** Ring placement: descriptor table at 0x1000, avail ring after it, used ring page-aligned. */
+export function layoutFor(size: number): QueueLayout {
+  const driver = 0x1000 + 16 * size;
+  const device = Math.ceil((driver + splitAvailSize(size)) / 0x1000) * 0x1000;
+  return { size, desc: 0x1000, driver, device };
+}
+
+/** Driver side: adds batches of 2-descriptor chains, publishes, reaps. */
+export class DriverSide {
   readonly q: SplitDriverQueue<number>;
-  readonly seg = [{ addr: 0, len: 64 }];
-  readonly none: { addr: number; len: number }[] = [];
+  readonly #readable: readonly Segment[] = [{ addr: DATA, len: READ_LEN }];
+  readonly #writable: readonly Segment[] = [{ addr: DATA + 64, len: WRITE_LEN }];
+  /** Chains added so far. */
   sent = 0;
+  /** Chains reaped so far. */
   reaped = 0;
-  constructor(
-    mem: GuestMemory,
-    readonly size: number,
-    readonly batch: number,
-  ) {
-    this.q = new SplitDriverQueue<number>(mem, layoutFor(size), NO_RING_FEATURES);
+
+  constructor(mem: GuestMemory) {
+    this.q = new SplitDriverQueue<number>(mem, layoutFor(SIZE), FEATURES);
   }
-  add(total: number): number {
-    let added = 0;
+
+  /** Add up to {@link BATCH} chains (fewer if the ring is full or `total` is reached). */
+  addBatch(total: number): number {
     const q = this.q;
-    while (added < this.batch && this.sent < total && q.numFree > 0) {
-      const slot = this.sent % this.size;
-      this.seg[0]!.addr = DATA + 64 * slot;
-      q.add(this.seg, this.none, slot);
+    let added = 0;
+    while (added < BATCH && this.sent < total && q.add(this.#readable, this.#writable, this.sent)) {
       this.sent++;
       added++;
     }
-    if (added > 0) q.publish();
     return added;
   }
-  reap(): number {
+
+  /**
+   * Reap every used buffer; calls `onWarm` once when `reaped` reaches `warm`.
+   * @returns how many were reaped.
+   */
+  reapAll(warm: number, onWarm: () => void): number {
+    const q = this.q;
     let n = 0;
-    while (this.q.reap() !== undefined) n++;
-    this.reaped += n;
+    while (q.reap() !== undefined) {
+      n++;
+      if (++this.reaped === warm) onWarm();
+    }
     return n;
   }
 }
 
-/** Device-side loop state; `step` pops everything available and pushes it used. */
-export class DeviceLoop {
+/** Device side: pops validated chains and pushes them used. */
+export class DeviceSide {
   readonly q: SplitDeviceQueue;
-  readonly chain: DescriptorChain;
+  readonly #chain = new DescriptorChain(SIZE);
+  /** Chains pushed so far. */
   done = 0;
-  constructor(mem: GuestMemory, size: number) {
-    this.q = new SplitDeviceQueue(mem, layoutFor(size), NO_RING_FEATURES);
-    this.chain = new DescriptorChain(size);
+
+  constructor(mem: GuestMemory) {
+    this.q = new SplitDeviceQueue(mem, layoutFor(SIZE), FEATURES);
   }
-  step(): number {
-    let n = 0;
+
+  /** Pop and push up to `max` chains; returns how many. */
+  serve(max: number): number {
     const q = this.q;
-    const chain = this.chain;
-    while (q.pop(chain)) {
-      q.push(chain.head, 0);
+    const chain = this.#chain;
+    let n = 0;
+    while (n < max && q.pop(chain)) {
+      q.push(chain.head, chain.writableBytes);
       n++;
     }
-    if (n > 0) q.needsInterrupt();
     this.done += n;
     return n;
   }
+}
+
+/**
+ * One-thread round trips until `drv` has reaped `total`: add a batch, publish, pop and push
+ * everything, decide the interrupt, reap everything.
+ */
+export function roundTrips(
+  drv: DriverSide,
+  dev: DeviceSide,
+  total: number,
+  warm = -1,
+  onWarm: () => void = () => {},
+): void {
+  while (drv.reaped < total) {
+    drv.addBatch(total);
+    drv.q.publish();
+    dev.serve(SIZE);
+    dev.q.needsInterrupt();
+    drv.reapAll(warm, onWarm);
+  }
+}
+
+/** The one-thread bench on a fresh queue pair; timed after {@link warmOps}. */
+export function runSingle(mem: GuestMemory, total: number): Rate {
+  const warm = warmOps(total);
+  let tWarm = 0;
+  roundTrips(new DriverSide(mem), new DeviceSide(mem), total, warm, () => {
+    tWarm = performance.now();
+  });
+  return { ops: total - warm, ns: (performance.now() - tWarm) * 1e6 };
 }

@@ -1,67 +1,94 @@
-// The device side of the demo: runs in its own thread, sleeps on the kick word, processes
-// chains (upper-cases the readable text into the writable buffer), and raises interrupts.
+// The device side of the demo, in its own thread: sleeps on the kick word, pops and validates
+// chains, answers each request with its text upper-cased, decides interrupts. Everything it
+// wants to say goes to the main thread as messages, which prints them in order.
 import { parentPort, workerData } from "node:worker_threads";
 import { GuestMemoryMap } from "@virtio-ts/memory";
+import { vringNeedEvent } from "@virtio-ts/spec";
+import { DescriptorChain, SplitDeviceQueue, VirtqueueError } from "@virtio-ts/virtqueue";
 import {
-  DescriptorChain,
-  NO_RING_FEATURES,
-  SplitDeviceQueue,
-  VirtqueueError,
-} from "@virtio-ts/virtqueue";
-import { IRQ, KICK, MEM_SIZE, QUEUE, STOP } from "./shared.js";
+  AVAIL_EVENT,
+  Bell,
+  type DeviceReport,
+  FEATURES,
+  hex,
+  QUEUE,
+  USED_EVENT,
+} from "./shared.js";
 
 const { memBuffer, bellBuffer } = workerData as {
   memBuffer: SharedArrayBuffer;
   bellBuffer: SharedArrayBuffer;
 };
-const mem = new GuestMemoryMap([{ guestBase: 0, size: MEM_SIZE, buffer: memBuffer }]);
+// The same SharedArrayBuffer the driver uses: this thread sees the guest's memory directly.
+const mem = new GuestMemoryMap([{ guestBase: 0, size: memBuffer.byteLength, buffer: memBuffer }]);
 const bell = new Int32Array(bellBuffer);
-const queue = new SplitDeviceQueue(mem, QUEUE, NO_RING_FEATURES);
+const queue = new SplitDeviceQueue(mem, QUEUE, FEATURES);
 const chain = new DescriptorChain(QUEUE.size);
-const text = new Uint8Array(256);
+const scratch = new Uint8Array(256);
 const decoder = new TextDecoder();
-const hex = (n: number) => `0x${n.toString(16)}`;
+const encoder = new TextEncoder();
+const send = (m: DeviceReport) => parentPort!.postMessage(m);
 
-let seenKicks = 0;
+function describeChain(): string {
+  const segs: string[] = [];
+  for (let i = 0; i < chain.count; i++) {
+    segs.push(`${chain.writable(i) ? "W" : "R"} ${hex(chain.addr(i))}+${chain.len(i)}`);
+  }
+  return segs.join(", ");
+}
+
+let lastSignalled = 0;
 for (;;) {
-  Atomics.wait(bell, KICK, seenKicks); // ioeventfd analogue: sleep until the driver kicks
-  seenKicks = Atomics.load(bell, KICK);
-  if (Atomics.load(bell, STOP) === 1) break;
-  const lines: string[] = [`device: woke up on kick #${seenKicks}`];
+  // Read the kick counter *before* asking for kicks and looking again: a kick that lands in
+  // between changes the counter, so Atomics.wait returns at once instead of missing it.
+  const kicksSeen = Atomics.load(bell, Bell.KICK);
+  if (!queue.enableNotifications()) {
+    send({
+      type: "idle",
+      line: `device: ring empty; asked for a kick at avail_event = ${mem.readU16(AVAIL_EVENT)}, asleep in Atomics.wait`,
+    });
+    Atomics.wait(bell, Bell.KICK, kicksSeen);
+  }
+  if (Atomics.load(bell, Bell.STOP) === 1) break;
+  const lines = [`device: woke up (kick counter ${Atomics.load(bell, Bell.KICK)})`];
+  queue.disableNotifications(); // busy now: no kicks needed until we ask again
   try {
     while (queue.pop(chain)) {
-      const segs = [];
-      for (let i = 0; i < chain.count; i++) {
-        segs.push(`${chain.writable(i) ? "W" : "R"} ${hex(chain.addr(i))}+${chain.len(i)}`);
-      }
-      const n = chain.copyFromReadable(
-        mem,
-        0,
-        text.subarray(0, Math.min(chain.readableBytes, text.length)),
-      );
-      const input = decoder.decode(text.subarray(0, n));
-      const output = new TextEncoder().encode(input.toUpperCase());
-      const written = chain.copyToWritable(mem, 0, output);
+      const n = chain.copyFromReadable(mem, 0, scratch.subarray(0, chain.readableBytes));
+      const text = decoder.decode(scratch.subarray(0, n));
+      const answer = encoder.encode(text.toUpperCase());
+      const written = chain.copyToWritable(mem, 0, answer);
+      const slot = queue.getState().usedIdx % QUEUE.size;
       queue.push(chain.head, written);
       lines.push(
-        `device: popped head ${chain.head} [${segs.join(", ")}] "${input}" -> wrote ${written} bytes`,
+        `device: popped head ${chain.head} [${describeChain()}] read "${text}"`,
+        `        wrote "${decoder.decode(answer)}" (${written} B) -> used.ring[${slot}] = { id ${chain.head}, len ${written} }`,
       );
     }
+    const usedIdx = queue.getState().usedIdx;
+    const usedEvent = mem.readU16(USED_EVENT);
     const irq = queue.needsInterrupt();
-    lines.push(`device: used.idx=${queue.getState().usedIdx}; interrupt needed: ${irq}`);
-    parentPort!.postMessage({ type: "batch", lines });
+    const rule = `vring_need_event(used_event ${usedEvent}, new ${usedIdx}, old ${lastSignalled}) = ${vringNeedEvent(usedEvent, usedIdx, lastSignalled)}`;
+    lastSignalled = usedIdx;
+    lines.push(
+      `device: used.idx = ${usedIdx} (Atomics.store after the entries); ${rule}`,
+      irq
+        ? "device: -> interrupt (Atomics.notify on the interrupt word)"
+        : "device: -> no interrupt: the driver said it is polling",
+    );
+    send({ type: "lines", lines });
     if (irq) {
-      Atomics.add(bell, IRQ, 1); // irqfd analogue
-      Atomics.notify(bell, IRQ);
+      Atomics.add(bell, Bell.IRQ, 1);
+      Atomics.notify(bell, Bell.IRQ);
     }
   } catch (e) {
     if (!(e instanceof VirtqueueError)) throw e;
+    send({ type: "lines", lines });
     const fields: Record<string, unknown> = {};
-    for (const [k, v] of Object.entries(e)) fields[k] = v;
-    parentPort!.postMessage({
-      type: "fault",
-      error: { name: e.name, code: e.code, fields, message: e.message },
-    });
+    for (const [k, v] of Object.entries(e)) if (k !== "code" && k !== "scope") fields[k] = v;
+    send({ type: "fault", name: e.name, scope: e.scope, code: e.code, fields, message: e.message });
+    // A real device would now set DEVICE_NEEDS_RESET and stop this queue: wait to be told to exit.
+    while (Atomics.load(bell, Bell.STOP) === 0) Atomics.wait(bell, Bell.STOP, 0);
     break;
   }
 }
