@@ -172,7 +172,10 @@ export class AvailIndexJumpError extends RingError {
   }
 }
 
-/** An available-ring entry (chain head) outside the descriptor table. §2.7.6 */
+/**
+ * An available-ring entry (chain head) outside the descriptor table (§2.7.6), or a packed
+ * buffer ID ≥ queue size.
+ */
 export class HeadOutOfRangeError extends RingError {
   /** @inheritdoc */
   readonly code = "head-out-of-range" as const;

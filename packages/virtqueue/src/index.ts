@@ -6,6 +6,9 @@
  */
 export * from "./chain.js";
 export * from "./errors.js";
+export * from "./packed-device.js";
+export * from "./packed-driver.js";
+export * from "./packed-layout.js";
 export * from "./ring-features.js";
 export * from "./split-device.js";
 export * from "./split-driver.js";

@@ -1,0 +1,475 @@
+import type { GuestMemory } from "@virtio-ts/memory";
+import { PackedDescFlags, PackedEventFlags } from "@virtio-ts/spec";
+import type { DescriptorChain } from "./chain.js";
+import {
+  BufferOutOfBoundsError,
+  type ChainError,
+  ChainTooLongError,
+  EventOffsetOutOfRangeError,
+  HeadInFlightError,
+  HeadOutOfRangeError,
+  IndirectNotNegotiatedError,
+  IndirectTableLengthError,
+  IndirectTableOutOfBoundsError,
+  IndirectWithNextError,
+  NestedIndirectError,
+  PackedChainUnterminatedError,
+  PackedDescNotAvailableError,
+  PackedFlagsInconsistentError,
+  ReadableAfterWritableError,
+  TotalLengthOverflowError,
+} from "./errors.js";
+import { mapPackedRing, packedNeedEvent, packedOffWrap } from "./packed-layout.js";
+import type { DeviceQueue, QueueLayout, QueueState, RingFeatures } from "./types.js";
+
+const F_NEXT = PackedDescFlags.NEXT;
+const F_WRITE = PackedDescFlags.WRITE;
+const F_INDIRECT = PackedDescFlags.INDIRECT;
+const F_AVAIL = PackedDescFlags.AVAIL;
+const F_USED = PackedDescFlags.USED;
+const EV_ENABLE = PackedEventFlags.ENABLE;
+const EV_DISABLE = PackedEventFlags.DISABLE;
+const EV_DESC = PackedEventFlags.DESC;
+const U32_MAX = 0xffffffff;
+const TWO_32 = 4294967296;
+
+// Numeric failure codes of the chain walk: the hot path returns one of these, and an Error is
+// built only on the cold path (#chainError) from the queue's scratch fields.
+const OK = 0;
+const E_TOO_LONG = 1;
+const E_R_AFTER_W = 2;
+const E_OOB = 3;
+const E_TOTAL = 4;
+const E_IND_NEG = 5;
+const E_IND_NEXT = 6;
+const E_IND_LEN = 7;
+const E_IND_NESTED = 8;
+const E_IND_OOB = 9;
+
+/**
+ * Device side of a packed virtqueue (VIRTIO 1.3 §2.8): reads available descriptors in ring
+ * order, validates every chain, writes used descriptors back into the same ring, and decides
+ * notifications through the two event suppression structures.
+ *
+ * Who writes what (and whether we trust it): the driver writes available descriptors and the
+ * Driver Event Suppression structure — untrusted, each descriptor read once and validated; the
+ * device (this class) writes used descriptors (over descriptors it has consumed) and the Device
+ * Event Suppression structure. A descriptor's `id` and `flags` share one 32-bit word, which is
+ * read with `Atomics.load` before the descriptor's other fields and written with
+ * `Atomics.store` after them, so publication order holds across threads.
+ *
+ * Buffer IDs: {@link DescriptorChain.head} is the chain's buffer ID (from its last descriptor,
+ * §2.8.6) and {@link DescriptorChain.descCount} the number of ring descriptors it occupied
+ * (1 for an indirect chain). `push(id, written)` writes one used descriptor with that ID at the
+ * device's next used position and moves that position on by the count recorded at pop time
+ * (never the caller's copy), VIRTIO 1.3 §2.8.2 / §2.8.6.
+ *
+ * In a `ChainError`, `head` is the buffer ID and `index` the ring position of the offending
+ * descriptor (or its index in the indirect table when `indirect` is true).
+ *
+ * After a `RingError` the queue must be reset (device status DEVICE_NEEDS_RESET); after a
+ * `ChainError` the chain's buffer ID is known and in flight, and may be pushed with 0.
+ *
+ * TODO(IN_ORDER): with VIRTIO_F_IN_ORDER a device may write one used descriptor for a batch
+ * (§2.8.8); this class always writes one per buffer, which is valid with or without it.
+ *
+ * @example
+ * ```ts
+ * const q = new PackedDeviceQueue(mem, { size: 256, desc: 0x1000, driver: 0x2000, device: 0x2004 }, NO_RING_FEATURES);
+ * const chain = new DescriptorChain(256);
+ * while (q.pop(chain)) {
+ *   // ... read chain.addr(i)/chain.len(i) ...
+ *   q.push(chain.head, 0);
+ * }
+ * if (q.needsInterrupt()) raiseInterrupt();
+ * ```
+ */
+export class PackedDeviceQueue implements DeviceQueue {
+  /** @inheritdoc */
+  readonly size: number;
+  /** The negotiated ring features. */
+  readonly features: RingFeatures;
+  readonly #mem: GuestMemory;
+  readonly #desc: Uint32Array;
+  readonly #driverEvent: Uint16Array;
+  readonly #deviceEvent: Uint16Array;
+  /** 1 where a buffer ID is popped and not yet pushed. */
+  readonly #inFlight: Uint8Array;
+  /** Ring descriptors each in-flight buffer ID occupied. */
+  readonly #descCount: Uint16Array;
+  /** Writable bytes of each in-flight buffer, to refuse a push that claims more. */
+  readonly #writable: Float64Array;
+  #nextAvail = 0;
+  #availWrap = true;
+  #nextUsed = 0;
+  #usedWrap = true;
+  /** Ring descriptors marked used since the last needsInterrupt(). */
+  #usedSince = 0;
+  #signalledValid = false;
+  #notifyEnabled = true;
+  // Scratch fields describing the last walk failure (cold path only).
+  #errIndex = 0;
+  #errIndirect = false;
+  #errA = 0;
+  #errB = 0;
+
+  /**
+   * @param mem guest memory (possibly behind an IOMMU).
+   * @param layout where the descriptor ring and the two event structures are.
+   * @param features negotiated ring features (see `ringFeatures`).
+   * @throws QueueConfigError if the layout is invalid (size, alignment, outside memory).
+   */
+  constructor(mem: GuestMemory, layout: QueueLayout, features: RingFeatures) {
+    const v = mapPackedRing(mem, layout, "device");
+    this.#mem = mem;
+    this.#desc = v.desc;
+    this.#driverEvent = v.driverEvent;
+    this.#deviceEvent = v.deviceEvent;
+    this.size = layout.size;
+    this.features = features;
+    this.#inFlight = new Uint8Array(layout.size);
+    this.#descCount = new Uint16Array(layout.size);
+    this.#writable = new Float64Array(layout.size);
+  }
+
+  /** Number of buffers popped and not yet pushed. */
+  get inFlight(): number {
+    let n = 0;
+    for (let i = 0; i < this.size; i++) n += this.#inFlight[i]!;
+    return n;
+  }
+
+  /**
+   * @inheritdoc
+   * @throws ChainError (head = buffer ID) for a malformed chain: its descriptors are consumed
+   *   and its ID is in flight, so it may be pushed with 0.
+   * @throws RingError: {@link PackedFlagsInconsistentError}, {@link PackedDescNotAvailableError},
+   *   {@link PackedChainUnterminatedError}, {@link HeadOutOfRangeError} (buffer ID ≥ queue size),
+   *   {@link HeadInFlightError} (buffer ID already in flight).
+   */
+  pop(chain: DescriptorChain): boolean {
+    const desc = this.#desc;
+    const size = this.size;
+    const start = this.#nextAvail;
+    const wrap = this.#availWrap;
+    // Acquire: this seq-cst load of the id/flags word synchronises with the driver's release
+    // store of the first descriptor's flags, which it writes after every other descriptor of the
+    // chain (VIRTIO 1.3 §2.8.21.1), so the plain reads below see all of them.
+    let word = Atomics.load(desc, (start << 2) + 3);
+    let flags = word >>> 16;
+    // §2.8.1 / §2.8.15: available iff AVAIL matches our wrap counter and USED does not; a
+    // device MUST NOT use a descriptor before it observes AVAIL changed.
+    if (((flags & F_AVAIL) !== 0) !== wrap) return false;
+    if (((flags & F_USED) !== 0) === wrap)
+      throw new PackedFlagsInconsistentError(start, flags, wrap);
+    // VIRTIO 1.3 §2.8.17: a list is never longer than the queue size (indirect entries included).
+    const budget = Math.min(chain.capacity, size);
+    chain.begin(0);
+    let code = OK;
+    let pos = start;
+    let w = wrap;
+    let n = 0;
+    let seenWritable = false;
+    for (;;) {
+      n++;
+      // After the first failure only the flags are followed, to find the buffer ID in the last
+      // descriptor (§2.8.6) so that the chain can be completed and the ring stays in step.
+      if (code === OK) {
+        const base = pos << 2;
+        // Each descriptor is read exactly once; only these locals are used afterwards.
+        const addr = desc[base + 1]! * TWO_32 + desc[base]!;
+        const len = desc[base + 2]!;
+        if ((flags & F_INDIRECT) !== 0) {
+          // §2.8.19: INDIRECT only if negotiated, never in a list linked by NEXT. §2.8.7: WRITE
+          // on the descriptor that refers to the table is reserved and ignored.
+          if (!this.features.indirect) code = this.#fail(E_IND_NEG, pos, false, 0, 0);
+          else if (n > 1 || (flags & F_NEXT) !== 0) code = this.#fail(E_IND_NEXT, pos, false, 0, 0);
+          else code = this.#walkIndirect(chain, pos, addr, len, budget);
+        } else {
+          const writable = (flags & F_WRITE) !== 0;
+          if (writable) seenWritable = true;
+          else if (seenWritable) code = this.#fail(E_R_AFTER_W, pos, false, 0, 0);
+          if (code === OK) code = this.#segment(chain, pos, false, addr, len, writable, budget);
+        }
+      }
+      if ((flags & F_NEXT) === 0) break;
+      if (n === size) throw new PackedChainUnterminatedError(start, size);
+      if (++pos === size) {
+        pos = 0;
+        w = !w;
+      }
+      // Plain read: written before the first descriptor's flags, which we acquired above.
+      word = desc[(pos << 2) + 3]!;
+      flags = word >>> 16;
+      // §2.8.6: every descriptor of the list carries correct AVAIL/USED bits for its lap.
+      if (((flags & F_AVAIL) !== 0) !== w || ((flags & F_USED) !== 0) === w) {
+        throw new PackedDescNotAvailableError(pos, flags, w);
+      }
+    }
+    // §2.8.6: the buffer ID is in the last descriptor of the list.
+    const id = word & 0xffff;
+    if (id >= size) throw new HeadOutOfRangeError(id, size);
+    if (this.#inFlight[id] === 1) throw new HeadInFlightError(id);
+    if (++pos === size) {
+      pos = 0;
+      w = !w;
+    }
+    this.#nextAvail = pos;
+    this.#availWrap = w;
+    this.#inFlight[id] = 1;
+    this.#descCount[id] = n;
+    this.#writable[id] = code === OK ? chain.writableBytes : 0;
+    chain.head = id;
+    chain.descCount = n;
+    if (this.features.eventIdx && this.#notifyEnabled) {
+      // §2.8.10: name the descriptor we will look at next, so the driver notifies only when it
+      // makes that one available (QEMU and vhost keep this current while notifications are on).
+      Atomics.store(this.#deviceEvent, 0, packedOffWrap(pos, w));
+    }
+    if (code !== OK) throw this.#chainError(code, id);
+    return true;
+  }
+
+  #walkIndirect(
+    chain: DescriptorChain,
+    at: number,
+    tableAddr: number,
+    tableLen: number,
+    budget: number,
+  ): number {
+    // §2.8.7: the table holds len / 16 descriptors; zero or a partial descriptor is malformed.
+    if (tableLen === 0 || (tableLen & 15) !== 0)
+      return this.#fail(E_IND_LEN, at, false, tableLen, 0);
+    const n = tableLen >>> 4;
+    // Reject a table that cannot fit before reading any of it: no work proportional to a
+    // guest-chosen length beyond the queue size.
+    if (n > budget) return this.#fail(E_TOO_LONG, at, false, budget, 0);
+    const mem = this.#mem;
+    if (!mem.check(tableAddr, tableLen, "read")) {
+      return this.#fail(E_IND_OOB, at, false, tableAddr, tableLen);
+    }
+    let seenWritable = false;
+    try {
+      // §2.8.7: table entries are used in order, all of them; the ID and every flag but WRITE
+      // are reserved and ignored (NEXT included), except that a nested table is refused
+      // (§2.8.19: a driver MUST NOT set any flag but WRITE in an indirect descriptor).
+      for (let i = 0; i < n; i++) {
+        const base = tableAddr + i * 16;
+        const lo = mem.readU32(base);
+        const hi = mem.readU32(base + 4);
+        const len = mem.readU32(base + 8);
+        const flags = mem.readU32(base + 12) >>> 16;
+        if ((flags & F_INDIRECT) !== 0) return this.#fail(E_IND_NESTED, i, true, 0, 0);
+        const writable = (flags & F_WRITE) !== 0;
+        if (writable) seenWritable = true;
+        else if (seenWritable) return this.#fail(E_R_AFTER_W, i, true, 0, 0);
+        const code = this.#segment(chain, i, true, hi * TWO_32 + lo, len, writable, budget);
+        if (code !== OK) return code;
+      }
+    } catch {
+      // The whole table was checked above; a read can only fail if the table straddles two
+      // regions in a way a scalar read cannot cross.
+      return this.#fail(E_IND_OOB, at, false, tableAddr, tableLen);
+    }
+    return OK;
+  }
+
+  /** Validate one data descriptor and append it. */
+  #segment(
+    chain: DescriptorChain,
+    index: number,
+    indirect: boolean,
+    addr: number,
+    len: number,
+    writable: boolean,
+    budget: number,
+  ): number {
+    if (chain.count >= budget) return this.#fail(E_TOO_LONG, index, indirect, budget, 0);
+    // Zero-length elements are accepted but, like any element, must start inside guest memory.
+    // addr ≥ 2^53 never passes the check (see @virtio-ts/memory).
+    if (!this.#mem.check(addr, len, writable ? "write" : "read")) {
+      return this.#fail(E_OOB, index, indirect, addr, len);
+    }
+    chain.append(addr, len, writable);
+    if (chain.readableBytes > U32_MAX || chain.writableBytes > U32_MAX) {
+      return this.#fail(E_TOTAL, index, indirect, 0, 0);
+    }
+    return OK;
+  }
+
+  #fail(code: number, index: number, indirect: boolean, a: number, b: number): number {
+    this.#errIndex = index;
+    this.#errIndirect = indirect;
+    this.#errA = a;
+    this.#errB = b;
+    return code;
+  }
+
+  /** Cold path: build the typed error for the last walk failure. `index` is a ring position. */
+  #chainError(code: number, id: number): ChainError {
+    const i = this.#errIndex;
+    const ind = this.#errIndirect;
+    const a = this.#errA;
+    const b = this.#errB;
+    switch (code) {
+      case E_TOO_LONG:
+        return new ChainTooLongError(id, i, ind, a);
+      case E_R_AFTER_W:
+        return new ReadableAfterWritableError(
+          "device-readable descriptor after a writable one",
+          id,
+          i,
+          ind,
+        );
+      case E_OOB:
+        return new BufferOutOfBoundsError(id, i, ind, a, b);
+      case E_TOTAL:
+        return new TotalLengthOverflowError("chain length reaches 2^32 bytes", id, i, ind);
+      case E_IND_NEG:
+        return new IndirectNotNegotiatedError(
+          "INDIRECT flag without VIRTIO_F_INDIRECT_DESC",
+          id,
+          i,
+          ind,
+        );
+      case E_IND_NEXT:
+        return new IndirectWithNextError(
+          "INDIRECT descriptor in a list linked by NEXT",
+          id,
+          i,
+          ind,
+        );
+      case E_IND_LEN:
+        return new IndirectTableLengthError(id, i, a);
+      case E_IND_NESTED:
+        return new NestedIndirectError("INDIRECT inside an indirect table", id, i, ind);
+      default:
+        return new IndirectTableOutOfBoundsError(id, i, a, b);
+    }
+  }
+
+  /**
+   * Return a buffer as used, with `written` bytes written into its writable part. `head` is the
+   * buffer ID from {@link DescriptorChain.head}; one used descriptor is written at the next used
+   * position, which then moves on by the descriptor count recorded when the chain was popped.
+   * @throws RangeError if `head` is not in flight or `written` exceeds the chain's writable bytes.
+   */
+  push(head: number, written: number): void {
+    if (!(head >= 0 && head < this.size) || this.#inFlight[head] !== 1) {
+      throw new RangeError(`head ${head} is not a buffer ID in flight on this queue`);
+    }
+    if (!Number.isInteger(written) || written < 0 || written > this.#writable[head]!) {
+      throw new RangeError(
+        `written must be an integer in [0, ${this.#writable[head]}] (the chain's writable bytes), got ${written}`,
+      );
+    }
+    this.#inFlight[head] = 0;
+    const pos = this.#nextUsed;
+    const w = this.#usedWrap;
+    const base = pos << 2;
+    // §2.8.4: in a used descriptor, len is the number of bytes written; addr is unused.
+    this.#desc[base + 2] = written;
+    // §2.8.1: AVAIL and USED both equal the used wrap counter; §2.8.3: WRITE says whether
+    // any data was written (len is reserved without it).
+    const flags = (w ? F_AVAIL | F_USED : 0) | (written > 0 ? F_WRITE : 0);
+    // Release: id and flags are one word stored last, so a driver whose Atomics.load sees the
+    // new USED bit also sees len. §2.8.15: we never touch this descriptor again this lap.
+    Atomics.store(this.#desc, base + 3, (head | (flags << 16)) >>> 0);
+    const n = this.#descCount[head]!;
+    let next = pos + n;
+    if (next >= this.size) {
+      next -= this.size;
+      this.#usedWrap = !w;
+    }
+    this.#nextUsed = next;
+    this.#usedSince += n;
+  }
+
+  /**
+   * Whether the driver wants an interrupt for the buffers pushed since the last call (call once
+   * per batch of pushes). Reads the Driver Event Suppression structure (VIRTIO 1.3 §2.8.10):
+   * ENABLE → true, DISABLE → false, DESC (only with EVENT_IDX) → true iff the used position
+   * passed the named descriptor. DESC without EVENT_IDX and the reserved value 3 are treated like
+   * ENABLE (an extra interrupt is harmless, a lost one is not).
+   * @throws EventOffsetOutOfRangeError if DESC names an offset ≥ queue size.
+   */
+  needsInterrupt(): boolean {
+    const since = this.#usedSince;
+    const valid = this.#signalledValid;
+    this.#usedSince = 0;
+    this.#signalledValid = true;
+    if (valid && since === 0) return false;
+    // The seq-cst loads below are ordered after the flags store in push(): the full barrier the
+    // suppression race needs (Linux virtio_mb before reading the event structure).
+    const flags = Atomics.load(this.#driverEvent, 1) & 3;
+    if (flags === EV_DISABLE) return false;
+    if (flags !== EV_DESC || !this.features.eventIdx) return true;
+    const offWrap = Atomics.load(this.#driverEvent, 0);
+    if ((offWrap & 0x7fff) >= this.size)
+      throw new EventOffsetOutOfRangeError("driver", offWrap, this.size);
+    return !valid || packedNeedEvent(this.size, offWrap, this.#nextUsed, this.#usedWrap, since);
+  }
+
+  /** @inheritdoc */
+  enableNotifications(): boolean {
+    this.#notifyEnabled = true;
+    const ev = this.#deviceEvent;
+    if (this.features.eventIdx) {
+      // off_wrap before flags: a driver that sees DESC then reads an up-to-date offset.
+      Atomics.store(ev, 0, packedOffWrap(this.#nextAvail, this.#availWrap));
+      Atomics.store(ev, 1, EV_DESC);
+    } else Atomics.store(ev, 1, EV_ENABLE);
+    // Re-check after publishing our wish: a driver that made a buffer available just before
+    // seeing it did not notify, so the device must look again (the lost-wakeup race).
+    const flags = Atomics.load(this.#desc, (this.#nextAvail << 2) + 3) >>> 16;
+    return ((flags & F_AVAIL) !== 0) === this.#availWrap;
+  }
+
+  /** @inheritdoc */
+  disableNotifications(): void {
+    this.#notifyEnabled = false;
+    // §2.8.10: DISABLE is valid with or without EVENT_IDX.
+    Atomics.store(this.#deviceEvent, 1, EV_DISABLE);
+  }
+
+  /** @inheritdoc */
+  getState(): QueueState {
+    return {
+      availIdx: this.#nextAvail,
+      usedIdx: this.#nextUsed,
+      availWrap: this.#availWrap,
+      usedWrap: this.#usedWrap,
+    };
+  }
+
+  /**
+   * Restore positions saved by {@link PackedDeviceQueue.getState}: `availIdx` / `usedIdx` are
+   * ring positions in [0, queue size), with their wrap counters. Buffers in flight are
+   * forgotten: save state only once they have been pushed.
+   * @throws RangeError for a position outside the ring or a non-boolean wrap counter.
+   */
+  setState(state: QueueState): void {
+    for (const k of ["availIdx", "usedIdx"] as const) {
+      const x = state[k];
+      if (!Number.isInteger(x) || x < 0 || x >= this.size) {
+        throw new RangeError(`state.${k} must be an integer in [0, ${this.size - 1}], got ${x}`);
+      }
+    }
+    for (const k of ["availWrap", "usedWrap"] as const) {
+      if (typeof state[k] !== "boolean") throw new RangeError(`state.${k} must be a boolean`);
+    }
+    this.#nextAvail = state.availIdx;
+    this.#availWrap = state.availWrap;
+    this.#nextUsed = state.usedIdx;
+    this.#usedWrap = state.usedWrap;
+    this.#inFlight.fill(0);
+    this.#usedSince = 0;
+    this.#signalledValid = false;
+  }
+
+  /** Forget everything (device or queue reset): positions 0, wrap counters 1, notifications on. */
+  reset(): void {
+    this.setState({ availIdx: 0, usedIdx: 0, availWrap: true, usedWrap: true });
+    this.#notifyEnabled = true;
+  }
+}

@@ -1,0 +1,402 @@
+import type { GuestMemory } from "@virtio-ts/memory";
+import { PackedDescFlags, PackedEventFlags } from "@virtio-ts/spec";
+import {
+  EventOffsetOutOfRangeError,
+  UsedIdNotInFlightError,
+  UsedLenTooLargeError,
+} from "./errors.js";
+import {
+  mapPackedRing,
+  type PackedRingViews,
+  packedNeedEvent,
+  packedOffWrap,
+} from "./packed-layout.js";
+import { type IndirectArea, indirectAreaSize } from "./split-driver.js";
+import type { DriverQueue, QueueLayout, QueueState, RingFeatures, Segment } from "./types.js";
+
+const F_NEXT = PackedDescFlags.NEXT;
+const F_WRITE = PackedDescFlags.WRITE;
+const F_INDIRECT = PackedDescFlags.INDIRECT;
+const F_AVAIL = PackedDescFlags.AVAIL;
+const F_USED = PackedDescFlags.USED;
+const EV_ENABLE = PackedEventFlags.ENABLE;
+const EV_DISABLE = PackedEventFlags.DISABLE;
+const EV_DESC = PackedEventFlags.DESC;
+const TWO_32 = 4294967296;
+
+/** Options of {@link PackedDriverQueue}. */
+export interface PackedDriverOptions {
+  /**
+   * Memory for indirect tables, one slot of `maxEntries` descriptors per buffer ID (the area is
+   * `indirectAreaSize(queue size, maxEntries)` bytes). With VIRTIO_F_INDIRECT_DESC negotiated
+   * and this set, every chain of 2 to `maxEntries` segments uses one ring descriptor.
+   */
+  readonly indirect?: IndirectArea;
+}
+
+/**
+ * Driver side of a packed virtqueue (VIRTIO 1.3 §2.8): writes available descriptors, exposes
+ * them at {@link PackedDriverQueue.publish}, decides kicks, reaps used descriptors.
+ *
+ * Drivers distrust devices too: buffer IDs, descriptor counts, writable sizes and tokens live in
+ * a private shadow (never read back from the ring). A used descriptor is recognised only when its
+ * AVAIL and USED bits both equal the driver's used wrap counter (§2.8.1), so stale descriptors
+ * of an earlier lap never look used; its ID must be in flight and its length (when WRITE is set)
+ * no larger than what was offered, or a `RingError` is raised. The next used position moves by
+ * the shadow descriptor count of the returned ID (§2.8.6), never by anything the device wrote.
+ *
+ * Publication: `add` writes every descriptor of a chain except the first one's `id`/`flags`
+ * word; `publish` stores those words with `Atomics.store`, in ring order, so a device never sees
+ * a partial list (§2.8.6, §2.8.21.1) and nothing is visible before `publish`, as on a split ring.
+ *
+ * TODO(IN_ORDER): a device using VIRTIO_F_IN_ORDER batching (one used descriptor for several
+ * buffers, §2.8.8) is not handled yet; such a device's skipped buffers would never be reaped.
+ *
+ * @typeParam T the token type returned by `reap` (anything but `undefined`).
+ * @example
+ * ```ts
+ * const q = new PackedDriverQueue<string>(mem, layout, NO_RING_FEATURES);
+ * q.add([{ addr: 0x8000, len: 16 }], [{ addr: 0x9000, len: 512 }], "req-1");
+ * if (q.publish()) kick();
+ * // ... after the device's interrupt:
+ * const token = q.reap(); // "req-1"; q.lastLen holds the written length
+ * ```
+ */
+export class PackedDriverQueue<T> implements DriverQueue<T> {
+  /** @inheritdoc */
+  readonly size: number;
+  /** The negotiated ring features. */
+  readonly features: RingFeatures;
+  readonly #mem: GuestMemory;
+  readonly #v: PackedRingViews;
+  readonly #desc: Uint32Array;
+  readonly #indirect: IndirectArea | undefined;
+  /** Stack of free buffer IDs: `[0, #idTop)`. */
+  readonly #freeIds: Uint16Array;
+  #idTop = 0;
+  /** Ring descriptors each in-flight buffer ID occupies. */
+  readonly #descCount: Uint16Array;
+  /** Writable bytes each in-flight buffer offers. */
+  readonly #writable: Float64Array;
+  readonly #tokens: (T | undefined)[];
+  /** First descriptors added but not yet published: ring position and id/flags word. */
+  readonly #pendingPos: Uint16Array;
+  readonly #pendingWord: Uint32Array;
+  #pendingCount = 0;
+  /** Ring descriptors added since the last publish (at most the queue size). */
+  #addedSincePublish = 0;
+  #numFree: number;
+  #nextAvail = 0;
+  #availWrap = true;
+  #nextUsed = 0;
+  #usedWrap = true;
+  #interruptsEnabled = true;
+  #lastLen = 0;
+
+  /**
+   * @param mem guest memory.
+   * @param layout where the ring and the event structures are; the ring memory is zeroed here.
+   * @param features negotiated ring features.
+   * @param options indirect table area.
+   * @throws QueueConfigError for an invalid layout; RangeError for an invalid indirect area.
+   */
+  constructor(
+    mem: GuestMemory,
+    layout: QueueLayout,
+    features: RingFeatures,
+    options: PackedDriverOptions = {},
+  ) {
+    this.#v = mapPackedRing(mem, layout, "driver");
+    this.#desc = this.#v.desc;
+    this.#mem = mem;
+    this.size = layout.size;
+    this.features = features;
+    const ind = options.indirect;
+    if (ind !== undefined) {
+      if (!Number.isInteger(ind.maxEntries) || ind.maxEntries < 2 || ind.maxEntries > layout.size) {
+        throw new RangeError(
+          `options.indirect.maxEntries must be an integer in [2, queue size], got ${ind.maxEntries}`,
+        );
+      }
+      if (!Number.isSafeInteger(ind.addr) || ind.addr % 16 !== 0) {
+        throw new RangeError(`options.indirect.addr must be a 16-aligned address, got ${ind.addr}`);
+      }
+      if (!mem.check(ind.addr, indirectAreaSize(layout.size, ind.maxEntries), "write")) {
+        throw new RangeError("options.indirect area lies outside guest memory");
+      }
+    }
+    this.#indirect = ind;
+    this.#freeIds = new Uint16Array(layout.size);
+    this.#descCount = new Uint16Array(layout.size);
+    this.#writable = new Float64Array(layout.size);
+    this.#tokens = new Array<T | undefined>(layout.size).fill(undefined);
+    this.#pendingPos = new Uint16Array(layout.size);
+    this.#pendingWord = new Uint32Array(layout.size);
+    this.#numFree = layout.size;
+    this.reset();
+  }
+
+  /** @inheritdoc */
+  get numFree(): number {
+    return this.#numFree;
+  }
+
+  /** @inheritdoc */
+  get lastLen(): number {
+    return this.#lastLen;
+  }
+
+  /**
+   * Add one chain: `readable` segments (device reads) then `writable` ones (device writes). It
+   * takes a free buffer ID and `readable.length + writable.length` ring descriptors (1 with an
+   * indirect table) and becomes visible to the device at the next
+   * {@link PackedDriverQueue.publish}. The ID is written into every descriptor (§2.8.6 needs it
+   * in the last one).
+   * @returns false if there is not enough room (nothing was added).
+   * @throws RangeError if the chain is empty, longer than the queue, or a segment is invalid.
+   */
+  add(readable: readonly Segment[], writable: readonly Segment[], token: T): boolean {
+    if (token === undefined) throw new RangeError("token must not be undefined");
+    const nr = readable.length;
+    const n = nr + writable.length;
+    if (n === 0) throw new RangeError("a chain needs at least one segment (readable or writable)");
+    let writableBytes = 0;
+    for (let i = 0; i < n; i++) {
+      const s = i < nr ? readable[i]! : writable[i - nr]!;
+      if (!Number.isSafeInteger(s.addr) || s.addr < 0) {
+        throw new RangeError(
+          `${segName(i, nr)}.addr must be a non-negative safe integer, got ${s.addr}`,
+        );
+      }
+      if (!Number.isInteger(s.len) || s.len < 0 || s.len >= TWO_32) {
+        throw new RangeError(`${segName(i, nr)}.len must be an integer in [0, 2^32), got ${s.len}`);
+      }
+      if (i >= nr) writableBytes += s.len;
+    }
+    // §2.8.17: a driver MUST NOT create a descriptor list longer than the queue size.
+    if (n > this.size)
+      throw new RangeError(`chain of ${n} segments is longer than the queue size ${this.size}`);
+    if (writableBytes >= TWO_32)
+      throw new RangeError("writable segments add up to 2^32 bytes or more");
+    const ind = this.#indirect;
+    const useIndirect = this.features.indirect && ind !== undefined && n > 1 && n <= ind.maxEntries;
+    const needed = useIndirect ? 1 : n;
+    // §2.8.17: room for the whole list before its first descriptor is made available. A free
+    // descriptor implies a free ID: every buffer in flight holds at least one descriptor.
+    if (this.#numFree < needed) return false;
+
+    const desc = this.#desc;
+    const size = this.size;
+    const id = this.#freeIds[--this.#idTop]!;
+    const first = this.#nextAvail;
+    let pos = first;
+    let w = this.#availWrap;
+    let firstWord: number;
+    if (useIndirect) {
+      const table = ind.addr + id * ind.maxEntries * 16;
+      const mem = this.#mem;
+      for (let i = 0; i < n; i++) {
+        const s = i < nr ? readable[i]! : writable[i - nr]!;
+        const at = table + i * 16;
+        mem.writeU32(at, s.addr % TWO_32);
+        mem.writeU32(at + 4, Math.floor(s.addr / TWO_32));
+        mem.writeU32(at + 8, s.len);
+        // §2.8.19: WRITE is the only flag allowed in an indirect descriptor; the ID is reserved.
+        mem.writeU32(at + 12, i >= nr ? F_WRITE << 16 : 0);
+      }
+      writeBody(desc, pos, table, n * 16);
+      firstWord = descWord(id, F_INDIRECT | availBits(w));
+      if (++pos === size) {
+        pos = 0;
+        w = !w;
+      }
+    } else {
+      firstWord = 0;
+      for (let i = 0; i < n; i++) {
+        const s = i < nr ? readable[i]! : writable[i - nr]!;
+        writeBody(desc, pos, s.addr, s.len);
+        // §2.8.21.1: WRITE for device-writable elements, AVAIL = wrap counter, USED = inverse;
+        // §2.8.6: NEXT on all but the last.
+        const word = descWord(
+          id,
+          (i < n - 1 ? F_NEXT : 0) | (i >= nr ? F_WRITE : 0) | availBits(w),
+        );
+        // Plain store for the rest of the list: the first descriptor's release store in
+        // publish() makes them visible.
+        if (i === 0) firstWord = word;
+        else desc[(pos << 2) + 3] = word;
+        if (++pos === size) {
+          pos = 0;
+          w = !w;
+        }
+      }
+    }
+    this.#nextAvail = pos;
+    this.#availWrap = w;
+    // At most one pending entry per descriptor, so the arrays (queue size) never overflow.
+    this.#pendingPos[this.#pendingCount] = first;
+    this.#pendingWord[this.#pendingCount] = firstWord;
+    this.#pendingCount++;
+    this.#addedSincePublish += needed;
+    this.#numFree -= needed;
+    this.#descCount[id] = needed;
+    this.#writable[id] = writableBytes;
+    this.#tokens[id] = token;
+    return true;
+  }
+
+  /**
+   * Make added chains visible to the device and say whether it must be notified (kicked).
+   * Reads the Device Event Suppression structure (VIRTIO 1.3 §2.8.10): ENABLE → kick, DISABLE →
+   * no kick, DESC (only with EVENT_IDX) → kick iff the published descriptors include the named
+   * one. DESC without EVENT_IDX and the reserved value 3 are treated like ENABLE.
+   * @throws EventOffsetOutOfRangeError if DESC names an offset ≥ queue size (the chains are
+   *   published all the same; treat the device as broken).
+   */
+  publish(): boolean {
+    const k = this.#pendingCount;
+    if (k === 0) return false;
+    const desc = this.#desc;
+    for (let j = 0; j < k; j++) {
+      // Release (§2.8.21.1.1): the first descriptor's flags are stored after every other field
+      // of its list, so a device whose Atomics.load sees AVAIL flip sees the whole list.
+      Atomics.store(desc, (this.#pendingPos[j]! << 2) + 3, this.#pendingWord[j]!);
+    }
+    this.#pendingCount = 0;
+    const added = this.#addedSincePublish;
+    this.#addedSincePublish = 0;
+    // §2.8.21.3.1: the seq-cst loads below are ordered after the flag stores above (the full
+    // barrier before reading the Device Area), so either the device sees our descriptors when it
+    // re-checks after enabling notifications, or we see its request to be notified.
+    const ev = this.#v.deviceEvent;
+    const flags = Atomics.load(ev, 1) & 3;
+    if (flags === EV_DISABLE) return false;
+    if (flags !== EV_DESC || !this.features.eventIdx) return true;
+    const offWrap = Atomics.load(ev, 0);
+    if ((offWrap & 0x7fff) >= this.size)
+      throw new EventOffsetOutOfRangeError("device", offWrap, this.size);
+    return packedNeedEvent(this.size, offWrap, this.#nextAvail, this.#availWrap, added);
+  }
+
+  /**
+   * @inheritdoc
+   * @throws UsedIdNotInFlightError or UsedLenTooLargeError (both `RingError`s).
+   */
+  reap(): T | undefined {
+    const desc = this.#desc;
+    const pos = this.#nextUsed;
+    const w = this.#usedWrap;
+    // Acquire: pairs with the device's release store of id/flags after it wrote len.
+    const word = Atomics.load(desc, (pos << 2) + 3);
+    const flags = word >>> 16;
+    // §2.8.1: used iff AVAIL = USED = our used wrap counter. Anything else is our own
+    // available descriptor, or one used or skipped in the previous lap.
+    if (((flags & F_USED) !== 0) !== w || ((flags & F_AVAIL) !== 0) !== w) return undefined;
+    const id = word & 0xffff;
+    if (id >= this.size || this.#tokens[id] === undefined) throw new UsedIdNotInFlightError(id);
+    // §2.8.4: len is reserved (and ignored) unless WRITE says data was written.
+    const len = (flags & F_WRITE) !== 0 ? desc[(pos << 2) + 2]! : 0;
+    if (len > this.#writable[id]!) throw new UsedLenTooLargeError(id, len, this.#writable[id]!);
+    // §2.8.6: skip the list's remaining descriptors, by our own count for this ID.
+    const n = this.#descCount[id]!;
+    let next = pos + n;
+    if (next >= this.size) {
+      next -= this.size;
+      this.#usedWrap = !w;
+    }
+    this.#nextUsed = next;
+    const token = this.#tokens[id]!;
+    this.#tokens[id] = undefined;
+    this.#descCount[id] = 0;
+    this.#freeIds[this.#idTop++] = id;
+    this.#numFree += n;
+    this.#lastLen = len;
+    if (this.features.eventIdx && this.#interruptsEnabled) {
+      // §2.8.10: ask for an interrupt when the device uses the descriptor we will look at next.
+      Atomics.store(this.#v.driverEvent, 0, packedOffWrap(next, this.#usedWrap));
+    }
+    return token;
+  }
+
+  /** @inheritdoc */
+  enableInterrupts(): boolean {
+    this.#interruptsEnabled = true;
+    const ev = this.#v.driverEvent;
+    if (this.features.eventIdx) {
+      // off_wrap before flags: a device that sees DESC then reads an up-to-date offset.
+      Atomics.store(ev, 0, packedOffWrap(this.#nextUsed, this.#usedWrap));
+      Atomics.store(ev, 1, EV_DESC);
+    } else Atomics.store(ev, 1, EV_ENABLE);
+    // Re-check after publishing our wish: a device that used a buffer just before seeing it did
+    // not interrupt, so the driver must look again.
+    const flags = Atomics.load(this.#desc, (this.#nextUsed << 2) + 3) >>> 16;
+    const w = this.#usedWrap;
+    return ((flags & F_USED) !== 0) === w && ((flags & F_AVAIL) !== 0) === w;
+  }
+
+  /** @inheritdoc */
+  disableInterrupts(): void {
+    this.#interruptsEnabled = false;
+    // §2.8.10: DISABLE is valid with or without EVENT_IDX.
+    Atomics.store(this.#v.driverEvent, 1, EV_DISABLE);
+  }
+
+  /**
+   * Ring positions and wrap counters: next descriptor to make available (the `next_off` /
+   * `next_wrap` of a notification with VIRTIO_F_NOTIFICATION_DATA, §2.8.16) and next used
+   * descriptor to read. Unpublished chains count as made available.
+   */
+  getState(): QueueState {
+    return {
+      availIdx: this.#nextAvail,
+      usedIdx: this.#nextUsed,
+      availWrap: this.#availWrap,
+      usedWrap: this.#usedWrap,
+    };
+  }
+
+  /** @inheritdoc */
+  reset(): void {
+    const v = this.#v;
+    // §2.8.13: the descriptor ring is zero-initialised (and so are both event structures:
+    // flags 0 is ENABLE).
+    v.desc.fill(0);
+    v.driverEvent.fill(0);
+    v.deviceEvent.fill(0);
+    // IDs are handed out from the top of the stack: 0 first.
+    for (let i = 0; i < this.size; i++) this.#freeIds[i] = this.size - 1 - i;
+    this.#idTop = this.size;
+    this.#descCount.fill(0);
+    this.#writable.fill(0);
+    this.#tokens.fill(undefined);
+    this.#pendingCount = 0;
+    this.#addedSincePublish = 0;
+    this.#numFree = this.size;
+    this.#nextAvail = 0;
+    this.#availWrap = true;
+    this.#nextUsed = 0;
+    this.#usedWrap = true;
+    this.#lastLen = 0;
+    this.#interruptsEnabled = true;
+  }
+}
+
+function segName(i: number, nr: number): string {
+  return i < nr ? `readable[${i}]` : `writable[${i - nr}]`;
+}
+
+/** §2.8.21.1: AVAIL set to the driver's wrap counter, USED to its inverse. */
+function availBits(wrap: boolean): number {
+  return wrap ? F_AVAIL : F_USED;
+}
+
+function descWord(id: number, flags: number): number {
+  return (id | (flags << 16)) >>> 0;
+}
+
+function writeBody(desc: Uint32Array, pos: number, addr: number, len: number): void {
+  const w = pos << 2;
+  desc[w] = addr % TWO_32;
+  desc[w + 1] = Math.floor(addr / TWO_32);
+  desc[w + 2] = len;
+}
