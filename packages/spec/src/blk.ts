@@ -136,6 +136,8 @@ export const BlkConfig = {
   OPT_IO_SIZE: 28,
   /** `u8 writeback`. */
   WRITEBACK: 32,
+  /** `u8 unused0`: reserved padding (Linux `unused`). */
+  UNUSED0: 33,
   /** `le16 num_queues`. */
   NUM_QUEUES: 34,
   /** `le32 max_discard_sectors`. */
@@ -150,6 +152,8 @@ export const BlkConfig = {
   MAX_WRITE_ZEROES_SEG: 52,
   /** `u8 write_zeroes_may_unmap`. */
   WRITE_ZEROES_MAY_UNMAP: 56,
+  /** `u8 unused1[3]`: reserved padding. */
+  UNUSED1: 57,
   /** `le32 max_secure_erase_sectors`. */
   MAX_SECURE_ERASE_SECTORS: 60,
   /** `le32 max_secure_erase_seg`. */

@@ -292,6 +292,7 @@ const groups: Group[] = [
       MIN_IO_SIZE: "min_io_size",
       OPT_IO_SIZE: "opt_io_size",
       WRITEBACK: "wce", // the standard's `writeback`
+      UNUSED0: "unused", // the standard's `unused0`
       NUM_QUEUES: "num_queues",
       MAX_DISCARD_SECTORS: "max_discard_sectors",
       MAX_DISCARD_SEG: "max_discard_seg",
@@ -299,6 +300,7 @@ const groups: Group[] = [
       MAX_WRITE_ZEROES_SECTORS: "max_write_zeroes_sectors",
       MAX_WRITE_ZEROES_SEG: "max_write_zeroes_seg",
       WRITE_ZEROES_MAY_UNMAP: "write_zeroes_may_unmap",
+      UNUSED1: "unused1",
       MAX_SECURE_ERASE_SECTORS: "max_secure_erase_sectors",
       MAX_SECURE_ERASE_SEG: "max_secure_erase_seg",
       SECURE_ERASE_SECTOR_ALIGNMENT: "secure_erase_sector_alignment",
