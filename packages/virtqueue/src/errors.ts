@@ -375,3 +375,26 @@ export class EventOffsetOutOfRangeError extends RingError {
     this.queueSize = queueSize;
   }
 }
+
+// ---- Split ring, driver side ----
+
+/**
+ * Driver side: the device returned a used element whose `id` is not a descriptor index at all
+ * (≥ queue size). VIRTIO 1.3 §2.7.8: `id` is "the head entry of the descriptor chain", so it
+ * indexes the descriptor table. An id that is in range but not the head of a published chain
+ * is a {@link UsedIdNotInFlightError}.
+ */
+export class UsedIdOutOfRangeError extends RingError {
+  /** @inheritdoc */
+  readonly code = "used-id-out-of-range" as const;
+  /** The id as read (a le32, so up to 2^32 − 1). */
+  readonly id: number;
+  /** Queue size. */
+  readonly queueSize: number;
+  /** @param id the id the device wrote; @param queueSize queue size. */
+  constructor(id: number, queueSize: number) {
+    super(`device returned id ${id}, outside a queue of ${queueSize}`);
+    this.id = id;
+    this.queueSize = queueSize;
+  }
+}

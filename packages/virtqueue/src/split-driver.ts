@@ -1,45 +1,96 @@
-import type { GuestMemory } from "@virtio-ts/memory";
+import { type GuestMemory, GuestMemoryError } from "@virtio-ts/memory";
 import {
   SplitDescFlags,
   VIRTQ_AVAIL_F_NO_INTERRUPT,
   VIRTQ_USED_F_NO_NOTIFY,
   vringNeedEvent,
 } from "@virtio-ts/spec";
-import { UsedIdNotInFlightError, UsedIndexJumpError, UsedLenTooLargeError } from "./errors.js";
+import {
+  UsedIdNotInFlightError,
+  UsedIdOutOfRangeError,
+  UsedIndexJumpError,
+  UsedLenTooLargeError,
+} from "./errors.js";
 import { mapSplitRing, type SplitRingViews } from "./split-layout.js";
 import type { DriverQueue, QueueLayout, QueueState, RingFeatures, Segment } from "./types.js";
 
 const TWO_32 = 4294967296;
+const F_NEXT = SplitDescFlags.NEXT;
+const F_WRITE = SplitDescFlags.WRITE;
+const F_INDIRECT = SplitDescFlags.INDIRECT;
 
-/** Where a driver keeps indirect descriptor tables: one fixed-size slot per head descriptor. */
+// Life of a head descriptor in the private shadow. Only PUBLISHED heads may come back used.
+const FREE = 0;
+const ADDED = 1;
+const PUBLISHED = 2;
+
+/**
+ * Where a driver keeps its indirect descriptor tables (VIRTIO 1.3 §2.7.5.3, §2.8.7): one
+ * fixed-size slot of `maxEntries` descriptors per head descriptor (split ring) or buffer ID
+ * (packed ring), so slot `h` (at `addr + h × maxEntries × 16`) belongs to the chain with head
+ * or ID `h` and is never shared by two chains in flight. The driver writes the tables; the
+ * device only reads them, and the driver never reads them back.
+ */
 export interface IndirectArea {
-  /** Guest address of the area (16-aligned), owned by this driver. */
+  /**
+   * Guest address of the area: 16-aligned, writable, inside one memory region, and owned by
+   * this queue ({@link indirectAreaSize} bytes).
+   */
   readonly addr: number;
-  /** Entries per table slot; the area is `queue size × maxEntries × 16` bytes. */
+  /**
+   * Descriptors per table slot, in [2, queue size]: chains of 2 to `maxEntries` segments go
+   * indirect, longer ones use ring descriptors directly.
+   */
   readonly maxEntries: number;
 }
 
 /** Options of {@link SplitDriverQueue}. */
 export interface SplitDriverOptions {
   /**
-   * Memory for indirect tables. With VIRTIO_F_INDIRECT_DESC negotiated and this set, every
-   * chain of 2 to `maxEntries` segments uses one ring descriptor and an indirect table.
+   * Memory for indirect tables. Used only when VIRTIO_F_INDIRECT_DESC was negotiated (§2.7.5.3.1:
+   * the driver MUST NOT set VIRTQ_DESC_F_INDIRECT otherwise), so it may be passed unconditionally.
+   * Every chain of 2 to `maxEntries` segments then takes one ring descriptor.
    */
   readonly indirect?: IndirectArea;
 }
 
-/** Byte size of the indirect area a {@link SplitDriverQueue} needs. */
+/**
+ * Byte size of the indirect area a driver queue needs: `queueSize × maxEntries × 16`.
+ *
+ * @example
+ * ```ts
+ * indirectAreaSize(256, 8); // 32768
+ * ```
+ */
 export function indirectAreaSize(queueSize: number, maxEntries: number): number {
   return queueSize * maxEntries * 16;
 }
 
 /**
- * Driver side of a split virtqueue (VIRTIO 1.3 §2.7): posts chains, publishes them, decides
- * kicks, reaps used buffers.
+ * Driver side of a split virtqueue (VIRTIO 1.3 §2.7): adds descriptor chains, publishes them
+ * in the available ring, decides kicks, and reaps used buffers.
  *
- * Drivers distrust devices too: the free list, chain lengths and tokens live in a private shadow
- * (never read back from the shared descriptor table), and a used entry whose id is not in flight,
- * whose length exceeds what was offered, or a used index that jumps, raises a `RingError`.
+ * Who writes what: this class writes the descriptor table, the available ring (`flags`, `idx`,
+ * `ring[]`, `used_event`) and any indirect tables; the device writes the used ring (`flags`,
+ * `idx`, `ring[]`, `avail_event`). Nothing the device writes is trusted:
+ * - chains are freed from a private shadow (next links, descriptor counts, writable bytes,
+ *   tokens, per-head state; Linux's `desc_extra`), never from the shared descriptor table,
+ *   which a device could scribble on;
+ * - `reap` raises a `RingError` for a used index that jumps more than the queue size
+ *   ({@link UsedIndexJumpError}), an id outside the table ({@link UsedIdOutOfRangeError}),
+ *   an id that is not the head of a published chain in flight ({@link UsedIdNotInFlightError}),
+ *   and a length larger than the chain's writable bytes ({@link UsedLenTooLargeError}). The
+ *   last one is stricter than the spec requires (§2.7.8.3 only tells drivers to ignore data past
+ *   `len`): a device that claims more than it was offered is broken or hostile, and trusting its
+ *   `len` could expose stale memory (the note in §2.7.8). After a `RingError` the queue state
+ *   is unchanged; the driver is expected to reset the device.
+ *
+ * Shared index, flag and event words are accessed with `Atomics` (seq-cst); descriptors and
+ * ring entries are plain writes ordered by the `Atomics.store` of `avail.idx`. Nothing is
+ * allocated by `add`, `publish` or `reap`: every array is created in the constructor.
+ *
+ * VIRTIO_F_IN_ORDER is not supported (its descriptor placement, §2.7.5.2, and batched used
+ * entries, §2.7.9, are not implemented): do not negotiate it with this queue.
  *
  * @typeParam T the token type returned by `reap` (anything but `undefined`).
  * @example
@@ -56,33 +107,46 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
   readonly size: number;
   /** The negotiated ring features. */
   readonly features: RingFeatures;
-  readonly #mem: GuestMemory;
   readonly #v: SplitRingViews;
   readonly #mask: number;
   readonly #usedEventAt: number;
   readonly #availEventAt: number;
-  readonly #indirect: IndirectArea | undefined;
-  /** Shadow next links (free list and chains). */
+  /** Indirect tables as u32 words (4 per descriptor), or undefined when not in use. */
+  readonly #ind: Uint32Array | undefined;
+  readonly #indAddr: number;
+  readonly #indMax: number;
+  // ---- private shadow, one entry per descriptor / head ----
+  /** Next links: the free list, and the links of each in-flight direct chain. */
   readonly #next: Uint16Array;
-  /** Ring descriptors each in-flight head occupies. */
+  /** Ring descriptors each in-flight head holds (1 for an indirect chain). */
   readonly #descCount: Uint16Array;
-  /** Writable bytes each in-flight chain offers. */
-  readonly #writable: Float64Array;
+  /** Writable bytes each in-flight chain offers (< 2^32 by the check in add). */
+  readonly #writable: Uint32Array;
+  /** FREE, ADDED (not yet visible) or PUBLISHED, per head. */
+  readonly #state: Uint8Array;
+  /** Heads by avail position since the last publish, to mark them published. */
+  readonly #availHeads: Uint16Array;
   readonly #tokens: (T | undefined)[];
   #freeHead = 0;
   #numFree: number;
+  /** Avail index the next add uses. */
   #availIdx = 0;
-  #kickedIdx = 0;
+  /** `avail.idx` as last stored by publish (the "old" of the kick decision). */
+  #publishedIdx = 0;
+  /** Next used index to reap. */
   #lastUsed = 0;
   #interruptsEnabled = true;
   #lastLen = 0;
 
   /**
+   * Map the ring and initialise its memory (everything zero: flags, indices, events).
+   *
    * @param mem guest memory.
-   * @param layout where the three areas are; the ring memory is initialised here.
-   * @param features negotiated ring features.
+   * @param layout queue size and the three area addresses.
+   * @param features negotiated ring features (see `ringFeatures`).
    * @param options indirect table area.
-   * @throws QueueConfigError for an invalid layout; RangeError for an invalid indirect area.
+   * @throws QueueConfigError for an invalid layout; RangeError naming the option for an invalid
+   *   indirect area, or for `features.inOrder` (not supported).
    */
   constructor(
     mem: GuestMemory,
@@ -90,33 +154,57 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
     features: RingFeatures,
     options: SplitDriverOptions = {},
   ) {
+    if (features.inOrder) {
+      throw new RangeError(
+        "features.inOrder: VIRTIO_F_IN_ORDER is not supported by SplitDriverQueue; do not negotiate it",
+      );
+    }
     this.#v = mapSplitRing(mem, layout, "driver");
-    this.#mem = mem;
-    this.size = layout.size;
+    const size = layout.size;
+    this.size = size;
     this.features = features;
-    this.#mask = layout.size - 1;
-    this.#usedEventAt = 2 + layout.size;
-    this.#availEventAt = 2 + 4 * layout.size;
+    this.#mask = size - 1;
+    this.#usedEventAt = 2 + size;
+    this.#availEventAt = 2 + 4 * size;
     const ind = options.indirect;
+    this.#indAddr = 0;
+    this.#indMax = 0;
     if (ind !== undefined) {
-      if (!Number.isInteger(ind.maxEntries) || ind.maxEntries < 2 || ind.maxEntries > layout.size) {
+      if (!Number.isInteger(ind.maxEntries) || ind.maxEntries < 2 || ind.maxEntries > size) {
         throw new RangeError(
-          `options.indirect.maxEntries must be an integer in [2, queue size], got ${ind.maxEntries}`,
+          `options.indirect.maxEntries must be an integer in [2, queue size ${size}], got ${ind.maxEntries}`,
         );
       }
-      if (!Number.isSafeInteger(ind.addr) || ind.addr % 16 !== 0) {
-        throw new RangeError(`options.indirect.addr must be a 16-aligned address, got ${ind.addr}`);
+      if (!Number.isSafeInteger(ind.addr) || ind.addr < 0 || ind.addr % 16 !== 0) {
+        throw new RangeError(
+          `options.indirect.addr must be a 16-aligned non-negative safe integer, got ${ind.addr}`,
+        );
       }
-      if (!mem.check(ind.addr, indirectAreaSize(layout.size, ind.maxEntries), "write")) {
-        throw new RangeError("options.indirect area lies outside guest memory");
+      const bytes = indirectAreaSize(size, ind.maxEntries);
+      if (!mem.check(ind.addr, bytes, "write")) {
+        throw new RangeError(
+          `options.indirect area [0x${ind.addr.toString(16)}, +${bytes}) is not writable guest memory`,
+        );
+      }
+      // §2.7.5.3.1: INDIRECT only when negotiated; the area is simply unused otherwise.
+      if (features.indirect) {
+        try {
+          this.#ind = mem.u32View(ind.addr, bytes / 4, "write");
+        } catch (e) {
+          if (!(e instanceof GuestMemoryError)) throw e;
+          throw new RangeError(`options.indirect area must lie in one memory region: ${e.message}`);
+        }
+        this.#indAddr = ind.addr;
+        this.#indMax = ind.maxEntries;
       }
     }
-    this.#indirect = ind;
-    this.#next = new Uint16Array(layout.size);
-    this.#descCount = new Uint16Array(layout.size);
-    this.#writable = new Float64Array(layout.size);
-    this.#tokens = new Array<T | undefined>(layout.size).fill(undefined);
-    this.#numFree = layout.size;
+    this.#next = new Uint16Array(size);
+    this.#descCount = new Uint16Array(size);
+    this.#writable = new Uint32Array(size);
+    this.#state = new Uint8Array(size);
+    this.#availHeads = new Uint16Array(size);
+    this.#tokens = new Array<T | undefined>(size).fill(undefined);
+    this.#numFree = size;
     this.reset();
   }
 
@@ -130,190 +218,326 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
     return this.#lastLen;
   }
 
-  /** @inheritdoc */
+  /**
+   * Add one chain: `readable` segments (device reads) then `writable` ones (device writes),
+   * with `token` to be returned by {@link SplitDriverQueue.reap}.
+   *
+   * Places readable segments first, then writable ones (VIRTIO 1.3 §2.7.4.2), each in a free
+   * descriptor linked by VIRTQ_DESC_F_NEXT (§2.7.13.1), or, with VIRTIO_F_INDIRECT_DESC and an
+   * indirect area, a chain of 2 to `maxEntries` segments in the head's indirect table referred
+   * to by one ring descriptor carrying only VIRTQ_DESC_F_INDIRECT (§2.7.5.3.1: never with NEXT,
+   * never nested). The head goes into the next available ring entry (§2.7.13.2); none of this is
+   * visible to the device before {@link SplitDriverQueue.publish}.
+   *
+   * @throws RangeError naming the argument: `token` undefined; no segment; more segments than
+   *   the queue size (§2.7.5.3.1); a segment whose `addr` is not a non-negative safe integer or
+   *   whose `len` is not an integer in [0, 2^32); segments adding up to 2^32 bytes or more
+   *   (§2.7.5.2, and `len` in the used ring is a le32).
+   * @throws TypeError if a segment is not an object.
+   * @returns false, adding nothing, if there are not enough free descriptors.
+   */
   add(readable: readonly Segment[], writable: readonly Segment[], token: T): boolean {
     if (token === undefined) throw new RangeError("token must not be undefined");
     const nr = readable.length;
     const n = nr + writable.length;
-    if (n === 0) throw new RangeError("a chain needs at least one segment (readable or writable)");
+    if (n === 0) {
+      throw new RangeError("readable and writable are both empty: a chain needs a segment");
+    }
+    if (n > this.size) {
+      throw new RangeError(
+        `readable and writable hold ${n} segments, more than the queue size ${this.size} (VIRTIO 1.3 §2.7.5.3.1)`,
+      );
+    }
+    let total = 0;
     let writableBytes = 0;
     for (let i = 0; i < n; i++) {
-      const s = i < nr ? readable[i]! : writable[i - nr]!;
-      if (!Number.isSafeInteger(s.addr) || s.addr < 0) {
-        throw new RangeError(
-          `${i < nr ? `readable[${i}]` : `writable[${i - nr}]`}.addr must be a non-negative safe integer, got ${s.addr}`,
-        );
-      }
-      if (!Number.isInteger(s.len) || s.len < 0 || s.len >= TWO_32) {
-        throw new RangeError(
-          `${i < nr ? `readable[${i}]` : `writable[${i - nr}]`}.len must be an integer in [0, 2^32), got ${s.len}`,
-        );
-      }
-      if (i >= nr) writableBytes += s.len;
+      const s = i < nr ? readable[i] : writable[i - nr];
+      if (typeof s !== "object" || s === null) throw segmentError(nr, i, "", s);
+      const addr = s.addr;
+      const len = s.len;
+      if (!Number.isSafeInteger(addr) || addr < 0) throw segmentError(nr, i, "addr", addr);
+      if (!Number.isInteger(len) || len < 0 || len >= TWO_32) throw segmentError(nr, i, "len", len);
+      total += len;
+      if (i >= nr) writableBytes += len;
     }
-    // §2.7.5.3.1: a driver MUST NOT create a chain longer than the queue size.
-    if (n > this.size)
-      throw new RangeError(`chain of ${n} segments is longer than the queue size ${this.size}`);
-    if (writableBytes >= TWO_32)
-      throw new RangeError("writable segments add up to 2^32 bytes or more");
-    const ind = this.#indirect;
-    const useIndirect = this.features.indirect && ind !== undefined && n > 1 && n <= ind.maxEntries;
-    const needed = useIndirect ? 1 : n;
+    // §2.7.5.2: a chain MUST NOT be longer than 2^32 bytes in total; staying below keeps both
+    // parts (and the device's le32 used len) representable.
+    if (total >= TWO_32) {
+      throw new RangeError(
+        `readable and writable add up to ${total} bytes; a chain must stay below 2^32 (VIRTIO 1.3 §2.7.5.2)`,
+      );
+    }
+    const ind = this.#ind;
+    const indirect = ind !== undefined && n > 1 && n <= this.#indMax;
+    const needed = indirect ? 1 : n;
     if (this.#numFree < needed) return false;
 
     const desc = this.#v.desc;
+    const next = this.#next;
     const head = this.#freeHead;
-    let idx = head;
-    if (useIndirect) {
-      const table = ind.addr + head * ind.maxEntries * 16;
-      const mem = this.#mem;
-      for (let i = 0; i < n; i++) {
-        const s = i < nr ? readable[i]! : writable[i - nr]!;
-        const at = table + i * 16;
-        const flags = (i < n - 1 ? SplitDescFlags.NEXT : 0) | (i >= nr ? SplitDescFlags.WRITE : 0);
-        mem.writeU32(at, s.addr % TWO_32);
-        mem.writeU32(at + 4, Math.floor(s.addr / TWO_32));
-        mem.writeU32(at + 8, s.len);
-        mem.writeU32(at + 12, (flags | ((i + 1) << 16)) >>> 0);
-      }
-      writeDesc(desc, head, table, n * 16, SplitDescFlags.INDIRECT, 0);
-      this.#freeHead = this.#next[head]!;
-    } else {
+    if (indirect) {
+      // The head's own slot: free while the head is free, so no other chain uses it.
+      const base = head * this.#indMax;
       for (let i = 0; i < n; i++) {
         const s = i < nr ? readable[i]! : writable[i - nr]!;
         const last = i === n - 1;
-        const next = this.#next[idx]!;
-        const flags = (last ? 0 : SplitDescFlags.NEXT) | (i >= nr ? SplitDescFlags.WRITE : 0);
-        writeDesc(desc, idx, s.addr, s.len, flags, last ? 0 : next);
-        if (!last) idx = next;
+        // §2.7.5.3: entries chained by next from index 0; the last one has no NEXT. WRITE marks
+        // device-writable entries; the referring descriptor carries none (§2.7.5.3.2).
+        writeDesc(
+          ind,
+          base + i,
+          s.addr,
+          s.len,
+          (last ? 0 : F_NEXT) | (i >= nr ? F_WRITE : 0),
+          last ? 0 : i + 1,
+        );
       }
-      this.#freeHead = this.#next[idx]!;
+      writeDesc(desc, head, this.#indAddr + base * 16, n * 16, F_INDIRECT, 0);
+      this.#freeHead = next[head]!;
+    } else {
+      let idx = head;
+      for (let i = 0; i < n; i++) {
+        const s = i < nr ? readable[i]! : writable[i - nr]!;
+        const last = i === n - 1;
+        // The shadow link is what the free list already holds: the chain keeps it, so freeing
+        // walks the same links without reading the shared table.
+        const nx = next[idx]!;
+        writeDesc(
+          desc,
+          idx,
+          s.addr,
+          s.len,
+          (last ? 0 : F_NEXT) | (i >= nr ? F_WRITE : 0),
+          last ? 0 : nx,
+        );
+        if (!last) idx = nx;
+      }
+      this.#freeHead = next[idx]!;
     }
     this.#numFree -= needed;
     this.#descCount[head] = needed;
     this.#writable[head] = writableBytes;
     this.#tokens[head] = token;
-    // §2.7.13.2: put the head in the next avail ring slot; it becomes visible at publish().
-    this.#v.avail[2 + (this.#availIdx & this.#mask)] = head;
+    this.#state[head] = ADDED;
+    // §2.7.13.2: avail->ring[(avail->idx + added++) % qsz] = head. A plain write: the device
+    // reads it only after seeing the avail.idx that publish() stores. The slot is free: at most
+    // `size` chains are in flight and each holds a descriptor until the device has read its
+    // entry (§2.7.13 "this is not possible since the ring buffer is the same size").
+    const slot = this.#availIdx & this.#mask;
+    this.#v.avail[2 + slot] = head;
+    this.#availHeads[slot] = head;
     this.#availIdx = (this.#availIdx + 1) & 0xffff;
     return true;
   }
 
-  /** @inheritdoc */
+  /**
+   * Make the chains added since the last publish visible to the device, and decide the kick.
+   *
+   * Stores `avail.idx` with `Atomics.store` after the plain writes of descriptors and ring
+   * entries (VIRTIO 1.3 §2.7.13.3.1: a barrier before the idx update; a seq-cst store is a
+   * release), then decides the kick (§2.7.10.1): with VIRTIO_F_EVENT_IDX,
+   * `vring_need_event(avail_event, new idx, idx at the previous publish)`; without it, kick
+   * unless the device set VIRTQ_USED_F_NO_NOTIFY. Returns false when nothing was added since
+   * the previous publish.
+   *
+   * @returns whether the device must be notified (kicked).
+   */
   publish(): boolean {
     const v = this.#v;
     const newIdx = this.#availIdx;
-    const old = this.#kickedIdx;
-    this.#kickedIdx = newIdx;
+    const old = this.#publishedIdx;
     if (newIdx === old) return false;
-    // §2.7.13.3: descriptors and ring entries are written before idx. Release: the device's
-    // Atomics.load of avail.idx then sees them.
+    for (let i = old; i !== newIdx; i = (i + 1) & 0xffff) {
+      this.#state[this.#availHeads[i & this.#mask]!] = PUBLISHED;
+    }
+    this.#publishedIdx = newIdx;
     Atomics.store(v.avail, 1, newIdx);
-    // The load below is ordered after the store above (both seq-cst): the full barrier Linux gets
-    // from virtio_mb() so that the device either sees our idx or we see its event/flag.
+    // §2.7.13.4.1: a barrier between the idx store and the read of flags / avail_event, or a
+    // wakeup is lost: we read a stale avail_event (no kick) while the device, which stores
+    // avail_event and then re-reads avail.idx, reads our stale idx (and sleeps). Linux puts
+    // virtio_mb() here because a store followed by a load may be reordered (store buffers).
+    // Seq-cst Atomics give the same: all of them fall into one total order consistent with each
+    // agent's program order, so this load cannot be ordered before the store above, and one of
+    // the two sides is bound to see the other's write.
     if (this.features.eventIdx) {
-      // §2.7.10.1: kick iff avail.idx moved past avail_event in this batch.
       return vringNeedEvent(Atomics.load(v.used16, this.#availEventAt), newIdx, old);
     }
-    // §2.7.10.1: without EVENT_IDX, honour VIRTQ_USED_F_NO_NOTIFY.
     return (Atomics.load(v.used16, 0) & VIRTQ_USED_F_NO_NOTIFY) === 0;
   }
 
-  /** @inheritdoc */
+  /**
+   * @inheritdoc
+   * @throws UsedIndexJumpError if `used.idx` is more than the queue size ahead of what was reaped.
+   * @throws UsedIdOutOfRangeError if the used element's id is ≥ the queue size.
+   * @throws UsedIdNotInFlightError if the id is not the head of a published chain in flight.
+   * @throws UsedLenTooLargeError if the used length exceeds the chain's writable bytes.
+   */
   reap(): T | undefined {
     const v = this.#v;
-    // Acquire: pairs with the device's store of used.idx after it wrote the element.
+    // Acquire: pairs with the device's store of used.idx after it wrote the element, so the
+    // plain reads of the element below see what the device wrote (§2.7.8.2).
     const usedIdx = Atomics.load(v.used16, 1);
     const last = this.#lastUsed;
     const pending = (usedIdx - last) & 0xffff;
     if (pending === 0) return undefined;
     if (pending > this.size) throw new UsedIndexJumpError(usedIdx, last, this.size);
     const slot = (last & this.#mask) << 1;
+    // Read once into locals: the device may change the element while we look at it.
     const id = v.used32[slot]!;
     const len = v.used32[slot + 1]!;
-    if (id >= this.size || this.#tokens[id] === undefined) throw new UsedIdNotInFlightError(id);
-    if (len > this.#writable[id]!) throw new UsedLenTooLargeError(id, len, this.#writable[id]!);
-    this.#lastUsed = (last + 1) & 0xffff;
-    const token = this.#tokens[id]!;
+    if (id >= this.size) throw new UsedIdOutOfRangeError(id, this.size);
+    if (this.#state[id] !== PUBLISHED) throw new UsedIdNotInFlightError(id);
+    const offered = this.#writable[id]!;
+    if (len > offered) throw new UsedLenTooLargeError(id, len, offered);
+    const token = this.#tokens[id] as T;
     this.#tokens[id] = undefined;
     this.#free(id);
+    this.#lastUsed = (last + 1) & 0xffff;
     this.#lastLen = len;
     if (this.features.eventIdx && this.#interruptsEnabled) {
-      // §2.7.10: ask for an interrupt when the device passes what we have reaped.
+      // §2.7.7.1: interrupt when the device writes the entry at the index we reap next.
       Atomics.store(v.avail, this.#usedEventAt, this.#lastUsed);
     }
     return token;
   }
 
-  /** Return a chain's descriptors to the free list, following the private shadow links. */
+  /** Return a chain's descriptors to the free list, following the private shadow links only. */
   #free(head: number): void {
-    let last = head;
-    for (let i = this.#descCount[head]! - 1; i > 0; i--) last = this.#next[last]!;
-    this.#next[last] = this.#freeHead;
+    const count = this.#descCount[head]!;
+    let tail = head;
+    for (let i = count - 1; i > 0; i--) tail = this.#next[tail]!;
+    this.#next[tail] = this.#freeHead;
     this.#freeHead = head;
-    this.#numFree += this.#descCount[head]!;
+    this.#numFree += count;
     this.#descCount[head] = 0;
+    this.#writable[head] = 0;
+    this.#state[head] = FREE;
   }
 
-  /** @inheritdoc */
+  /**
+   * Ask the device for used buffer notifications (interrupts) again.
+   *
+   * Without VIRTIO_F_EVENT_IDX clears VIRTQ_AVAIL_F_NO_INTERRUPT; with it, writes `used_event`
+   * = the next index to reap (§2.7.7.1; `flags` stays 0). Then re-reads `used.idx`: a device
+   * that pushed before seeing our wish did not interrupt, so the caller must reap again.
+   *
+   * @returns true if used buffers are already pending.
+   */
   enableInterrupts(): boolean {
     this.#interruptsEnabled = true;
     const v = this.#v;
     if (this.features.eventIdx) Atomics.store(v.avail, this.#usedEventAt, this.#lastUsed);
     else Atomics.and(v.avail, 0, ~VIRTQ_AVAIL_F_NO_INTERRUPT & 0xffff);
-    // Re-check after publishing our wish: a device that pushed just before seeing it did not
-    // interrupt, so the driver must look again.
+    // Seq-cst store then load: the same Dekker ordering as in publish().
     return Atomics.load(v.used16, 1) !== this.#lastUsed;
   }
 
-  /** @inheritdoc */
+  /**
+   * Ask the device not to interrupt while the driver is polling.
+   *
+   * Without VIRTIO_F_EVENT_IDX sets VIRTQ_AVAIL_F_NO_INTERRUPT (§2.7.7.1: flags 0 or 1). With
+   * it `flags` MUST stay 0 (§2.7.7.1), so `used_event` is set one behind the next index to
+   * reap: the device's used index does not come back to it before 65536 more entries.
+   * Suppression is a hint; spurious interrupts remain possible and harmless.
+   */
   disableInterrupts(): void {
     this.#interruptsEnabled = false;
     const v = this.#v;
     if (this.features.eventIdx) {
-      // The device ignores NO_INTERRUPT with EVENT_IDX (§2.7.10); an event index just behind
-      // what we reaped is not crossed again until the ring index wraps (as Linux does).
       Atomics.store(v.avail, this.#usedEventAt, (this.#lastUsed - 1) & 0xffff);
     } else Atomics.or(v.avail, 0, VIRTQ_AVAIL_F_NO_INTERRUPT);
   }
 
-  /** Ring indices (next avail index to publish, next used index to reap). */
+  /**
+   * Ring indices: `availIdx` is the avail index the next {@link SplitDriverQueue.add} uses
+   * (equal to `avail.idx` once published), `usedIdx` the next used index to reap. The wrap
+   * counters are unused on a split ring (always true).
+   */
   getState(): QueueState {
     return { availIdx: this.#availIdx, usedIdx: this.#lastUsed, availWrap: true, usedWrap: true };
   }
 
-  /** @inheritdoc */
+  /**
+   * Continue at other ring indices, e.g. to match a device restored elsewhere, or in tests of
+   * the 16-bit wrap. Only while nothing is in flight (every descriptor free): the driver then
+   * owns the whole ring, so it stores `avail.idx` = `state.availIdx` and, as when it initialises
+   * the ring, `used.idx` = `state.usedIdx` (and `used_event` with EVENT_IDX, interrupts on).
+   *
+   * @throws RangeError if chains are in flight or an index is not an integer in [0, 65535].
+   */
+  setState(state: QueueState): void {
+    if (this.#numFree !== this.size || this.#availIdx !== this.#publishedIdx) {
+      throw new RangeError("setState needs an idle queue: chains are still in flight");
+    }
+    for (const k of ["availIdx", "usedIdx"] as const) {
+      const x = state[k];
+      if (!Number.isInteger(x) || x < 0 || x > 0xffff) {
+        throw new RangeError(`state.${k} must be an integer in [0, 65535], got ${x}`);
+      }
+    }
+    const v = this.#v;
+    this.#availIdx = state.availIdx;
+    this.#publishedIdx = state.availIdx;
+    this.#lastUsed = state.usedIdx;
+    this.#interruptsEnabled = true;
+    Atomics.store(v.avail, 0, 0);
+    if (this.features.eventIdx) Atomics.store(v.avail, this.#usedEventAt, state.usedIdx);
+    Atomics.store(v.used16, 1, state.usedIdx);
+    Atomics.store(v.avail, 1, state.availIdx);
+  }
+
+  /**
+   * Forget all in-flight chains and reinitialise the ring memory (driver-side reset).
+   *
+   * Zeroes the descriptor table and both rings, so `avail.flags`, `avail.idx`, `used_event`,
+   * `used.flags` (§2.7.10.1: the driver MUST initialise it to 0), `used.idx` and `avail_event`
+   * start at 0; every descriptor is free and interrupts are enabled.
+   */
   reset(): void {
     const v = this.#v;
     v.desc.fill(0);
     v.avail.fill(0);
     v.used16.fill(0);
     v.used32.fill(0);
-    for (let i = 0; i < this.size; i++) this.#next[i] = (i + 1) & 0xffff;
+    const size = this.size;
+    // The last link (= size) is never followed: add checks numFree before taking descriptors.
+    for (let i = 0; i < size; i++) this.#next[i] = i + 1;
     this.#descCount.fill(0);
     this.#writable.fill(0);
+    this.#state.fill(FREE);
     this.#tokens.fill(undefined);
     this.#freeHead = 0;
-    this.#numFree = this.size;
+    this.#numFree = size;
     this.#availIdx = 0;
-    this.#kickedIdx = 0;
+    this.#publishedIdx = 0;
     this.#lastUsed = 0;
     this.#lastLen = 0;
     this.#interruptsEnabled = true;
   }
 }
 
+/** Write one 16-byte descriptor (le64 addr, le32 len, le16 flags, le16 next) as 4 u32 words. */
 function writeDesc(
-  desc: Uint32Array,
+  words: Uint32Array,
   i: number,
   addr: number,
   len: number,
   flags: number,
   next: number,
 ): void {
-  const w = i << 2;
-  desc[w] = addr % TWO_32;
-  desc[w + 1] = Math.floor(addr / TWO_32);
-  desc[w + 2] = len;
-  desc[w + 3] = (flags | (next << 16)) >>> 0;
+  const w = i * 4; // not i << 2: indirect areas can have 2^30 descriptors
+  // addr is a safe integer, so the division is exact enough: hi < 2^21.
+  words[w] = addr % TWO_32;
+  words[w + 1] = Math.floor(addr / TWO_32);
+  words[w + 2] = len;
+  words[w + 3] = (flags | (next << 16)) >>> 0;
+}
+
+/** Cold path: the RangeError/TypeError for a bad segment, naming it as the caller wrote it. */
+function segmentError(nr: number, i: number, field: string, value: unknown): Error {
+  const name = i < nr ? `readable[${i}]` : `writable[${i - nr}]`;
+  if (field === "") return new TypeError(`${name} must be a { addr, len } object, got ${value}`);
+  const rule =
+    field === "addr" ? "a non-negative safe integer" : "an integer in [0, 2^32) (a le32 length)";
+  return new RangeError(`${name}.${field} must be ${rule}, got ${value}`);
 }
