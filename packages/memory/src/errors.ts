@@ -23,7 +23,16 @@ export type GuestMemoryErrorCode =
   | "translation-fault"
   | "read-only";
 
-/** A guest memory access fell outside the mapping, crossed regions where it may not, etc. */
+/**
+ * A guest memory access failed because of the address or length it used, values that may come
+ * from an untrusted guest. Nothing was read or written.
+ *
+ * - "out-of-bounds": some byte of the range is not mapped (including addresses ≥ 2^53).
+ * - "cross-region": a scalar or view would need two regions (or two DMA windows).
+ * - "misaligned": a typed view's address is not a multiple of its element size.
+ * - "translation-fault": an IOMMU / DMA window has no mapping, or not with that permission.
+ * - "read-only": a write to read-only memory (ROM).
+ */
 export class GuestMemoryError extends VirtioError {
   /** What went wrong. */
   readonly code: GuestMemoryErrorCode;
@@ -32,7 +41,12 @@ export class GuestMemoryError extends VirtioError {
   /** Length in bytes of the failed access. */
   readonly len: number;
 
-  /** @param code what went wrong; @param addr first address; @param len length in bytes. */
+  /**
+   * @param code - what went wrong
+   * @param addr - first address of the access, as the caller passed it
+   * @param len - length of the access in bytes
+   * @param detail - optional text appended to the message
+   */
   constructor(code: GuestMemoryErrorCode, addr: number, len: number, detail?: string) {
     super(
       `guest memory ${code} at 0x${addr.toString(16)} (+${len} bytes)${detail ? `: ${detail}` : ""}`,

@@ -6,5 +6,6 @@
  */
 export * from "./errors.js";
 export * from "./guest-memory.js";
+export { ADDRESS_LIMIT, MAX_ACCESS_LENGTH } from "./limits.js";
 export * from "./translate.js";
 export type * from "./types.js";
