@@ -1,6 +1,7 @@
 import type { AccessKind, GuestMemory } from "@virtio-ts/memory";
 import { PACKED_QUEUE_MAX_SIZE, PackedAlign, PackedDesc, PackedEvent } from "@virtio-ts/spec";
 import { QueueConfigError } from "./errors.js";
+import { checkRingArea, unmappableRing } from "./layout-check.js";
 import type { QueueLayout } from "./types.js";
 
 /**
@@ -64,10 +65,10 @@ export function mapPackedRing(
   }
   const drv: AccessKind = side === "driver" ? "write" : "read";
   const dev: AccessKind = side === "device" ? "write" : "read";
-  checkArea(mem, "desc", desc, PackedDesc.SIZE * size, PackedAlign.DESC, "read");
-  checkArea(mem, "desc", desc, PackedDesc.SIZE * size, PackedAlign.DESC, "write");
-  checkArea(mem, "driver", driver, PackedEvent.SIZE, PackedAlign.DRIVER, drv);
-  checkArea(mem, "device", device, PackedEvent.SIZE, PackedAlign.DEVICE, dev);
+  checkRingArea(mem, "desc", desc, PackedDesc.SIZE * size, PackedAlign.DESC, "read");
+  checkRingArea(mem, "desc", desc, PackedDesc.SIZE * size, PackedAlign.DESC, "write");
+  checkRingArea(mem, "driver", driver, PackedEvent.SIZE, PackedAlign.DRIVER, drv);
+  checkRingArea(mem, "device", device, PackedEvent.SIZE, PackedAlign.DEVICE, dev);
   try {
     return {
       size,
@@ -77,30 +78,7 @@ export function mapPackedRing(
     };
   } catch (e) {
     // The areas were checked above, so what is left is an area that crosses a region boundary.
-    throw new QueueConfigError(`ring area not mappable: ${(e as Error).message}`, "layout", desc);
-  }
-}
-
-function checkArea(
-  mem: GuestMemory,
-  field: string,
-  addr: number,
-  len: number,
-  align: number,
-  access: AccessKind,
-): void {
-  if (!Number.isSafeInteger(addr) || addr < 0) {
-    throw new QueueConfigError(`${field} address must be a non-negative safe integer`, field, addr);
-  }
-  if (addr % align !== 0) {
-    throw new QueueConfigError(`${field} area must be ${align}-byte aligned`, field, addr);
-  }
-  if (!mem.check(addr, len, access)) {
-    throw new QueueConfigError(
-      `${field} area [0x${addr.toString(16)}, +${len}) is outside guest memory or lacks ${access} access`,
-      field,
-      addr,
-    );
+    throw unmappableRing(e, desc);
   }
 }
 

@@ -7,6 +7,7 @@ import {
   splitUsedSize,
 } from "@virtio-ts/spec";
 import { QueueConfigError } from "./errors.js";
+import { checkRingArea, unmappableRing } from "./layout-check.js";
 import type { QueueLayout } from "./types.js";
 
 /**
@@ -72,11 +73,11 @@ export function mapSplitRing(
       size,
     );
   }
-  checkArea(mem, "desc", desc, splitDescTableSize(size), SplitAlign.DESC);
-  checkArea(mem, "driver", driver, splitAvailSize(size), SplitAlign.AVAIL);
-  checkArea(mem, "device", device, splitUsedSize(size), SplitAlign.USED);
   const drv: AccessKind = side === "driver" ? "write" : "read";
   const dev: AccessKind = side === "device" ? "write" : "read";
+  checkRingArea(mem, "desc", desc, splitDescTableSize(size), SplitAlign.DESC, drv);
+  checkRingArea(mem, "driver", driver, splitAvailSize(size), SplitAlign.AVAIL, drv);
+  checkRingArea(mem, "device", device, splitUsedSize(size), SplitAlign.USED, dev);
   try {
     return {
       size,
@@ -88,28 +89,6 @@ export function mapSplitRing(
   } catch (e) {
     // The areas were checked above, so what is left is an area that crosses a region boundary
     // or a permission the translation layer refused.
-    throw new QueueConfigError(`ring area not mappable: ${(e as Error).message}`, "layout", desc);
-  }
-}
-
-function checkArea(
-  mem: GuestMemory,
-  field: string,
-  addr: number,
-  len: number,
-  align: number,
-): void {
-  if (!Number.isSafeInteger(addr) || addr < 0) {
-    throw new QueueConfigError(`${field} address must be a non-negative safe integer`, field, addr);
-  }
-  if (addr % align !== 0) {
-    throw new QueueConfigError(`${field} area must be ${align}-byte aligned`, field, addr);
-  }
-  if (!mem.check(addr, len)) {
-    throw new QueueConfigError(
-      `${field} area [0x${addr.toString(16)}, +${len}) is outside guest memory`,
-      field,
-      addr,
-    );
+    throw unmappableRing(e, desc);
   }
 }
