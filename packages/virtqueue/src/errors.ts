@@ -95,7 +95,10 @@ export class BufferOutOfBoundsError extends ChainError {
   }
 }
 
-/** The readable or writable part of a chain adds up to 2^32 bytes or more (lengths are le32). */
+/**
+ * A chain's buffers add up to 2^32 bytes or more (lengths are le32). Split ring: readable and
+ * writable together, VIRTIO 1.3 §2.7.5.2 ("no longer than 2^32 bytes in total", less one byte).
+ */
 export class TotalLengthOverflowError extends ChainError {
   /** @inheritdoc */
   readonly code = "total-length-overflow" as const;

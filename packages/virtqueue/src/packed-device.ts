@@ -1,4 +1,4 @@
-import type { GuestMemory } from "@virtio-ts/memory";
+import { type GuestMemory, GuestMemoryError } from "@virtio-ts/memory";
 import { PackedDescFlags, PackedEventFlags } from "@virtio-ts/spec";
 import type { DescriptorChain } from "./chain.js";
 import {
@@ -266,9 +266,10 @@ export class PackedDeviceQueue implements DeviceQueue {
         const code = this.#segment(chain, i, true, hi * TWO_32 + lo, len, writable, budget);
         if (code !== OK) return code;
       }
-    } catch {
+    } catch (e) {
       // The whole table was checked above; a read can only fail if the table straddles two
-      // regions in a way a scalar read cannot cross.
+      // regions in a way a scalar read cannot cross. Anything else is a host bug: rethrow it.
+      if (!(e instanceof GuestMemoryError)) throw e;
       return this.#fail(E_IND_OOB, at, false, tableAddr, tableLen);
     }
     return OK;
@@ -291,7 +292,9 @@ export class PackedDeviceQueue implements DeviceQueue {
       return this.#fail(E_OOB, index, indirect, addr, len);
     }
     chain.append(addr, len, writable);
-    if (chain.readableBytes > U32_MAX || chain.writableBytes > U32_MAX) {
+    // Same rule as the split ring (§2.7.5.2): the whole chain stays below 2^32 bytes, so every
+    // total, and the used len, fits a le32.
+    if (chain.readableBytes + chain.writableBytes > U32_MAX) {
       return this.#fail(E_TOTAL, index, indirect, 0, 0);
     }
     return OK;
@@ -405,8 +408,11 @@ export class PackedDeviceQueue implements DeviceQueue {
     if (flags === EV_DISABLE) return false;
     if (flags !== EV_DESC || !this.features.eventIdx) return true;
     const offWrap = Atomics.load(this.#driverEvent, 0);
-    if ((offWrap & 0x7fff) >= this.size)
+    if ((offWrap & 0x7fff) >= this.size) {
+      // Keep the pending count so a caller that logs and retries still owes this interrupt.
+      this.#usedSince = since;
       throw new EventOffsetOutOfRangeError("driver", offWrap, this.size);
+    }
     return !valid || packedNeedEvent(this.size, offWrap, this.#nextUsed, this.#usedWrap, since);
   }
 

@@ -2,8 +2,13 @@ import { Feature, hasFeature } from "@virtio-ts/spec";
 import type { RingFeatures } from "./types.js";
 
 /**
- * The ring features a negotiated feature set enables (VIRTIO_F_INDIRECT_DESC, VIRTIO_F_EVENT_IDX,
- * VIRTIO_F_IN_ORDER).
+ * The ring features a negotiated feature set enables: VIRTIO_F_INDIRECT_DESC (28),
+ * VIRTIO_F_EVENT_IDX (29) and VIRTIO_F_IN_ORDER (35) (VIRTIO 1.3 §6). Pass the features both
+ * sides *negotiated* (after FEATURES_OK), not what one side offers.
+ *
+ * @param features the negotiated feature bits, a 64-bit (or wider) mask.
+ * @returns a new RingFeatures object.
+ * @throws TypeError if `features` is not a bigint.
  *
  * @example
  * ```ts

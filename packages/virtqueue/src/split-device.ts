@@ -1,4 +1,4 @@
-import type { GuestMemory } from "@virtio-ts/memory";
+import { type GuestMemory, GuestMemoryError } from "@virtio-ts/memory";
 import {
   SplitDescFlags,
   VIRTQ_AVAIL_F_NO_INTERRUPT,
@@ -33,7 +33,7 @@ const U32_MAX = 0xffffffff;
 const TWO_32 = 4294967296;
 
 // Numeric failure codes of the chain walk: the hot path returns one of these, and an Error is
-// built only on the cold path (chainError) from the queue's scratch fields.
+// built only on the cold path (#chainError) from the queue's scratch fields.
 const OK = 0;
 const E_LOOP = 1;
 const E_TOO_LONG = 2;
@@ -47,24 +47,43 @@ const E_IND_LEN = 9;
 const E_IND_NESTED = 10;
 const E_IND_OOB = 11;
 
+/** Options of a {@link SplitDeviceQueue}. */
+export interface SplitDeviceOptions {
+  /**
+   * Track which heads are popped and not yet pushed (default true). Then `pop` refuses a head
+   * the driver makes available again while it is still in flight ({@link HeadInFlightError}),
+   * and `push` refuses a head that is not in flight and a `written` larger than the chain's
+   * writable bytes. Turn it off only for a device that does its own bookkeeping; `push` then
+   * checks only that `head` is below the queue size and `written` is a le32.
+   */
+  readonly trackInFlight?: boolean;
+}
+
 /**
  * Device side of a split virtqueue (VIRTIO 1.3 §2.7): consumes the available ring, validates
  * every chain, fills the used ring, and decides notifications.
  *
- * Who writes what (and whether we trust it): the driver writes the descriptor table and the
- * available ring (`flags`, `idx`, `ring[]`, `used_event`) — untrusted, read once and validated;
- * the device (this class) writes the used ring (`flags`, `idx`, `ring[]`, `avail_event`).
- * `avail.idx` and `used.idx`, the flags and the event words are accessed with `Atomics` so
- * that publication order holds when driver and device run on different threads.
+ * Who writes what (and whether we trust it): the driver writes the descriptor table, indirect
+ * tables and the available ring (`flags`, `idx`, `ring[]`, `used_event`): untrusted, each word
+ * read once and validated. The device (this class) writes the used ring (`flags`, `idx`,
+ * `ring[]`, `avail_event`), which the driver must not write. `avail.idx`, `used.idx`, the
+ * flags and the event words are accessed with `Atomics` so that publication order holds when
+ * driver and device run on different threads; descriptors, ring entries and used elements are
+ * plain accesses ordered by those atomics.
+ *
+ * Allocation: the ring views, the in-flight map and the loop-detection map are created in the
+ * constructor; `pop`, `push`, `needsInterrupt` and the notification methods allocate nothing
+ * (an `Error` is built only when throwing).
  *
  * @example
  * ```ts
- * const q = new SplitDeviceQueue(mem, { size: 256, desc: 0x1000, driver: 0x2000, device: 0x3000 }, NO_RING_FEATURES);
- * const chain = new DescriptorChain(256);
- * while (q.pop(chain)) {
- *   // ... read chain.addr(i)/chain.len(i) ...
- *   q.push(chain.head, 0);
- * }
+ * const layout = { size: 256, desc: 0x1000, driver: 0x2000, device: 0x3000 };
+ * const q = new SplitDeviceQueue(mem, layout, ringFeatures(negotiated));
+ * const chain = new DescriptorChain(layout.size);
+ * q.disableNotifications();
+ * do {
+ *   while (q.pop(chain)) q.push(chain.head, serve(chain));
+ * } while (q.enableNotifications());
  * if (q.needsInterrupt()) raiseInterrupt();
  * ```
  */
@@ -76,17 +95,26 @@ export class SplitDeviceQueue implements DeviceQueue {
   readonly #mem: GuestMemory;
   readonly #v: SplitRingViews;
   readonly #mask: number;
+  readonly #eventIdx: boolean;
+  readonly #indirect: boolean;
+  readonly #track: boolean;
+  /** Word index of `used_event` in the avail view. */
   readonly #usedEventAt: number;
+  /** Word index of `avail_event` in the used16 view. */
   readonly #availEventAt: number;
-  /** 1 where a head is popped and not yet pushed. */
+  /** 1 where a head is popped and not yet pushed (when tracking). */
   readonly #inFlight: Uint8Array;
   /** Writable bytes of each in-flight chain, to refuse a push that claims more. */
   readonly #writable: Float64Array;
   /** Epoch-stamped visited map for loop detection, reused across pops without clearing. */
   readonly #visited: Uint32Array;
   #epoch = 0;
+  #inFlightCount = 0;
+  /** Next avail ring index to consume (free-running, 16 bits). */
   #lastAvail = 0;
+  /** Next used ring index to fill (free-running, 16 bits). */
   #usedIdx = 0;
+  /** `used.idx` at the previous needsInterrupt() (Linux/QEMU: signalled_used). */
   #signalledUsed = 0;
   #signalledValid = false;
   #notifyEnabled = true;
@@ -97,16 +125,28 @@ export class SplitDeviceQueue implements DeviceQueue {
   #errB = 0;
 
   /**
+   * Map the ring (once) and start at indices 0 with notifications enabled. Ring memory is not
+   * written: the driver initialises it (§2.7.10.1: `used.flags` is 0 when it allocates the ring).
+   *
    * @param mem guest memory (possibly behind an IOMMU).
-   * @param layout where the three areas are.
-   * @param features negotiated ring features (see `ringFeatures`).
+   * @param layout where the three areas are; the device maps the used ring for writing.
+   * @param features negotiated ring features (see {@link ringFeatures}).
+   * @param options see {@link SplitDeviceOptions}.
    * @throws QueueConfigError if the layout is invalid (size, alignment, outside memory).
    */
-  constructor(mem: GuestMemory, layout: QueueLayout, features: RingFeatures) {
+  constructor(
+    mem: GuestMemory,
+    layout: QueueLayout,
+    features: RingFeatures,
+    options: SplitDeviceOptions = {},
+  ) {
     this.#v = mapSplitRing(mem, layout, "device");
     this.#mem = mem;
     this.size = layout.size;
     this.features = features;
+    this.#eventIdx = features.eventIdx === true;
+    this.#indirect = features.indirect === true;
+    this.#track = options.trackInFlight !== false;
     this.#mask = layout.size - 1;
     this.#usedEventAt = 2 + layout.size;
     this.#availEventAt = 2 + 4 * layout.size;
@@ -115,16 +155,15 @@ export class SplitDeviceQueue implements DeviceQueue {
     this.#visited = new Uint32Array(layout.size);
   }
 
-  /** Number of chains popped and not yet pushed. */
+  /** Number of chains popped and not yet pushed (including chains that failed validation). */
   get inFlight(): number {
-    let n = 0;
-    for (let i = 0; i < this.size; i++) n += this.#inFlight[i]!;
-    return n;
+    return this.#inFlightCount;
   }
 
   /**
-   * Number of chains the driver has made available and the device has not popped yet.
-   * @throws AvailIndexJumpError if `avail.idx` ran more than queue size ahead.
+   * Number of chains the driver has made available and the device has not popped yet
+   * (`avail.idx` minus the next index to consume, 16-bit). Reads `avail.idx` with `Atomics`.
+   * @throws AvailIndexJumpError if `avail.idx` is more than queue size ahead.
    */
   numAvailable(): number {
     const availIdx = Atomics.load(this.#v.avail, 1);
@@ -133,28 +172,58 @@ export class SplitDeviceQueue implements DeviceQueue {
     return pending;
   }
 
-  /** @inheritdoc */
+  /**
+   * Take the next available chain, validated completely, into `chain`.
+   *
+   * What is refused (all typed, nothing else escapes for any guest-written content):
+   * - {@link RingError}s, the ring is inconsistent: `avail.idx` more than queue size ahead
+   *   ({@link AvailIndexJumpError}, nothing consumed), a head ≥ queue size
+   *   ({@link HeadOutOfRangeError}), a head still in flight ({@link HeadInFlightError}).
+   *   Stop the queue and set DEVICE_NEEDS_RESET (§2.1.2).
+   * - {@link ChainError}s, this chain is malformed: a loop, more descriptors than
+   *   `min(queue size, chain.capacity)` (indirect entries count), a `next` outside its table, a
+   *   readable descriptor after a writable one, a buffer outside guest memory (writable buffers
+   *   need "write" access), more than 2^32 − 1 bytes in total, and the indirect rules. The avail
+   *   entry has been consumed and the head is in flight: the device may `push(e.head, 0)` and
+   *   go on, or set DEVICE_NEEDS_RESET.
+   *
+   * Zero-length descriptors are valid (VIRTIO 1.3 §2.7.5 and §2.7.13.1 give `len` no lower
+   * bound; QEMU refuses them, Linux drivers do not make them): they appear as segments of
+   * length 0 and their address is still checked (inside guest memory or at a region's end).
+   * Flag bits other than NEXT, WRITE and INDIRECT are ignored.
+   *
+   * @param chain caller-owned cursor, overwritten (also on failure).
+   * @returns false if no chain is available.
+   * @throws RingError or ChainError subclasses, as above.
+   */
   pop(chain: DescriptorChain): boolean {
     const v = this.#v;
-    // Acquire: this seq-cst load synchronises with the driver's store of avail.idx, so the
-    // plain reads of avail.ring[] and of the descriptors below see what it wrote before.
+    // Acquire: the driver writes descriptors and ring entries with plain stores, then stores
+    // avail.idx (§2.7.13.3.1: with a memory barrier in between). This seq-cst load reads that store and
+    // synchronises with it, so every plain read below (ring entry, descriptors, indirect table)
+    // sees what the driver wrote before publishing. Reading the ring before this load could see
+    // a stale entry.
     const availIdx = Atomics.load(v.avail, 1);
     const last = this.#lastAvail;
     const pending = (availIdx - last) & 0xffff;
     if (pending === 0) return false;
-    // §2.7.6: the driver never has more than queue size entries outstanding.
+    // §2.7.13: the ring is the size of the table, so a driver never has more than queue size
+    // entries outstanding; a larger distance (or a decrement, §2.7.6.1) is a corrupt index.
     if (pending > this.size) throw new AvailIndexJumpError(availIdx, last, this.size);
     const head = v.avail[2 + (last & this.#mask)]!;
     this.#lastAvail = (last + 1) & 0xffff;
-    if (this.features.eventIdx && this.#notifyEnabled) {
+    if (this.#eventIdx && this.#notifyEnabled) {
       // §2.7.10: tell the driver which index we will look at next, so it kicks only when it
-      // publishes past it (as QEMU does on every pop while notifications are enabled).
+      // publishes past it (as QEMU and vhost do on every pop while notifications are enabled).
       Atomics.store(v.used16, this.#availEventAt, this.#lastAvail);
     }
     if (head >= this.size) throw new HeadOutOfRangeError(head, this.size);
-    if (this.#inFlight[head] === 1) throw new HeadInFlightError(head);
-    // Mark in flight before validating, so a ChainError's head can be pushed back used.
-    this.#inFlight[head] = 1;
+    if (this.#track) {
+      if (this.#inFlight[head] === 1) throw new HeadInFlightError(head);
+      // Mark in flight before validating, so a ChainError's head can be pushed back used.
+      this.#inFlight[head] = 1;
+    }
+    this.#inFlightCount++;
     this.#writable[head] = 0;
     const code = this.#walk(head, chain);
     if (code !== OK) throw this.#chainError(code, head);
@@ -166,13 +235,16 @@ export class SplitDeviceQueue implements DeviceQueue {
   #walk(head: number, chain: DescriptorChain): number {
     const desc = this.#v.desc;
     const size = this.size;
-    // VIRTIO 1.3 §2.7.5.3.1: a chain is never longer than the queue size (indirect entries included).
+    // §2.7.5.3.1: a chain is never longer than the queue size (indirect entries included);
+    // §2.7.4.1: the device may set a lower limit, here the cursor's capacity.
     const budget = Math.min(chain.capacity, size);
     const visited = this.#visited;
     const epoch = this.#nextEpoch();
     chain.begin(head);
     let idx = head;
     let seenWritable = false;
+    // Terminates: each turn marks a new descriptor (idx < size) or returns, so at most `size`
+    // descriptors are read.
     for (;;) {
       if (visited[idx] === epoch) return this.#fail(E_LOOP, idx, false, 0, 0);
       visited[idx] = epoch;
@@ -184,13 +256,16 @@ export class SplitDeviceQueue implements DeviceQueue {
       const flags = fn & 0xffff;
       const next = fn >>> 16;
       if ((flags & F_INDIRECT) !== 0) {
-        // §2.7.5.3.1: INDIRECT only if negotiated, never together with NEXT; the device
-        // ignores WRITE on the descriptor that refers to the table.
-        if (!this.features.indirect) return this.#fail(E_IND_NEG, idx, false, 0, 0);
+        if (!this.#indirect) return this.#fail(E_IND_NEG, idx, false, 0, 0);
+        // §2.7.5.3.1 makes INDIRECT with NEXT a driver MUST NOT and gives the device no rule
+        // for it. Continuing after the table (as Linux vhost does) would guess at the driver's
+        // intent, so the chain is refused. §2.7.5.3.2: zero or more direct descriptors followed
+        // by one INDIRECT descriptor is valid, and its WRITE flag is ignored.
         if ((flags & F_NEXT) !== 0) return this.#fail(E_IND_NEXT, idx, false, 0, 0);
         return this.#walkIndirect(chain, idx, addr, len, budget, seenWritable);
       }
       const writable = (flags & F_WRITE) !== 0;
+      // §2.7.4.2: device-writable descriptors come after all device-readable ones.
       if (writable) seenWritable = true;
       else if (seenWritable) return this.#fail(E_R_AFTER_W, idx, false, 0, 0);
       const code = this.#segment(chain, idx, false, addr, len, writable, budget);
@@ -209,30 +284,37 @@ export class SplitDeviceQueue implements DeviceQueue {
     budget: number,
     seenWritableBefore: boolean,
   ): number {
-    if (tableLen === 0 || (tableLen & 15) !== 0)
+    // §2.7.5.3: the table holds len / 16 descriptors; a length that is 0 or not a multiple of
+    // 16 describes no valid table.
+    if (tableLen === 0 || (tableLen & 15) !== 0) {
       return this.#fail(E_IND_LEN, at, false, tableLen, 0);
+    }
     const n = tableLen >>> 4;
-    // Reject a table that cannot fit before reading any of it: no work proportional to a
-    // guest-chosen length beyond the queue size.
+    // Refuse a table that cannot fit before reading any of it: no work proportional to a
+    // guest-chosen length beyond the budget (n ≤ budget ≤ size also keeps `visited` in range).
     if (n > budget) return this.#fail(E_TOO_LONG, at, false, budget, 0);
     const mem = this.#mem;
-    if (!mem.check(tableAddr, tableLen, "read"))
+    if (!mem.check(tableAddr, tableLen, "read")) {
       return this.#fail(E_IND_OOB, at, false, tableAddr, tableLen);
+    }
     const visited = this.#visited;
     const epoch = this.#nextEpoch();
     let i = 0;
     let seenWritable = seenWritableBefore;
     try {
+      // Terminates as the direct walk: at most n ≤ budget entries are read.
       for (;;) {
         if (visited[i] === epoch) return this.#fail(E_LOOP, i, true, 0, 0);
         visited[i] = epoch;
         const base = tableAddr + i * 16;
+        // Each entry is read exactly once, as for the direct table.
         const lo = mem.readU32(base);
         const hi = mem.readU32(base + 4);
         const len = mem.readU32(base + 8);
         const fn = mem.readU32(base + 12);
         const flags = fn & 0xffff;
         const next = fn >>> 16;
+        // §2.7.5.3.1: only one table per descriptor.
         if ((flags & F_INDIRECT) !== 0) return this.#fail(E_IND_NESTED, i, true, 0, 0);
         const writable = (flags & F_WRITE) !== 0;
         if (writable) seenWritable = true;
@@ -240,12 +322,14 @@ export class SplitDeviceQueue implements DeviceQueue {
         const code = this.#segment(chain, i, true, hi * TWO_32 + lo, len, writable, budget);
         if (code !== OK) return code;
         if ((flags & F_NEXT) === 0) return OK;
+        // §2.7.5.3: `next` indexes the indirect table itself.
         if (next >= n) return this.#fail(E_NEXT, i, true, next, n);
         i = next;
       }
-    } catch {
-      // The whole table was checked above; a read can only fail if the table straddles two
-      // regions that are not host-contiguous in a way a scalar read cannot cross.
+    } catch (e) {
+      // The whole table was checked above, so a scalar read fails only where the table spans
+      // two regions (or DMA windows) and an entry straddles the boundary.
+      if (!(e instanceof GuestMemoryError)) throw e;
       return this.#fail(E_IND_OOB, at, false, tableAddr, tableLen);
     }
   }
@@ -261,13 +345,16 @@ export class SplitDeviceQueue implements DeviceQueue {
     budget: number,
   ): number {
     if (chain.count >= budget) return this.#fail(E_TOO_LONG, index, indirect, budget, 0);
-    // Zero-length buffers are accepted (the spec does not forbid them for split rings) but, like
-    // any buffer, must start inside guest memory. addr ≥ 2^53 never passes the check.
+    // The range check is an exact `len ≤ end − addr` inside GuestMemory, so addr + len cannot
+    // wrap 2^64 back into memory; addr ≥ 2^53 never passes. Writable buffers need write access
+    // (read-only regions, IOMMU permissions).
     if (!this.#mem.check(addr, len, writable ? "write" : "read")) {
       return this.#fail(E_OOB, index, indirect, addr, len);
     }
     chain.append(addr, len, writable);
-    if (chain.readableBytes > U32_MAX || chain.writableBytes > U32_MAX) {
+    // §2.7.5.2: a chain is at most 2^32 bytes in total; we stop one byte earlier, as our driver
+    // does, so every total (and the used `len`) fits a le32. Exact: at most 32768 lengths < 2^32.
+    if (chain.readableBytes + chain.writableBytes > U32_MAX) {
       return this.#fail(E_TOTAL, index, indirect, 0, 0);
     }
     return OK;
@@ -276,6 +363,7 @@ export class SplitDeviceQueue implements DeviceQueue {
   #nextEpoch(): number {
     this.#epoch = (this.#epoch + 1) >>> 0;
     if (this.#epoch === 0) {
+      // Once per 2^32 walks: clear the stamps so an old one cannot look like this epoch.
       this.#visited.fill(0);
       this.#epoch = 1;
     }
@@ -333,92 +421,138 @@ export class SplitDeviceQueue implements DeviceQueue {
   }
 
   /**
-   * @inheritdoc
-   * @throws RangeError if `head` is not in flight or `written` exceeds the chain's writable bytes.
+   * Return a chain as used: write the used element, then publish `used.idx`.
+   * @param head `chain.head` of a popped chain (also of one whose pop threw a ChainError).
+   * @param written bytes written into the chain's writable part (§2.7.8.2: at least that many
+   *   were written, from the first writable buffer on).
+   * @throws RangeError naming `head` if it is not in flight, or `written` if it is not an
+   *   integer in [0, the chain's writable bytes].
    */
   push(head: number, written: number): void {
-    if (!(head >= 0 && head < this.size) || this.#inFlight[head] !== 1) {
+    const track = this.#track;
+    if (!(head >= 0 && head < this.size && Number.isInteger(head))) {
+      throw new RangeError(`head must be a descriptor index in [0, ${this.size}), got ${head}`);
+    }
+    if (track && this.#inFlight[head] !== 1) {
       throw new RangeError(`head ${head} is not a chain in flight on this queue`);
     }
-    if (!Number.isInteger(written) || written < 0 || written > this.#writable[head]!) {
+    const max = track ? this.#writable[head]! : U32_MAX;
+    if (!(written >= 0 && written <= max && Number.isInteger(written))) {
       throw new RangeError(
-        `written must be an integer in [0, ${this.#writable[head]}] (the chain's writable bytes), got ${written}`,
+        `written must be an integer in [0, ${max}] (the chain's writable bytes), got ${written}`,
       );
     }
-    this.#inFlight[head] = 0;
+    if (track) this.#inFlight[head] = 0;
+    if (this.#inFlightCount > 0) this.#inFlightCount--;
     const v = this.#v;
     const slot = (this.#usedIdx & this.#mask) << 1;
     // §2.7.8.2: the used element (id and len) is written before used.idx is updated.
     v.used32[slot] = head;
     v.used32[slot + 1] = written;
     this.#usedIdx = (this.#usedIdx + 1) & 0xffff;
-    // Release: the driver's Atomics.load of used.idx then sees the element written above.
+    // Release: the seq-cst store is ordered after the plain element writes (and after the
+    // device model's writes into the buffers), so a driver that Atomics.loads used.idx sees them.
     Atomics.store(v.used16, 1, this.#usedIdx);
   }
 
-  /** @inheritdoc */
+  /**
+   * Whether to send a used buffer notification for the buffers pushed since the previous call
+   * (call once per batch, after the pushes). False if nothing was pushed since.
+   *
+   * §2.7.7.2: without VIRTIO_F_EVENT_IDX, notify unless the driver set
+   * VIRTQ_AVAIL_F_NO_INTERRUPT; with it, ignore the flag and notify when the batch wrote the
+   * entry at `used_event` (`vring_need_event(used_event, new used.idx, used.idx at the previous
+   * call)`). The first call after construction, `setState` or `reset` notifies if anything
+   * was pushed, since the previous index is unknown (as QEMU does).
+   */
   needsInterrupt(): boolean {
     const now = this.#usedIdx;
     const old = this.#signalledUsed;
     const valid = this.#signalledValid;
     this.#signalledUsed = now;
     this.#signalledValid = true;
-    if (valid && now === old) return false;
-    // The seq-cst load below is ordered after the used.idx store in push(): the full barrier
-    // the EVENT_IDX race needs (Linux: virtio_mb before reading used_event).
-    if (this.features.eventIdx) {
-      // §2.7.7.2: with EVENT_IDX, interrupt iff used.idx moved past used_event since the last one.
+    // Nothing pushed since the previous call (or since setState / reset): nothing to signal.
+    if (now === old) return false;
+    // Full barrier: the driver re-enabling interrupts stores used_event / clears NO_INTERRUPT
+    // and then loads used.idx; we stored used.idx (push) and now load its word. All four are
+    // seq-cst Atomics, so they fall into one total order and at least one side sees the other's
+    // store: either we see the new used_event and notify, or the driver sees our used.idx and
+    // reaps without waiting. Plain accesses (or a load reordered before the store, which
+    // acquire/release alone allows) could lose the wakeup; Linux uses virtio_mb() here.
+    if (this.#eventIdx) {
       return !valid || vringNeedEvent(Atomics.load(this.#v.avail, this.#usedEventAt), now, old);
     }
-    // §2.7.7.2: without EVENT_IDX, honour VIRTQ_AVAIL_F_NO_INTERRUPT.
     return (Atomics.load(this.#v.avail, 0) & VIRTQ_AVAIL_F_NO_INTERRUPT) === 0;
   }
 
-  /** @inheritdoc */
+  /**
+   * Ask the driver for available buffer notifications again: §2.7.10.2, clear
+   * VIRTQ_USED_F_NO_NOTIFY, or with VIRTIO_F_EVENT_IDX set `avail_event` to the next index to
+   * consume. Then re-read `avail.idx`.
+   *
+   * The re-check closes the lost-wakeup race: a driver that published just before our store
+   * saw notifications still off and did not kick. Both the store and the re-read are seq-cst
+   * (matching the driver's store of `avail.idx` then load of the flags / `avail_event`, §2.7.13.4),
+   * so either the driver sees our request and kicks, or we see its index here.
+   *
+   * @returns true if chains are available (pop again before sleeping).
+   */
   enableNotifications(): boolean {
     this.#notifyEnabled = true;
     const v = this.#v;
-    if (this.features.eventIdx) Atomics.store(v.used16, this.#availEventAt, this.#lastAvail);
-    else Atomics.and(v.used16, 0, ~VIRTQ_USED_F_NO_NOTIFY & 0xffff);
-    // Re-check after publishing our wish: a driver that published just before seeing it did
-    // not kick, so the device must look again (the classic lost-wakeup race).
+    if (this.#eventIdx) Atomics.store(v.used16, this.#availEventAt, this.#lastAvail);
+    else Atomics.store(v.used16, 0, 0); // §2.7.10.2: flags is 0 or 1, and only we write it.
     return Atomics.load(v.avail, 1) !== this.#lastAvail;
   }
 
-  /** @inheritdoc */
+  /**
+   * Ask the driver not to notify while the device polls: §2.7.10.2, set
+   * VIRTQ_USED_F_NO_NOTIFY; with VIRTIO_F_EVENT_IDX (where `flags` must stay 0) stop moving
+   * `avail_event` forward, so the driver kicks at most once more, when it passes it.
+   */
   disableNotifications(): void {
     this.#notifyEnabled = false;
-    // With EVENT_IDX the driver ignores NO_NOTIFY (§2.7.10); leaving avail_event behind is
-    // enough to suppress further kicks.
-    if (!this.features.eventIdx) Atomics.or(this.#v.used16, 0, VIRTQ_USED_F_NO_NOTIFY);
+    if (!this.#eventIdx) Atomics.store(this.#v.used16, 0, VIRTQ_USED_F_NO_NOTIFY);
   }
 
-  /** @inheritdoc */
+  /**
+   * Ring indices for stop/restart and migration: `availIdx` is the next avail index to
+   * consume, `usedIdx` the next used index to fill (wrap counters unused, always true). Save it
+   * when no chain is in flight (vhost GET_VRING_BASE stops and drains first).
+   */
   getState(): QueueState {
     return { availIdx: this.#lastAvail, usedIdx: this.#usedIdx, availWrap: true, usedWrap: true };
   }
 
   /**
    * Restore ring indices saved by {@link SplitDeviceQueue.getState}. Chains in flight are
-   * forgotten: save state only once they have been pushed (vhost GET_VRING_BASE drains first).
-   * @throws RangeError naming the field if an index is not a 16-bit integer.
+   * forgotten, and the next {@link SplitDeviceQueue.needsInterrupt} notifies if anything was
+   * pushed. Ring memory is not written.
+   * @throws RangeError naming the field if an index is not an integer in [0, 65535].
    */
   setState(state: QueueState): void {
-    for (const k of ["availIdx", "usedIdx"] as const) {
-      const x = state[k];
-      if (!Number.isInteger(x) || x < 0 || x > 0xffff) {
-        throw new RangeError(`state.${k} must be an integer in [0, 65535], got ${x}`);
-      }
-    }
+    checkIndex("availIdx", state.availIdx);
+    checkIndex("usedIdx", state.usedIdx);
     this.#lastAvail = state.availIdx;
     this.#usedIdx = state.usedIdx;
+    this.#signalledUsed = state.usedIdx;
     this.#inFlight.fill(0);
+    this.#inFlightCount = 0;
     this.#signalledValid = false;
   }
 
-  /** Forget everything (device or queue reset): indices 0, nothing in flight, notifications on. */
+  /**
+   * Forget everything (device or queue reset, §2.1.2 / §2.6.1): indices 0, nothing in flight,
+   * notifications on. Ring memory is not written; the driver reinitialises it.
+   */
   reset(): void {
     this.setState({ availIdx: 0, usedIdx: 0, availWrap: true, usedWrap: true });
     this.#notifyEnabled = true;
+  }
+}
+
+function checkIndex(field: string, x: number): void {
+  if (!Number.isInteger(x) || x < 0 || x > 0xffff) {
+    throw new RangeError(`state.${field} must be an integer in [0, 65535], got ${x}`);
   }
 }
