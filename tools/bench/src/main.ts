@@ -187,7 +187,27 @@ async function heapBench(): Promise<void> {
   );
 }
 
-const benches: Record<string, () => Promise<void>> = { split: splitBench, heap: heapBench };
+/** Packed vs split: the same one-thread workload on both layouts, same run, as a ratio. */
+async function packedBench(): Promise<void> {
+  console.log(
+    `packed vs split ring, one thread: same workload as above (queue ${SIZE}, batch ${BATCH}, ` +
+      `2-descriptor chains, EVENT_IDX); median of ${REPS}`,
+  );
+  const split = await repeat(() =>
+    runSingle(createGuestMemory({ size: MEM_SIZE }), OPS.tsSingle, "split"),
+  );
+  const packed = await repeat(() =>
+    runSingle(createGuestMemory({ size: MEM_SIZE }), OPS.tsSingle, "packed"),
+  );
+  console.log(row(["", "split", "packed", "packed/split"]));
+  console.log(row(["one thread", mops(split), mops(packed), ratio(packed, split)]));
+}
+
+const benches: Record<string, () => Promise<void>> = {
+  split: splitBench,
+  packed: packedBench,
+  heap: heapBench,
+};
 const names = args.filter((a) => !a.startsWith("--"));
 const unknown = names.filter((n) => !(n in benches));
 if (unknown.length > 0) {

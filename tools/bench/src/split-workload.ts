@@ -6,6 +6,10 @@ import type { GuestMemory } from "@virtio-ts/memory";
 import { Feature, featureMask, splitAvailSize } from "@virtio-ts/spec";
 import {
   DescriptorChain,
+  type DeviceQueue,
+  type DriverQueue,
+  PackedDeviceQueue,
+  PackedDriverQueue,
   type QueueLayout,
   ringFeatures,
   type Segment,
@@ -62,9 +66,18 @@ export function layoutFor(size: number): QueueLayout {
   return { size, desc: 0x1000, driver, device };
 }
 
+/** Packed ring placement: descriptor ring at 0x1000, the two event structures after it. */
+export function packedLayoutFor(size: number): QueueLayout {
+  const driver = 0x1000 + 16 * size;
+  return { size, desc: 0x1000, driver, device: driver + 4 };
+}
+
+/** Which ring layout a bench runs on. */
+export type RingKind = "split" | "packed";
+
 /** Driver side: adds batches of 2-descriptor chains, publishes, reaps. */
 export class DriverSide {
-  readonly q: SplitDriverQueue<number>;
+  readonly q: DriverQueue<number>;
   readonly #readable: readonly Segment[] = [{ addr: DATA, len: READ_LEN }];
   readonly #writable: readonly Segment[] = [{ addr: DATA + 64, len: WRITE_LEN }];
   /** Chains added so far. */
@@ -72,8 +85,11 @@ export class DriverSide {
   /** Chains reaped so far. */
   reaped = 0;
 
-  constructor(mem: GuestMemory) {
-    this.q = new SplitDriverQueue<number>(mem, layoutFor(SIZE), FEATURES);
+  constructor(mem: GuestMemory, kind: RingKind = "split") {
+    this.q =
+      kind === "split"
+        ? new SplitDriverQueue<number>(mem, layoutFor(SIZE), FEATURES)
+        : new PackedDriverQueue<number>(mem, packedLayoutFor(SIZE), FEATURES);
   }
 
   /** Add up to {@link BATCH} chains (fewer if the ring is full or `total` is reached). */
@@ -104,13 +120,16 @@ export class DriverSide {
 
 /** Device side: pops validated chains and pushes them used. */
 export class DeviceSide {
-  readonly q: SplitDeviceQueue;
+  readonly q: DeviceQueue;
   readonly #chain = new DescriptorChain(SIZE);
   /** Chains pushed so far. */
   done = 0;
 
-  constructor(mem: GuestMemory) {
-    this.q = new SplitDeviceQueue(mem, layoutFor(SIZE), FEATURES);
+  constructor(mem: GuestMemory, kind: RingKind = "split") {
+    this.q =
+      kind === "split"
+        ? new SplitDeviceQueue(mem, layoutFor(SIZE), FEATURES)
+        : new PackedDeviceQueue(mem, packedLayoutFor(SIZE), FEATURES);
   }
 
   /** Pop and push up to `max` chains; returns how many. */
@@ -148,10 +167,10 @@ export function roundTrips(
 }
 
 /** The one-thread bench on a fresh queue pair; timed after {@link warmOps}. */
-export function runSingle(mem: GuestMemory, total: number): Rate {
+export function runSingle(mem: GuestMemory, total: number, kind: RingKind = "split"): Rate {
   const warm = warmOps(total);
   let tWarm = 0;
-  roundTrips(new DriverSide(mem), new DeviceSide(mem), total, warm, () => {
+  roundTrips(new DriverSide(mem, kind), new DeviceSide(mem, kind), total, warm, () => {
     tWarm = performance.now();
   });
   return { ops: total - warm, ns: (performance.now() - tWarm) * 1e6 };
