@@ -2,22 +2,23 @@ import { type GuestMemory, GuestMemoryError } from "@virtio-ts/memory";
 import { PackedDescFlags, PackedEventFlags } from "@virtio-ts/spec";
 import type { DescriptorChain } from "./chain.js";
 import {
-  BufferOutOfBoundsError,
-  type ChainError,
-  ChainTooLongError,
+  ChainCheck,
+  E_IND_LEN,
+  E_IND_NEG,
+  E_IND_NESTED,
+  E_IND_NEXT,
+  E_IND_OOB,
+  E_R_AFTER_W,
+  E_TOO_LONG,
+  OK,
+} from "./chain-check.js";
+import {
   EventOffsetOutOfRangeError,
   HeadInFlightError,
   HeadOutOfRangeError,
-  IndirectNotNegotiatedError,
-  IndirectTableLengthError,
-  IndirectTableOutOfBoundsError,
-  IndirectWithNextError,
-  NestedIndirectError,
   PackedChainUnterminatedError,
   PackedDescNotAvailableError,
   PackedFlagsInconsistentError,
-  ReadableAfterWritableError,
-  TotalLengthOverflowError,
 } from "./errors.js";
 import { mapPackedRing, packedNeedEvent, packedOffWrap } from "./packed-layout.js";
 import type { DeviceQueue, QueueLayout, QueueState, RingFeatures } from "./types.js";
@@ -30,21 +31,10 @@ const F_USED = PackedDescFlags.USED;
 const EV_ENABLE = PackedEventFlags.ENABLE;
 const EV_DISABLE = PackedEventFlags.DISABLE;
 const EV_DESC = PackedEventFlags.DESC;
-const U32_MAX = 0xffffffff;
 const TWO_32 = 4294967296;
 
 // Numeric failure codes of the chain walk: the hot path returns one of these, and an Error is
 // built only on the cold path (#chainError) from the queue's scratch fields.
-const OK = 0;
-const E_TOO_LONG = 1;
-const E_R_AFTER_W = 2;
-const E_OOB = 3;
-const E_TOTAL = 4;
-const E_IND_NEG = 5;
-const E_IND_NEXT = 6;
-const E_IND_LEN = 7;
-const E_IND_NESTED = 8;
-const E_IND_OOB = 9;
 
 /**
  * Device side of a packed virtqueue (VIRTIO 1.3 §2.8): reads available descriptors in ring
@@ -90,6 +80,7 @@ export class PackedDeviceQueue implements DeviceQueue {
   /** The negotiated ring features. */
   readonly features: RingFeatures;
   readonly #mem: GuestMemory;
+  readonly #check: ChainCheck;
   readonly #desc: Uint32Array;
   readonly #driverEvent: Uint16Array;
   readonly #deviceEvent: Uint16Array;
@@ -108,10 +99,6 @@ export class PackedDeviceQueue implements DeviceQueue {
   #signalledValid = false;
   #notifyEnabled = true;
   // Scratch fields describing the last walk failure (cold path only).
-  #errIndex = 0;
-  #errIndirect = false;
-  #errA = 0;
-  #errB = 0;
 
   /**
    * @param mem guest memory (possibly behind an IOMMU).
@@ -122,6 +109,7 @@ export class PackedDeviceQueue implements DeviceQueue {
   constructor(mem: GuestMemory, layout: QueueLayout, features: RingFeatures) {
     const v = mapPackedRing(mem, layout, "device");
     this.#mem = mem;
+    this.#check = new ChainCheck(mem, "INDIRECT descriptor in a list linked by NEXT");
     this.#desc = v.desc;
     this.#driverEvent = v.driverEvent;
     this.#deviceEvent = v.deviceEvent;
@@ -182,14 +170,16 @@ export class PackedDeviceQueue implements DeviceQueue {
         if ((flags & F_INDIRECT) !== 0) {
           // §2.8.19: INDIRECT only if negotiated, never in a list linked by NEXT. §2.8.7: WRITE
           // on the descriptor that refers to the table is reserved and ignored.
-          if (!this.features.indirect) code = this.#fail(E_IND_NEG, pos, false, 0, 0);
-          else if (n > 1 || (flags & F_NEXT) !== 0) code = this.#fail(E_IND_NEXT, pos, false, 0, 0);
+          if (!this.features.indirect) code = this.#check.fail(E_IND_NEG, pos, false, 0, 0);
+          else if (n > 1 || (flags & F_NEXT) !== 0)
+            code = this.#check.fail(E_IND_NEXT, pos, false, 0, 0);
           else code = this.#walkIndirect(chain, pos, addr, len, budget);
         } else {
           const writable = (flags & F_WRITE) !== 0;
           if (writable) seenWritable = true;
-          else if (seenWritable) code = this.#fail(E_R_AFTER_W, pos, false, 0, 0);
-          if (code === OK) code = this.#segment(chain, pos, false, addr, len, writable, budget);
+          else if (seenWritable) code = this.#check.fail(E_R_AFTER_W, pos, false, 0, 0);
+          if (code === OK)
+            code = this.#check.segment(chain, pos, false, addr, len, writable, budget);
         }
       }
       if ((flags & F_NEXT) === 0) break;
@@ -226,7 +216,7 @@ export class PackedDeviceQueue implements DeviceQueue {
       // makes that one available (QEMU and vhost keep this current while notifications are on).
       Atomics.store(this.#deviceEvent, 0, packedOffWrap(pos, w));
     }
-    if (code !== OK) throw this.#chainError(code, id);
+    if (code !== OK) throw this.#check.error(code, id);
     return true;
   }
 
@@ -239,14 +229,14 @@ export class PackedDeviceQueue implements DeviceQueue {
   ): number {
     // §2.8.7: the table holds len / 16 descriptors; zero or a partial descriptor is malformed.
     if (tableLen === 0 || (tableLen & 15) !== 0)
-      return this.#fail(E_IND_LEN, at, false, tableLen, 0);
+      return this.#check.fail(E_IND_LEN, at, false, tableLen, 0);
     const n = tableLen >>> 4;
     // Reject a table that cannot fit before reading any of it: no work proportional to a
     // guest-chosen length beyond the queue size.
-    if (n > budget) return this.#fail(E_TOO_LONG, at, false, budget, 0);
+    if (n > budget) return this.#check.fail(E_TOO_LONG, at, false, budget, 0);
     const mem = this.#mem;
     if (!mem.check(tableAddr, tableLen, "read")) {
-      return this.#fail(E_IND_OOB, at, false, tableAddr, tableLen);
+      return this.#check.fail(E_IND_OOB, at, false, tableAddr, tableLen);
     }
     let seenWritable = false;
     try {
@@ -259,96 +249,20 @@ export class PackedDeviceQueue implements DeviceQueue {
         const hi = mem.readU32(base + 4);
         const len = mem.readU32(base + 8);
         const flags = mem.readU32(base + 12) >>> 16;
-        if ((flags & F_INDIRECT) !== 0) return this.#fail(E_IND_NESTED, i, true, 0, 0);
+        if ((flags & F_INDIRECT) !== 0) return this.#check.fail(E_IND_NESTED, i, true, 0, 0);
         const writable = (flags & F_WRITE) !== 0;
         if (writable) seenWritable = true;
-        else if (seenWritable) return this.#fail(E_R_AFTER_W, i, true, 0, 0);
-        const code = this.#segment(chain, i, true, hi * TWO_32 + lo, len, writable, budget);
+        else if (seenWritable) return this.#check.fail(E_R_AFTER_W, i, true, 0, 0);
+        const code = this.#check.segment(chain, i, true, hi * TWO_32 + lo, len, writable, budget);
         if (code !== OK) return code;
       }
     } catch (e) {
       // The whole table was checked above; a read can only fail if the table straddles two
       // regions in a way a scalar read cannot cross. Anything else is a host bug: rethrow it.
       if (!(e instanceof GuestMemoryError)) throw e;
-      return this.#fail(E_IND_OOB, at, false, tableAddr, tableLen);
+      return this.#check.fail(E_IND_OOB, at, false, tableAddr, tableLen);
     }
     return OK;
-  }
-
-  /** Validate one data descriptor and append it. */
-  #segment(
-    chain: DescriptorChain,
-    index: number,
-    indirect: boolean,
-    addr: number,
-    len: number,
-    writable: boolean,
-    budget: number,
-  ): number {
-    if (chain.count >= budget) return this.#fail(E_TOO_LONG, index, indirect, budget, 0);
-    // Zero-length elements are accepted but, like any element, must start inside guest memory.
-    // addr ≥ 2^53 never passes the check (see @virtio-ts/memory).
-    if (!this.#mem.check(addr, len, writable ? "write" : "read")) {
-      return this.#fail(E_OOB, index, indirect, addr, len);
-    }
-    chain.append(addr, len, writable);
-    // Same rule as the split ring (§2.7.5.2): the whole chain stays below 2^32 bytes, so every
-    // total, and the used len, fits a le32.
-    if (chain.readableBytes + chain.writableBytes > U32_MAX) {
-      return this.#fail(E_TOTAL, index, indirect, 0, 0);
-    }
-    return OK;
-  }
-
-  #fail(code: number, index: number, indirect: boolean, a: number, b: number): number {
-    this.#errIndex = index;
-    this.#errIndirect = indirect;
-    this.#errA = a;
-    this.#errB = b;
-    return code;
-  }
-
-  /** Cold path: build the typed error for the last walk failure. `index` is a ring position. */
-  #chainError(code: number, id: number): ChainError {
-    const i = this.#errIndex;
-    const ind = this.#errIndirect;
-    const a = this.#errA;
-    const b = this.#errB;
-    switch (code) {
-      case E_TOO_LONG:
-        return new ChainTooLongError(id, i, ind, a);
-      case E_R_AFTER_W:
-        return new ReadableAfterWritableError(
-          "device-readable descriptor after a writable one",
-          id,
-          i,
-          ind,
-        );
-      case E_OOB:
-        return new BufferOutOfBoundsError(id, i, ind, a, b);
-      case E_TOTAL:
-        return new TotalLengthOverflowError("chain length reaches 2^32 bytes", id, i, ind);
-      case E_IND_NEG:
-        return new IndirectNotNegotiatedError(
-          "INDIRECT flag without VIRTIO_F_INDIRECT_DESC",
-          id,
-          i,
-          ind,
-        );
-      case E_IND_NEXT:
-        return new IndirectWithNextError(
-          "INDIRECT descriptor in a list linked by NEXT",
-          id,
-          i,
-          ind,
-        );
-      case E_IND_LEN:
-        return new IndirectTableLengthError(id, i, a);
-      case E_IND_NESTED:
-        return new NestedIndirectError("INDIRECT inside an indirect table", id, i, ind);
-      default:
-        return new IndirectTableOutOfBoundsError(id, i, a, b);
-    }
   }
 
   /**

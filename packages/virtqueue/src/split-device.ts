@@ -7,21 +7,23 @@ import {
 } from "@virtio-ts/spec";
 import type { DescriptorChain } from "./chain.js";
 import {
+  ChainCheck,
+  E_IND_LEN,
+  E_IND_NEG,
+  E_IND_NESTED,
+  E_IND_NEXT,
+  E_IND_OOB,
+  E_LOOP,
+  E_NEXT,
+  E_R_AFTER_W,
+  E_TOO_LONG,
+  OK,
+} from "./chain-check.js";
+import {
   AvailIndexJumpError,
-  BufferOutOfBoundsError,
   type ChainError,
-  ChainTooLongError,
-  DescriptorLoopError,
   HeadInFlightError,
   HeadOutOfRangeError,
-  IndirectNotNegotiatedError,
-  IndirectTableLengthError,
-  IndirectTableOutOfBoundsError,
-  IndirectWithNextError,
-  NestedIndirectError,
-  NextOutOfRangeError,
-  ReadableAfterWritableError,
-  TotalLengthOverflowError,
 } from "./errors.js";
 import { mapSplitRing, type SplitRingViews } from "./split-layout.js";
 import type { DeviceQueue, QueueLayout, QueueState, RingFeatures } from "./types.js";
@@ -34,18 +36,6 @@ const TWO_32 = 4294967296;
 
 // Numeric failure codes of the chain walk: the hot path returns one of these, and an Error is
 // built only on the cold path (#chainError) from the queue's scratch fields.
-const OK = 0;
-const E_LOOP = 1;
-const E_TOO_LONG = 2;
-const E_NEXT = 3;
-const E_R_AFTER_W = 4;
-const E_OOB = 5;
-const E_TOTAL = 6;
-const E_IND_NEG = 7;
-const E_IND_NEXT = 8;
-const E_IND_LEN = 9;
-const E_IND_NESTED = 10;
-const E_IND_OOB = 11;
 
 /** Options of a {@link SplitDeviceQueue}. */
 export interface SplitDeviceOptions {
@@ -93,6 +83,7 @@ export class SplitDeviceQueue implements DeviceQueue {
   /** The negotiated ring features. */
   readonly features: RingFeatures;
   readonly #mem: GuestMemory;
+  readonly #check: ChainCheck;
   readonly #v: SplitRingViews;
   readonly #mask: number;
   readonly #eventIdx: boolean;
@@ -119,10 +110,6 @@ export class SplitDeviceQueue implements DeviceQueue {
   #signalledValid = false;
   #notifyEnabled = true;
   // Scratch fields describing the last walk failure (cold path only).
-  #errIndex = 0;
-  #errIndirect = false;
-  #errA = 0;
-  #errB = 0;
 
   /**
    * Map the ring (once) and start at indices 0 with notifications enabled. Ring memory is not
@@ -142,6 +129,7 @@ export class SplitDeviceQueue implements DeviceQueue {
   ) {
     this.#v = mapSplitRing(mem, layout, "device");
     this.#mem = mem;
+    this.#check = new ChainCheck(mem, "INDIRECT and NEXT set together");
     this.size = layout.size;
     this.features = features;
     this.#eventIdx = features.eventIdx === true;
@@ -226,7 +214,7 @@ export class SplitDeviceQueue implements DeviceQueue {
     this.#inFlightCount++;
     this.#writable[head] = 0;
     const code = this.#walk(head, chain);
-    if (code !== OK) throw this.#chainError(code, head);
+    if (code !== OK) throw this.#check.error(code, head);
     this.#writable[head] = chain.writableBytes;
     return true;
   }
@@ -246,7 +234,7 @@ export class SplitDeviceQueue implements DeviceQueue {
     // Terminates: each turn marks a new descriptor (idx < size) or returns, so at most `size`
     // descriptors are read.
     for (;;) {
-      if (visited[idx] === epoch) return this.#fail(E_LOOP, idx, false, 0, 0);
+      if (visited[idx] === epoch) return this.#check.fail(E_LOOP, idx, false, 0, 0);
       visited[idx] = epoch;
       const w = idx << 2;
       // Each descriptor is read exactly once; only these locals are used afterwards.
@@ -256,22 +244,22 @@ export class SplitDeviceQueue implements DeviceQueue {
       const flags = fn & 0xffff;
       const next = fn >>> 16;
       if ((flags & F_INDIRECT) !== 0) {
-        if (!this.#indirect) return this.#fail(E_IND_NEG, idx, false, 0, 0);
+        if (!this.#indirect) return this.#check.fail(E_IND_NEG, idx, false, 0, 0);
         // §2.7.5.3.1 makes INDIRECT with NEXT a driver MUST NOT and gives the device no rule
         // for it. Continuing after the table (as Linux vhost does) would guess at the driver's
         // intent, so the chain is refused. §2.7.5.3.2: zero or more direct descriptors followed
         // by one INDIRECT descriptor is valid, and its WRITE flag is ignored.
-        if ((flags & F_NEXT) !== 0) return this.#fail(E_IND_NEXT, idx, false, 0, 0);
+        if ((flags & F_NEXT) !== 0) return this.#check.fail(E_IND_NEXT, idx, false, 0, 0);
         return this.#walkIndirect(chain, idx, addr, len, budget, seenWritable);
       }
       const writable = (flags & F_WRITE) !== 0;
       // §2.7.4.2: device-writable descriptors come after all device-readable ones.
       if (writable) seenWritable = true;
-      else if (seenWritable) return this.#fail(E_R_AFTER_W, idx, false, 0, 0);
-      const code = this.#segment(chain, idx, false, addr, len, writable, budget);
+      else if (seenWritable) return this.#check.fail(E_R_AFTER_W, idx, false, 0, 0);
+      const code = this.#check.segment(chain, idx, false, addr, len, writable, budget);
       if (code !== OK) return code;
       if ((flags & F_NEXT) === 0) return OK;
-      if (next >= size) return this.#fail(E_NEXT, idx, false, next, size);
+      if (next >= size) return this.#check.fail(E_NEXT, idx, false, next, size);
       idx = next;
     }
   }
@@ -287,15 +275,15 @@ export class SplitDeviceQueue implements DeviceQueue {
     // §2.7.5.3: the table holds len / 16 descriptors; a length that is 0 or not a multiple of
     // 16 describes no valid table.
     if (tableLen === 0 || (tableLen & 15) !== 0) {
-      return this.#fail(E_IND_LEN, at, false, tableLen, 0);
+      return this.#check.fail(E_IND_LEN, at, false, tableLen, 0);
     }
     const n = tableLen >>> 4;
     // Refuse a table that cannot fit before reading any of it: no work proportional to a
     // guest-chosen length beyond the budget (n ≤ budget ≤ size also keeps `visited` in range).
-    if (n > budget) return this.#fail(E_TOO_LONG, at, false, budget, 0);
+    if (n > budget) return this.#check.fail(E_TOO_LONG, at, false, budget, 0);
     const mem = this.#mem;
     if (!mem.check(tableAddr, tableLen, "read")) {
-      return this.#fail(E_IND_OOB, at, false, tableAddr, tableLen);
+      return this.#check.fail(E_IND_OOB, at, false, tableAddr, tableLen);
     }
     const visited = this.#visited;
     const epoch = this.#nextEpoch();
@@ -304,7 +292,7 @@ export class SplitDeviceQueue implements DeviceQueue {
     try {
       // Terminates as the direct walk: at most n ≤ budget entries are read.
       for (;;) {
-        if (visited[i] === epoch) return this.#fail(E_LOOP, i, true, 0, 0);
+        if (visited[i] === epoch) return this.#check.fail(E_LOOP, i, true, 0, 0);
         visited[i] = epoch;
         const base = tableAddr + i * 16;
         // Each entry is read exactly once, as for the direct table.
@@ -315,49 +303,23 @@ export class SplitDeviceQueue implements DeviceQueue {
         const flags = fn & 0xffff;
         const next = fn >>> 16;
         // §2.7.5.3.1: only one table per descriptor.
-        if ((flags & F_INDIRECT) !== 0) return this.#fail(E_IND_NESTED, i, true, 0, 0);
+        if ((flags & F_INDIRECT) !== 0) return this.#check.fail(E_IND_NESTED, i, true, 0, 0);
         const writable = (flags & F_WRITE) !== 0;
         if (writable) seenWritable = true;
-        else if (seenWritable) return this.#fail(E_R_AFTER_W, i, true, 0, 0);
-        const code = this.#segment(chain, i, true, hi * TWO_32 + lo, len, writable, budget);
+        else if (seenWritable) return this.#check.fail(E_R_AFTER_W, i, true, 0, 0);
+        const code = this.#check.segment(chain, i, true, hi * TWO_32 + lo, len, writable, budget);
         if (code !== OK) return code;
         if ((flags & F_NEXT) === 0) return OK;
         // §2.7.5.3: `next` indexes the indirect table itself.
-        if (next >= n) return this.#fail(E_NEXT, i, true, next, n);
+        if (next >= n) return this.#check.fail(E_NEXT, i, true, next, n);
         i = next;
       }
     } catch (e) {
       // The whole table was checked above, so a scalar read fails only where the table spans
       // two regions (or DMA windows) and an entry straddles the boundary.
       if (!(e instanceof GuestMemoryError)) throw e;
-      return this.#fail(E_IND_OOB, at, false, tableAddr, tableLen);
+      return this.#check.fail(E_IND_OOB, at, false, tableAddr, tableLen);
     }
-  }
-
-  /** Validate one data descriptor and append it. */
-  #segment(
-    chain: DescriptorChain,
-    index: number,
-    indirect: boolean,
-    addr: number,
-    len: number,
-    writable: boolean,
-    budget: number,
-  ): number {
-    if (chain.count >= budget) return this.#fail(E_TOO_LONG, index, indirect, budget, 0);
-    // The range check is an exact `len ≤ end − addr` inside GuestMemory, so addr + len cannot
-    // wrap 2^64 back into memory; addr ≥ 2^53 never passes. Writable buffers need write access
-    // (read-only regions, IOMMU permissions).
-    if (!this.#mem.check(addr, len, writable ? "write" : "read")) {
-      return this.#fail(E_OOB, index, indirect, addr, len);
-    }
-    chain.append(addr, len, writable);
-    // §2.7.5.2: a chain is at most 2^32 bytes in total; we stop one byte earlier, as our driver
-    // does, so every total (and the used `len`) fits a le32. Exact: at most 32768 lengths < 2^32.
-    if (chain.readableBytes + chain.writableBytes > U32_MAX) {
-      return this.#fail(E_TOTAL, index, indirect, 0, 0);
-    }
-    return OK;
   }
 
   #nextEpoch(): number {
@@ -368,56 +330,6 @@ export class SplitDeviceQueue implements DeviceQueue {
       this.#epoch = 1;
     }
     return this.#epoch;
-  }
-
-  #fail(code: number, index: number, indirect: boolean, a: number, b: number): number {
-    this.#errIndex = index;
-    this.#errIndirect = indirect;
-    this.#errA = a;
-    this.#errB = b;
-    return code;
-  }
-
-  /** Cold path: build the typed error for the last walk failure. */
-  #chainError(code: number, head: number): ChainError {
-    const i = this.#errIndex;
-    const ind = this.#errIndirect;
-    const a = this.#errA;
-    const b = this.#errB;
-    switch (code) {
-      case E_LOOP:
-        return new DescriptorLoopError("descriptor chain loops", head, i, ind);
-      case E_TOO_LONG:
-        return new ChainTooLongError(head, i, ind, a);
-      case E_NEXT:
-        return new NextOutOfRangeError(head, i, ind, a, b);
-      case E_R_AFTER_W:
-        return new ReadableAfterWritableError(
-          "device-readable descriptor after a writable one",
-          head,
-          i,
-          ind,
-        );
-      case E_OOB:
-        return new BufferOutOfBoundsError(head, i, ind, a, b);
-      case E_TOTAL:
-        return new TotalLengthOverflowError("chain length reaches 2^32 bytes", head, i, ind);
-      case E_IND_NEG:
-        return new IndirectNotNegotiatedError(
-          "INDIRECT flag without VIRTIO_F_INDIRECT_DESC",
-          head,
-          i,
-          ind,
-        );
-      case E_IND_NEXT:
-        return new IndirectWithNextError("INDIRECT and NEXT set together", head, i, ind);
-      case E_IND_LEN:
-        return new IndirectTableLengthError(head, i, a);
-      case E_IND_NESTED:
-        return new NestedIndirectError("INDIRECT inside an indirect table", head, i, ind);
-      default:
-        return new IndirectTableOutOfBoundsError(head, i, a, b);
-    }
   }
 
   /**
