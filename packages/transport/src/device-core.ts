@@ -1,0 +1,934 @@
+import { type GuestMemory, u64ToAddress, VirtioError } from "@virtio-ts/memory";
+import {
+  DeviceStatus,
+  FEATURE_TRANSPORT_FIRST,
+  FEATURE_TRANSPORT_LAST,
+  Feature,
+  featureMask,
+  hasFeature,
+  LEGACY_VRING_ALIGN,
+  legacySplitLayout,
+  MmioInterrupt,
+  PACKED_QUEUE_MAX_SIZE,
+} from "@virtio-ts/spec";
+import {
+  type DeviceQueue,
+  PackedDeviceQueue,
+  QueueConfigError,
+  type QueueLayout,
+  ringFeatures,
+  SplitDeviceQueue,
+} from "@virtio-ts/virtqueue";
+import type { Doorbell } from "./doorbell.js";
+import { decodeNotificationData, type NotificationData } from "./notification-data.js";
+import { RateLimitedLog } from "./rate-limit.js";
+
+/** Number of 32-bit feature words a device presents (feature bits 0–127). */
+export const FEATURE_WORDS = 4;
+
+const ALL_FEATURES = (1n << BigInt(32 * FEATURE_WORDS)) - 1n;
+
+/** Status bits the driver may set (DEVICE_NEEDS_RESET is the device's; SUSPEND unsupported). */
+const DRIVER_STATUS_BITS =
+  DeviceStatus.ACKNOWLEDGE |
+  DeviceStatus.DRIVER |
+  DeviceStatus.FEATURES_OK |
+  DeviceStatus.DRIVER_OK |
+  DeviceStatus.FAILED;
+
+/**
+ * The reserved transport/ring feature bits (24–41) a modern virtio-mmio device may offer:
+ * INDIRECT_DESC, EVENT_IDX, VERSION_1, ACCESS_PLATFORM, RING_PACKED, IN_ORDER, ORDER_PLATFORM,
+ * NOTIFICATION_DATA and RING_RESET. Left out: the legacy-only NOTIFY_ON_EMPTY and ANY_LAYOUT
+ * (not described for 1.x devices), SR_IOV (PCI only), NOTIF_CONFIG_DATA (no MMIO mechanism)
+ * and ADMIN_VQ (§4.2.5: reserved for future use over MMIO).
+ *
+ * @see VIRTIO 1.3 §2.2 ("per-transport lists of allowed features"), §6
+ */
+export const MMIO_TRANSPORT_FEATURES: bigint = [
+  Feature.RING_INDIRECT_DESC,
+  Feature.RING_EVENT_IDX,
+  Feature.VERSION_1,
+  Feature.ACCESS_PLATFORM,
+  Feature.RING_PACKED,
+  Feature.IN_ORDER,
+  Feature.ORDER_PLATFORM,
+  Feature.NOTIFICATION_DATA,
+  Feature.RING_RESET,
+].reduce((m, bit) => m | featureMask(bit), 0n);
+
+/**
+ * The reserved bits a legacy (pre-1.0) device may offer: NOTIFY_ON_EMPTY, ANY_LAYOUT,
+ * INDIRECT_DESC and EVENT_IDX. Legacy devices only have bits 0–31.
+ * @see VIRTIO 1.3 §6.3 "Legacy Interface: Reserved Feature Bits"
+ */
+export const LEGACY_TRANSPORT_FEATURES: bigint = [
+  Feature.NOTIFY_ON_EMPTY,
+  Feature.ANY_LAYOUT,
+  Feature.RING_INDIRECT_DESC,
+  Feature.RING_EVENT_IDX,
+].reduce((m, bit) => m | featureMask(bit), 0n);
+
+const TRANSPORT_RANGE =
+  ((1n << BigInt(FEATURE_TRANSPORT_LAST + 1)) - 1n) ^
+  ((1n << BigInt(FEATURE_TRANSPORT_FIRST)) - 1n);
+
+/** One of the three areas of a virtqueue. @see VIRTIO 1.3 §2.6 */
+export type QueueArea = "desc" | "driver" | "device";
+
+/**
+ * What a device model sees of the device core: its queues, the negotiated features, guest
+ * memory, and the notifications it may send. The core itself implements it.
+ */
+export interface DeviceContext {
+  /** Guest memory (behind an IOMMU when VIRTIO_F_ACCESS_PLATFORM is in use). */
+  readonly memory: GuestMemory;
+  /**
+   * The negotiated features: what the driver accepted and the device kept (final from
+   * FEATURES_OK; legacy: from activation).
+   */
+  readonly features: bigint;
+  /** Number of virtqueues (`queueMaxSizes.length`). */
+  readonly numQueues: number;
+  /**
+   * Incremented by every device reset and queue reset. Asynchronous work (a back-end request)
+   * captures it when it starts and drops its result if it changed: that queue, or the whole
+   * device, has been reset meanwhile and the buffers belong to nobody.
+   */
+  readonly epoch: number;
+  /** Whether DEVICE_NEEDS_RESET is set (kicks are no longer delivered). */
+  readonly needsReset: boolean;
+  /**
+   * The device side of queue `index` while it is enabled, else undefined. Do not keep it across
+   * a queue reset: ask again (it is an array lookup).
+   */
+  queue(index: number): DeviceQueue | undefined;
+  /**
+   * Send a used buffer notification for queue `index` unconditionally (MMIO: set
+   * InterruptStatus bit 0). Dropped before DRIVER_OK (§2.1.2) and after a reset.
+   * @returns whether the notification was sent
+   */
+  interrupt(index: number): boolean;
+  /**
+   * Send a used buffer notification for queue `index` if the driver wants one
+   * (`queue.needsInterrupt()`): call once after a batch of pushes.
+   * @returns whether the notification was sent
+   */
+  signalUsed(index: number): boolean;
+  /**
+   * The device changed its configuration space: bump the configuration generation and send a
+   * configuration change notification (after DRIVER_OK). §2.5, §3.2.1
+   */
+  notifyConfigChange(): void;
+  /**
+   * Enter DEVICE_NEEDS_RESET because of `error` (a hostile ring, a fatal back-end failure):
+   * count and log it (rate-limited), stop delivering kicks, and send a configuration change
+   * notification if DRIVER_OK is set (VIRTIO 1.3 §2.1.2). Register accesses keep working;
+   * only a reset clears the state. Idempotent apart from the counting.
+   */
+  fail(error: VirtioError): void;
+  /**
+   * Count and log (rate-limited) a guest fault that the model survived, for example a
+   * `ChainError` whose chain it returned with length 0.
+   */
+  noteFault(error: VirtioError): void;
+  /**
+   * Run `fn`; a `VirtioError` it throws becomes {@link DeviceContext.fail} and `guard` returns
+   * undefined. Other errors (bugs) propagate. Use it around queue work that does not run inside
+   * `onQueueNotify` (a back-end completion, a timer).
+   */
+  guard<T>(fn: () => T): T | undefined;
+}
+
+/**
+ * A virtio device type (blk, net, console, rng…) as the device core drives it. The core does
+ * status, features, configuration generation, queue setup and reset; the model does the
+ * device-specific part.
+ *
+ * Implementer contract:
+ * - `deviceId`, `features`, `queueMaxSizes` and `configSize` are constant for the model's life.
+ *   `features` lists every bit the model handles, device-specific ones and the ring/transport
+ *   bits it supports (INDIRECT_DESC, EVENT_IDX, RING_PACKED, IN_ORDER, NOTIFICATION_DATA,
+ *   RING_RESET…); the core adds VERSION_1 itself (modern) and drops the bits the transport does
+ *   not allow. Never offer a bit you would not handle if accepted (§2.2.2).
+ * - `readConfig`/`writeConfig` get an in-range, naturally aligned access of 1, 2 or 4 bytes
+ *   (little-endian values; a 64-bit field is read as two 32-bit halves). `readConfig` must work
+ *   from construction on, before any feature is negotiated (§2.5.2). When the model changes its
+ *   own configuration it calls `ctx.notifyConfigChange()`.
+ * - `activate(ctx)` runs once per device life, when the driver sets DRIVER_OK (legacy: at the
+ *   first of DRIVER_OK or a kick). Keep `ctx`; queues may already hold buffers.
+ * - `onQueueNotify(index, data)` is a kick on an enabled queue of an active device. Process the
+ *   queue (pop / push / `ctx.signalUsed`). A `VirtioError` thrown from it (a `ChainError` or
+ *   `RingError` from `pop`) is caught by the core and turned into `ctx.fail(error)`; anything
+ *   else propagates to the caller of the register access. `data` is the decoded
+ *   VIRTIO_F_NOTIFICATION_DATA value (valid only during the call), or undefined.
+ * - `onQueueEnable(index)` (optional): a queue became ready after activation (re-enabled after a
+ *   queue reset).
+ * - `onQueueReset(index)` (optional): the queue was reset (RING_RESET) or disabled; forget its
+ *   in-flight requests, never touch its buffers again (§2.6.1.1.1).
+ * - `reset()`: the device was reset; forget everything negotiated and in flight, keep what a
+ *   device keeps across resets (disk contents, MAC address).
+ * - `validateFeatures(features)` (optional): return false to refuse FEATURES_OK for a
+ *   combination the model cannot serve (§2.2.2).
+ */
+export interface DeviceModel {
+  /** Device type (§5), e.g. `DeviceId.BLOCK`. */
+  readonly deviceId: number;
+  /** Feature bits the model offers (see the contract above). */
+  readonly features: bigint;
+  /** Maximum size of each virtqueue (0 = not available); its length is the queue count. */
+  readonly queueMaxSizes: readonly number[];
+  /** Size in bytes of the device-specific configuration space. */
+  readonly configSize: number;
+  /**
+   * Read `size` bytes of configuration space at `offset`, little-endian.
+   * @returns the value, an unsigned integer below 2^(8·size)
+   */
+  readConfig(offset: number, size: 1 | 2 | 4): number;
+  /** Write `size` bytes of configuration space at `offset` (driver-writable fields only). */
+  writeConfig(offset: number, size: 1 | 2 | 4, value: number): void;
+  /** The driver set DRIVER_OK: start serving. */
+  activate(ctx: DeviceContext): void;
+  /** A kick on queue `index` (see the contract above). */
+  onQueueNotify(index: number, data: NotificationData | undefined): void;
+  /** Queue `index` was enabled after activation. */
+  onQueueEnable?(index: number): void;
+  /** Queue `index` was reset or disabled. */
+  onQueueReset?(index: number): void;
+  /** The device was reset. */
+  reset(): void;
+  /** Accept or refuse a feature set at FEATURES_OK. */
+  validateFeatures?(features: bigint): boolean;
+}
+
+/** Options of a {@link VirtioDeviceCore}. */
+export interface DeviceCoreOptions {
+  /** Guest memory the queues live in. */
+  readonly memory: GuestMemory;
+  /**
+   * Run the legacy (pre-1.0) interface: no FEATURES_OK, feature bits 0–31 only, no
+   * VERSION_1, split rings only, kicks accepted before DRIVER_OK (§3.1.2). Default false.
+   */
+  readonly legacy?: boolean;
+  /**
+   * Reserved bits (24–41) the transport allows; bits of the model outside this set are not
+   * offered. Default {@link MMIO_TRANSPORT_FEATURES} (modern) or
+   * {@link LEGACY_TRANSPORT_FEATURES} (legacy).
+   */
+  readonly transportFeatures?: bigint;
+  /**
+   * The interrupt line: called each time a notification sets a bit of the interrupt status,
+   * with the new status. The line stays asserted while {@link VirtioDeviceCore.interruptStatus}
+   * is non-zero (a level-triggered MMIO interrupt). Wire it to a `Doorbell` for an irqfd.
+   */
+  readonly interrupt?: (status: number) => void;
+  /** Where guest faults are logged (rate-limited). Default: a `RateLimitedLog` on console.warn. */
+  readonly log?: RateLimitedLog;
+}
+
+/** Counters of a device core, for tests and the exit / fault measurements. */
+export interface DeviceCoreStats {
+  /** Available buffer notifications received (valid or not). */
+  notifies: number;
+  /** Notifications not delivered: unknown or disabled queue, device not live or failed. */
+  ignoredNotifies: number;
+  /** Used buffer notifications sent. */
+  usedInterrupts: number;
+  /** Configuration change notifications sent. */
+  configInterrupts: number;
+  /** Guest faults reported through `fail` or `noteFault`. */
+  faults: number;
+  /**
+   * Driver protocol violations the device tolerated by ignoring them: clearing a status bit,
+   * writing features after FEATURES_OK, changing a live queue, kicking before DRIVER_OK…
+   */
+  violations: number;
+}
+
+class QueueSlot {
+  readonly maxSize: number;
+  size: number;
+  readonly addr = new Uint32Array(6); // desc lo/hi, driver lo/hi, device lo/hi
+  ready = false;
+  queue: DeviceQueue | undefined = undefined;
+  /** Legacy: page frame number (0 = not in use) and used ring alignment. */
+  pfn = 0;
+  align = LEGACY_VRING_ALIGN;
+  kick: Doorbell | undefined = undefined;
+
+  constructor(maxSize: number) {
+    this.maxSize = maxSize;
+    this.size = maxSize;
+  }
+
+  clear(): void {
+    this.size = this.maxSize;
+    this.addr.fill(0);
+    this.ready = false;
+    this.queue = undefined;
+    this.pfn = 0;
+    this.align = LEGACY_VRING_ALIGN;
+  }
+}
+
+const AREA_WORD: Readonly<Record<QueueArea, number>> = { desc: 0, driver: 2, device: 4 };
+
+/**
+ * The transport-independent part of a virtio device: the device status state machine, feature
+ * negotiation in 32-bit windows, the device configuration space with its generation counter,
+ * per-queue setup and reset, and the interrupt status. Transports (virtio-mmio here, PCI later)
+ * translate register accesses into calls on it; a {@link DeviceModel} supplies the device type.
+ *
+ * Everything a driver writes is untrusted: out-of-range selectors, sizes and addresses are
+ * refused without throwing, protocol violations are ignored and counted in
+ * {@link VirtioDeviceCore.stats}, and a hostile ring found while the model processes a queue
+ * puts the device into DEVICE_NEEDS_RESET instead of throwing to the VMM.
+ *
+ * Status rules (VIRTIO 1.3 §2.1, §3.1):
+ * - writing 0 resets everything (§2.4.1): status, features, queues, interrupt status;
+ * - the driver cannot clear a bit (§2.1.1): bits it omits stay set, and the write counts as a
+ *   violation; DEVICE_NEEDS_RESET can only be set by the device;
+ * - FEATURES_OK is kept only if ACKNOWLEDGE and DRIVER are set, every accepted bit was offered,
+ *   VERSION_1 is accepted (modern), and the model validates the set (§2.2.2);
+ * - DRIVER_OK is kept only after FEATURES_OK (modern), and activates the model.
+ *
+ * @example
+ * ```ts
+ * const core = new VirtioDeviceCore(model, { memory, interrupt: (s) => irq.ring() });
+ * core.writeStatus(DeviceStatus.ACKNOWLEDGE);
+ * ```
+ */
+export class VirtioDeviceCore implements DeviceContext {
+  /** The device type this core drives. */
+  readonly model: DeviceModel;
+  /** @inheritdoc */
+  readonly memory: GuestMemory;
+  /** Whether this core runs the legacy interface. */
+  readonly legacy: boolean;
+  /** Feature bits offered to the driver. */
+  readonly offeredFeatures: bigint;
+  /** Counters (mutated in place). */
+  readonly stats: DeviceCoreStats = {
+    notifies: 0,
+    ignoredNotifies: 0,
+    usedInterrupts: 0,
+    configInterrupts: 0,
+    faults: 0,
+    violations: 0,
+  };
+  /** Faults by error `code`. */
+  readonly faultCounts = new Map<string, number>();
+  /** The last fault reported, if any. */
+  lastFault: VirtioError | undefined = undefined;
+  /** Why the last violation was counted (for debugging drivers). */
+  lastViolation: string | undefined = undefined;
+  /** Why FEATURES_OK was last refused, if it was. */
+  featuresRefusal: string | undefined = undefined;
+
+  readonly #queues: QueueSlot[];
+  readonly #irq: ((status: number) => void) | undefined;
+  readonly #log: RateLimitedLog;
+  readonly #nd: NotificationData = { queueIndex: 0, nextOff: 0, nextWrap: 0 };
+  #status = 0;
+  #driverFeatures = 0n;
+  #unofferedHigh = false;
+  #isr = 0;
+  #generation = 0;
+  #epoch = 0;
+  #active = false;
+  #notificationData = false;
+
+  /**
+   * @param model - the device type
+   * @param options - memory, legacy mode, interrupt line, log
+   * @throws RangeError if the model's queue sizes or config size are invalid
+   */
+  constructor(model: DeviceModel, options: DeviceCoreOptions) {
+    const max = model.queueMaxSizes;
+    if (max.length > 0xffff) {
+      throw new RangeError(
+        `model.queueMaxSizes must have at most 65535 entries, got ${max.length}`,
+      );
+    }
+    for (const [i, m] of max.entries()) {
+      if (!Number.isInteger(m) || m < 0 || m > PACKED_QUEUE_MAX_SIZE) {
+        throw new RangeError(
+          `model.queueMaxSizes[${i}] must be an integer in [0, 32768], got ${m}`,
+        );
+      }
+    }
+    if (!Number.isInteger(model.configSize) || model.configSize < 0) {
+      throw new RangeError(
+        `model.configSize must be a non-negative integer, got ${model.configSize}`,
+      );
+    }
+    this.model = model;
+    this.memory = options.memory;
+    this.legacy = options.legacy === true;
+    this.#irq = options.interrupt;
+    this.#log = options.log ?? new RateLimitedLog();
+    const allowed =
+      options.transportFeatures ??
+      (this.legacy ? LEGACY_TRANSPORT_FEATURES : MMIO_TRANSPORT_FEATURES);
+    let offered = model.features & ALL_FEATURES & ~(TRANSPORT_RANGE & ~allowed);
+    if (this.legacy) {
+      // Bits 32 and up came with VIRTIO 1.0; a legacy device has none of them.
+      offered &= 0xffffffffn;
+    } else {
+      // §6.2: a device MUST offer VIRTIO_F_VERSION_1.
+      offered |= featureMask(Feature.VERSION_1);
+    }
+    this.offeredFeatures = offered;
+    this.#queues = max.map((m) => new QueueSlot(m));
+  }
+
+  // ---- status (VIRTIO 1.3 §2.1) ----
+
+  /** The device status field. */
+  get status(): number {
+    return this.#status;
+  }
+
+  /** @inheritdoc */
+  get needsReset(): boolean {
+    return (this.#status & DeviceStatus.DEVICE_NEEDS_RESET) !== 0;
+  }
+
+  /** Whether the model has been activated (DRIVER_OK, or a legacy first use). */
+  get active(): boolean {
+    return this.#active;
+  }
+
+  /** @inheritdoc */
+  get epoch(): number {
+    return this.#epoch;
+  }
+
+  /** @inheritdoc */
+  get numQueues(): number {
+    return this.#queues.length;
+  }
+
+  /**
+   * The driver writes the device status field.
+   *
+   * @param value - the written value; only bits 0–7 exist (others are ignored and counted)
+   * @see VIRTIO 1.3 §2.1, §2.4, §3.1.1
+   */
+  writeStatus(value: number): void {
+    const v = value >>> 0;
+    if (v === 0) {
+      this.reset();
+      return;
+    }
+    if (v > 0xff) this.#violation(`status bits 0x${(v & ~0xff).toString(16)} do not exist`);
+    const old = this.#status;
+    // §2.1.1: the driver MUST NOT clear a device status bit; keep them.
+    if ((old & DRIVER_STATUS_BITS & ~v) !== 0) {
+      this.#violation(`status write 0x${v.toString(16)} clears bits of 0x${old.toString(16)}`);
+    }
+    let next = old | (v & DRIVER_STATUS_BITS);
+    const added = next & ~old;
+    if ((added & DeviceStatus.FEATURES_OK) !== 0 && !this.#acceptFeatures(next)) {
+      next &= ~DeviceStatus.FEATURES_OK;
+    }
+    if (
+      (added & DeviceStatus.DRIVER_OK) !== 0 &&
+      !this.legacy &&
+      (next & DeviceStatus.FEATURES_OK) === 0
+    ) {
+      // §3.1.1: DRIVER_OK comes after a successful FEATURES_OK; without negotiated features the
+      // device cannot go live.
+      this.#violation("DRIVER_OK without FEATURES_OK");
+      next &= ~DeviceStatus.DRIVER_OK;
+    }
+    this.#status = next;
+    if ((next & ~old & DeviceStatus.DRIVER_OK) !== 0) this.#activate();
+  }
+
+  /** Decide FEATURES_OK (§2.2.2): the reason it is refused, or undefined. */
+  #acceptFeatures(status: number): boolean {
+    let why: string | undefined;
+    const f = this.#driverFeatures;
+    if (this.legacy) why = "legacy devices have no FEATURES_OK (§3.1.2)";
+    else if ((status & (DeviceStatus.ACKNOWLEDGE | DeviceStatus.DRIVER)) !== 3) {
+      why = "FEATURES_OK before ACKNOWLEDGE and DRIVER (§3.1.1)";
+    } else if (this.#unofferedHigh || (f & ~this.offeredFeatures) !== 0n) {
+      why = "the driver accepted features the device did not offer (§2.2.1)";
+    } else if (!hasFeature(f, Feature.VERSION_1)) {
+      why = "VIRTIO_F_VERSION_1 not accepted by the driver (§6.1, §6.2)";
+    } else if (this.model.validateFeatures?.(f) === false) {
+      why = "the device model refused this feature combination (§2.2.2)";
+    }
+    this.featuresRefusal = why;
+    if (why !== undefined) return false;
+    this.#notificationData = hasFeature(f, Feature.NOTIFICATION_DATA);
+    return true;
+  }
+
+  #activate(): void {
+    if (this.#active) return;
+    this.#active = true;
+    this.guard(() => this.model.activate(this));
+  }
+
+  /**
+   * Reset the device (the driver wrote 0 to the status, or the host resets it): the model
+   * forgets its state, every queue is disabled and returns to its defaults, features, status and
+   * interrupt status go back to 0 (VIRTIO 1.3 §2.4.1, §4.2.2.1). The configuration generation is
+   * not reset, so a driver straddling the reset still sees it move.
+   */
+  reset(): void {
+    this.model.reset();
+    for (const q of this.#queues) q.clear();
+    this.#status = 0;
+    this.#driverFeatures = 0n;
+    this.#unofferedHigh = false;
+    this.#isr = 0;
+    this.#active = false;
+    this.#notificationData = false;
+    this.featuresRefusal = undefined;
+    this.#epoch++;
+  }
+
+  // ---- features (VIRTIO 1.3 §2.2) ----
+
+  /**
+   * The 32 offered feature bits of window `select` (bits `32·select` to `32·select + 31`); 0
+   * past the last window.
+   */
+  deviceFeatureWord(select: number): number {
+    const sel = select >>> 0;
+    if (sel >= FEATURE_WORDS) return 0;
+    return Number((this.offeredFeatures >> BigInt(32 * sel)) & 0xffffffffn);
+  }
+
+  /**
+   * The driver writes 32 accepted feature bits for window `select`. Ignored (and counted) once
+   * FEATURES_OK is set (modern) or the device is active (legacy): features are frozen. Bits in
+   * windows past the last are remembered only as "accepted something unoffered", so FEATURES_OK
+   * is refused and no guest value can grow a big integer.
+   */
+  writeDriverFeatureWord(select: number, value: number): void {
+    const sel = select >>> 0;
+    const v = value >>> 0;
+    if (
+      (!this.legacy && (this.#status & DeviceStatus.FEATURES_OK) !== 0) ||
+      (this.legacy && this.#active)
+    ) {
+      this.#violation("driver features written after negotiation");
+      return;
+    }
+    if (sel >= FEATURE_WORDS) {
+      if (v !== 0) this.#unofferedHigh = true;
+      return;
+    }
+    const shift = BigInt(32 * sel);
+    this.#driverFeatures = (this.#driverFeatures & ~(0xffffffffn << shift)) | (BigInt(v) << shift);
+  }
+
+  /** The 32 accepted feature bits of window `select` as written so far. */
+  driverFeatureWord(select: number): number {
+    const sel = select >>> 0;
+    if (sel >= FEATURE_WORDS) return 0;
+    return Number((this.#driverFeatures >> BigInt(32 * sel)) & 0xffffffffn);
+  }
+
+  /**
+   * The negotiated features: what the driver accepted, restricted to the offered bits (final
+   * from FEATURES_OK; before it, what the driver has written so far).
+   */
+  get features(): bigint {
+    return this.#driverFeatures & this.offeredFeatures;
+  }
+
+  // ---- configuration space (VIRTIO 1.3 §2.5) ----
+
+  /** The configuration generation: changes whenever the device changes its configuration. */
+  get configGeneration(): number {
+    return this.#generation;
+  }
+
+  /**
+   * Read configuration space. Out-of-range or misaligned accesses read 0 and count as
+   * violations.
+   * @param offset - byte offset into the configuration space
+   * @param size - 1, 2 or 4
+   */
+  readConfig(offset: number, size: number): number {
+    if (!this.#configAccessOk(offset, size)) return 0;
+    const v = this.model.readConfig(offset, size as 1 | 2 | 4);
+    return size === 4 ? v >>> 0 : v & ((1 << (8 * size)) - 1);
+  }
+
+  /**
+   * Write configuration space. Out-of-range or misaligned writes are ignored; so are writes
+   * before FEATURES_OK on a modern device (§3.1.1 step 4: the driver MUST NOT write the
+   * configuration before negotiation is done).
+   */
+  writeConfig(offset: number, size: number, value: number): void {
+    if (!this.#configAccessOk(offset, size)) return;
+    if (!this.legacy && (this.#status & DeviceStatus.FEATURES_OK) === 0) {
+      this.#violation("configuration written before FEATURES_OK");
+      return;
+    }
+    const mask = size === 4 ? 0xffffffff : (1 << (8 * size)) - 1;
+    this.model.writeConfig(offset, size as 1 | 2 | 4, (value & mask) >>> 0);
+  }
+
+  #configAccessOk(offset: number, size: number): boolean {
+    if (
+      (size === 1 || size === 2 || size === 4) &&
+      Number.isInteger(offset) &&
+      offset >= 0 &&
+      offset % size === 0 &&
+      offset + size <= this.model.configSize
+    ) {
+      return true;
+    }
+    this.#violation(`configuration access of ${size} bytes at ${offset}`);
+    return false;
+  }
+
+  /** @inheritdoc */
+  notifyConfigChange(): void {
+    this.#generation = (this.#generation + 1) >>> 0;
+    if ((this.#status & DeviceStatus.DRIVER_OK) !== 0) {
+      this.stats.configInterrupts++;
+      this.#raise(MmioInterrupt.CONFIG);
+    }
+  }
+
+  // ---- queues (VIRTIO 1.3 §2.6, §4.2.3.2) ----
+
+  /** Maximum size of queue `index`, 0 if there is no such queue (or it is not available). */
+  queueMaxSize(index: number): number {
+    return this.#queues[index]?.maxSize ?? 0;
+  }
+
+  /** The size the driver chose for queue `index` (default: its maximum). */
+  queueSize(index: number): number {
+    return this.#queues[index]?.size ?? 0;
+  }
+
+  /** Whether queue `index` is enabled (QueueReady, or a legacy non-zero QueuePFN). */
+  queueReady(index: number): boolean {
+    return this.#queues[index]?.ready === true;
+  }
+
+  /**
+   * The driver sets the size of queue `index`. Validated when the queue is enabled (the
+   * register only stores it). Ignored while the queue is enabled (§4.2.2.2).
+   */
+  setQueueSize(index: number, size: number): void {
+    const q = this.#liveCheck(index);
+    if (q !== undefined) q.size = size >>> 0;
+  }
+
+  /**
+   * The driver writes one 32-bit half of an area address of queue `index`. Ignored while the
+   * queue is enabled (§4.2.2.2).
+   */
+  setQueueAddressWord(index: number, area: QueueArea, high: boolean, value: number): void {
+    const q = this.#liveCheck(index);
+    if (q !== undefined) q.addr[AREA_WORD[area] + (high ? 1 : 0)] = value >>> 0;
+  }
+
+  /** The 64-bit address of an area of queue `index` (inexact above 2^53, see memory). */
+  queueAddress(index: number, area: QueueArea): number {
+    const q = this.#queues[index];
+    if (q === undefined) return 0;
+    const w = AREA_WORD[area];
+    return u64ToAddress(q.addr[w]!, q.addr[w + 1]!);
+  }
+
+  #liveCheck(index: number): QueueSlot | undefined {
+    const q = this.#queues[index];
+    if (q === undefined) {
+      this.#violation(`queue ${index} does not exist`);
+      return undefined;
+    }
+    if (q.ready) {
+      this.#violation(`queue ${index} changed while enabled`);
+      return undefined;
+    }
+    return q;
+  }
+
+  /**
+   * The driver writes QueueReady of queue `index`: non-zero enables the queue with its current
+   * size and addresses, 0 disables it.
+   *
+   * Enabling validates the configuration by mapping the ring (split or packed, per
+   * VIRTIO_F_RING_PACKED): size in [1, max] (split: a power of 2), areas aligned and inside
+   * guest memory. A bad configuration is a driver error (§2.6.1, §2.7, §2.8.10.1) the device
+   * cannot work with: the queue stays disabled (QueueReady reads 0) and the device enters
+   * DEVICE_NEEDS_RESET through {@link VirtioDeviceCore.fail} with the `QueueConfigError`.
+   * Enabling before FEATURES_OK (the ring type is not known yet) is ignored and counted.
+   */
+  setQueueReady(index: number, value: number): void {
+    const q = this.#queues[index];
+    if (q === undefined) {
+      this.#violation(`queue ${index} does not exist`);
+      return;
+    }
+    if (value >>> 0 === 0) {
+      if (q.ready) this.#stopQueue(index, q);
+      return;
+    }
+    if (q.ready) return;
+    if (!this.legacy && (this.#status & DeviceStatus.FEATURES_OK) === 0) {
+      this.#violation(`queue ${index} enabled before FEATURES_OK`);
+      return;
+    }
+    const layout: QueueLayout = {
+      size: q.size,
+      desc: this.queueAddress(index, "desc"),
+      driver: this.queueAddress(index, "driver"),
+      device: this.queueAddress(index, "device"),
+    };
+    this.#enable(index, q, layout);
+  }
+
+  #enable(index: number, q: QueueSlot, layout: QueueLayout): boolean {
+    const f = this.features;
+    try {
+      if (q.maxSize === 0 || layout.size < 1 || layout.size > q.maxSize) {
+        throw new QueueConfigError(
+          `queue ${index} size must be in [1, ${q.maxSize}]`,
+          "size",
+          layout.size,
+        );
+      }
+      q.queue =
+        !this.legacy && hasFeature(f, Feature.RING_PACKED)
+          ? new PackedDeviceQueue(this.memory, layout, ringFeatures(f))
+          : new SplitDeviceQueue(this.memory, layout, ringFeatures(f));
+    } catch (e) {
+      if (!(e instanceof QueueConfigError)) throw e;
+      this.fail(e);
+      return false;
+    }
+    q.ready = true;
+    if (this.#active) this.guard(() => this.model.onQueueEnable?.(index));
+    return true;
+  }
+
+  #stopQueue(index: number, q: QueueSlot): void {
+    this.#epoch++;
+    this.guard(() => this.model.onQueueReset?.(index));
+    q.ready = false;
+    q.queue = undefined;
+    q.pfn = 0;
+  }
+
+  /**
+   * The driver resets queue `index` (VIRTIO_F_RING_RESET, §2.6.1): the model forgets the queue,
+   * which returns to its default state (disabled, maximum size, addresses 0). Completes at once,
+   * so the QueueReset register reads 0 afterwards (§4.2.2.1). Ignored and counted without the
+   * feature.
+   */
+  resetQueue(index: number): void {
+    const q = this.#queues[index];
+    if (q === undefined || this.legacy || !hasFeature(this.features, Feature.RING_RESET)) {
+      this.#violation(`queue ${index} reset without VIRTIO_F_RING_RESET`);
+      return;
+    }
+    if (!(this.#status & DeviceStatus.FEATURES_OK)) {
+      this.#violation(`queue ${index} reset before FEATURES_OK`);
+      return;
+    }
+    if (q.ready) this.#stopQueue(index, q);
+    q.clear();
+  }
+
+  /**
+   * Legacy: the driver sets the used ring alignment of queue `index` (QueueAlign). Ignored
+   * while the queue is in use. Validated when the queue is enabled.
+   */
+  setLegacyQueueAlign(index: number, align: number): void {
+    const q = this.#liveCheck(index);
+    if (q !== undefined) q.align = align >>> 0;
+  }
+
+  /** Legacy: QueuePFN of queue `index` (0 when not in use). */
+  legacyQueuePfn(index: number): number {
+    return this.#queues[index]?.pfn ?? 0;
+  }
+
+  /**
+   * Legacy: the driver writes QueuePFN of queue `index`. 0 stops the queue; otherwise the queue
+   * is enabled with the contiguous layout at `pfn × pageSize` (§2.7.2, `legacySplitLayout`) and
+   * the used ring aligned to QueueAlign. A bad configuration (size not a power of 2 up to the
+   * maximum, alignment not a power of 2 of at least 4, memory outside guest RAM) leaves
+   * QueuePFN at 0 and enters DEVICE_NEEDS_RESET.
+   */
+  setLegacyQueuePfn(index: number, pfn: number, pageSize: number): void {
+    const q = this.#queues[index];
+    if (q === undefined) {
+      this.#violation(`queue ${index} does not exist`);
+      return;
+    }
+    const p = pfn >>> 0;
+    if (p === 0) {
+      if (q.ready) this.#stopQueue(index, q);
+      return;
+    }
+    if (q.ready) {
+      this.#violation(`queue ${index} changed while enabled`);
+      return;
+    }
+    const align = q.align;
+    if (align < 4 || (align & (align - 1)) !== 0) {
+      this.fail(
+        new QueueConfigError("QueueAlign must be a power of 2 of at least 4", "align", align),
+      );
+      return;
+    }
+    const size = q.size;
+    // legacySplitLayout only needs a plausible size; #enable validates it against the maximum
+    // and mapSplitRing checks that it is a power of 2.
+    const l = legacySplitLayout(Math.min(size, 0x8000), align);
+    const base = p * pageSize;
+    if (
+      this.#enable(index, q, { size, desc: base, driver: base + l.avail, device: base + l.used })
+    ) {
+      q.pfn = p;
+    }
+  }
+
+  // ---- notifications (VIRTIO 1.3 §2.3, §2.9) ----
+
+  /**
+   * Route kicks of queue `index` to `doorbell` instead of `model.onQueueNotify` (the ioeventfd
+   * analogue: a data plane elsewhere waits on the doorbell). `undefined` restores direct calls.
+   * Kicks are still validated (queue enabled, device live) before ringing.
+   */
+  setKickDoorbell(index: number, doorbell: Doorbell | undefined): void {
+    const q = this.#queues[index];
+    if (q === undefined) throw new RangeError(`index must be a queue index, got ${index}`);
+    q.kick = doorbell;
+  }
+
+  /**
+   * An available buffer notification with the transport's raw value: the queue index, or with
+   * VIRTIO_F_NOTIFICATION_DATA the 32-bit notification data (§2.9). Delivered to the model (or
+   * the queue's kick doorbell) only for an enabled queue of a live device; otherwise ignored and
+   * counted. A `VirtioError` from the model becomes {@link VirtioDeviceCore.fail}.
+   */
+  notify(value: number): void {
+    this.stats.notifies++;
+    const v = value >>> 0;
+    let index = v;
+    let data: NotificationData | undefined;
+    if (this.#notificationData) {
+      data = decodeNotificationData(v, this.#nd);
+      index = data.queueIndex;
+    }
+    const q = this.#queues[index];
+    const s = this.#status;
+    if (
+      q === undefined ||
+      q.queue === undefined ||
+      (s & (DeviceStatus.DEVICE_NEEDS_RESET | DeviceStatus.FAILED)) !== 0
+    ) {
+      this.stats.ignoredNotifies++;
+      return;
+    }
+    if (!this.#active) {
+      if (!this.legacy) {
+        // §3.1.1: the driver MUST NOT notify before DRIVER_OK.
+        this.stats.ignoredNotifies++;
+        this.#violation(`queue ${index} notified before DRIVER_OK`);
+        return;
+      }
+      // §3.1.2: a legacy driver may use the device before DRIVER_OK.
+      this.#activate();
+      if (this.needsReset) return;
+    }
+    if (q.kick !== undefined) {
+      q.kick.ring();
+      return;
+    }
+    this.guard(() => this.model.onQueueNotify(index, data));
+  }
+
+  /** @inheritdoc */
+  queue(index: number): DeviceQueue | undefined {
+    return this.#queues[index]?.queue;
+  }
+
+  // ---- interrupts (VIRTIO 1.3 §2.3, §4.2.2) ----
+
+  /** The interrupt status: bit 0 used buffer, bit 1 configuration change. */
+  get interruptStatus(): number {
+    return this.#isr;
+  }
+
+  /** The driver acknowledges the interrupt bits in `bits` (undefined bits are ignored). */
+  ackInterrupt(bits: number): void {
+    this.#isr &= ~(bits & (MmioInterrupt.USED_BUFFER | MmioInterrupt.CONFIG));
+  }
+
+  /** @inheritdoc */
+  interrupt(index: number): boolean {
+    // §2.1.2: no used buffer notifications before DRIVER_OK (legacy: before first use).
+    if (!this.#active || this.#queues[index]?.ready !== true) return false;
+    this.stats.usedInterrupts++;
+    this.#raise(MmioInterrupt.USED_BUFFER);
+    return true;
+  }
+
+  /** @inheritdoc */
+  signalUsed(index: number): boolean {
+    const q = this.#queues[index]?.queue;
+    if (q === undefined || !q.needsInterrupt()) return false;
+    return this.interrupt(index);
+  }
+
+  #raise(bit: number): void {
+    this.#isr |= bit;
+    this.#irq?.(this.#isr);
+  }
+
+  // ---- faults ----
+
+  /** @inheritdoc */
+  fail(error: VirtioError): void {
+    this.noteFault(error);
+    if (this.needsReset) return;
+    this.#status |= DeviceStatus.DEVICE_NEEDS_RESET;
+    // §2.1.2: if DRIVER_OK is set, after setting DEVICE_NEEDS_RESET the device MUST send a
+    // device configuration change notification.
+    if ((this.#status & DeviceStatus.DRIVER_OK) !== 0) {
+      this.stats.configInterrupts++;
+      this.#raise(MmioInterrupt.CONFIG);
+    }
+  }
+
+  /** @inheritdoc */
+  noteFault(error: VirtioError): void {
+    this.stats.faults++;
+    this.faultCounts.set(error.code, (this.faultCounts.get(error.code) ?? 0) + 1);
+    this.lastFault = error;
+    this.#log.log(
+      `virtio device ${this.model.deviceId}: guest fault ${error.name}: ${error.message}`,
+    );
+  }
+
+  /** @inheritdoc */
+  guard<T>(fn: () => T): T | undefined {
+    try {
+      return fn();
+    } catch (e) {
+      if (!(e instanceof VirtioError)) throw e;
+      this.fail(e);
+      return undefined;
+    }
+  }
+
+  #violation(why: string): void {
+    this.stats.violations++;
+    this.lastViolation = why;
+  }
+}
