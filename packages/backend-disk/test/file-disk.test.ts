@@ -1,0 +1,180 @@
+import { spawn } from "node:child_process";
+import { chmod, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { BlkDevice } from "@virtio-ts/devices";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { FileDisk } from "../src/index.js";
+import { buildPackage } from "./helpers/build.js";
+
+let dir = "";
+
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), "virtio-ts-disk-"));
+  // Let an unprivileged child (the permission test) traverse the directory.
+  await chmod(dir, 0o755);
+});
+
+afterAll(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
+async function image(name: string, size: number, fill = 0): Promise<string> {
+  const path = join(dir, name);
+  await writeFile(path, new Uint8Array(size).fill(fill));
+  return path;
+}
+
+function fixture(name: string): string {
+  return fileURLToPath(new URL(`./fixtures/${name}`, import.meta.url));
+}
+
+describe("FileDisk", () => {
+  it("takes its capacity from the file size and reads what it writes with readv/writev", async () => {
+    const path = await image("rw.img", 8 * 512);
+    const disk = await FileDisk.open(path, { blockSize: 4096 });
+    expect([disk.capacity, disk.blockSize, disk.readOnly]).toEqual([8, 4096, false]);
+    const data = Uint8Array.from({ length: 1536 }, (_, i) => i * 13);
+    await disk.write(3, [data.subarray(0, 7), data.subarray(7, 1000), data.subarray(1000)]);
+    const a = new Uint8Array(512);
+    const b = new Uint8Array(1024);
+    await disk.read(3, [a, b]);
+    expect([...a, ...b]).toEqual([...data]);
+    await disk.flush();
+    await disk.close();
+    const onDisk = await readFile(path);
+    expect(new Uint8Array(onDisk.subarray(3 * 512, 6 * 512))).toEqual(data);
+  });
+
+  it("reads into views of a SharedArrayBuffer (guest memory)", async () => {
+    const path = await image("sab.img", 1024, 0x3c);
+    const disk = await FileDisk.open(path);
+    const shared = new Uint8Array(new SharedArrayBuffer(1024));
+    await disk.read(0, [shared.subarray(0, 512), shared.subarray(512)]);
+    expect(shared.every((b) => b === 0x3c)).toBe(true);
+    await disk.close();
+  });
+
+  it("writeZeroes zeroes exactly the range; discard leaves the data (documented no-op)", async () => {
+    const path = await image("zero.img", 4 * 512, 0xaa);
+    const disk = await FileDisk.open(path, { fullSync: true });
+    await disk.writeZeroes(1, 2, true);
+    await disk.discard(3, 1);
+    await disk.flush();
+    await disk.close();
+    const b = await readFile(path);
+    expect([b[511], b[512], b[1535], b[1536], b[2047]]).toEqual([0xaa, 0, 0, 0xaa, 0xaa]);
+  });
+
+  it("a missing file is BackendError not-found naming the path", async () => {
+    const path = join(dir, "nope.img");
+    await expect(FileDisk.open(path)).rejects.toMatchObject({
+      name: "BackendError",
+      code: "not-found",
+      path,
+    });
+  });
+
+  it("a file whose size is not a multiple of 512 is BackendError bad-size", async () => {
+    const path = await image("odd.img", 1000);
+    await expect(FileDisk.open(path)).rejects.toMatchObject({
+      code: "bad-size",
+      message: expect.stringMatching(/1000 bytes, not a multiple of 512/),
+    });
+  });
+
+  it("a directory is BackendError bad-size (not a regular file)", async () => {
+    await expect(FileDisk.open(dir, { readOnly: true })).rejects.toMatchObject({
+      code: "bad-size",
+    });
+  });
+
+  it("a read-only disk refuses writes with BackendError read-only", async () => {
+    const path = await image("ro.img", 1024);
+    const disk = await FileDisk.open(path, { readOnly: true });
+    expect(disk.readOnly).toBe(true);
+    await expect(disk.write(0, [new Uint8Array(512)])).rejects.toMatchObject({
+      code: "read-only",
+    });
+    await disk.close();
+  });
+
+  it("out-of-range requests and use after close are BackendErrors", async () => {
+    const path = await image("range.img", 1024);
+    const disk = await FileDisk.open(path);
+    await expect(disk.read(2, [new Uint8Array(512)])).rejects.toMatchObject({
+      code: "out-of-range",
+    });
+    await disk.close();
+    await disk.close();
+    await expect(disk.flush()).rejects.toMatchObject({ code: "closed" });
+  });
+
+  it("serves a BlkDevice (the back-end interface is satisfied)", async () => {
+    const path = await image("blk.img", 64 * 512);
+    const disk = await FileDisk.open(path);
+    const model = new BlkDevice(disk, { serial: "file" });
+    expect(model.readConfig(0, 4)).toBe(64);
+    await disk.close();
+  });
+});
+
+describe("FileDisk in a child process", () => {
+  beforeAll(() => buildPackage());
+
+  it("a file the user may not write is BackendError permission", async () => {
+    const path = await image("locked.img", 1024);
+    await chmod(path, 0o444);
+    // Root ignores file modes: run the probe as nobody then.
+    const asRoot = process.getuid?.() === 0;
+    const out = await runNode(fixture("open-disk.mjs"), [path], asRoot ? 65534 : undefined);
+    expect(out.stdout.trim()).toBe("BackendError permission");
+  });
+
+  it("data written and flushed survives SIGKILL of the writer", async () => {
+    const path = await image("crash.img", 16 * 512);
+    const child = spawn(process.execPath, [fixture("crash-writer.mjs"), path], {
+      stdio: ["ignore", "pipe", "inherit"],
+    });
+    await new Promise<void>((resolve, reject) => {
+      let buf = "";
+      child.stdout.on("data", (d: Buffer) => {
+        buf += d.toString();
+        if (buf.includes("flushed")) resolve();
+      });
+      child.on("exit", (code) => reject(new Error(`writer exited early with ${code}`)));
+    });
+    const exited = new Promise<NodeJS.Signals | null>((resolve) =>
+      child.on("exit", (_code, signal) => resolve(signal)),
+    );
+    child.kill("SIGKILL");
+    expect(await exited).toBe("SIGKILL");
+
+    const disk = await FileDisk.open(path, { readOnly: true });
+    const got = new Uint8Array(1024);
+    await disk.read(5, [got]);
+    await disk.close();
+    const want = Uint8Array.from({ length: 1024 }, (_, i) => (i * 31 + 7) & 0xff);
+    expect(got).toEqual(want);
+  });
+});
+
+function runNode(
+  script: string,
+  args: string[],
+  uid: number | undefined,
+): Promise<{ stdout: string; code: number | null }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [script, ...args], {
+      stdio: ["ignore", "pipe", "inherit"],
+      ...(uid === undefined ? {} : { uid, gid: uid }),
+    });
+    let stdout = "";
+    child.stdout.on("data", (d: Buffer) => {
+      stdout += d.toString();
+    });
+    child.on("error", reject);
+    child.on("exit", (code) => resolve({ stdout, code }));
+  });
+}
