@@ -48,6 +48,11 @@ export const FEATURE_TRANSPORT_FIRST = 24;
 /** Last bit number of the reserved transport/ring range (inclusive). §6 */
 export const FEATURE_TRANSPORT_LAST = 41;
 
+/** The mask of every bit in the reserved transport/ring range, {@link FEATURE_TRANSPORT_FIRST} to {@link FEATURE_TRANSPORT_LAST}. §6 */
+export const FEATURE_TRANSPORT_MASK: bigint =
+  ((1n << BigInt(FEATURE_TRANSPORT_LAST + 1)) - 1n) ^
+  ((1n << BigInt(FEATURE_TRANSPORT_FIRST)) - 1n);
+
 /**
  * The bit mask of one feature bit number.
  *

@@ -1,4 +1,5 @@
 import {
+  FEATURE_TRANSPORT_MASK,
   Feature,
   featureMask,
   hasFeature,
@@ -41,5 +42,13 @@ describe("split ring sizes", () => {
       used: 8192,
       total: 8192 + 6 + 2048,
     });
+  });
+});
+
+describe("transport feature range", () => {
+  it("§6 FEATURE_TRANSPORT_MASK covers exactly bits 24 to 41", () => {
+    for (let bit = 0; bit < 64; bit++) {
+      expect(hasFeature(FEATURE_TRANSPORT_MASK, bit)).toBe(bit >= 24 && bit <= 41);
+    }
   });
 });

@@ -1,8 +1,7 @@
 import { type GuestMemory, u64ToAddress, VirtioError } from "@virtio-ts/memory";
 import {
   DeviceStatus,
-  FEATURE_TRANSPORT_FIRST,
-  FEATURE_TRANSPORT_LAST,
+  FEATURE_TRANSPORT_MASK,
   Feature,
   featureMask,
   hasFeature,
@@ -68,10 +67,6 @@ export const LEGACY_TRANSPORT_FEATURES: bigint = [
   Feature.RING_INDIRECT_DESC,
   Feature.RING_EVENT_IDX,
 ].reduce((m, bit) => m | featureMask(bit), 0n);
-
-const TRANSPORT_RANGE =
-  ((1n << BigInt(FEATURE_TRANSPORT_LAST + 1)) - 1n) ^
-  ((1n << BigInt(FEATURE_TRANSPORT_FIRST)) - 1n);
 
 /** One of the three areas of a virtqueue. @see VIRTIO 1.3 §2.6 */
 export type QueueArea = "desc" | "driver" | "device";
@@ -370,7 +365,7 @@ export class VirtioDeviceCore implements DeviceContext {
     const allowed =
       options.transportFeatures ??
       (this.legacy ? LEGACY_TRANSPORT_FEATURES : MMIO_TRANSPORT_FEATURES);
-    let offered = model.features & ALL_FEATURES & ~(TRANSPORT_RANGE & ~allowed);
+    let offered = model.features & ALL_FEATURES & ~(FEATURE_TRANSPORT_MASK & ~allowed);
     if (this.legacy) {
       // Bits 32 and up came with VIRTIO 1.0; a legacy device has none of them.
       offered &= 0xffffffffn;

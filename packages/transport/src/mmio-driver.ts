@@ -2,8 +2,7 @@ import type { GuestMemory } from "@virtio-ts/memory";
 import {
   DeviceId,
   DeviceStatus,
-  FEATURE_TRANSPORT_FIRST,
-  FEATURE_TRANSPORT_LAST,
+  FEATURE_TRANSPORT_MASK,
   Feature,
   featureMask,
   hasFeature,
@@ -107,10 +106,6 @@ export const DRIVER_TRANSPORT_FEATURES: bigint = [
   Feature.NOTIFICATION_DATA,
   Feature.RING_RESET,
 ].reduce((m, bit) => m | featureMask(bit), 0n);
-
-const TRANSPORT_RANGE =
-  ((1n << BigInt(FEATURE_TRANSPORT_LAST + 1)) - 1n) ^
-  ((1n << BigInt(FEATURE_TRANSPORT_FIRST)) - 1n);
 
 const CFG = MmioReg.CONFIG;
 
@@ -280,7 +275,7 @@ export class MmioDriverTransport {
       throw new TransportError("not-modern", "a version 2 device must offer VIRTIO_F_VERSION_1");
     }
     const wanted = typeof accept === "bigint" ? accept : accept(offered);
-    let accepted = wanted & offered & ~(TRANSPORT_RANGE & ~DRIVER_TRANSPORT_FEATURES);
+    let accepted = wanted & offered & ~(FEATURE_TRANSPORT_MASK & ~DRIVER_TRANSPORT_FEATURES);
     if (!legacy) accepted |= featureMask(Feature.VERSION_1);
     for (let sel = 0; sel < 2; sel++) {
       this.#w(MmioReg.DRIVER_FEATURES_SEL, sel);
