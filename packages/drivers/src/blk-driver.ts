@@ -1,0 +1,621 @@
+/**
+ * virtio-blk driver (guest side).
+ * @see VIRTIO 1.3 §5.2 "Block Device"
+ * @module
+ */
+import { type GuestMemory, VirtioError } from "@virtio-ts/memory";
+import {
+  BLK_ID_BYTES,
+  BLK_SECTOR_SIZE,
+  BlkConfig,
+  BlkDiscardWriteZeroes,
+  BlkFeature,
+  BlkOutHdr,
+  BlkRequestType,
+  BlkStatus,
+  DeviceId,
+  Feature,
+  featureMask,
+  hasFeature,
+  MmioInterrupt,
+  splitAvailSize,
+  splitDescTableSize,
+  splitUsedSize,
+} from "@virtio-ts/spec";
+import type { MmioDriverTransport } from "@virtio-ts/transport";
+import { type DriverQueue, indirectAreaSize, type Segment } from "@virtio-ts/virtqueue";
+import type { SlabAllocator } from "./slab.js";
+
+/**
+ * A virtio-blk request completed with a status other than OK (VIRTIO 1.3 §5.2.6): the device
+ * reported IOERR (I/O error, out-of-range sectors, a write to a read-only disk) or UNSUPP
+ * (the request type is not supported, or the driver did not negotiate it).
+ */
+export class BlkRequestError extends VirtioError {
+  /** "blk-ioerr" for `BlkStatus.IOERR`, "blk-unsupp" for `BlkStatus.UNSUPP`. */
+  readonly code: "blk-ioerr" | "blk-unsupp";
+  /** The status byte: `BlkStatus.IOERR` or `BlkStatus.UNSUPP`. */
+  readonly status: BlkStatus;
+  /** The request type ({@link BlkRequestType}). */
+  readonly type: number;
+  /** The request's first sector (0 for FLUSH and GET_ID). */
+  readonly sector: number;
+
+  /**
+   * @param status - IOERR or UNSUPP
+   * @param type - request type
+   * @param sector - first sector of the request
+   */
+  constructor(
+    status: typeof BlkStatus.IOERR | typeof BlkStatus.UNSUPP,
+    type: number,
+    sector: number,
+  ) {
+    const code = status === BlkStatus.IOERR ? "blk-ioerr" : "blk-unsupp";
+    super(`virtio-blk request type ${type} at sector ${sector} failed: ${code}`);
+    this.code = code;
+    this.status = status;
+    this.type = type;
+    this.sector = sector;
+  }
+}
+
+/** Why the blk driver gave up on what the device did. */
+export type BlkDeviceFaultCode =
+  /** The device is not a block device (DeviceID is not 2). */
+  | "blk-not-block"
+  /** A configuration field is unusable (`size_max` below 512, `blk_size` not a power of 2 ≥ 512). */
+  | "blk-bad-config"
+  /** A used length did not cover the status byte (or, for IN / GET_ID, the data before it). */
+  | "blk-short-used"
+  /** The status byte is not OK, IOERR or UNSUPP. */
+  | "blk-bad-status";
+
+/**
+ * The device broke the virtio-blk protocol (drivers distrust devices). Raised at construction
+ * for a bad device or configuration, and as the rejection of the one request whose completion
+ * was malformed; other requests are unaffected.
+ */
+export class BlkDeviceFault extends VirtioError {
+  /** What the device did wrong. */
+  readonly code: BlkDeviceFaultCode;
+  /** The offending value (used length, status byte, config field or DeviceID). */
+  readonly value: number;
+
+  /**
+   * @param code - what went wrong
+   * @param message - detail
+   * @param value - offending value
+   */
+  constructor(code: BlkDeviceFaultCode, message: string, value: number) {
+    super(`${code}: ${message}`);
+    this.code = code;
+    this.value = value;
+  }
+}
+
+/** Options of a {@link BlkDriver}. */
+export interface BlkDriverOptions {
+  /**
+   * Guest address of the driver-owned ring area, {@link BlkDriver.ringBytes} bytes, 16-aligned:
+   * descriptor table, available ring, used ring and (with indirect descriptors) the indirect
+   * tables, in that order.
+   */
+  readonly ringBase: number;
+  /** Queue size, a power of 2 up to the device's QueueNumMax (default min(128, QueueNumMax)). */
+  readonly queueSize?: number;
+  /** Data segments per request at most (default 16; also bounded by `seg_max`, queue size). */
+  readonly maxSegments?: number;
+  /** Whether to accept VIRTIO_F_INDIRECT_DESC when offered (default true). */
+  readonly indirect?: boolean;
+}
+
+/** The feature bits {@link BlkDriver} accepts when offered (§5.2.3). */
+export const BLK_DRIVER_FEATURES: bigint = [
+  BlkFeature.FLUSH,
+  BlkFeature.BLK_SIZE,
+  BlkFeature.SEG_MAX,
+  BlkFeature.SIZE_MAX,
+  BlkFeature.RO,
+  BlkFeature.DISCARD,
+  BlkFeature.WRITE_ZEROES,
+  Feature.RING_EVENT_IDX,
+  Feature.RING_INDIRECT_DESC,
+].reduce((m, bit) => m | featureMask(bit), 0n);
+
+const HDR_STATUS = 16;
+const HDR_EXTRA = 32;
+
+interface Request {
+  readonly type: number;
+  readonly sector: number;
+  /** Readable payload written into the data slots (OUT) or into the header slot (ranges). */
+  readonly out: Uint8Array | undefined;
+  /** Where IN data goes (a caller-visible buffer). */
+  readonly into: Uint8Array | undefined;
+  /** Bytes of data (IN/OUT) or of the GET_ID response. */
+  readonly length: number;
+  readonly resolve: () => void;
+  readonly reject: (e: unknown) => void;
+  hdr: number;
+  readonly slots: number[];
+}
+
+function alignUp(n: number, a: number): number {
+  return Math.ceil(n / a) * a;
+}
+
+/**
+ * Guest-side virtio-blk driver over an {@link MmioDriverTransport} (VIRTIO 1.3 §5.2): negotiates
+ * features, reads the configuration, sets up request queue 0 (split ring), and serves `read`,
+ * `write`, `flush`, `discard`, `writeZeroes` and `getId` as promises, many in flight.
+ *
+ * Memory: rings live at `options.ringBase`; request headers, status bytes, ranges and data
+ * bounce through `allocator` slots (one header slot per request plus data slots). A request
+ * waits in a FIFO when descriptors or slots run out and is submitted, in order, as earlier ones
+ * complete; nothing else is buffered.
+ *
+ * Completion: after notifying, the driver does nothing until {@link BlkDriver.poll} or
+ * {@link BlkDriver.onInterrupt} is called; they reap used buffers, settle promises and submit
+ * waiting requests.
+ *
+ * @example
+ * ```ts
+ * const blk = new BlkDriver(transport, memory, new SlabAllocator(0x40000, 4096, 64), { ringBase: 0x10000 });
+ * const p = blk.read(0, 4096);
+ * // ... the device runs, then the interrupt handler calls blk.onInterrupt()
+ * const data = await p;
+ * ```
+ */
+export class BlkDriver {
+  readonly #t: MmioDriverTransport;
+  readonly #mem: GuestMemory;
+  readonly #slab: SlabAllocator;
+  readonly #q: DriverQueue<Request>;
+  readonly #features: bigint;
+  readonly #segLen: number;
+  readonly #maxBytes: number;
+  readonly #waiting: Request[] = [];
+  #waitHead = 0;
+  #inFlight = 0;
+  #capacity: bigint;
+  readonly #blockSize: number;
+
+  /**
+   * Bytes of the ring area {@link BlkDriverOptions.ringBase} must point at.
+   * @param queueSize - queue size
+   * @param maxSegments - data segments per request (for the indirect tables)
+   * @param indirect - whether indirect tables are reserved
+   */
+  static ringBytes(queueSize: number, maxSegments = 16, indirect = true): number {
+    const avail = splitDescTableSize(queueSize);
+    const used = alignUp(avail + splitAvailSize(queueSize), 4);
+    const end = alignUp(used + splitUsedSize(queueSize), 16);
+    return indirect ? end + indirectAreaSize(queueSize, Math.min(queueSize, maxSegments + 2)) : end;
+  }
+
+  /**
+   * Initialise the device (§3.1.1 and §5.2.5): negotiate, read the configuration, set up
+   * queue 0, set DRIVER_OK.
+   *
+   * @param transport - the device's transport (not yet initialised; it is reset)
+   * @param memory - guest memory holding the rings and the allocator's region
+   * @param allocator - slots for request headers, status bytes and data bounce buffers (at
+   *   least 2 slots)
+   * @param options - ring address, queue size, segment limit
+   * @throws TransportError from negotiation / queue setup; BlkDeviceFault "blk-not-block" or
+   *   "blk-bad-config" (FAILED is then set); RangeError naming an invalid option
+   */
+  constructor(
+    transport: MmioDriverTransport,
+    memory: GuestMemory,
+    allocator: SlabAllocator,
+    options: BlkDriverOptions,
+  ) {
+    if (allocator.slots < 2) {
+      throw new RangeError(`allocator must have at least 2 slots, got ${allocator.slots}`);
+    }
+    const maxSegOpt = options.maxSegments ?? 16;
+    if (!Number.isInteger(maxSegOpt) || maxSegOpt < 1) {
+      throw new RangeError(`options.maxSegments must be a positive integer, got ${maxSegOpt}`);
+    }
+    this.#t = transport;
+    this.#mem = memory;
+    this.#slab = allocator;
+    const info = transport.probe();
+    if (info.deviceId !== DeviceId.BLOCK) {
+      throw new BlkDeviceFault("blk-not-block", `DeviceID is ${info.deviceId}`, info.deviceId);
+    }
+    let wanted = BLK_DRIVER_FEATURES;
+    if (options.indirect === false) wanted &= ~featureMask(Feature.RING_INDIRECT_DESC);
+    const f = transport.negotiate(wanted);
+    this.#features = f;
+    const cfg = transport.readConfig((c) => ({
+      capacity: c.u64(BlkConfig.CAPACITY),
+      sizeMax: hasFeature(f, BlkFeature.SIZE_MAX) ? c.u32(BlkConfig.SIZE_MAX) : 0,
+      segMax: hasFeature(f, BlkFeature.SEG_MAX) ? c.u32(BlkConfig.SEG_MAX) : 0,
+      blkSize: hasFeature(f, BlkFeature.BLK_SIZE) ? c.u32(BlkConfig.BLK_SIZE) : BLK_SECTOR_SIZE,
+    }));
+    const bad = (msg: string, v: number): never => {
+      transport.fail();
+      throw new BlkDeviceFault("blk-bad-config", msg, v);
+    };
+    if (hasFeature(f, BlkFeature.SIZE_MAX) && cfg.sizeMax < BLK_SECTOR_SIZE) {
+      bad("size_max is below 512", cfg.sizeMax);
+    }
+    if (cfg.blkSize < BLK_SECTOR_SIZE || (cfg.blkSize & (cfg.blkSize - 1)) !== 0) {
+      bad("blk_size is not a power of 2 of at least 512", cfg.blkSize);
+    }
+    this.#capacity = cfg.capacity;
+    this.#blockSize = cfg.blkSize;
+
+    const max = transport.queueMaxSize(0);
+    const size = options.queueSize ?? Math.min(128, max);
+    if (!Number.isInteger(size) || size < 2 || size > 32768 || (size & (size - 1)) !== 0) {
+      throw new RangeError(`options.queueSize must be a power of 2 in [2, 32768], got ${size}`);
+    }
+    const indirect = hasFeature(f, Feature.RING_INDIRECT_DESC);
+    // §5.2.5: with SEG_MAX the driver MUST NOT put more than seg_max data segments in a request.
+    let segs = Math.min(maxSegOpt, size - 2, allocator.slots - 1);
+    if (hasFeature(f, BlkFeature.SEG_MAX) && cfg.segMax > 0) segs = Math.min(segs, cfg.segMax);
+    if (segs < 1) throw new RangeError(`options.queueSize ${size} leaves no data segment`);
+    // §5.2.5: with SIZE_MAX no segment may exceed size_max. Segments are whole sectors.
+    let segLen = allocator.slotSize;
+    if (hasFeature(f, BlkFeature.SIZE_MAX)) segLen = Math.min(segLen, cfg.sizeMax);
+    segLen -= segLen % BLK_SECTOR_SIZE;
+    this.#segLen = segLen;
+    this.#maxBytes = segLen * segs;
+    if (segLen === 0) {
+      throw new RangeError(`allocator.slotSize must be at least 512, got ${allocator.slotSize}`);
+    }
+
+    const base = options.ringBase;
+    const avail = base + splitDescTableSize(size);
+    const used = alignUp(avail + splitAvailSize(size), 4);
+    const end = alignUp(used + splitUsedSize(size), 16);
+    this.#q = transport.setupQueue<Request>(
+      0,
+      memory,
+      { size, desc: base, driver: avail, device: used },
+      indirect ? { indirect: { addr: end, maxEntries: Math.min(size, segs + 2) } } : {},
+    );
+    transport.driverOk();
+  }
+
+  /** Disk size in 512-byte sectors (`capacity`, re-read on a configuration interrupt). */
+  get capacity(): bigint {
+    return this.#capacity;
+  }
+
+  /** `blk_size` when negotiated, else 512. Informational: requests are in 512-byte sectors. */
+  get blockSize(): number {
+    return this.#blockSize;
+  }
+
+  /** Whether the device is read-only (VIRTIO_BLK_F_RO negotiated): writes fail with IOERR. */
+  get readOnly(): boolean {
+    return hasFeature(this.#features, BlkFeature.RO);
+  }
+
+  /** The negotiated features. */
+  get features(): bigint {
+    return this.#features;
+  }
+
+  /** Largest data length of one device request; longer `read` / `write` calls are split. */
+  get maxTransferBytes(): number {
+    return this.#maxBytes;
+  }
+
+  /** Requests submitted to the device and not yet reaped. */
+  get inFlight(): number {
+    return this.#inFlight;
+  }
+
+  /** Requests waiting in the FIFO for descriptors or memory slots. */
+  get waiting(): number {
+    return this.#waiting.length - this.#waitHead;
+  }
+
+  /**
+   * Read `length` bytes starting at `sector`.
+   * @param sector - first 512-byte sector
+   * @param length - bytes, a positive multiple of 512
+   * @returns the data
+   * @throws BlkRequestError (rejection) for IOERR / UNSUPP; BlkDeviceFault for a malformed
+   *   completion; RangeError naming `sector` or `length`
+   */
+  async read(sector: number, length: number): Promise<Uint8Array> {
+    checkSector(sector);
+    checkLength(length, "length");
+    const out = new Uint8Array(length);
+    const parts: Promise<void>[] = [];
+    for (let off = 0; off < length; off += this.#maxBytes) {
+      const n = Math.min(this.#maxBytes, length - off);
+      parts.push(
+        this.#submit(
+          BlkRequestType.IN,
+          sector + off / BLK_SECTOR_SIZE,
+          undefined,
+          out.subarray(off, off + n),
+          n,
+        ),
+      );
+    }
+    await Promise.all(parts);
+    return out;
+  }
+
+  /**
+   * Write `data` starting at `sector`. The bytes are copied when the request is submitted,
+   * so `data` must not change until the promise settles.
+   * @param sector - first 512-byte sector
+   * @param data - a positive multiple of 512 bytes
+   * @throws BlkRequestError (rejection) for IOERR (e.g. read-only disk) / UNSUPP; RangeError
+   *   naming `sector` or `data`
+   */
+  async write(sector: number, data: Uint8Array): Promise<void> {
+    checkSector(sector);
+    checkLength(data.length, "data.length");
+    const parts: Promise<void>[] = [];
+    for (let off = 0; off < data.length; off += this.#maxBytes) {
+      const n = Math.min(this.#maxBytes, data.length - off);
+      parts.push(
+        this.#submit(
+          BlkRequestType.OUT,
+          sector + off / BLK_SECTOR_SIZE,
+          data.subarray(off, off + n),
+          undefined,
+          n,
+        ),
+      );
+    }
+    await Promise.all(parts);
+  }
+
+  /**
+   * Flush the device's write cache (§5.2.6). Without VIRTIO_BLK_F_FLUSH the device has no
+   * volatile cache to flush, and this resolves at once.
+   * @throws BlkRequestError (rejection) for IOERR
+   */
+  async flush(): Promise<void> {
+    if (!hasFeature(this.#features, BlkFeature.FLUSH)) return;
+    await this.#submit(BlkRequestType.FLUSH, 0, undefined, undefined, 0);
+  }
+
+  /**
+   * Discard `count` sectors at `sector` (one range, flags 0).
+   * @throws BlkRequestError UNSUPP (rejection, nothing sent) if DISCARD was not negotiated, or
+   *   the device's IOERR / UNSUPP; RangeError naming `sector` or `count`
+   */
+  async discard(sector: number, count: number): Promise<void> {
+    await this.#range(BlkRequestType.DISCARD, BlkFeature.DISCARD, sector, count, 0);
+  }
+
+  /**
+   * Write zeroes to `count` sectors at `sector` (one range); `unmap` lets the device deallocate.
+   * @throws BlkRequestError UNSUPP (rejection, nothing sent) if WRITE_ZEROES was not
+   *   negotiated, or the device's IOERR / UNSUPP; RangeError naming `sector` or `count`
+   */
+  async writeZeroes(sector: number, count: number, unmap = false): Promise<void> {
+    await this.#range(
+      BlkRequestType.WRITE_ZEROES,
+      BlkFeature.WRITE_ZEROES,
+      sector,
+      count,
+      unmap ? BlkDiscardWriteZeroes.FLAG_UNMAP : 0,
+    );
+  }
+
+  /**
+   * The device ID string (GET_ID, §5.2.6): up to 20 bytes, cut at the first NUL. Bytes are
+   * decoded as Latin-1, so any device output maps to a string.
+   * @throws BlkRequestError (rejection) for IOERR / UNSUPP
+   */
+  async getId(): Promise<string> {
+    const buf = new Uint8Array(BLK_ID_BYTES);
+    await this.#submit(BlkRequestType.GET_ID, 0, undefined, buf, BLK_ID_BYTES);
+    let n = buf.indexOf(0);
+    if (n < 0) n = BLK_ID_BYTES;
+    let s = "";
+    for (let i = 0; i < n; i++) s += String.fromCharCode(buf[i] as number);
+    return s;
+  }
+
+  /**
+   * Reap every used buffer, settle its promise, then submit waiting requests.
+   * @returns the number of requests completed
+   * @throws RingError from the queue if the device corrupted the used ring
+   */
+  poll(): number {
+    let done = 0;
+    const q = this.#q;
+    for (;;) {
+      q.disableInterrupts();
+      for (let r = q.reap(); r !== undefined; r = q.reap()) {
+        this.#complete(r, q.lastLen);
+        done++;
+      }
+      if (!q.enableInterrupts()) break;
+    }
+    if (done > 0) this.#drain();
+    return done;
+  }
+
+  /**
+   * Interrupt handler: acknowledge InterruptStatus, re-read `capacity` on a configuration
+   * change (§5.2.6: the device may resize), then {@link BlkDriver.poll}.
+   * @returns the number of requests completed
+   */
+  onInterrupt(): number {
+    const s = this.#t.takeInterrupt();
+    if ((s & MmioInterrupt.CONFIG) !== 0) {
+      this.#capacity = this.#t.readConfig((c) => c.u64(BlkConfig.CAPACITY));
+    }
+    return this.poll();
+  }
+
+  #range(
+    type: number,
+    feature: number,
+    sector: number,
+    count: number,
+    flags: number,
+  ): Promise<void> {
+    checkSector(sector);
+    if (!Number.isInteger(count) || count < 1 || count > 0xffffffff) {
+      throw new RangeError(`count must be an integer in [1, 2^32), got ${count}`);
+    }
+    if (!hasFeature(this.#features, feature)) {
+      return Promise.reject(new BlkRequestError(BlkStatus.UNSUPP, type, sector));
+    }
+    const r = new Uint8Array(BlkDiscardWriteZeroes.SIZE);
+    const v = new DataView(r.buffer);
+    v.setBigUint64(BlkDiscardWriteZeroes.SECTOR, BigInt(sector), true);
+    v.setUint32(BlkDiscardWriteZeroes.NUM_SECTORS, count, true);
+    v.setUint32(BlkDiscardWriteZeroes.FLAGS, flags, true);
+    return this.#submit(type, sector, r, undefined, 0);
+  }
+
+  #submit(
+    type: number,
+    sector: number,
+    out: Uint8Array | undefined,
+    into: Uint8Array | undefined,
+    length: number,
+  ): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      const req: Request = { type, sector, out, into, length, resolve, reject, hdr: -1, slots: [] };
+      // Strict FIFO: nothing overtakes a waiting request.
+      if (this.waiting > 0 || !this.#start(req)) this.#waiting.push(req);
+      else this.#kick();
+    });
+  }
+
+  /** Try to put `req` on the ring. Returns false (nothing held) if resources are short. */
+  #start(req: Request): boolean {
+    const dataBased = req.type === BlkRequestType.IN || req.type === BlkRequestType.OUT;
+    const nSlots = 1 + (dataBased ? Math.ceil(req.length / this.#slab.slotSize) : 0);
+    if (this.#slab.available < nSlots) return false;
+    const mem = this.#mem;
+    const hdr = this.#slab.alloc() as number;
+    mem.writeU32(hdr + BlkOutHdr.TYPE, req.type);
+    mem.writeU32(hdr + BlkOutHdr.IOPRIO, 0);
+    mem.writeU64(hdr + BlkOutHdr.SECTOR, BigInt(req.sector));
+    // A value the device must overwrite: a completion that leaves it is caught in #complete.
+    mem.writeU8(hdr + HDR_STATUS, 0xff);
+    const readable: Segment[] = [{ addr: hdr, len: BlkOutHdr.SIZE }];
+    const writable: Segment[] = [];
+    if (dataBased) {
+      const data = req.type === BlkRequestType.OUT ? readable : writable;
+      let left = req.length;
+      let off = 0;
+      while (left > 0) {
+        const slot = this.#slab.alloc() as number;
+        req.slots.push(slot);
+        const inSlot = Math.min(left, this.#slab.slotSize);
+        if (req.out !== undefined) mem.write(slot, req.out.subarray(off, off + inSlot));
+        for (let s = 0; s < inSlot; s += this.#segLen) {
+          data.push({ addr: slot + s, len: Math.min(this.#segLen, inSlot - s) });
+        }
+        left -= inSlot;
+        off += inSlot;
+      }
+    } else if (req.out !== undefined) {
+      mem.write(hdr + HDR_EXTRA, req.out);
+      readable.push({ addr: hdr + HDR_EXTRA, len: req.out.length });
+    } else if (req.length > 0) {
+      writable.push({ addr: hdr + HDR_EXTRA, len: req.length });
+    }
+    // §5.2.6: the status byte is the last device-writable byte.
+    writable.push({ addr: hdr + HDR_STATUS, len: 1 });
+    req.hdr = hdr;
+    if (!this.#q.add(readable, writable, req)) {
+      this.#release(req);
+      return false;
+    }
+    this.#inFlight++;
+    return true;
+  }
+
+  #release(req: Request): void {
+    if (req.hdr >= 0) this.#slab.free(req.hdr);
+    for (const s of req.slots) this.#slab.free(s);
+    req.hdr = -1;
+    req.slots.length = 0;
+  }
+
+  #kick(): void {
+    if (this.#q.publish()) this.#t.notify(0);
+  }
+
+  #drain(): void {
+    let started = false;
+    const w = this.#waiting;
+    while (this.#waitHead < w.length) {
+      const req = w[this.#waitHead] as Request;
+      if (!this.#start(req)) break;
+      w[this.#waitHead++] = undefined as unknown as Request;
+      started = true;
+    }
+    if (this.#waitHead === w.length) {
+      w.length = 0;
+      this.#waitHead = 0;
+    } else if (this.#waitHead > 1024 && this.#waitHead * 2 > w.length) {
+      w.splice(0, this.#waitHead);
+      this.#waitHead = 0;
+    }
+    if (started) this.#kick();
+  }
+
+  #complete(req: Request, len: number): void {
+    this.#inFlight--;
+    const mem = this.#mem;
+    try {
+      // Distrust the device: the used length must reach the status byte (§5.2.6 layout).
+      const need = (req.into !== undefined ? req.length : 0) + 1;
+      if (len < 1) {
+        throw new BlkDeviceFault("blk-short-used", "used length does not cover the status", len);
+      }
+      const status = mem.readU8(req.hdr + HDR_STATUS);
+      if (status === BlkStatus.IOERR || status === BlkStatus.UNSUPP) {
+        throw new BlkRequestError(status, req.type, req.sector);
+      }
+      if (status !== BlkStatus.OK) {
+        throw new BlkDeviceFault("blk-bad-status", `status byte is ${status}`, status);
+      }
+      if (len < need && req.type === BlkRequestType.IN) {
+        throw new BlkDeviceFault("blk-short-used", `IN used length ${len} < ${need}`, len);
+      }
+      if (req.into !== undefined) {
+        if (req.type === BlkRequestType.GET_ID) {
+          mem.read(req.hdr + HDR_EXTRA, req.into);
+        } else {
+          let off = 0;
+          for (const slot of req.slots) {
+            const n = Math.min(this.#slab.slotSize, req.length - off);
+            mem.read(slot, req.into.subarray(off, off + n));
+            off += n;
+          }
+        }
+      }
+      this.#release(req);
+      req.resolve();
+    } catch (e) {
+      this.#release(req);
+      req.reject(e);
+    }
+  }
+}
+
+function checkSector(sector: number): void {
+  if (!Number.isSafeInteger(sector) || sector < 0) {
+    throw new RangeError(`sector must be a non-negative safe integer, got ${sector}`);
+  }
+}
+
+function checkLength(n: number, name: string): void {
+  if (!Number.isSafeInteger(n) || n <= 0 || n % BLK_SECTOR_SIZE !== 0) {
+    throw new RangeError(`${name} must be a positive multiple of 512, got ${n}`);
+  }
+}

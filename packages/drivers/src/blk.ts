@@ -1,0 +1,6 @@
+/**
+ * virtio-blk driver entry point.
+ * @module
+ */
+export * from "./blk-driver.js";
+export * from "./slab.js";

@@ -1,0 +1,8 @@
+/**
+ * virtio drivers (guest side) over `@virtio-ts/transport`. The `./blk` subpath holds the
+ * block driver and its slab allocator.
+ *
+ * @packageDocumentation
+ */
+export * from "./blk-driver.js";
+export * from "./slab.js";

@@ -1,0 +1,192 @@
+import { MemoryDisk } from "@virtio-ts/backend-disk";
+import { BlkDevice } from "@virtio-ts/devices";
+import { createGuestMemory, type GuestMemory } from "@virtio-ts/memory";
+import { BlkStatus } from "@virtio-ts/spec";
+import { MmioDevice, MmioDriverTransport } from "@virtio-ts/transport";
+import { describe, expect, it } from "vitest";
+import { BlkDeviceFault, BlkDriver, BlkRequestError, SlabAllocator } from "../src/index.js";
+
+interface Setup {
+  readonly memory: GuestMemory;
+  readonly disk: MemoryDisk;
+  readonly model: BlkDevice;
+  readonly driver: BlkDriver;
+  readonly slab: SlabAllocator;
+  /** Run the in-process device until `p` settles, reaping after each round. */
+  settle<T>(p: Promise<T>): Promise<T>;
+}
+
+function setup(
+  o: {
+    sectors?: number;
+    readOnly?: boolean;
+    queueSize?: number;
+    slots?: number;
+    indirect?: boolean;
+  } = {},
+): Setup {
+  const memory = createGuestMemory({ size: 0x400000 });
+  const disk = new MemoryDisk(new Uint8Array((o.sectors ?? 2048) * 512), {
+    readOnly: o.readOnly ?? false,
+  });
+  const model = new BlkDevice(disk, { queueSize: 256, serial: "virtio-ts-disk0" });
+  const device = new MmioDevice(model, { memory });
+  const transport = new MmioDriverTransport({
+    read: (off, size) => device.read(off, size),
+    write: (off, size, v) => device.write(off, size, v),
+  });
+  const slab = new SlabAllocator(0x100000, 4096, o.slots ?? 256);
+  const driver = new BlkDriver(transport, memory, slab, {
+    ringBase: 0x10000,
+    queueSize: o.queueSize ?? 128,
+    ...(o.indirect === undefined ? {} : { indirect: o.indirect }),
+  });
+  const settle = async <T>(p: Promise<T>): Promise<T> => {
+    let done = false;
+    const tracked = p.finally(() => {
+      done = true;
+    });
+    tracked.catch(() => {});
+    for (let i = 0; i < 10_000 && !done; i++) {
+      await model.whenIdle();
+      driver.onInterrupt();
+      await new Promise((r) => setImmediate(r));
+    }
+    return tracked;
+  };
+  return { memory, disk, model, driver, slab, settle };
+}
+
+function random(n: number, seed: number): Uint8Array {
+  const b = new Uint8Array(n);
+  let x = seed >>> 0 || 1;
+  for (let i = 0; i < n; i++) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    b[i] = x & 0xff;
+  }
+  return b;
+}
+
+describe("BlkDriver", () => {
+  it("negotiates the blk features the device offers and reads capacity, blk_size and ro", () => {
+    const s = setup({ sectors: 4096 });
+    expect(s.driver.capacity).toBe(4096n);
+    expect(s.driver.blockSize).toBe(512);
+    expect(s.driver.readOnly).toBe(false);
+    expect(s.driver.maxTransferBytes).toBeGreaterThanOrEqual(4096);
+  });
+
+  it("writes then reads back random data at random sectors with 32 requests in flight", async () => {
+    const s = setup();
+    const rnd = random(64, 7);
+    const jobs = Array.from({ length: 32 }, (_, i) => ({
+      // Disjoint 16-sector extents in a random order.
+      sector: i * 64 + ((rnd[i] as number) % 48),
+      data: random(512 * (1 + ((rnd[i + 32] as number) % 16)), i + 1),
+    }));
+    const writes = jobs.map((j) => s.driver.write(j.sector, j.data));
+    expect(s.driver.inFlight).toBe(32);
+    await s.settle(Promise.all(writes));
+    const reads = jobs.map((j) => s.driver.read(j.sector, j.data.length));
+    expect(s.driver.inFlight).toBe(32);
+    const got = await s.settle(Promise.all(reads));
+    for (let i = 0; i < jobs.length; i++) expect(got[i]).toEqual(jobs[i]?.data);
+    expect(s.driver.inFlight).toBe(0);
+    expect(s.slab.available).toBe(s.slab.slots);
+  });
+
+  it("queues excess requests in a FIFO when descriptors run out and completes them all", async () => {
+    const s = setup({ queueSize: 8, indirect: false });
+    const jobs = Array.from({ length: 32 }, (_, i) => s.driver.write(i * 2, random(1024, i + 9)));
+    expect(s.driver.inFlight).toBeLessThanOrEqual(8);
+    expect(s.driver.waiting).toBeGreaterThan(0);
+    await s.settle(Promise.all(jobs));
+    expect(s.driver.waiting).toBe(0);
+    const back = await s.settle(s.driver.read(0, 64 * 512));
+    for (let i = 0; i < 32; i++) {
+      expect(back.subarray(i * 1024, i * 1024 + 1024)).toEqual(random(1024, i + 9));
+    }
+  });
+
+  it("splits transfers longer than maxTransferBytes into several requests", async () => {
+    const s = setup({ slots: 8 });
+    const data = random(s.driver.maxTransferBytes * 3, 3);
+    await s.settle(s.driver.write(10, data));
+    expect(await s.settle(s.driver.read(10, data.length))).toEqual(data);
+  });
+
+  it("flushes", async () => {
+    const s = setup();
+    await expect(s.settle(s.driver.flush())).resolves.toBeUndefined();
+  });
+
+  it("discards a range", async () => {
+    const s = setup();
+    await s.settle(s.driver.write(0, random(4096, 5)));
+    await expect(s.settle(s.driver.discard(0, 8))).resolves.toBeUndefined();
+  });
+
+  it("writeZeroes makes the range read back as zeros, with and without unmap", async () => {
+    const s = setup();
+    await s.settle(s.driver.write(100, random(8192, 11)));
+    await s.settle(s.driver.writeZeroes(100, 8));
+    await s.settle(s.driver.writeZeroes(108, 8, true));
+    expect(await s.settle(s.driver.read(100, 8192))).toEqual(new Uint8Array(8192));
+  });
+
+  it("getId returns the device serial", async () => {
+    const s = setup();
+    expect(await s.settle(s.driver.getId())).toBe("virtio-ts-disk0");
+  });
+
+  it("a write to a read-only disk fails with BlkRequestError IOERR", async () => {
+    const s = setup({ readOnly: true });
+    expect(s.driver.readOnly).toBe(true);
+    const err = await s.settle(s.driver.write(0, new Uint8Array(512))).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(BlkRequestError);
+    expect((err as BlkRequestError).status).toBe(BlkStatus.IOERR);
+    expect((err as BlkRequestError).code).toBe("blk-ioerr");
+  });
+
+  it("discard on a read-only disk (DISCARD not offered) is rejected UNSUPP without a request", async () => {
+    const s = setup({ readOnly: true });
+    const err = await s.driver.discard(0, 1).catch((e: unknown) => e);
+    expect((err as BlkRequestError).status).toBe(BlkStatus.UNSUPP);
+    expect(s.driver.inFlight).toBe(0);
+  });
+
+  it("a read past capacity fails with BlkRequestError IOERR and later requests still work", async () => {
+    const s = setup({ sectors: 64 });
+    const err = await s.settle(s.driver.read(63, 1024)).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(BlkRequestError);
+    expect((err as BlkRequestError).status).toBe(BlkStatus.IOERR);
+    expect((err as BlkRequestError).sector).toBe(63);
+    expect(await s.settle(s.driver.read(0, 512))).toEqual(new Uint8Array(512));
+  });
+
+  it("rejects invalid arguments with a RangeError naming them", async () => {
+    const s = setup();
+    await expect(s.driver.read(-1, 512)).rejects.toThrow(/sector/);
+    await expect(s.driver.read(0, 100)).rejects.toThrow(/length/);
+    await expect(s.driver.write(0, new Uint8Array(3))).rejects.toThrow(/data\.length/);
+    await expect(s.driver.discard(0, 0)).rejects.toThrow(/count/);
+  });
+});
+
+describe("BlkDriver distrusts the device", () => {
+  it("rejects a completion whose used length does not cover the status byte", async () => {
+    const s = setup();
+    const p = s.driver.flush();
+    await s.model.whenIdle();
+    // Overwrite the used element's len (used ring of a 128-entry queue at 0x10000).
+    const used = 0x10000 + 128 * 16 + 6 + 2 * 128;
+    const usedAligned = Math.ceil(used / 4) * 4;
+    s.memory.writeU32(usedAligned + 4 + 4, 0);
+    s.driver.onInterrupt();
+    const err = await p.catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(BlkDeviceFault);
+    expect((err as BlkDeviceFault).code).toBe("blk-short-used");
+  });
+});
