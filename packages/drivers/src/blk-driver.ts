@@ -69,7 +69,13 @@ export type BlkDeviceFaultCode =
   /** A used length did not cover the status byte (or, for IN / GET_ID, the data before it). */
   | "blk-short-used"
   /** The status byte is not OK, IOERR or UNSUPP. */
-  | "blk-bad-status";
+  | "blk-bad-status"
+  /**
+   * The device corrupted the ring (a `RingError` while reaping): every request in flight or
+   * waiting is rejected with this fault, and so is every later request, until a new driver is
+   * set up on a reset device.
+   */
+  | "blk-ring-broken";
 
 /**
  * The device broke the virtio-blk protocol (drivers distrust devices). Raised at construction
@@ -176,6 +182,9 @@ export class BlkDriver {
   readonly #segLen: number;
   readonly #maxBytes: number;
   readonly #waiting: Request[] = [];
+  /** Requests on the ring, so a broken ring can reject them all (tokens are opaque to us). */
+  readonly #live = new Set<Request>();
+  #broken: BlkDeviceFault | undefined;
   #waitHead = 0;
   #inFlight = 0;
   #capacity: bigint;
@@ -428,18 +437,43 @@ export class BlkDriver {
    * @throws RingError from the queue if the device corrupted the used ring
    */
   poll(): number {
+    if (this.#broken !== undefined) return 0;
     let done = 0;
     const q = this.#q;
-    for (;;) {
-      q.disableInterrupts();
-      for (let r = q.reap(); r !== undefined; r = q.reap()) {
-        this.#complete(r, q.lastLen);
-        done++;
+    try {
+      for (;;) {
+        q.disableInterrupts();
+        for (let r = q.reap(); r !== undefined; r = q.reap()) {
+          this.#complete(r, q.lastLen);
+          done++;
+        }
+        if (!q.enableInterrupts()) break;
       }
-      if (!q.enableInterrupts()) break;
+    } catch (e) {
+      // A device that corrupts the used ring: never throw out of the driver's loop; fail
+      // everything that depends on this ring instead (drivers distrust devices).
+      if (!(e instanceof VirtioError)) throw e;
+      this.#breakRing(e);
+      return done;
     }
     if (done > 0) this.#drain();
     return done;
+  }
+
+  /** Reject every request on the ring or waiting for it, and every later one. */
+  #breakRing(cause: VirtioError): void {
+    const fault = new BlkDeviceFault(
+      "blk-ring-broken",
+      `the device broke the ring: ${cause.message}`,
+      0,
+    );
+    this.#broken = fault;
+    const victims = [...this.#live, ...this.#waiting.slice(this.#waitHead)];
+    this.#live.clear();
+    this.#waiting.length = 0;
+    this.#waitHead = 0;
+    this.#inFlight = 0;
+    for (const req of victims) req.reject(fault);
   }
 
   /**
@@ -484,6 +518,7 @@ export class BlkDriver {
     into: Uint8Array | undefined,
     length: number,
   ): Promise<void> {
+    if (this.#broken !== undefined) return Promise.reject(this.#broken);
     return new Promise<void>((resolve, reject) => {
       const req: Request = { type, sector, out, into, length, resolve, reject, hdr: -1, slots: [] };
       // Strict FIFO: nothing overtakes a waiting request.
@@ -535,6 +570,7 @@ export class BlkDriver {
       return false;
     }
     this.#inFlight++;
+    this.#live.add(req);
     return true;
   }
 
@@ -570,6 +606,7 @@ export class BlkDriver {
 
   #complete(req: Request, len: number): void {
     this.#inFlight--;
+    this.#live.delete(req);
     const mem = this.#mem;
     try {
       // Distrust the device: the used length must reach the status byte (§5.2.6 layout).

@@ -189,4 +189,23 @@ describe("BlkDriver distrusts the device", () => {
     expect(err).toBeInstanceOf(BlkDeviceFault);
     expect((err as BlkDeviceFault).code).toBe("blk-short-used");
   });
+
+  it("fails every pending request, without throwing, when the device corrupts the used ring", async () => {
+    const s = setup();
+    const flush = s.driver.flush();
+    const write = s.driver.write(0, new Uint8Array(512));
+    await s.model.whenIdle();
+    // A hostile device makes used.idx jump past the queue size (used ring of a 128-entry queue).
+    const used = Math.ceil((0x10000 + 128 * 16 + 6 + 2 * 128) / 4) * 4;
+    s.memory.writeU16(used + 2, 1000);
+    expect(() => s.driver.onInterrupt()).not.toThrow();
+    for (const p of [flush, write]) {
+      const err = await p.catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(BlkDeviceFault);
+      expect((err as BlkDeviceFault).code).toBe("blk-ring-broken");
+    }
+    expect(s.driver.inFlight).toBe(0);
+    const later = await s.driver.read(0, 512).catch((e: unknown) => e);
+    expect((later as BlkDeviceFault).code).toBe("blk-ring-broken");
+  });
 });
