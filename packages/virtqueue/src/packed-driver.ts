@@ -1,5 +1,6 @@
 import type { GuestMemory } from "@virtio-ts/memory";
 import { PackedDescFlags, PackedEventFlags } from "@virtio-ts/spec";
+import { checkChainArgs } from "./chain-args.js";
 import {
   EventOffsetOutOfRangeError,
   UsedIdNotInFlightError,
@@ -153,31 +154,15 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
    * {@link PackedDriverQueue.publish}. The ID is written into every descriptor (§2.8.6 needs it
    * in the last one).
    * @returns false if there is not enough room (nothing was added).
-   * @throws RangeError if the chain is empty, longer than the queue, or a segment is invalid.
+   * @throws RangeError naming the argument (see the split driver): no segment, more segments than
+   *   the queue size, a bad `addr`/`len`, or segments adding up to 2^32 bytes or more (§2.7.5.2,
+   *   the same total the packed device enforces); TypeError if a segment is not an object.
    */
   add(readable: readonly Segment[], writable: readonly Segment[], token: T): boolean {
-    if (token === undefined) throw new RangeError("token must not be undefined");
+    // §2.8.17: a driver MUST NOT create a descriptor list longer than the queue size.
+    const writableBytes = checkChainArgs(readable, writable, token, this.size, "§2.8.17");
     const nr = readable.length;
     const n = nr + writable.length;
-    if (n === 0) throw new RangeError("a chain needs at least one segment (readable or writable)");
-    let writableBytes = 0;
-    for (let i = 0; i < n; i++) {
-      const s = i < nr ? readable[i]! : writable[i - nr]!;
-      if (!Number.isSafeInteger(s.addr) || s.addr < 0) {
-        throw new RangeError(
-          `${segName(i, nr)}.addr must be a non-negative safe integer, got ${s.addr}`,
-        );
-      }
-      if (!Number.isInteger(s.len) || s.len < 0 || s.len >= TWO_32) {
-        throw new RangeError(`${segName(i, nr)}.len must be an integer in [0, 2^32), got ${s.len}`);
-      }
-      if (i >= nr) writableBytes += s.len;
-    }
-    // §2.8.17: a driver MUST NOT create a descriptor list longer than the queue size.
-    if (n > this.size)
-      throw new RangeError(`chain of ${n} segments is longer than the queue size ${this.size}`);
-    if (writableBytes >= TWO_32)
-      throw new RangeError("writable segments add up to 2^32 bytes or more");
     const ind = this.#indirect;
     const useIndirect = this.features.indirect && ind !== undefined && n > 1 && n <= ind.maxEntries;
     const needed = useIndirect ? 1 : n;
@@ -379,10 +364,6 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
     this.#lastLen = 0;
     this.#interruptsEnabled = true;
   }
-}
-
-function segName(i: number, nr: number): string {
-  return i < nr ? `readable[${i}]` : `writable[${i - nr}]`;
 }
 
 /** §2.8.21.1: AVAIL set to the driver's wrap counter, USED to its inverse. */

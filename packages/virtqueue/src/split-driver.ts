@@ -5,6 +5,7 @@ import {
   VIRTQ_USED_F_NO_NOTIFY,
   vringNeedEvent,
 } from "@virtio-ts/spec";
+import { checkChainArgs } from "./chain-args.js";
 import {
   UsedIdNotInFlightError,
   UsedIdOutOfRangeError,
@@ -237,36 +238,9 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
    * @returns false, adding nothing, if there are not enough free descriptors.
    */
   add(readable: readonly Segment[], writable: readonly Segment[], token: T): boolean {
-    if (token === undefined) throw new RangeError("token must not be undefined");
+    const writableBytes = checkChainArgs(readable, writable, token, this.size, "§2.7.5.3.1");
     const nr = readable.length;
     const n = nr + writable.length;
-    if (n === 0) {
-      throw new RangeError("readable and writable are both empty: a chain needs a segment");
-    }
-    if (n > this.size) {
-      throw new RangeError(
-        `readable and writable hold ${n} segments, more than the queue size ${this.size} (VIRTIO 1.3 §2.7.5.3.1)`,
-      );
-    }
-    let total = 0;
-    let writableBytes = 0;
-    for (let i = 0; i < n; i++) {
-      const s = i < nr ? readable[i] : writable[i - nr];
-      if (typeof s !== "object" || s === null) throw segmentError(nr, i, "", s);
-      const addr = s.addr;
-      const len = s.len;
-      if (!Number.isSafeInteger(addr) || addr < 0) throw segmentError(nr, i, "addr", addr);
-      if (!Number.isInteger(len) || len < 0 || len >= TWO_32) throw segmentError(nr, i, "len", len);
-      total += len;
-      if (i >= nr) writableBytes += len;
-    }
-    // §2.7.5.2: a chain MUST NOT be longer than 2^32 bytes in total; staying below keeps both
-    // parts (and the device's le32 used len) representable.
-    if (total >= TWO_32) {
-      throw new RangeError(
-        `readable and writable add up to ${total} bytes; a chain must stay below 2^32 (VIRTIO 1.3 §2.7.5.2)`,
-      );
-    }
     const ind = this.#ind;
     const indirect = ind !== undefined && n > 1 && n <= this.#indMax;
     const needed = indirect ? 1 : n;
@@ -531,13 +505,4 @@ function writeDesc(
   words[w + 1] = Math.floor(addr / TWO_32);
   words[w + 2] = len;
   words[w + 3] = (flags | (next << 16)) >>> 0;
-}
-
-/** Cold path: the RangeError/TypeError for a bad segment, naming it as the caller wrote it. */
-function segmentError(nr: number, i: number, field: string, value: unknown): Error {
-  const name = i < nr ? `readable[${i}]` : `writable[${i - nr}]`;
-  if (field === "") return new TypeError(`${name} must be a { addr, len } object, got ${value}`);
-  const rule =
-    field === "addr" ? "a non-negative safe integer" : "an integer in [0, 2^32) (a le32 length)";
-  return new RangeError(`${name}.${field} must be ${rule}, got ${value}`);
 }

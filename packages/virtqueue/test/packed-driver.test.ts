@@ -172,6 +172,16 @@ describe("PackedDriverQueue.add and publish", () => {
     expect(() => q.add([{ addr: -1, len: 1 }], [], "a")).toThrow(RangeError);
   });
 
+  it("refuses a chain of 2^32 bytes in total, the same rule the packed device enforces (VIRTIO 1.3 §2.7.5.2)", () => {
+    const { q } = setup(2);
+    const half = 2 ** 31;
+    expect(() => q.add([{ addr: D, len: half }], [{ addr: D, len: half }], "a")).toThrow(
+      /add up to 4294967296 bytes/,
+    );
+    expect(q.numFree).toBe(2);
+    expect(q.add([{ addr: D, len: half }], [{ addr: D, len: half - 1 }], "b")).toBe(true);
+  });
+
   it("returns false from publish when nothing was added", () => {
     const { q } = setup();
     expect(q.publish()).toBe(false);

@@ -1,0 +1,62 @@
+import type { Segment } from "./types.js";
+
+const TWO_32 = 4294967296;
+
+/**
+ * Validate the host arguments of a driver's `add()`, for both ring layouts, and return the
+ * chain's writable bytes. Runs before anything is written, so a rejected call changes nothing.
+ *
+ * Rules: `token` not undefined; at least one segment; no more segments than the queue size
+ * (split §2.7.5.3.1, packed §2.8.17); each segment an object whose `addr` is a non-negative safe
+ * integer and whose `len` is an integer in [0, 2^32); all segments together below 2^32 bytes
+ * (§2.7.5.2; the device sides enforce the same total, and the used `len` is a le32).
+ *
+ * @throws RangeError naming the argument; TypeError if a segment is not an object.
+ * @internal Shared by SplitDriverQueue and PackedDriverQueue; not exported from the package.
+ */
+export function checkChainArgs(
+  readable: readonly Segment[],
+  writable: readonly Segment[],
+  token: unknown,
+  queueSize: number,
+  lengthRule: string,
+): number {
+  if (token === undefined) throw new RangeError("token must not be undefined");
+  const nr = readable.length;
+  const n = nr + writable.length;
+  if (n === 0) {
+    throw new RangeError("readable and writable are both empty: a chain needs a segment");
+  }
+  if (n > queueSize) {
+    throw new RangeError(
+      `readable and writable hold ${n} segments, more than the queue size ${queueSize} (VIRTIO 1.3 ${lengthRule})`,
+    );
+  }
+  let total = 0;
+  let writableBytes = 0;
+  for (let i = 0; i < n; i++) {
+    const s = i < nr ? readable[i] : writable[i - nr];
+    if (typeof s !== "object" || s === null) throw segmentError(nr, i, "", s);
+    const addr = s.addr;
+    const len = s.len;
+    if (!Number.isSafeInteger(addr) || addr < 0) throw segmentError(nr, i, "addr", addr);
+    if (!Number.isInteger(len) || len < 0 || len >= TWO_32) throw segmentError(nr, i, "len", len);
+    total += len;
+    if (i >= nr) writableBytes += len;
+  }
+  if (total >= TWO_32) {
+    throw new RangeError(
+      `readable and writable add up to ${total} bytes; a chain must stay below 2^32 (VIRTIO 1.3 §2.7.5.2)`,
+    );
+  }
+  return writableBytes;
+}
+
+/** Cold path: the RangeError/TypeError for a bad segment, naming it as the caller wrote it. */
+function segmentError(nr: number, i: number, field: string, value: unknown): Error {
+  const name = i < nr ? `readable[${i}]` : `writable[${i - nr}]`;
+  if (field === "") return new TypeError(`${name} must be a { addr, len } object, got ${value}`);
+  const rule =
+    field === "addr" ? "a non-negative safe integer" : "an integer in [0, 2^32) (a le32 length)";
+  return new RangeError(`${name}.${field} must be ${rule}, got ${value}`);
+}
