@@ -1,5 +1,10 @@
 import { constants, type FileHandle, open } from "node:fs/promises";
-import { BackendError, type BackendErrorCode, type BlockBackend } from "@virtio-ts/devices";
+import {
+  BackendError,
+  type BackendErrorCode,
+  type BlockBackend,
+  sectorRangeFits,
+} from "@virtio-ts/devices";
 
 const SECTOR = 512;
 /** Zeroes written per `writev` by `writeZeroes` (allocated once per disk, lazily). */
@@ -183,13 +188,7 @@ export class FileDisk implements BlockBackend {
 
   #span(sector: number, len: number): number {
     this.#open();
-    if (
-      !Number.isSafeInteger(sector) ||
-      sector < 0 ||
-      len % SECTOR !== 0 ||
-      sector > this.capacity ||
-      len / SECTOR > this.capacity - sector
-    ) {
+    if (!sectorRangeFits(sector, len, this.capacity)) {
       throw new BackendError(
         "out-of-range",
         `${len} bytes at sector ${sector} pass the capacity of ${this.path} (${this.capacity} sectors)`,

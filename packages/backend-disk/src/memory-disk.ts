@@ -1,4 +1,4 @@
-import { BackendError, type BlockBackend } from "@virtio-ts/devices";
+import { BackendError, type BlockBackend, sectorRangeFits } from "@virtio-ts/devices";
 
 const SECTOR = 512;
 
@@ -100,13 +100,7 @@ export class MemoryDisk implements BlockBackend {
   }
 
   #span(sector: number, len: number): number {
-    if (
-      !Number.isSafeInteger(sector) ||
-      sector < 0 ||
-      len % SECTOR !== 0 ||
-      sector > this.capacity ||
-      len / SECTOR > this.capacity - sector
-    ) {
+    if (!sectorRangeFits(sector, len, this.capacity)) {
       throw new BackendError(
         "out-of-range",
         `MemoryDisk: ${len} bytes at sector ${sector} pass capacity ${this.capacity}`,

@@ -59,3 +59,19 @@ export interface BlockBackend {
    */
   writeZeroes(sector: number, count: number, unmap: boolean): Promise<void>;
 }
+
+/**
+ * Whether `byteLength` bytes starting at 512-byte `sector` lie inside a disk of `capacity`
+ * sectors: `sector` a non-negative safe integer, `byteLength` whole sectors, and no overflow
+ * (compared as `byteLength / 512 ≤ capacity − sector`). The range check every
+ * {@link BlockBackend} implementation needs.
+ */
+export function sectorRangeFits(sector: number, byteLength: number, capacity: number): boolean {
+  return (
+    Number.isSafeInteger(sector) &&
+    sector >= 0 &&
+    byteLength % 512 === 0 &&
+    sector <= capacity &&
+    byteLength / 512 <= capacity - sector
+  );
+}
