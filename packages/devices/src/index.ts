@@ -7,3 +7,4 @@
  */
 export * from "./backend-error.js";
 export * from "./blk.js";
+export * from "./net-backend.js";
