@@ -92,9 +92,8 @@ export interface ConfigReader {
 
 /**
  * The ring/transport bits this driver side can handle: INDIRECT_DESC, EVENT_IDX, VERSION_1,
- * ACCESS_PLATFORM, RING_PACKED, ORDER_PLATFORM, NOTIFICATION_DATA and RING_RESET. IN_ORDER is
- * left out because the driver queues do not implement it (§2.2.1: the driver MUST NOT accept
- * a feature it cannot handle).
+ * ACCESS_PLATFORM, RING_PACKED, IN_ORDER (both driver queues place descriptors in ring order
+ * and read batched used entries), ORDER_PLATFORM, NOTIFICATION_DATA and RING_RESET.
  */
 export const DRIVER_TRANSPORT_FEATURES: bigint = [
   Feature.RING_INDIRECT_DESC,
@@ -102,6 +101,7 @@ export const DRIVER_TRANSPORT_FEATURES: bigint = [
   Feature.VERSION_1,
   Feature.ACCESS_PLATFORM,
   Feature.RING_PACKED,
+  Feature.IN_ORDER,
   Feature.ORDER_PLATFORM,
   Feature.NOTIFICATION_DATA,
   Feature.RING_RESET,

@@ -100,9 +100,11 @@ describe("MmioDriverTransport against MmioDevice (VIRTIO 1.3 §3.1.1, §4.2.3)",
     ]);
   });
 
-  it("never accepts unoffered bits or IN_ORDER, and always accepts VERSION_1 (§2.2.1, §6.1)", () => {
+  it("never accepts unoffered bits, accepts IN_ORDER, and always accepts VERSION_1 (§2.2.1, §6.1)", () => {
     const { drv } = pair(0b10n | featureMask(Feature.IN_ORDER));
-    expect(drv.negotiate(~0n)).toBe(0b10n | featureMask(Feature.VERSION_1));
+    expect(drv.negotiate(~0n)).toBe(
+      0b10n | featureMask(Feature.IN_ORDER) | featureMask(Feature.VERSION_1),
+    );
   });
 
   it("§3.1.1 step 6: throws features-refused and sets FAILED when FEATURES_OK does not stick", () => {

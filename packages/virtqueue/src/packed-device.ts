@@ -60,8 +60,8 @@ const TWO_32 = 4294967296;
  * After a `RingError` the queue must be reset (device status DEVICE_NEEDS_RESET); after a
  * `ChainError` the chain's buffer ID is known and in flight, and may be pushed with 0.
  *
- * TODO(IN_ORDER): with VIRTIO_F_IN_ORDER a device may write one used descriptor for a batch
- * (§2.8.8); this class always writes one per buffer, which is valid with or without it.
+ * With VIRTIO_F_IN_ORDER buffers must be pushed in the order they were popped, and
+ * {@link PackedDeviceQueue.pushBatch} writes one used descriptor for a batch (§2.8.8).
  *
  * @example
  * ```ts
@@ -90,6 +90,10 @@ export class PackedDeviceQueue implements DeviceQueue {
   readonly #descCount: Uint16Array;
   /** Writable bytes of each in-flight buffer, to refuse a push that claims more. */
   readonly #writable: Float64Array;
+  /** IN_ORDER: buffer IDs in flight in the order they were popped (a ring of `size` entries). */
+  readonly #order: Uint16Array;
+  #orderFirst = 0;
+  #inFlightCount = 0;
   #nextAvail = 0;
   #availWrap = true;
   #nextUsed = 0;
@@ -118,13 +122,12 @@ export class PackedDeviceQueue implements DeviceQueue {
     this.#inFlight = new Uint8Array(layout.size);
     this.#descCount = new Uint16Array(layout.size);
     this.#writable = new Float64Array(layout.size);
+    this.#order = new Uint16Array(features.inOrder ? layout.size : 0);
   }
 
   /** Number of buffers popped and not yet pushed. */
   get inFlight(): number {
-    let n = 0;
-    for (let i = 0; i < this.size; i++) n += this.#inFlight[i]!;
-    return n;
+    return this.#inFlightCount;
   }
 
   /**
@@ -207,6 +210,11 @@ export class PackedDeviceQueue implements DeviceQueue {
     this.#nextAvail = pos;
     this.#availWrap = w;
     this.#inFlight[id] = 1;
+    if (this.features.inOrder) {
+      // Fewer than `size` IDs are in flight here (this one was not), so the ring has room.
+      this.#order[(this.#orderFirst + this.#inFlightCount) % size] = id;
+    }
+    this.#inFlightCount++;
     this.#descCount[id] = n;
     this.#writable[id] = code === OK ? chain.writableBytes : 0;
     chain.head = id;
@@ -269,11 +277,19 @@ export class PackedDeviceQueue implements DeviceQueue {
    * Return a buffer as used, with `written` bytes written into its writable part. `head` is the
    * buffer ID from {@link DescriptorChain.head}; one used descriptor is written at the next used
    * position, which then moves on by the descriptor count recorded when the chain was popped.
-   * @throws RangeError if `head` is not in flight or `written` exceeds the chain's writable bytes.
+   * With VIRTIO_F_IN_ORDER `head` must be the oldest buffer in flight (§2.8.8).
+   * @throws RangeError if `head` is not in flight (with IN_ORDER: not the oldest) or `written`
+   *   exceeds the chain's writable bytes.
    */
   push(head: number, written: number): void {
     if (!(head >= 0 && head < this.size) || this.#inFlight[head] !== 1) {
       throw new RangeError(`head ${head} is not a buffer ID in flight on this queue`);
+    }
+    const inOrder = this.features.inOrder;
+    if (inOrder && this.#order[this.#orderFirst] !== head) {
+      throw new RangeError(
+        `head ${head} is not the oldest buffer in flight (${this.#order[this.#orderFirst]}): VIRTIO_F_IN_ORDER needs buffers used in order`,
+      );
     }
     if (!Number.isInteger(written) || written < 0 || written > this.#writable[head]!) {
       throw new RangeError(
@@ -281,6 +297,51 @@ export class PackedDeviceQueue implements DeviceQueue {
       );
     }
     this.#inFlight[head] = 0;
+    this.#inFlightCount--;
+    if (inOrder) this.#orderFirst = (this.#orderFirst + 1) % this.size;
+    this.#writeUsed(head, written, this.#descCount[head]!);
+  }
+
+  /**
+   * VIRTIO_F_IN_ORDER batching (§2.8.8): return the `count` oldest buffers in flight with one
+   * used descriptor, written over the first descriptor of the batch and carrying the buffer ID
+   * of the last one; the used position then skips every descriptor of the batch. The driver
+   * takes the skipped buffers as completely used; `written` is the length of the last one.
+   * @param count buffers to return, in [1, {@link PackedDeviceQueue.inFlight}].
+   * @param written bytes written into the last buffer's writable part.
+   * @throws RangeError if IN_ORDER was not negotiated, or naming `count` / `written`.
+   */
+  pushBatch(count: number, written: number): void {
+    if (!this.features.inOrder) {
+      throw new RangeError("pushBatch needs VIRTIO_F_IN_ORDER (features.inOrder)");
+    }
+    const n = this.#inFlightCount;
+    if (!(Number.isInteger(count) && count >= 1 && count <= n)) {
+      throw new RangeError(
+        `count must be an integer in [1, ${n}] (buffers in flight), got ${count}`,
+      );
+    }
+    const size = this.size;
+    const last = this.#order[(this.#orderFirst + count - 1) % size]!;
+    const max = this.#writable[last]!;
+    if (!(Number.isInteger(written) && written >= 0 && written <= max)) {
+      throw new RangeError(
+        `written must be an integer in [0, ${max}] (the last buffer's writable bytes), got ${written}`,
+      );
+    }
+    let descs = 0;
+    for (let i = 0; i < count; i++) {
+      const id = this.#order[(this.#orderFirst + i) % size]!;
+      this.#inFlight[id] = 0;
+      descs += this.#descCount[id]!;
+    }
+    this.#orderFirst = (this.#orderFirst + count) % size;
+    this.#inFlightCount = n - count;
+    this.#writeUsed(last, written, descs);
+  }
+
+  /** Write one used descriptor at the next used position, then skip `descs` descriptors. */
+  #writeUsed(id: number, written: number, descs: number): void {
     const pos = this.#nextUsed;
     const w = this.#usedWrap;
     const base = pos << 2;
@@ -291,15 +352,16 @@ export class PackedDeviceQueue implements DeviceQueue {
     const flags = (w ? F_AVAIL | F_USED : 0) | (written > 0 ? F_WRITE : 0);
     // Release: id and flags are one word stored last, so a driver whose Atomics.load sees the
     // new USED bit also sees len. §2.8.15: we never touch this descriptor again this lap.
-    Atomics.store(this.#desc, base + 3, (head | (flags << 16)) >>> 0);
-    const n = this.#descCount[head]!;
-    let next = pos + n;
+    Atomics.store(this.#desc, base + 3, (id | (flags << 16)) >>> 0);
+    // A batch holds at most `size` descriptors (they were all in flight), so one subtraction
+    // brings the position back into the ring.
+    let next = pos + descs;
     if (next >= this.size) {
       next -= this.size;
       this.#usedWrap = !w;
     }
     this.#nextUsed = next;
-    this.#usedSince += n;
+    this.#usedSince += descs;
   }
 
   /**
@@ -383,6 +445,8 @@ export class PackedDeviceQueue implements DeviceQueue {
     this.#nextUsed = state.usedIdx;
     this.#usedWrap = state.usedWrap;
     this.#inFlight.fill(0);
+    this.#inFlightCount = 0;
+    this.#orderFirst = 0;
     this.#usedSince = 0;
     this.#signalledValid = false;
   }

@@ -50,8 +50,11 @@ export interface PackedDriverOptions {
  * word; `publish` stores those words with `Atomics.store`, in ring order, so a device never sees
  * a partial list (§2.8.6, §2.8.21.1) and nothing is visible before `publish`, as on a split ring.
  *
- * TODO(IN_ORDER): a device using VIRTIO_F_IN_ORDER batching (one used descriptor for several
- * buffers, §2.8.8) is not handled yet; such a device's skipped buffers would never be reaped.
+ * With VIRTIO_F_IN_ORDER, `reap` understands batches (§2.8.8): one used descriptor, written
+ * over the first descriptor of the batch, names the last buffer of the batch; the buffers
+ * before it are returned in order as completely written, and the used position skips all
+ * their descriptors. The named ID must be one of the published buffers in flight, or
+ * {@link UsedIdNotInFlightError} is raised.
  *
  * @typeParam T the token type returned by `reap` (anything but `undefined`).
  * @example
@@ -93,6 +96,14 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
   #usedWrap = true;
   #interruptsEnabled = true;
   #lastLen = 0;
+  /** IN_ORDER: buffer IDs in the order they were added (a ring of `size` entries). */
+  readonly #order: Uint16Array;
+  #orderFirst = 0;
+  #orderCount = 0;
+  /** IN_ORDER: buffers left in the batch being reaped (0: read the next used descriptor). */
+  #batchLeft = 0;
+  /** IN_ORDER: the used length of the batch's last buffer. */
+  #batchLen = 0;
 
   /**
    * @param mem guest memory.
@@ -133,6 +144,7 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
     this.#tokens = new Array<T | undefined>(layout.size).fill(undefined);
     this.#pendingPos = new Uint16Array(layout.size);
     this.#pendingWord = new Uint32Array(layout.size);
+    this.#order = new Uint16Array(features.inOrder ? layout.size : 0);
     this.#numFree = layout.size;
     this.reset();
   }
@@ -227,6 +239,11 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
     this.#descCount[id] = needed;
     this.#writable[id] = writableBytes;
     this.#tokens[id] = token;
+    if (this.features.inOrder) {
+      // Fewer than `size` buffers were in flight (this one found a free descriptor).
+      this.#order[(this.#orderFirst + this.#orderCount) % size] = id;
+      this.#orderCount++;
+    }
     return true;
   }
 
@@ -268,6 +285,7 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
    * @throws UsedIdNotInFlightError or UsedLenTooLargeError (both `RingError`s).
    */
   reap(): T | undefined {
+    if (this.features.inOrder) return this.#reapInOrder();
     const desc = this.#desc;
     const pos = this.#nextUsed;
     const w = this.#usedWrap;
@@ -303,6 +321,52 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
     return token;
   }
 
+  /** `reap` with VIRTIO_F_IN_ORDER: buffers come back in the order added, possibly batched. */
+  #reapInOrder(): T | undefined {
+    const size = this.size;
+    if (this.#batchLeft === 0) {
+      const desc = this.#desc;
+      const pos = this.#nextUsed;
+      const w = this.#usedWrap;
+      const word = Atomics.load(desc, (pos << 2) + 3);
+      const flags = word >>> 16;
+      if (((flags & F_USED) !== 0) !== w || ((flags & F_AVAIL) !== 0) !== w) return undefined;
+      const id = word & 0xffff;
+      // §2.8.8: the ID names the batch's last buffer; the batch starts at the oldest published
+      // buffer. The search is bounded by the queue size.
+      const limit = this.#orderCount - this.#pendingCount;
+      let k = 0;
+      while (k < limit && this.#order[(this.#orderFirst + k) % size] !== id) k++;
+      if (k === limit) throw new UsedIdNotInFlightError(id);
+      const len = (flags & F_WRITE) !== 0 ? desc[(pos << 2) + 2]! : 0;
+      if (len > this.#writable[id]!) throw new UsedLenTooLargeError(id, len, this.#writable[id]!);
+      this.#batchLeft = k + 1;
+      this.#batchLen = len;
+    }
+    const id = this.#order[this.#orderFirst]!;
+    this.#orderFirst = (this.#orderFirst + 1) % size;
+    this.#orderCount--;
+    // §2.8.8: buffers skipped by a batch were used completely.
+    const len = --this.#batchLeft === 0 ? this.#batchLen : this.#writable[id]!;
+    const n = this.#descCount[id]!;
+    let next = this.#nextUsed + n;
+    if (next >= size) {
+      next -= size;
+      this.#usedWrap = !this.#usedWrap;
+    }
+    this.#nextUsed = next;
+    const token = this.#tokens[id]!;
+    this.#tokens[id] = undefined;
+    this.#descCount[id] = 0;
+    this.#freeIds[this.#idTop++] = id;
+    this.#numFree += n;
+    this.#lastLen = len;
+    if (this.features.eventIdx && this.#interruptsEnabled) {
+      Atomics.store(this.#v.driverEvent, 0, packedOffWrap(next, this.#usedWrap));
+    }
+    return token;
+  }
+
   /** @inheritdoc */
   enableInterrupts(): boolean {
     this.#interruptsEnabled = true;
@@ -312,6 +376,10 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
       Atomics.store(ev, 0, packedOffWrap(this.#nextUsed, this.#usedWrap));
       Atomics.store(ev, 1, EV_DESC);
     } else Atomics.store(ev, 1, EV_ENABLE);
+    // IN_ORDER: buffers of a batch already read are still to be returned (and the event above
+    // named a position inside the batch, which the device has passed: the reap that finishes
+    // the batch moves it on).
+    if (this.#batchLeft > 0) return true;
     // Re-check after publishing our wish: a device that used a buffer just before seeing it did
     // not interrupt, so the driver must look again.
     const flags = Atomics.load(this.#desc, (this.#nextUsed << 2) + 3) >>> 16;
@@ -363,6 +431,10 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
     this.#usedWrap = true;
     this.#lastLen = 0;
     this.#interruptsEnabled = true;
+    this.#orderFirst = 0;
+    this.#orderCount = 0;
+    this.#batchLeft = 0;
+    this.#batchLen = 0;
   }
 }
 

@@ -44,7 +44,8 @@ export interface SplitDeviceOptions {
    * the driver makes available again while it is still in flight ({@link HeadInFlightError}),
    * and `push` refuses a head that is not in flight and a `written` larger than the chain's
    * writable bytes. Turn it off only for a device that does its own bookkeeping; `push` then
-   * checks only that `head` is below the queue size and `written` is a le32.
+   * checks only that `head` is below the queue size and `written` is a le32. Must stay on with
+   * VIRTIO_F_IN_ORDER, whose order checks need the bookkeeping.
    */
   readonly trackInFlight?: boolean;
 }
@@ -99,6 +100,9 @@ export class SplitDeviceQueue implements DeviceQueue {
   readonly #writable: Float64Array;
   /** Epoch-stamped visited map for loop detection, reused across pops without clearing. */
   readonly #visited: Uint32Array;
+  /** IN_ORDER: heads in flight in the order they were popped (a ring of `size` entries). */
+  readonly #order: Uint16Array;
+  #orderFirst = 0;
   #epoch = 0;
   #inFlightCount = 0;
   /** Next avail ring index to consume (free-running, 16 bits). */
@@ -135,12 +139,16 @@ export class SplitDeviceQueue implements DeviceQueue {
     this.#eventIdx = features.eventIdx === true;
     this.#indirect = features.indirect === true;
     this.#track = options.trackInFlight !== false;
+    if (features.inOrder && !this.#track) {
+      throw new RangeError("options.trackInFlight cannot be false with features.inOrder");
+    }
     this.#mask = layout.size - 1;
     this.#usedEventAt = 2 + layout.size;
     this.#availEventAt = 2 + 4 * layout.size;
     this.#inFlight = new Uint8Array(layout.size);
     this.#writable = new Float64Array(layout.size);
     this.#visited = new Uint32Array(layout.size);
+    this.#order = new Uint16Array(features.inOrder ? layout.size : 0);
   }
 
   /** Number of chains popped and not yet pushed (including chains that failed validation). */
@@ -210,6 +218,11 @@ export class SplitDeviceQueue implements DeviceQueue {
       if (this.#inFlight[head] === 1) throw new HeadInFlightError(head);
       // Mark in flight before validating, so a ChainError's head can be pushed back used.
       this.#inFlight[head] = 1;
+      // The in-flight count is below the queue size here (the head was not in flight), so the
+      // order ring has room.
+      if (this.features.inOrder) {
+        this.#order[(this.#orderFirst + this.#inFlightCount) & this.#mask] = head;
+      }
     }
     this.#inFlightCount++;
     this.#writable[head] = 0;
@@ -334,11 +347,16 @@ export class SplitDeviceQueue implements DeviceQueue {
 
   /**
    * Return a chain as used: write the used element, then publish `used.idx`.
+   *
+   * With VIRTIO_F_IN_ORDER the device uses buffers in the order they were made available
+   * (§2.7.9), so `head` must be the oldest chain in flight; {@link SplitDeviceQueue.pushBatch}
+   * returns several at once.
+   *
    * @param head `chain.head` of a popped chain (also of one whose pop threw a ChainError).
    * @param written bytes written into the chain's writable part (§2.7.8.2: at least that many
    *   were written, from the first writable buffer on).
-   * @throws RangeError naming `head` if it is not in flight, or `written` if it is not an
-   *   integer in [0, the chain's writable bytes].
+   * @throws RangeError naming `head` if it is not in flight (or, with IN_ORDER, not the oldest
+   *   chain in flight), or `written` if it is not an integer in [0, the chain's writable bytes].
    */
   push(head: number, written: number): void {
     const track = this.#track;
@@ -348,6 +366,11 @@ export class SplitDeviceQueue implements DeviceQueue {
     if (track && this.#inFlight[head] !== 1) {
       throw new RangeError(`head ${head} is not a chain in flight on this queue`);
     }
+    if (this.features.inOrder && this.#order[this.#orderFirst]! !== head) {
+      throw new RangeError(
+        `head ${head} is not the oldest chain in flight (${this.#order[this.#orderFirst]}): VIRTIO_F_IN_ORDER needs buffers used in order`,
+      );
+    }
     const max = track ? this.#writable[head]! : U32_MAX;
     if (!(written >= 0 && written <= max && Number.isInteger(written))) {
       throw new RangeError(
@@ -356,12 +379,53 @@ export class SplitDeviceQueue implements DeviceQueue {
     }
     if (track) this.#inFlight[head] = 0;
     if (this.#inFlightCount > 0) this.#inFlightCount--;
+    if (this.features.inOrder) this.#orderFirst = (this.#orderFirst + 1) & this.#mask;
+    this.#publishUsed(head, written, 1);
+  }
+
+  /**
+   * VIRTIO_F_IN_ORDER batching (§2.7.9): return the `count` oldest chains in flight as used
+   * with a single used element, at the used ring entry of the first of them, whose id is the
+   * head of the last one, and advance `used.idx` by `count`. The driver takes the skipped
+   * chains as completely used (all their writable bytes written); `written` is the length of
+   * the last one.
+   *
+   * @param count chains to return, in [1, {@link SplitDeviceQueue.inFlight}].
+   * @param written bytes written into the last chain's writable part.
+   * @throws RangeError if IN_ORDER was not negotiated, or naming `count` / `written`.
+   */
+  pushBatch(count: number, written: number): void {
+    if (!this.features.inOrder) {
+      throw new RangeError("pushBatch needs VIRTIO_F_IN_ORDER (features.inOrder)");
+    }
+    const n = this.#inFlightCount;
+    if (!(Number.isInteger(count) && count >= 1 && count <= n)) {
+      throw new RangeError(
+        `count must be an integer in [1, ${n}] (chains in flight), got ${count}`,
+      );
+    }
+    const mask = this.#mask;
+    const last = this.#order[(this.#orderFirst + count - 1) & mask]!;
+    const max = this.#writable[last]!;
+    if (!(written >= 0 && written <= max && Number.isInteger(written))) {
+      throw new RangeError(
+        `written must be an integer in [0, ${max}] (the last chain's writable bytes), got ${written}`,
+      );
+    }
+    for (let i = 0; i < count; i++) this.#inFlight[this.#order[(this.#orderFirst + i) & mask]!] = 0;
+    this.#orderFirst = (this.#orderFirst + count) & mask;
+    this.#inFlightCount = n - count;
+    this.#publishUsed(last, written, count);
+  }
+
+  /** Write one used element at the next used entry, then move `used.idx` on by `advance`. */
+  #publishUsed(id: number, written: number, advance: number): void {
     const v = this.#v;
     const slot = (this.#usedIdx & this.#mask) << 1;
     // §2.7.8.2: the used element (id and len) is written before used.idx is updated.
-    v.used32[slot] = head;
+    v.used32[slot] = id;
     v.used32[slot + 1] = written;
-    this.#usedIdx = (this.#usedIdx + 1) & 0xffff;
+    this.#usedIdx = (this.#usedIdx + advance) & 0xffff;
     // Release: the seq-cst store is ordered after the plain element writes (and after the
     // device model's writes into the buffers), so a driver that Atomics.loads used.idx sees them.
     Atomics.store(v.used16, 1, this.#usedIdx);
@@ -450,6 +514,7 @@ export class SplitDeviceQueue implements DeviceQueue {
     this.#signalledUsed = state.usedIdx;
     this.#inFlight.fill(0);
     this.#inFlightCount = 0;
+    this.#orderFirst = 0;
     this.#signalledValid = false;
   }
 

@@ -90,8 +90,11 @@ export function indirectAreaSize(queueSize: number, maxEntries: number): number 
  * ring entries are plain writes ordered by the `Atomics.store` of `avail.idx`. Nothing is
  * allocated by `add`, `publish` or `reap`: every array is created in the constructor.
  *
- * VIRTIO_F_IN_ORDER is not supported (its descriptor placement, §2.7.5.2, and batched used
- * entries, §2.7.9, are not implemented): do not negotiate it with this queue.
+ * With VIRTIO_F_IN_ORDER descriptors are used in ring order (§2.7.5.2: from 0 on, wrapping,
+ * `next` = x + 1 and 0 after the last), and `reap` understands batches (§2.7.9): one used
+ * element, at the entry of the batch's first buffer, names the last buffer of the batch; the
+ * others are returned in order as completely written. The element's id must be one of the
+ * buffers the used index covers, or {@link UsedIdNotInFlightError} is raised.
  *
  * @typeParam T the token type returned by `reap` (anything but `undefined`).
  * @example
@@ -125,7 +128,10 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
   readonly #writable: Uint32Array;
   /** FREE, ADDED (not yet visible) or PUBLISHED, per head. */
   readonly #state: Uint8Array;
-  /** Heads by avail position since the last publish, to mark them published. */
+  /**
+   * Heads by avail position: to mark them published, and with IN_ORDER the order in which the
+   * device returns them (entries from `#reapPos` to `#availIdx` are in flight).
+   */
   readonly #availHeads: Uint16Array;
   readonly #tokens: (T | undefined)[];
   #freeHead = 0;
@@ -138,6 +144,12 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
   #lastUsed = 0;
   #interruptsEnabled = true;
   #lastLen = 0;
+  /** IN_ORDER: avail position of the oldest buffer in flight. */
+  #reapPos = 0;
+  /** IN_ORDER: buffers left in the batch being reaped (0: read the next used element). */
+  #batchLeft = 0;
+  /** IN_ORDER: the used length of the batch's last buffer. */
+  #batchLen = 0;
 
   /**
    * Map the ring and initialise its memory (everything zero: flags, indices, events).
@@ -147,7 +159,7 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
    * @param features negotiated ring features (see `ringFeatures`).
    * @param options indirect table area.
    * @throws QueueConfigError for an invalid layout; RangeError naming the option for an invalid
-   *   indirect area, or for `features.inOrder` (not supported).
+   *   indirect area.
    */
   constructor(
     mem: GuestMemory,
@@ -155,11 +167,6 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
     features: RingFeatures,
     options: SplitDriverOptions = {},
   ) {
-    if (features.inOrder) {
-      throw new RangeError(
-        "features.inOrder: VIRTIO_F_IN_ORDER is not supported by SplitDriverQueue; do not negotiate it",
-      );
-    }
     this.#v = mapSplitRing(mem, layout, "driver");
     const size = layout.size;
     this.size = size;
@@ -347,6 +354,7 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
    * @throws UsedLenTooLargeError if the used length exceeds the chain's writable bytes.
    */
   reap(): T | undefined {
+    if (this.features.inOrder) return this.#reapInOrder();
     const v = this.#v;
     // Acquire: pairs with the device's store of used.idx after it wrote the element, so the
     // plain reads of the element below see what the device wrote (§2.7.8.2).
@@ -375,9 +383,59 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
     return token;
   }
 
+  /** `reap` with VIRTIO_F_IN_ORDER: buffers come back in avail order, possibly batched. */
+  #reapInOrder(): T | undefined {
+    const v = this.#v;
+    const last = this.#lastUsed;
+    const mask = this.#mask;
+    if (this.#batchLeft === 0) {
+      const usedIdx = Atomics.load(v.used16, 1);
+      const pending = (usedIdx - last) & 0xffff;
+      if (pending === 0) return undefined;
+      if (pending > this.size) throw new UsedIndexJumpError(usedIdx, last, this.size);
+      const slot = (last & mask) << 1;
+      const id = v.used32[slot]!;
+      const len = v.used32[slot + 1]!;
+      if (id >= this.size) throw new UsedIdOutOfRangeError(id, this.size);
+      // §2.7.9: the id names the batch's last buffer; the batch starts at the oldest one and
+      // cannot be longer than what used.idx covers or what is published. Bounded by the size.
+      const published = (this.#publishedIdx - this.#reapPos) & 0xffff;
+      const limit = Math.min(pending, published);
+      let k = 0;
+      while (k < limit && this.#availHeads[(this.#reapPos + k) & mask] !== id) k++;
+      if (k === limit) throw new UsedIdNotInFlightError(id);
+      const offered = this.#writable[id]!;
+      if (len > offered) throw new UsedLenTooLargeError(id, len, offered);
+      this.#batchLeft = k + 1;
+      this.#batchLen = len;
+    }
+    const head = this.#availHeads[this.#reapPos & mask]!;
+    // §2.7.9: buffers skipped by a batch were used completely.
+    const len = --this.#batchLeft === 0 ? this.#batchLen : this.#writable[head]!;
+    const token = this.#tokens[head] as T;
+    this.#tokens[head] = undefined;
+    this.#free(head);
+    this.#reapPos = (this.#reapPos + 1) & 0xffff;
+    this.#lastUsed = (last + 1) & 0xffff;
+    this.#lastLen = len;
+    if (this.features.eventIdx && this.#interruptsEnabled) {
+      Atomics.store(v.avail, this.#usedEventAt, this.#lastUsed);
+    }
+    return token;
+  }
+
   /** Return a chain's descriptors to the free list, following the private shadow links only. */
   #free(head: number): void {
     const count = this.#descCount[head]!;
+    if (this.features.inOrder) {
+      // §2.7.5.2: descriptors are taken in ring order and come back in the same order, so the
+      // free ones are always the `numFree` that follow the in-flight ones; the links stay fixed.
+      this.#numFree += count;
+      this.#descCount[head] = 0;
+      this.#writable[head] = 0;
+      this.#state[head] = FREE;
+      return;
+    }
     let tail = head;
     for (let i = count - 1; i > 0; i--) tail = this.#next[tail]!;
     this.#next[tail] = this.#freeHead;
@@ -453,6 +511,8 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
     this.#availIdx = state.availIdx;
     this.#publishedIdx = state.availIdx;
     this.#lastUsed = state.usedIdx;
+    this.#reapPos = state.availIdx;
+    this.#batchLeft = 0;
     this.#interruptsEnabled = true;
     Atomics.store(v.avail, 0, 0);
     if (this.features.eventIdx) Atomics.store(v.avail, this.#usedEventAt, state.usedIdx);
@@ -476,6 +536,8 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
     const size = this.size;
     // The last link (= size) is never followed: add checks numFree before taking descriptors.
     for (let i = 0; i < size; i++) this.#next[i] = i + 1;
+    // §2.7.5.2: with IN_ORDER the last descriptor's `next` is 0 (the table wraps).
+    if (this.features.inOrder) this.#next[size - 1] = 0;
     this.#descCount.fill(0);
     this.#writable.fill(0);
     this.#state.fill(FREE);
@@ -487,6 +549,9 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
     this.#lastUsed = 0;
     this.#lastLen = 0;
     this.#interruptsEnabled = true;
+    this.#reapPos = 0;
+    this.#batchLeft = 0;
+    this.#batchLen = 0;
   }
 }
 

@@ -70,8 +70,17 @@ export interface DeviceQueue {
    * @throws ChainError or RingError on hostile input.
    */
   pop(chain: DescriptorChain): boolean;
-  /** Return a chain as used, with `written` bytes written into its writable part. */
+  /**
+   * Return a chain as used, with `written` bytes written into its writable part. With
+   * VIRTIO_F_IN_ORDER, only the oldest chain in flight may be returned.
+   */
   push(head: number, written: number): void;
+  /**
+   * VIRTIO_F_IN_ORDER only: return the `count` oldest chains in flight with one used entry
+   * (split §2.7.9, packed §2.8.8); all but the last count as completely written, the last
+   * as `written` bytes.
+   */
+  pushBatch(count: number, written: number): void;
   /**
    * Whether the driver wants an interrupt for the used buffers pushed since the last call
    * (NO_INTERRUPT flag, or `used_event` with EVENT_IDX). Call once per batch of pushes.

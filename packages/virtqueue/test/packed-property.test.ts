@@ -2,7 +2,7 @@
 // each other only through kicks and interrupts. Against a reference model (the tokens in
 // flight), every token must come back exactly once with the length the device reported, the
 // device must see exactly the segments (and descriptor count) the driver added, completions
-// happen in random order, and — because sleeping sides are woken only by the notification
+// happen in random order (with VIRTIO_F_IN_ORDER: in order, one by one or in batches), and — because sleeping sides are woken only by the notification
 // decisions — no wakeup may be lost, or the final drain leaves tokens behind.
 import { createGuestMemory } from "@virtio-ts/memory";
 import { Feature, featureMask } from "@virtio-ts/spec";
@@ -116,6 +116,21 @@ function run(size: number, featureBits: bigint, useIndirect: boolean, ops: Op[])
   };
   const complete = (pick: number, frac: number) => {
     if (pending.length === 0) return;
+    if (features.inOrder) {
+      // §2.8.8: oldest first, `pick` buffers at once; odd picks use one used descriptor for the
+      // batch, and the driver must take every buffer but the last as completely written.
+      const n = 1 + (pick % Math.min(3, pending.length));
+      const batch = pending.splice(0, n);
+      const lastLen = Math.floor(batch[n - 1]!.chain.writableBytes * frac);
+      batch.forEach(({ chain, token }, k) => {
+        expectedLen.set(token, k === n - 1 ? lastLen : chain.writableBytes);
+        if (pick % 2 === 0) dev.push(chain.head, expectedLen.get(token)!);
+        free.push(chain);
+      });
+      if (pick % 2 === 1) dev.pushBatch(n, lastLen);
+      if (dev.needsInterrupt()) driver = "irq";
+      return;
+    }
     const { chain, token } = pending.splice(pick % pending.length, 1)[0]!;
     const len = Math.floor(chain.writableBytes * frac);
     expectedLen.set(token, len);
@@ -191,6 +206,15 @@ const configs = [
   {
     name: "INDIRECT_DESC + EVENT_IDX",
     bits: featureMask(Feature.RING_INDIRECT_DESC) | featureMask(Feature.RING_EVENT_IDX),
+    indirect: true,
+  },
+  { name: "IN_ORDER", bits: featureMask(Feature.IN_ORDER), indirect: false },
+  {
+    name: "IN_ORDER + INDIRECT_DESC + EVENT_IDX",
+    bits:
+      featureMask(Feature.IN_ORDER) |
+      featureMask(Feature.RING_INDIRECT_DESC) |
+      featureMask(Feature.RING_EVENT_IDX),
     indirect: true,
   },
 ];

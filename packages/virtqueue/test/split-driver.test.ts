@@ -105,12 +105,6 @@ describe("SplitDriverQueue construction and reset", () => {
     expect(q.reap()).toBe("c");
   });
 
-  it("refuses VIRTIO_F_IN_ORDER, whose descriptor placement it does not implement (§2.7.5.2)", () => {
-    const raw = new RawSplitRing(8);
-    const inOrder = ringFeatures(featureMask(Feature.IN_ORDER));
-    expect(() => new SplitDriverQueue(raw.mem, raw.layout, inOrder)).toThrow(/features\.inOrder/);
-  });
-
   it("rejects an invalid indirect area with a RangeError naming the option", () => {
     const raw = new RawSplitRing(8);
     const make = (addr: number, maxEntries: number) =>

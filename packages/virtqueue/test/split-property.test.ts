@@ -1,6 +1,7 @@
 // Model-based property test: SplitDriverQueue and SplitDeviceQueue share one ring and wake each
 // other only through kicks and interrupts, under random interleavings of add / publish / pop /
-// push / reap, with and without VIRTIO_F_INDIRECT_DESC and VIRTIO_F_EVENT_IDX. Against a
+// push / reap, with and without VIRTIO_F_INDIRECT_DESC, VIRTIO_F_EVENT_IDX and VIRTIO_F_IN_ORDER
+// (where the device returns buffers in order, one by one or in batches). Against a
 // reference model (a FIFO of published requests and a map of tokens in flight):
 // - the device pops exactly the published requests, in avail order, with the same segments
 //   (address, length, direction);
@@ -89,6 +90,8 @@ function run(size: number, featureBits: bigint, useIndirect: boolean, ops: Op[])
   // asleep with notifications on, waiting for a kick / an interrupt.
   // (Typed through `as` so the closures' assignments are not narrowed away.)
   let device = "awake" as "awake" | "settling" | "asleep";
+  // IN_ORDER (§2.7.5.2): the descriptor the next chain must start at (ring order, wrapping).
+  let nextDesc = 0;
   let driver = "asleep" as "irq" | "settling" | "asleep";
 
   const publish = () => {
@@ -119,6 +122,11 @@ function run(size: number, featureBits: bigint, useIndirect: boolean, ops: Op[])
       }
       const req = published.shift()!;
       expect(req).toBeDefined();
+      if (features.inOrder) {
+        expect(chain.head).toBe(nextDesc);
+        const n = req.readable.length + req.writable.length;
+        nextDesc = (nextDesc + (useIndirect && n > 1 && n <= maxEntries ? 1 : n)) % size;
+      }
       const segs = [...req.readable, ...req.writable];
       expect(chain.count).toBe(segs.length);
       expect(chain.readableCount).toBe(req.readable.length);
@@ -135,6 +143,23 @@ function run(size: number, featureBits: bigint, useIndirect: boolean, ops: Op[])
   const complete = (count: number, pick: number, frac: number) => {
     if (popped.length === 0) return;
     const driverSlept = driver === "asleep";
+    if (features.inOrder) {
+      // §2.7.9: oldest first; odd picks return the batch with one used element, in which the
+      // driver must take every buffer but the last as completely written.
+      const n = Math.min(count, popped.length);
+      const batch = popped.splice(0, n);
+      const lastLen = Math.floor(batch[n - 1]!.chain.writableBytes * frac);
+      batch.forEach(({ chain, req }, k) => {
+        pushedLen.set(req.token, k === n - 1 ? lastLen : chain.writableBytes);
+        if (pick % 2 === 0) dev.push(chain.head, pushedLen.get(req.token)!);
+        free.push(chain);
+      });
+      if (pick % 2 === 1) dev.pushBatch(n, lastLen);
+      const irq = dev.needsInterrupt();
+      if (driverSlept) expect(irq).toBe(true);
+      if (irq) driver = "irq";
+      return;
+    }
     for (let c = 0; c < count && popped.length > 0; c++) {
       const { chain, req } = popped.splice((pick + c) % popped.length, 1)[0]!;
       const len = Math.floor(chain.writableBytes * frac);
@@ -220,6 +245,20 @@ const configs = [
   {
     name: "INDIRECT_DESC + EVENT_IDX",
     bits: featureMask(Feature.RING_INDIRECT_DESC) | featureMask(Feature.RING_EVENT_IDX),
+    indirect: true,
+  },
+  { name: "IN_ORDER", bits: featureMask(Feature.IN_ORDER), indirect: false },
+  {
+    name: "IN_ORDER + EVENT_IDX",
+    bits: featureMask(Feature.IN_ORDER) | featureMask(Feature.RING_EVENT_IDX),
+    indirect: false,
+  },
+  {
+    name: "IN_ORDER + INDIRECT_DESC + EVENT_IDX",
+    bits:
+      featureMask(Feature.IN_ORDER) |
+      featureMask(Feature.RING_INDIRECT_DESC) |
+      featureMask(Feature.RING_EVENT_IDX),
     indirect: true,
   },
 ];
