@@ -1,4 +1,5 @@
-// Driver and device in two worker threads on one SharedArrayBuffer, woken only by kicks and
+// Driver and device in two worker threads on one SharedArrayBuffer (split and packed rings),
+// woken only by kicks and
 // interrupts (Atomics.wait/notify) with VIRTIO_F_EVENT_IDX suppression on. Every token must
 // come back exactly once with its token-derived length and reply, and the run must finish:
 // the workers sleep without a timeout, so a lost wakeup hangs them, and a watchdog here turns
@@ -53,14 +54,22 @@ interface PairResult {
 }
 
 /** What the watchdog prints when nothing moves: ring indices and both sides' counters. */
-function dump(memBuffer: SharedArrayBuffer, ctl: Int32Array): string {
+function dump(memBuffer: SharedArrayBuffer, ctl: Int32Array, packed: boolean): string {
   const m = new DataView(memBuffer);
   const u16 = (at: number) => m.getUint16(at, true);
   const { driver, device } = LAYOUT;
   const c = (i: number) => Atomics.load(ctl, i);
+  const ring = packed
+    ? [
+        `driver event off_wrap=${u16(driver)} flags=${u16(driver + 2)}`,
+        `device event off_wrap=${u16(device)} flags=${u16(device + 2)}`,
+      ]
+    : [
+        `avail.flags=${u16(driver)} avail.idx=${u16(driver + 2)} used_event=${u16(driver + splitUsedEventOffset(SIZE))}`,
+        `used.flags=${u16(device)} used.idx=${u16(device + 2)} avail_event=${u16(device + splitAvailEventOffset(SIZE))}`,
+      ];
   return [
-    `avail.flags=${u16(driver)} avail.idx=${u16(driver + 2)} used_event=${u16(driver + splitUsedEventOffset(SIZE))}`,
-    `used.flags=${u16(device)} used.idx=${u16(device + 2)} avail_event=${u16(device + splitAvailEventOffset(SIZE))}`,
+    ...ring,
     `device done=${c(Ctl.DEVICE_DONE)} sleeps=${c(Ctl.DEVICE_SLEEPS)} interrupts sent=${c(Ctl.IRQS_SENT)}`,
     `driver reaped=${c(Ctl.DRIVER_REAPED)} sleeps=${c(Ctl.DRIVER_SLEEPS)} kicks sent=${c(Ctl.KICKS_SENT)}`,
     `kick word=${c(Ctl.KICK)} irq word=${c(Ctl.IRQ)} errors=${c(Ctl.ERRORS)}`,
@@ -75,7 +84,7 @@ function dump(memBuffer: SharedArrayBuffer, ctl: Int32Array): string {
 function runPair(
   total: number,
   stallMs: number,
-  options: { dropKicks?: boolean } = {},
+  options: { dropKicks?: boolean; packed?: boolean } = {},
 ): Promise<PairResult> {
   const memBuffer = new SharedArrayBuffer(MEM_SIZE);
   const ctlBuffer = new SharedArrayBuffer(Ctl.COUNT * 4);
@@ -113,7 +122,9 @@ function runPair(
         lastChange = Date.now();
       } else if (Date.now() - lastChange > stallMs) {
         stop(
-          new Error(`no progress for ${stallMs} ms (a lost wakeup?):\n  ${dump(memBuffer, ctl)}`),
+          new Error(
+            `no progress for ${stallMs} ms (a lost wakeup?):\n  ${dump(memBuffer, ctl, options.packed === true)}`,
+          ),
         );
       }
     }, 50);
@@ -135,11 +146,14 @@ function runPair(
   });
 }
 
-describe("split ring across two threads with EVENT_IDX", () => {
+describe.each([
+  ["split", false],
+  ["packed", true],
+] as const)("%s ring across two threads with EVENT_IDX", (_name, packed) => {
   beforeAll(buildDist, 120_000);
 
   it(`returns each of ${TOTAL.toLocaleString("en")} tokens exactly once with its length, and never loses a wakeup`, async () => {
-    const r = await runPair(TOTAL, 10_000);
+    const r = await runPair(TOTAL, 10_000, { packed });
     expect(r.device.done).toBe(TOTAL);
     expect(r.driver).toEqual({ role: "driver", sent: TOTAL, reaped: TOTAL });
     expect(Atomics.load(r.ctl, Ctl.ERRORS)).toBe(0);
@@ -149,9 +163,11 @@ describe("split ring across two threads with EVENT_IDX", () => {
     expect(Atomics.load(r.ctl, Ctl.IRQS_SENT)).toBeGreaterThan(0);
   }, 60_000);
 
-  it("reports a driver that swallows its kicks as a stall with the ring indices, instead of hanging", async () => {
-    await expect(runPair(TOTAL, 1_000, { dropKicks: true })).rejects.toThrow(
-      /no progress for 1000 ms[\s\S]*avail\.idx=\d+[\s\S]*avail_event=\d+[\s\S]*kicks sent=0/,
+  it("reports a driver that swallows its kicks as a stall with the ring state, instead of hanging", async () => {
+    await expect(runPair(TOTAL, 1_000, { dropKicks: true, packed })).rejects.toThrow(
+      packed
+        ? /no progress for 1000 ms[\s\S]*device event off_wrap=\d+[\s\S]*kicks sent=0/
+        : /no progress for 1000 ms[\s\S]*avail\.idx=\d+[\s\S]*avail_event=\d+[\s\S]*kicks sent=0/,
     );
   }, 30_000);
 });
