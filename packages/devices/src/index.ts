@@ -7,4 +7,6 @@
  */
 export * from "./backend-error.js";
 export * from "./blk.js";
+export * from "./console.js";
 export * from "./net-backend.js";
+export * from "./rng.js";

@@ -5,4 +5,6 @@
  * @packageDocumentation
  */
 export * from "./blk-driver.js";
+export * from "./console.js";
+export * from "./rng.js";
 export * from "./slab.js";

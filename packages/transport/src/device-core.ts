@@ -194,6 +194,12 @@ export interface DeviceModel {
   reset(): void;
   /** Accept or refuse a feature set at FEATURES_OK. */
   validateFeatures?(features: bigint): boolean;
+  /**
+   * Whether a configuration write at `offset` is allowed before FEATURES_OK (the core refuses
+   * such writes otherwise). For fields the spec makes writable on an unconfigured device, e.g.
+   * virtio-console `emerg_wr` (VIRTIO 1.3 §5.3.5.1).
+   */
+  acceptsEarlyConfigWrite?(offset: number, size: 1 | 2 | 4): boolean;
 }
 
 /** Options of a {@link VirtioDeviceCore}. */
@@ -563,7 +569,11 @@ export class VirtioDeviceCore implements DeviceContext {
    */
   writeConfig(offset: number, size: number, value: number): void {
     if (!this.#configAccessOk(offset, size)) return;
-    if (!this.legacy && (this.#status & DeviceStatus.FEATURES_OK) === 0) {
+    if (
+      !this.legacy &&
+      (this.#status & DeviceStatus.FEATURES_OK) === 0 &&
+      this.model.acceptsEarlyConfigWrite?.(offset, size) !== true
+    ) {
       this.#violation("configuration written before FEATURES_OK");
       return;
     }
