@@ -167,6 +167,10 @@ const HDR = BlkOutHdr.SIZE;
 const RANGE = BlkDiscardWriteZeroes.SIZE;
 const SECTOR_SHIFT_DIV = BLK_SECTOR_SIZE;
 const TWO_32 = 0x1_0000_0000;
+/** Back-end operations of `#call`. */
+const OP_READ = 0;
+const OP_WRITE = 1;
+const OP_FLUSH = 2;
 
 /**
  * One in-flight request: a reusable chain cursor plus everything needed to finish it. Slots are
@@ -266,6 +270,22 @@ export class BlkDevice implements DeviceModel {
   #inFlight = 0;
   #gen = 0;
   #idle: (() => void)[] = [];
+  /** Arguments of `#finishDone`, passed in fields so a completion allocates no closure. */
+  #doneCtx: DeviceContext | undefined = undefined;
+  #doneSlot: Slot | undefined = undefined;
+  #doneStatus = 0;
+  /** Bound once: finish the completion described by the `#done*` fields, under `ctx.guard`. */
+  readonly #finishDone = (): void => {
+    const ctx = this.#doneCtx;
+    const slot = this.#doneSlot;
+    this.#doneCtx = undefined;
+    this.#doneSlot = undefined;
+    if (ctx === undefined || slot === undefined) return;
+    this.#finish(ctx, slot, this.#doneStatus);
+    ctx.signalUsed(0);
+    // A slot is free again: take chains left waiting when the pool was exhausted.
+    this.#drain();
+  };
 
   /**
    * @param backend - the storage
@@ -467,7 +487,7 @@ export class BlkDevice implements DeviceModel {
         if (!this.#rangeOk(sector, len)) return this.#finish(ctx, slot, BlkStatus.IOERR);
         gather(chain, mem, true, 0, len, slot);
         slot.written = len;
-        return this.#call(slot, () => this.backend.read(sector, slot.iov));
+        return this.#call(slot, OP_READ, sector);
       }
       case "out": {
         // §5.2.6.2: a write on a device offering RO fails with IOERR and writes no data.
@@ -475,10 +495,10 @@ export class BlkDevice implements DeviceModel {
         const len = chain.readableBytes - HDR;
         if (!this.#rangeOk(sector, len)) return this.#finish(ctx, slot, BlkStatus.IOERR);
         gather(chain, mem, false, HDR, len, slot);
-        return this.#call(slot, () => this.backend.write(sector, slot.iov));
+        return this.#call(slot, OP_WRITE, sector);
       }
       case "flush":
-        return this.#call(slot, () => this.backend.flush());
+        return this.#call(slot, OP_FLUSH, 0);
       case "get-id": {
         // §5.2.6: 20 bytes of ID string; a shorter buffer gets what fits.
         const n = Math.min(BLK_ID_BYTES, wb - 1);
@@ -572,12 +592,21 @@ export class BlkDevice implements DeviceModel {
     p.then(slot.onRange, slot.onErr);
   }
 
-  /** Hand `slot` to the back-end through `op`. */
-  #call(slot: Slot, op: () => Promise<void>): boolean {
+  /**
+   * Hand `slot` to the back-end: `op` (OP_READ / OP_WRITE with `slot.iov`, or OP_FLUSH) at
+   * `sector`. An operation code rather than a callback, so a request allocates no closure.
+   */
+  #call(slot: Slot, op: number, sector: number): boolean {
     this.#inFlight++;
     let p: Promise<void>;
     try {
-      p = op();
+      const b = this.backend;
+      p =
+        op === OP_READ
+          ? b.read(sector, slot.iov)
+          : op === OP_WRITE
+            ? b.write(sector, slot.iov)
+            : b.flush();
     } catch (e) {
       p = Promise.reject(e);
     }
@@ -609,12 +638,10 @@ export class BlkDevice implements DeviceModel {
     if (gen !== this.#gen || ctx === undefined || ctx.epoch !== slot.epoch) {
       this.stats.stale++;
     } else {
-      ctx.guard(() => {
-        this.#finish(ctx, slot, status);
-        ctx.signalUsed(0);
-        // A slot is free again: take chains left waiting when the pool was exhausted.
-        this.#drain();
-      });
+      this.#doneCtx = ctx;
+      this.#doneSlot = slot;
+      this.#doneStatus = status;
+      ctx.guard(this.#finishDone);
     }
     if (this.#inFlight === 0 && this.#idle.length > 0) {
       const waiters = this.#idle;

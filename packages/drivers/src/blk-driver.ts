@@ -114,6 +114,12 @@ export interface BlkDriverOptions {
   readonly maxSegments?: number;
   /** Whether to accept VIRTIO_F_INDIRECT_DESC when offered (default true). */
   readonly indirect?: boolean;
+  /**
+   * Whether to accept VIRTIO_F_EVENT_IDX when offered (default true). Without it, notification
+   * suppression falls back to the flags words (`VIRTQ_AVAIL_F_NO_INTERRUPT`,
+   * `VIRTQ_USED_F_NO_NOTIFY`), as with a device that does not offer it. @see VIRTIO 1.3 §2.7.10
+   */
+  readonly eventIdx?: boolean;
 }
 
 /** The feature bits {@link BlkDriver} accepts when offered (§5.2.3). */
@@ -237,6 +243,7 @@ export class BlkDriver {
     }
     let wanted = BLK_DRIVER_FEATURES;
     if (options.indirect === false) wanted &= ~featureMask(Feature.RING_INDIRECT_DESC);
+    if (options.eventIdx === false) wanted &= ~featureMask(Feature.RING_EVENT_IDX);
     const f = transport.negotiate(wanted);
     this.#features = f;
     const cfg = transport.readConfig((c) => ({

@@ -1,7 +1,7 @@
 import { MemoryDisk } from "@virtio-ts/backend-disk";
 import { BlkDevice } from "@virtio-ts/devices";
 import { createGuestMemory, type GuestMemory } from "@virtio-ts/memory";
-import { BlkStatus } from "@virtio-ts/spec";
+import { BlkStatus, Feature, featureMask } from "@virtio-ts/spec";
 import { MmioDevice, MmioDriverTransport } from "@virtio-ts/transport";
 import { describe, expect, it } from "vitest";
 import { BlkDeviceFault, BlkDriver, BlkRequestError, SlabAllocator } from "../src/index.js";
@@ -10,6 +10,7 @@ interface Setup {
   readonly memory: GuestMemory;
   readonly disk: MemoryDisk;
   readonly model: BlkDevice;
+  readonly device: MmioDevice;
   readonly driver: BlkDriver;
   readonly slab: SlabAllocator;
   /** Run the in-process device until `p` settles, reaping after each round. */
@@ -23,6 +24,7 @@ function setup(
     queueSize?: number;
     slots?: number;
     indirect?: boolean;
+    eventIdx?: boolean;
   } = {},
 ): Setup {
   const memory = createGuestMemory({ size: 0x400000 });
@@ -40,6 +42,7 @@ function setup(
     ringBase: 0x10000,
     queueSize: o.queueSize ?? 128,
     ...(o.indirect === undefined ? {} : { indirect: o.indirect }),
+    ...(o.eventIdx === undefined ? {} : { eventIdx: o.eventIdx }),
   });
   const settle = async <T>(p: Promise<T>): Promise<T> => {
     let done = false;
@@ -54,7 +57,7 @@ function setup(
     }
     return tracked;
   };
-  return { memory, disk, model, driver, slab, settle };
+  return { memory, disk, model, device, driver, slab, settle };
 }
 
 function random(n: number, seed: number): Uint8Array {
@@ -115,6 +118,20 @@ describe("BlkDriver", () => {
     const data = random(s.driver.maxTransferBytes * 3, 3);
     await s.settle(s.driver.write(10, data));
     expect(await s.settle(s.driver.read(10, data.length))).toEqual(data);
+  });
+
+  it("accepts VIRTIO_F_EVENT_IDX by default and declines it with eventIdx: false (§2.7.10)", async () => {
+    const bit = featureMask(Feature.RING_EVENT_IDX);
+    const on = setup();
+    const off = setup({ eventIdx: false });
+    expect(on.driver.features & bit).toBe(bit);
+    expect(off.driver.features & bit).toBe(0n);
+    expect(off.device.core.features & bit).toBe(0n);
+    // Without EVENT_IDX the flags words suppress notifications; requests still complete.
+    const data = random(4096, 21);
+    await off.settle(off.driver.write(8, data));
+    expect(await off.settle(off.driver.read(8, 4096))).toEqual(data);
+    expect(off.device.exitCounts().QueueNotify).toBe(2);
   });
 
   it("flushes", async () => {

@@ -1,10 +1,12 @@
 // virtio-ts benchmarks. Every figure is printed beside a baseline measured in the same run.
 //
-//   node [--expose-gc] tools/bench/dist/main.js [split] [heap] [--quick]
+//   node [--expose-gc] tools/bench/dist/main.js [split] [packed] [heap] [blk] [--quick]
 //
 // split: split-ring round trips per second, one thread and two workers with Atomics doorbells,
 //        beside c/split_ring.c (same shape) compiled with gcc in this run; ratio TS / C.
 // heap:  heap growth and garbage collections over 1,000,000 one-thread round trips.
+// blk:   4 KiB random IOPS, BlkDriver -> MMIO -> BlkDevice -> FileDisk vs raw positional I/O on
+//        the same file, queue depth 1 and 32; ratio TS path / raw.
 import { execFileSync } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -15,6 +17,7 @@ import { setFlagsFromString } from "node:v8";
 import { runInNewContext } from "node:vm";
 import { Worker } from "node:worker_threads";
 import { createGuestMemory } from "@virtio-ts/memory";
+import { blkBench } from "./blk-iops.js";
 import {
   BATCH,
   Ctl,
@@ -207,6 +210,9 @@ const benches: Record<string, () => Promise<void>> = {
   split: splitBench,
   packed: packedBench,
   heap: heapBench,
+  blk: async () => {
+    await blkBench(quick, REPS);
+  },
 };
 const names = args.filter((a) => !a.startsWith("--"));
 const unknown = names.filter((n) => !(n in benches));
