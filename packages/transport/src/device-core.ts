@@ -572,7 +572,7 @@ export class VirtioDeviceCore implements DeviceContext {
     if (
       !this.legacy &&
       (this.#status & DeviceStatus.FEATURES_OK) === 0 &&
-      this.model.acceptsEarlyConfigWrite?.(offset, size) !== true
+      this.model.acceptsEarlyConfigWrite?.(offset, size as 1 | 2 | 4) !== true
     ) {
       this.#violation("configuration written before FEATURES_OK");
       return;
