@@ -75,7 +75,13 @@ export type BlkDeviceFaultCode =
    * waiting is rejected with this fault, and so is every later request, until a new driver is
    * set up on a reset device.
    */
-  | "blk-ring-broken";
+  | "blk-ring-broken"
+  /**
+   * The device set DEVICE_NEEDS_RESET (§2.1.2), seen on a configuration change interrupt: every
+   * request in flight or waiting is rejected with this fault, and so is every later one, until
+   * a new driver is set up on a reset device.
+   */
+  | "blk-needs-reset";
 
 /**
  * The device broke the virtio-blk protocol (drivers distrust devices). Raised at construction
@@ -120,6 +126,14 @@ export interface BlkDriverOptions {
    * `VIRTQ_USED_F_NO_NOTIFY`), as with a device that does not offer it. @see VIRTIO 1.3 §2.7.10
    */
   readonly eventIdx?: boolean;
+  /**
+   * Whether to accept VIRTIO_F_RING_PACKED when offered (default true). The ring area has the
+   * same size either way: the packed descriptor ring takes the descriptor table's place and the
+   * two event suppression structures the available and used rings' places.
+   */
+  readonly packed?: boolean;
+  /** Whether to accept VIRTIO_F_IN_ORDER when offered (default true). */
+  readonly inOrder?: boolean;
 }
 
 /** The feature bits {@link BlkDriver} accepts when offered (§5.2.3). */
@@ -133,6 +147,8 @@ export const BLK_DRIVER_FEATURES: bigint = [
   BlkFeature.WRITE_ZEROES,
   Feature.RING_EVENT_IDX,
   Feature.RING_INDIRECT_DESC,
+  Feature.RING_PACKED,
+  Feature.IN_ORDER,
 ].reduce((m, bit) => m | featureMask(bit), 0n);
 
 const HDR_STATUS = 16;
@@ -194,6 +210,11 @@ export class BlkDriver {
   #waitHead = 0;
   #inFlight = 0;
   #capacity: bigint;
+  /** `max_discard_sectors` / `max_write_zeroes_sectors` (0 when not negotiated). */
+  readonly #maxDiscard: number;
+  readonly #maxZeroes: number;
+  /** `write_zeroes_may_unmap` (re-read on a configuration change, §5.2.6). */
+  #mayUnmap: boolean;
   readonly #blockSize: number;
 
   /**
@@ -243,6 +264,8 @@ export class BlkDriver {
     }
     let wanted = BLK_DRIVER_FEATURES;
     if (options.indirect === false) wanted &= ~featureMask(Feature.RING_INDIRECT_DESC);
+    if (options.packed === false) wanted &= ~featureMask(Feature.RING_PACKED);
+    if (options.inOrder === false) wanted &= ~featureMask(Feature.IN_ORDER);
     if (options.eventIdx === false) wanted &= ~featureMask(Feature.RING_EVENT_IDX);
     const f = transport.negotiate(wanted);
     this.#features = f;
@@ -251,6 +274,13 @@ export class BlkDriver {
       sizeMax: hasFeature(f, BlkFeature.SIZE_MAX) ? c.u32(BlkConfig.SIZE_MAX) : 0,
       segMax: hasFeature(f, BlkFeature.SEG_MAX) ? c.u32(BlkConfig.SEG_MAX) : 0,
       blkSize: hasFeature(f, BlkFeature.BLK_SIZE) ? c.u32(BlkConfig.BLK_SIZE) : BLK_SECTOR_SIZE,
+      maxDiscard: hasFeature(f, BlkFeature.DISCARD) ? c.u32(BlkConfig.MAX_DISCARD_SECTORS) : 0,
+      maxZeroes: hasFeature(f, BlkFeature.WRITE_ZEROES)
+        ? c.u32(BlkConfig.MAX_WRITE_ZEROES_SECTORS)
+        : 0,
+      mayUnmap: hasFeature(f, BlkFeature.WRITE_ZEROES)
+        ? c.u8(BlkConfig.WRITE_ZEROES_MAY_UNMAP) !== 0
+        : false,
     }));
     const bad = (msg: string, v: number): never => {
       transport.fail();
@@ -262,8 +292,19 @@ export class BlkDriver {
     if (cfg.blkSize < BLK_SECTOR_SIZE || (cfg.blkSize & (cfg.blkSize - 1)) !== 0) {
       bad("blk_size is not a power of 2 of at least 512", cfg.blkSize);
     }
+    // §5.2.5: with DISCARD / WRITE_ZEROES the driver reads the per-request limits; a device that
+    // offers the command with a limit of 0 sectors could never serve it.
+    if (hasFeature(f, BlkFeature.DISCARD) && cfg.maxDiscard === 0) {
+      bad("max_discard_sectors is 0 with VIRTIO_BLK_F_DISCARD", 0);
+    }
+    if (hasFeature(f, BlkFeature.WRITE_ZEROES) && cfg.maxZeroes === 0) {
+      bad("max_write_zeroes_sectors is 0 with VIRTIO_BLK_F_WRITE_ZEROES", 0);
+    }
     this.#capacity = cfg.capacity;
     this.#blockSize = cfg.blkSize;
+    this.#maxDiscard = cfg.maxDiscard;
+    this.#maxZeroes = cfg.maxZeroes;
+    this.#mayUnmap = cfg.mayUnmap;
 
     const max = transport.queueMaxSize(0);
     const size = options.queueSize ?? Math.min(128, max);
@@ -400,26 +441,29 @@ export class BlkDriver {
   }
 
   /**
-   * Discard `count` sectors at `sector` (one range, flags 0).
+   * Discard `count` sectors at `sector`: one single-range request per `max_discard_sectors`
+   * (§5.2.5), all in flight at once.
    * @throws BlkRequestError UNSUPP (rejection, nothing sent) if DISCARD was not negotiated, or
    *   the device's IOERR / UNSUPP; RangeError naming `sector` or `count`
    */
   async discard(sector: number, count: number): Promise<void> {
-    await this.#range(BlkRequestType.DISCARD, BlkFeature.DISCARD, sector, count, 0);
+    await this.#ranges(BlkRequestType.DISCARD, BlkFeature.DISCARD, sector, count, 0);
   }
 
   /**
-   * Write zeroes to `count` sectors at `sector` (one range); `unmap` lets the device deallocate.
+   * Write zeroes to `count` sectors at `sector`: one single-range request per
+   * `max_write_zeroes_sectors` (§5.2.5), all in flight at once. `unmap` lets the device
+   * deallocate; it is sent only while the device reports `write_zeroes_may_unmap`.
    * @throws BlkRequestError UNSUPP (rejection, nothing sent) if WRITE_ZEROES was not
    *   negotiated, or the device's IOERR / UNSUPP; RangeError naming `sector` or `count`
    */
   async writeZeroes(sector: number, count: number, unmap = false): Promise<void> {
-    await this.#range(
+    await this.#ranges(
       BlkRequestType.WRITE_ZEROES,
       BlkFeature.WRITE_ZEROES,
       sector,
       count,
-      unmap ? BlkDiscardWriteZeroes.FLAG_UNMAP : 0,
+      unmap && this.#mayUnmap ? BlkDiscardWriteZeroes.FLAG_UNMAP : 0,
     );
   }
 
@@ -469,11 +513,13 @@ export class BlkDriver {
 
   /** Reject every request on the ring or waiting for it, and every later one. */
   #breakRing(cause: VirtioError): void {
-    const fault = new BlkDeviceFault(
-      "blk-ring-broken",
-      `the device broke the ring: ${cause.message}`,
-      0,
+    this.#fail(
+      new BlkDeviceFault("blk-ring-broken", `the device broke the ring: ${cause.message}`, 0),
     );
+  }
+
+  /** Reject every request on the ring or waiting for it with `fault`, and every later one. */
+  #fail(fault: BlkDeviceFault): void {
     this.#broken = fault;
     const victims = [...this.#live, ...this.#waiting.slice(this.#waitHead)];
     this.#live.clear();
@@ -491,12 +537,31 @@ export class BlkDriver {
   onInterrupt(): number {
     const s = this.#t.takeInterrupt();
     if ((s & MmioInterrupt.CONFIG) !== 0) {
-      this.#capacity = this.#t.readConfig((c) => c.u64(BlkConfig.CAPACITY));
+      // §2.1.2: a device that sets DEVICE_NEEDS_RESET sends a configuration change notification;
+      // its queues may hold anything, so nothing more is reaped from them.
+      if (this.#broken === undefined && this.#t.needsReset) {
+        this.#fail(
+          new BlkDeviceFault(
+            "blk-needs-reset",
+            "the device set DEVICE_NEEDS_RESET; reset it and set up a new driver",
+            this.#t.status,
+          ),
+        );
+        return 0;
+      }
+      const c = this.#t.readConfig((c) => ({
+        capacity: c.u64(BlkConfig.CAPACITY),
+        mayUnmap: hasFeature(this.#features, BlkFeature.WRITE_ZEROES)
+          ? c.u8(BlkConfig.WRITE_ZEROES_MAY_UNMAP) !== 0
+          : false,
+      }));
+      this.#capacity = c.capacity;
+      this.#mayUnmap = c.mayUnmap;
     }
     return this.poll();
   }
 
-  #range(
+  #ranges(
     type: number,
     feature: number,
     sector: number,
@@ -504,12 +569,28 @@ export class BlkDriver {
     flags: number,
   ): Promise<void> {
     checkSector(sector);
-    if (!Number.isInteger(count) || count < 1 || count > 0xffffffff) {
-      throw new RangeError(`count must be an integer in [1, 2^32), got ${count}`);
+    if (!Number.isSafeInteger(count) || count < 1 || !Number.isSafeInteger(sector + count)) {
+      throw new RangeError(
+        `count must be a positive integer with sector + count safe, got ${count}`,
+      );
     }
     if (!hasFeature(this.#features, feature)) {
       return Promise.reject(new BlkRequestError(BlkStatus.UNSUPP, type, sector));
     }
+    const max = type === BlkRequestType.DISCARD ? this.#maxDiscard : this.#maxZeroes;
+    if (count <= max) return this.#range(type, sector, count, flags);
+    const parts: Promise<void>[] = [];
+    for (let at = sector, left = count; left > 0; ) {
+      const n = Math.min(left, max);
+      parts.push(this.#range(type, at, n, flags));
+      at += n;
+      left -= n;
+    }
+    return Promise.all(parts).then(() => undefined);
+  }
+
+  /** One single-range DISCARD / WRITE_ZEROES request (§5.2.6: `virtio_blk_discard_write_zeroes`). */
+  #range(type: number, sector: number, count: number, flags: number): Promise<void> {
     const r = new Uint8Array(BlkDiscardWriteZeroes.SIZE);
     const v = new DataView(r.buffer);
     v.setBigUint64(BlkDiscardWriteZeroes.SECTOR, BigInt(sector), true);

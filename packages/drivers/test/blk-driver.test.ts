@@ -1,7 +1,7 @@
 import { MemoryDisk } from "@virtio-ts/backend-disk";
 import { BlkDevice } from "@virtio-ts/devices";
-import { createGuestMemory, type GuestMemory } from "@virtio-ts/memory";
-import { BlkStatus, Feature, featureMask } from "@virtio-ts/spec";
+import { createGuestMemory, type GuestMemory, VirtioError } from "@virtio-ts/memory";
+import { BlkStatus, Feature, featureMask, hasFeature } from "@virtio-ts/spec";
 import { MmioDevice, MmioDriverTransport } from "@virtio-ts/transport";
 import { describe, expect, it } from "vitest";
 import { BlkDeviceFault, BlkDriver, BlkRequestError, SlabAllocator } from "../src/index.js";
@@ -25,13 +25,20 @@ function setup(
     slots?: number;
     indirect?: boolean;
     eventIdx?: boolean;
+    /** Accept RING_PACKED (default false: the tests that poke ring bytes assume a split ring). */
+    packed?: boolean;
+    maxDiscardSectors?: number;
   } = {},
 ): Setup {
   const memory = createGuestMemory({ size: 0x400000 });
   const disk = new MemoryDisk(new Uint8Array((o.sectors ?? 2048) * 512), {
     readOnly: o.readOnly ?? false,
   });
-  const model = new BlkDevice(disk, { queueSize: 256, serial: "virtio-ts-disk0" });
+  const model = new BlkDevice(disk, {
+    queueSize: 256,
+    serial: "virtio-ts-disk0",
+    ...(o.maxDiscardSectors === undefined ? {} : { maxDiscardSectors: o.maxDiscardSectors }),
+  });
   const device = new MmioDevice(model, { memory });
   const transport = new MmioDriverTransport({
     read: (off, size) => device.read(off, size),
@@ -41,6 +48,7 @@ function setup(
   const driver = new BlkDriver(transport, memory, slab, {
     ringBase: 0x10000,
     queueSize: o.queueSize ?? 128,
+    packed: o.packed ?? false,
     ...(o.indirect === undefined ? {} : { indirect: o.indirect }),
     ...(o.eventIdx === undefined ? {} : { eventIdx: o.eventIdx }),
   });
@@ -58,6 +66,11 @@ function setup(
     return tracked;
   };
   return { memory, disk, model, device, driver, slab, settle };
+}
+
+/** A fatal device-side fault for the NEEDS_RESET test. */
+class BackendLost extends VirtioError {
+  readonly code = "test-backend-lost";
 }
 
 function random(n: number, seed: number): Uint8Array {
@@ -224,5 +237,49 @@ describe("BlkDriver distrusts the device", () => {
     expect(s.driver.inFlight).toBe(0);
     const later = await s.driver.read(0, 512).catch((e: unknown) => e);
     expect((later as BlkDeviceFault).code).toBe("blk-ring-broken");
+  });
+
+  it("uses the packed ring when the device offers it, with and without indirect tables (§2.8)", async () => {
+    for (const indirect of [true, false]) {
+      const s = setup({ packed: true, indirect });
+      expect(hasFeature(s.driver.features, Feature.RING_PACKED)).toBe(true);
+      const data = random(64 * 1024, 7);
+      await s.settle(
+        Promise.all([s.driver.write(8, data), s.driver.write(400, data.subarray(512))]),
+      );
+      expect(await s.settle(s.driver.read(8, data.length))).toEqual(data);
+      expect(s.disk.bytes.subarray(400 * 512, 400 * 512 + data.length - 512)).toEqual(
+        data.subarray(512),
+      );
+    }
+  });
+
+  it("splits a discard longer than max_discard_sectors into single-range requests (§5.2.5)", async () => {
+    const s = setup({ maxDiscardSectors: 8 });
+    const calls: [number, number][] = [];
+    const discard = s.disk.discard.bind(s.disk);
+    s.disk.discard = (sector: number, count: number) => {
+      calls.push([sector, count]);
+      return discard(sector, count);
+    };
+    await s.settle(s.driver.discard(100, 20));
+    expect(calls.sort((a, b) => a[0] - b[0])).toEqual([
+      [100, 8],
+      [108, 8],
+      [116, 4],
+    ]);
+  });
+
+  it("fails every pending and later request with blk-needs-reset when the device sets DEVICE_NEEDS_RESET (§2.1.2)", async () => {
+    const s = setup();
+    // The device enters NEEDS_RESET (a fatal fault) and stops serving kicks.
+    s.device.core.fail(new BackendLost("back-end lost"));
+    const p = s.driver.write(0, new Uint8Array(512));
+    expect(s.driver.onInterrupt()).toBe(0);
+    const err = await p.catch((e: unknown) => e);
+    expect((err as BlkDeviceFault).code).toBe("blk-needs-reset");
+    const later = await s.driver.flush().catch((e: unknown) => e);
+    expect((later as BlkDeviceFault).code).toBe("blk-needs-reset");
+    expect(s.driver.inFlight).toBe(0);
   });
 });
