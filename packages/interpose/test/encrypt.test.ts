@@ -1,0 +1,324 @@
+import { createCipheriv, createDecipheriv } from "node:crypto";
+import { readFileSync } from "node:fs";
+import { crc32 } from "node:zlib";
+import { BlkDevice } from "@virtio-ts/devices";
+import { describe, expect, it } from "vitest";
+import {
+  ENCRYPT_HEADER_SECTORS,
+  EncryptedDiskError,
+  encrypt,
+  formatEncrypted,
+  openEncrypted,
+  XtsAes256,
+  type XtsEngine,
+} from "../src/index.js";
+import { pseudoRandom, RamDisk, splitAt } from "./helpers/ram-disk.js";
+
+/** IEEE 1619-2007 Annex B vectors 10–14, transcribed in vectors/ (see its "source"). */
+const vectors = JSON.parse(
+  readFileSync(new URL("./vectors/ieee1619-2007-xts-aes-256.json", import.meta.url), "utf8"),
+) as {
+  key1: string;
+  key2: string;
+  vectors: { vector: number; dataUnitSequenceNumber: string; ciphertext: string }[];
+};
+const ENGINES: XtsEngine[] = ["tweak-ecb", "openssl-xts"];
+const KEY = Buffer.from(vectors.key1 + vectors.key2, "hex");
+/** Cheap scrypt for tests (the default costs 128 MiB and a few hundred ms per open). */
+const FAST = { log2N: 10, r: 8, p: 1 };
+
+function hex(b: Uint8Array): string {
+  return Buffer.from(b).toString("hex");
+}
+
+/** The IEEE 1619 data unit sequence number as a plain64 IV (little-endian, 16 bytes). */
+function plain64(n: number): Buffer {
+  const iv = Buffer.alloc(16);
+  iv.writeUInt32LE(n % 2 ** 32, 0);
+  iv.writeUInt32LE(Math.floor(n / 2 ** 32), 4);
+  return iv;
+}
+
+function opensslXts(key: Uint8Array, sector: number, data: Uint8Array, enc = true): Buffer {
+  const c = enc
+    ? createCipheriv("aes-256-xts", key, plain64(sector))
+    : createDecipheriv("aes-256-xts", key, plain64(sector));
+  return Buffer.concat([c.update(data), c.final()]);
+}
+
+describe("XtsAes256", () => {
+  const pt = Uint8Array.from({ length: 512 }, (_, i) => i & 0xff);
+  const cases = ENGINES.flatMap((engine) => vectors.vectors.map((v) => ({ engine, ...v })));
+
+  it.each(cases)(
+    "IEEE 1619-2007 vector $vector (XTS-AES-256, 512-byte data unit, plain64 tweak $dataUnitSequenceNumber) encrypts and decrypts with $engine",
+    ({ engine, dataUnitSequenceNumber, ciphertext }) => {
+      const xts = new XtsAes256(KEY, { engine });
+      const sector = Number.parseInt(dataUnitSequenceNumber, 16);
+      const out = new Uint8Array(512);
+      xts.encrypt(pt, out, sector);
+      expect(hex(out)).toBe(ciphertext);
+      const back = new Uint8Array(512);
+      xts.decrypt(out, back, sector);
+      expect(back).toEqual(pt);
+    },
+  );
+
+  it("both engines and node's aes-256-xts agree over 300 sectors crossing the 2^32 sector boundary", () => {
+    const key = pseudoRandom(64, 99);
+    const data = pseudoRandom(300 * 512, 7);
+    const first = 2 ** 32 - 150;
+    const a = new Uint8Array(data.length);
+    const b = new Uint8Array(data.length);
+    new XtsAes256(key, { engine: "tweak-ecb" }).encrypt(data, a, first);
+    new XtsAes256(key, { engine: "openssl-xts" }).encrypt(data, b, first);
+    expect(hex(a)).toBe(hex(b));
+    for (const s of [0, 127, 128, 149, 150, 299]) {
+      const ref = opensslXts(key, first + s, data.subarray(s * 512, (s + 1) * 512));
+      expect(hex(a.subarray(s * 512, (s + 1) * 512))).toBe(hex(ref));
+    }
+    const back = new Uint8Array(data.length);
+    new XtsAes256(key).decrypt(a, back, first);
+    expect(back).toEqual(data);
+  });
+
+  it("encrypts in place when src and dst are the same array", () => {
+    const data = pseudoRandom(1024, 3);
+    const copy = data.slice();
+    const xts = new XtsAes256(KEY);
+    xts.encrypt(data, data, 9);
+    expect(hex(data)).toBe(
+      hex(opensslXts(KEY, 9, copy.subarray(0, 512))) + hex(opensslXts(KEY, 10, copy.subarray(512))),
+    );
+  });
+
+  it("flipping one ciphertext bit garbles exactly its own 16-byte block (XTS has no integrity)", () => {
+    const xts = new XtsAes256(KEY);
+    const data = pseudoRandom(512, 5);
+    const ct = new Uint8Array(512);
+    xts.encrypt(data, ct, 0);
+    ct[200]! ^= 1;
+    const back = new Uint8Array(512);
+    xts.decrypt(ct, back, 0);
+    const changed = [...back.keys()].filter((i) => back[i] !== data[i]);
+    expect(changed.length).toBeGreaterThan(0);
+    expect(Math.min(...changed)).toBeGreaterThanOrEqual(192);
+    expect(Math.max(...changed)).toBeLessThan(208);
+  });
+
+  it("a key that is not 64 bytes, or whose halves are equal, is a RangeError naming key", () => {
+    expect(() => new XtsAes256(new Uint8Array(32))).toThrow(/^key must be 64 bytes.*got 32 bytes/);
+    expect(() => new XtsAes256(new Uint8Array(64).fill(7))).toThrow(/^key: its two 32-byte halves/);
+    expect(() => new XtsAes256(KEY, { engine: "ctr" as XtsEngine })).toThrow(/options\.engine/);
+  });
+
+  it("lengths that are not whole sectors and unsafe sector numbers are RangeErrors naming the argument", () => {
+    const xts = new XtsAes256(KEY);
+    expect(() => xts.encrypt(new Uint8Array(100), new Uint8Array(100), 0)).toThrow(/^src\.length/);
+    expect(() => xts.encrypt(new Uint8Array(512), new Uint8Array(1024), 0)).toThrow(/^dst\.length/);
+    expect(() => xts.encrypt(new Uint8Array(512), new Uint8Array(512), -1)).toThrow(/^firstSector/);
+    expect(() => xts.encrypt(new Uint8Array(512), new Uint8Array(512), 2 ** 53)).toThrow(
+      /^firstSector/,
+    );
+  });
+});
+
+describe("encrypt (raw key, no header)", () => {
+  it("stores exactly dm-crypt plain aes-xts-plain64: inner sector n is XTS of the data with tweak n", async () => {
+    const inner = new RamDisk(16);
+    const disk = encrypt(inner, KEY);
+    expect([disk.capacity, disk.dataOffset, disk.blockSize, disk.readOnly]).toEqual([
+      16,
+      0,
+      512,
+      false,
+    ]);
+    const data = pseudoRandom(1024, 11);
+    await disk.write(5, [data]);
+    expect(hex(inner.bytes.subarray(5 * 512, 6 * 512))).toBe(
+      hex(opensslXts(KEY, 5, data.subarray(0, 512))),
+    );
+    expect(hex(inner.bytes.subarray(6 * 512, 7 * 512))).toBe(
+      hex(opensslXts(KEY, 6, data.subarray(512))),
+    );
+  });
+
+  it.each(ENGINES)(
+    "round-trips iovecs split inside sectors, into SharedArrayBuffer views (%s)",
+    async (engine) => {
+      const disk = encrypt(new RamDisk(32), KEY, { engine });
+      const data = pseudoRandom(3 * 512, 12);
+      await disk.write(3, splitAt(data, 7, 1000, 1030));
+      const shared = new Uint8Array(new SharedArrayBuffer(3 * 512));
+      await disk.read(3, splitAt(shared, 513, 516));
+      expect(shared).toEqual(data);
+      const one = new Uint8Array(512);
+      await disk.read(4, [one]);
+      expect(one).toEqual(data.subarray(512, 1024));
+    },
+  );
+
+  it("never writes ciphertext into the guest's buffers", async () => {
+    const disk = encrypt(new RamDisk(8), KEY);
+    const data = pseudoRandom(1024, 13);
+    const copy = data.slice();
+    await disk.write(0, [data]);
+    await disk.write(2, splitAt(data, 100));
+    expect(data).toEqual(copy);
+  });
+
+  it("leaves no plaintext pattern on the inner disk, and equal sectors encrypt differently", async () => {
+    const inner = new RamDisk(64);
+    const disk = encrypt(inner, KEY);
+    const text = new TextEncoder().encode("ATTACK AT DAWN! ".repeat(2048));
+    await disk.write(0, [text]);
+    const haystack = Buffer.from(inner.bytes);
+    for (const needle of ["ATTACK", "DAWN", "AT DAWN! ATTACK"]) {
+      expect(haystack.indexOf(needle)).toBe(-1);
+    }
+    expect(hex(inner.bytes.subarray(0, 512))).not.toBe(hex(inner.bytes.subarray(512, 1024)));
+    const back = new Uint8Array(text.length);
+    await disk.read(0, [back]);
+    expect(back).toEqual(text);
+  });
+
+  it("writeZeroes reads back as zeroes but stores encrypted zeroes; discard leaves everything", async () => {
+    const inner = new RamDisk(16);
+    const disk = encrypt(inner, KEY);
+    await disk.write(0, [pseudoRandom(16 * 512, 14)]);
+    await disk.writeZeroes(2, 3, true);
+    const got = new Uint8Array(5 * 512);
+    await disk.read(1, [got]);
+    expect(got.subarray(512, 4 * 512).every((b) => b === 0)).toBe(true);
+    expect(got.subarray(0, 512).some((b) => b !== 0)).toBe(true);
+    expect(got.subarray(4 * 512).some((b) => b !== 0)).toBe(true);
+    expect(hex(inner.bytes.subarray(2 * 512, 3 * 512))).toBe(
+      hex(opensslXts(KEY, 2, new Uint8Array(512))),
+    );
+    const before = inner.bytes.slice();
+    await disk.discard(0, 16);
+    expect(inner.bytes).toEqual(before);
+    expect(inner.calls.some((c) => c.startsWith("discard"))).toBe(false);
+  });
+
+  it("writeZeroes over more than one 64 KiB chunk zeroes every sector", async () => {
+    const disk = encrypt(new RamDisk(300), KEY);
+    await disk.write(0, [pseudoRandom(300 * 512, 15)]);
+    await disk.writeZeroes(10, 280, false);
+    const got = new Uint8Array(300 * 512);
+    await disk.read(0, [got]);
+    expect(got.subarray(10 * 512, 290 * 512).every((b) => b === 0)).toBe(true);
+    expect(got.subarray(290 * 512, 291 * 512).some((b) => b !== 0)).toBe(true);
+  });
+
+  it("flush reaches the inner back-end; out-of-range and read-only requests are BackendErrors", async () => {
+    const inner = new RamDisk(8);
+    const disk = encrypt(inner, KEY);
+    await disk.flush();
+    expect(inner.calls).toEqual(["flush"]);
+    await expect(disk.read(7, [new Uint8Array(1024)])).rejects.toMatchObject({
+      name: "BackendError",
+      code: "out-of-range",
+    });
+    const ro = encrypt(new RamDisk(8, { readOnly: true }), KEY);
+    await expect(ro.write(0, [new Uint8Array(512)])).rejects.toMatchObject({ code: "read-only" });
+    await expect(ro.writeZeroes(0, 1, false)).rejects.toMatchObject({ code: "read-only" });
+  });
+
+  it("serves a BlkDevice, which sees the inner capacity", () => {
+    const model = new BlkDevice(encrypt(new RamDisk(64), KEY), { serial: "enc" });
+    expect(model.readConfig(0, 4)).toBe(64);
+  });
+});
+
+describe("formatEncrypted / openEncrypted (passphrase header)", () => {
+  it("formats, shrinks the capacity by the 8-sector header and reopens with the passphrase", async () => {
+    const inner = new RamDisk(64);
+    const disk = await formatEncrypted(inner, { passphrase: "correct horse", scrypt: FAST });
+    expect([disk.capacity, disk.dataOffset]).toEqual([64 - ENCRYPT_HEADER_SECTORS, 8]);
+    expect(inner.calls).toEqual(["read 0", "write 0", "flush"]);
+    expect(Buffer.from(inner.bytes.subarray(0, 8)).toString("latin1")).toBe("VTS-XTS\0");
+    const data = pseudoRandom(2048, 16);
+    await disk.write(0, [data]);
+    // Data sector 0 lives at inner sector 8 with tweak 0 (LUKS-style, relative to the data area).
+    const raw = await openEncrypted(inner, { passphrase: "correct horse" });
+    const got = new Uint8Array(2048);
+    await raw.read(0, [got]);
+    expect(got).toEqual(data);
+    expect(Buffer.from(inner.bytes).indexOf(Buffer.from(data.subarray(0, 32)))).toBe(-1);
+  });
+
+  it("two formats of the same disk and passphrase use different salts, hence different keys", async () => {
+    const a = new RamDisk(16);
+    const b = new RamDisk(16);
+    const da = await formatEncrypted(a, { passphrase: "pw", scrypt: FAST });
+    const db = await formatEncrypted(b, { passphrase: "pw", scrypt: FAST });
+    expect(hex(a.bytes.subarray(24, 56))).not.toBe(hex(b.bytes.subarray(24, 56)));
+    const zero = new Uint8Array(512);
+    await da.write(0, [zero]);
+    await db.write(0, [zero]);
+    expect(hex(a.bytes.subarray(4096, 4608))).not.toBe(hex(b.bytes.subarray(4096, 4608)));
+  });
+
+  it("a wrong passphrase is EncryptedDiskError wrong-passphrase naming options.passphrase", async () => {
+    const inner = new RamDisk(16);
+    await formatEncrypted(inner, { passphrase: "right", scrypt: FAST });
+    await expect(openEncrypted(inner, { passphrase: "wrong" })).rejects.toMatchObject({
+      name: "EncryptedDiskError",
+      code: "wrong-passphrase",
+      message: expect.stringMatching(/^options\.passphrase is wrong/),
+    });
+  });
+
+  it("a blank disk is not-formatted, a flipped header byte is corrupt-header, a second format is refused", async () => {
+    const blank = new RamDisk(16);
+    await expect(openEncrypted(blank, { passphrase: "x" })).rejects.toMatchObject({
+      code: "not-formatted",
+    });
+    const inner = new RamDisk(16);
+    await formatEncrypted(inner, { passphrase: "x", scrypt: FAST });
+    await expect(formatEncrypted(inner, { passphrase: "y", scrypt: FAST })).rejects.toMatchObject({
+      code: "already-formatted",
+      message: expect.stringMatching(/options\.overwrite/),
+    });
+    inner.bytes[30]! ^= 0x40; // inside the salt
+    const err = await openEncrypted(inner, { passphrase: "x" }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(EncryptedDiskError);
+    expect(err).toMatchObject({ code: "corrupt-header" });
+    const again = await formatEncrypted(inner, { passphrase: "y", scrypt: FAST, overwrite: true });
+    expect(again.capacity).toBe(8);
+  });
+
+  it("a header demanding more scrypt memory than allowed is refused before deriving anything", async () => {
+    const inner = new RamDisk(16);
+    await formatEncrypted(inner, { passphrase: "x", scrypt: FAST });
+    inner.bytes[16] = 24; // log2N = 24: 128 · 2^24 · 8 = 16 GiB
+    const dv = new DataView(inner.bytes.buffer);
+    dv.setUint32(88, crc32(inner.bytes.subarray(0, 88)), true);
+    await expect(openEncrypted(inner, { passphrase: "x" })).rejects.toMatchObject({
+      code: "corrupt-header",
+      message: expect.stringMatching(/log2N 24/),
+    });
+    inner.bytes[16] = 10;
+    inner.bytes[8] = 9; // version 9
+    dv.setUint32(88, crc32(inner.bytes.subarray(0, 88)), true);
+    await expect(openEncrypted(inner, { passphrase: "x" })).rejects.toMatchObject({
+      code: "unsupported",
+    });
+  });
+
+  it("bad arguments are RangeErrors or TypeErrors naming them", async () => {
+    await expect(formatEncrypted(new RamDisk(16), { passphrase: "" })).rejects.toThrow(
+      /^options\.passphrase must be a non-empty/,
+    );
+    await expect(
+      formatEncrypted(new RamDisk(16), { passphrase: "x", scrypt: { log2N: 30, r: 8, p: 1 } }),
+    ).rejects.toThrow(/^options\.scrypt must/);
+    await expect(
+      formatEncrypted(new RamDisk(8), { passphrase: "x", scrypt: FAST }),
+    ).rejects.toThrow(/^inner\.capacity must exceed/);
+    await expect(
+      formatEncrypted(new RamDisk(16, { readOnly: true }), { passphrase: "x", scrypt: FAST }),
+    ).rejects.toThrow(TypeError);
+  });
+});
