@@ -7,5 +7,8 @@
  * @packageDocumentation
  */
 export * from "./encrypt.js";
+export * from "./net-tunnel.js";
+export * from "./pcap.js";
 export * from "./snapshot-log.js";
+export * from "./sniff.js";
 export * from "./xts.js";
