@@ -8,5 +8,5 @@
 export * from "./backend-error.js";
 export * from "./blk.js";
 export * from "./console.js";
-export * from "./net-backend.js";
+export * from "./net.js";
 export * from "./rng.js";

@@ -6,5 +6,6 @@
  */
 export * from "./blk-driver.js";
 export * from "./console.js";
+export * from "./net.js";
 export * from "./rng.js";
 export * from "./slab.js";
