@@ -99,6 +99,12 @@ export interface DeviceContext {
    */
   queue(index: number): DeviceQueue | undefined;
   /**
+   * Where queue `index` lives (size and the three area addresses) while it is enabled, else
+   * undefined. Optional: a model that hands its rings to another thread (vhost SET_VRING_NUM /
+   * SET_VRING_ADDR) needs it; the device core implements it.
+   */
+  queueLayout?(index: number): QueueLayout | undefined;
+  /**
    * Send a used buffer notification for queue `index` unconditionally (MMIO: set
    * InterruptStatus bit 0). Dropped before DRIVER_OK (§2.1.2) and after a reset.
    * @returns whether the notification was sent
@@ -200,6 +206,38 @@ export interface DeviceModel {
    * virtio-console `emerg_wr` (VIRTIO 1.3 §5.3.5.1).
    */
   acceptsEarlyConfigWrite?(offset: number, size: 1 | 2 | 4): boolean;
+  /**
+   * Notification channels served outside the VMM thread (a vhost data plane), read once by the
+   * core's constructor. Omit it for an ordinary in-thread model.
+   */
+  readonly notifiers?: DeviceNotifiers;
+}
+
+/**
+ * Notification channels of a {@link DeviceModel} whose data plane runs elsewhere (vhost): the
+ * analogues of KVM's ioeventfd (kick) and irqfd (interrupt), which let kicks and used buffer
+ * notifications bypass the thread that runs the device core.
+ *
+ * Implementer contract: the objects are fixed for the model's life (a restarted data plane
+ * reuses them). Whoever sets bits in `interruptStatus` uses `Atomics.or` and then signals the
+ * interrupt itself (rings the doorbell the driver waits on); the core never calls its
+ * `interrupt` option for those bits.
+ */
+export interface DeviceNotifiers {
+  /**
+   * Per queue index: the kick doorbell that replaces `model.onQueueNotify` for that queue
+   * (installed with {@link VirtioDeviceCore.setKickDoorbell}); a missing entry keeps direct
+   * calls.
+   */
+  readonly kicks?: readonly (Doorbell | undefined)[];
+  /**
+   * A shared Int32 word (index 0) into which the data plane ORs interrupt status bits (bit 0:
+   * used buffer). The core's {@link VirtioDeviceCore.interruptStatus} (MMIO InterruptStatus)
+   * ORs it in, InterruptACK clears the acknowledged bits in it, and a device reset zeroes it.
+   * Written by the data plane thread and the core's thread, always with `Atomics`.
+   * @see VIRTIO 1.3 §4.2.2 (InterruptStatus, InterruptACK)
+   */
+  readonly interruptStatus?: Int32Array;
 }
 
 /** Options of a {@link VirtioDeviceCore}. */
@@ -252,6 +290,7 @@ class QueueSlot {
   readonly addr = new Uint32Array(6); // desc lo/hi, driver lo/hi, device lo/hi
   ready = false;
   queue: DeviceQueue | undefined = undefined;
+  layout: QueueLayout | undefined = undefined;
   /** Legacy: page frame number (0 = not in use) and used ring alignment. */
   pfn = 0;
   align = LEGACY_VRING_ALIGN;
@@ -267,6 +306,7 @@ class QueueSlot {
     this.addr.fill(0);
     this.ready = false;
     this.queue = undefined;
+    this.layout = undefined;
     this.pfn = 0;
     this.align = LEGACY_VRING_ALIGN;
   }
@@ -334,6 +374,7 @@ export class VirtioDeviceCore implements DeviceContext {
   #driverFeatures = 0n;
   #unofferedHigh = false;
   #isr = 0;
+  readonly #sharedIsr: Int32Array | undefined;
   #generation = 0;
   #epoch = 0;
   #active = false;
@@ -381,6 +422,17 @@ export class VirtioDeviceCore implements DeviceContext {
     }
     this.offeredFeatures = offered;
     this.#queues = max.map((m) => new QueueSlot(m));
+    const n = model.notifiers;
+    if (n?.interruptStatus !== undefined) {
+      const w = n.interruptStatus;
+      if (!(w instanceof Int32Array) || w.length < 1) {
+        throw new TypeError("model.notifiers.interruptStatus must be a non-empty Int32Array");
+      }
+      this.#sharedIsr = w;
+    }
+    n?.kicks?.forEach((kick, i) => {
+      if (kick !== undefined) this.setKickDoorbell(i, kick);
+    });
   }
 
   // ---- status (VIRTIO 1.3 §2.1) ----
@@ -486,6 +538,7 @@ export class VirtioDeviceCore implements DeviceContext {
     this.#driverFeatures = 0n;
     this.#unofferedHigh = false;
     this.#isr = 0;
+    if (this.#sharedIsr !== undefined) Atomics.store(this.#sharedIsr, 0, 0);
     this.#active = false;
     this.#notificationData = false;
     this.featuresRefusal = undefined;
@@ -715,6 +768,7 @@ export class VirtioDeviceCore implements DeviceContext {
       return false;
     }
     q.ready = true;
+    q.layout = layout;
     if (this.#active) this.guard(() => this.model.onQueueEnable?.(index));
     return true;
   }
@@ -724,6 +778,7 @@ export class VirtioDeviceCore implements DeviceContext {
     this.guard(() => this.model.onQueueReset?.(index));
     q.ready = false;
     q.queue = undefined;
+    q.layout = undefined;
     q.pfn = 0;
   }
 
@@ -863,16 +918,32 @@ export class VirtioDeviceCore implements DeviceContext {
     return this.#queues[index]?.queue;
   }
 
-  // ---- interrupts (VIRTIO 1.3 §2.3, §4.2.2) ----
-
-  /** The interrupt status: bit 0 used buffer, bit 1 configuration change. */
-  get interruptStatus(): number {
-    return this.#isr;
+  /** @inheritdoc */
+  queueLayout(index: number): QueueLayout | undefined {
+    return this.#queues[index]?.layout;
   }
 
-  /** The driver acknowledges the interrupt bits in `bits` (undefined bits are ignored). */
+  // ---- interrupts (VIRTIO 1.3 §2.3, §4.2.2) ----
+
+  /**
+   * The interrupt status: bit 0 used buffer, bit 1 configuration change; with the bits the
+   * model's data plane set in {@link DeviceNotifiers.interruptStatus}, if it has one.
+   */
+  get interruptStatus(): number {
+    const shared = this.#sharedIsr;
+    return shared === undefined ? this.#isr : (this.#isr | Atomics.load(shared, 0)) >>> 0;
+  }
+
+  /**
+   * The driver acknowledges the interrupt bits in `bits` (undefined bits are ignored), here and
+   * in {@link DeviceNotifiers.interruptStatus}.
+   */
   ackInterrupt(bits: number): void {
-    this.#isr &= ~(bits & (MmioInterrupt.USED_BUFFER | MmioInterrupt.CONFIG));
+    const b = bits & (MmioInterrupt.USED_BUFFER | MmioInterrupt.CONFIG);
+    this.#isr &= ~b;
+    // Atomic and: the data plane may be setting bit 0 again at the same moment; its new
+    // notification must survive the acknowledgement of the old one.
+    if (this.#sharedIsr !== undefined) Atomics.and(this.#sharedIsr, 0, ~b);
   }
 
   /** @inheritdoc */

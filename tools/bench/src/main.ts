@@ -1,12 +1,14 @@
 // virtio-ts benchmarks. Every figure is printed beside a baseline measured in the same run.
 //
-//   node [--expose-gc] tools/bench/dist/main.js [split] [packed] [heap] [blk] [--quick]
+//   node [--expose-gc] tools/bench/dist/main.js [split] [packed] [heap] [blk] [vhost] [--quick]
 //
 // split: split-ring round trips per second, one thread and two workers with Atomics doorbells,
 //        beside c/split_ring.c (same shape) compiled with gcc in this run; ratio TS / C.
 // heap:  heap growth and garbage collections over 1,000,000 one-thread round trips.
 // blk:   4 KiB random IOPS, BlkDriver -> MMIO -> BlkDevice -> FileDisk vs raw positional I/O on
 //        the same file, queue depth 1 and 32; ratio TS path / raw.
+// vhost: the blk workload at depth 32 with the device in the VMM thread vs in a vhost worker
+//        (Atomics kick/call), beside raw positional reads in the same run; ratio to raw.
 import { execFileSync } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -31,6 +33,7 @@ import {
   SIZE,
   WRITE_LEN,
 } from "./split-workload.js";
+import { vhostBench } from "./vhost.js";
 
 const args = process.argv.slice(2);
 const quick = args.includes("--quick");
@@ -213,6 +216,7 @@ const benches: Record<string, () => Promise<void>> = {
   blk: async () => {
     await blkBench(quick, REPS);
   },
+  vhost: () => vhostBench(quick),
 };
 const names = args.filter((a) => !a.startsWith("--"));
 const unknown = names.filter((n) => !(n in benches));
