@@ -1,0 +1,12 @@
+/**
+ * virtio-ts against real peers: boot Linux guests under QEMU (TCG) from a BusyBox initramfs
+ * built in Node ({@link runGuest}, {@link buildInitramfs}), read captures with tshark
+ * ({@link tsharkFields}), and run an in-process virtio-net NIC ({@link createTsNic}).
+ *
+ * @packageDocumentation
+ */
+
+export * from "./capture.js";
+export * from "./guest.js";
+export * from "./initramfs.js";
+export * from "./ts-nic.js";
