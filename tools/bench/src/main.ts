@@ -1,6 +1,6 @@
 // virtio-ts benchmarks. Every figure is printed beside a baseline measured in the same run.
 //
-//   node [--expose-gc] tools/bench/dist/main.js [split] [packed] [heap] [blk] [vhost] [--quick]
+//   node [--expose-gc] tools/bench/dist/main.js [split] [packed] [heap] [blk] [vhost] [net] [--quick]
 //
 // split: split-ring round trips per second, one thread and two workers with Atomics doorbells,
 //        beside c/split_ring.c (same shape) compiled with gcc in this run; ratio TS / C.
@@ -9,6 +9,8 @@
 //        the same file, queue depth 1 and 32; ratio TS path / raw.
 // vhost: the blk workload at depth 32 with the device in the VMM thread vs in a vhost worker
 //        (Atomics kick/call), beside raw positional reads in the same run; ratio to raw.
+// net:   64 B and 1500 B frames NetDriver A -> MMIO -> NetDevice -> Switch -> NetDevice -> NetDriver B,
+//        one thread, vs a bare Switch, a bare VethPair and a MessageChannel in the same run.
 import { execFileSync } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -20,6 +22,7 @@ import { runInNewContext } from "node:vm";
 import { Worker } from "node:worker_threads";
 import { createGuestMemory } from "@virtio-ts/memory";
 import { blkBench } from "./blk-iops.js";
+import { netBench } from "./net.js";
 import {
   BATCH,
   Ctl,
@@ -217,6 +220,9 @@ const benches: Record<string, () => Promise<void>> = {
     await blkBench(quick, REPS);
   },
   vhost: () => vhostBench(quick),
+  net: async () => {
+    await netBench(quick, REPS);
+  },
 };
 const names = args.filter((a) => !a.startsWith("--"));
 const unknown = names.filter((n) => !(n in benches));

@@ -1,0 +1,346 @@
+// virtio-net frames per second through the whole stack, in one thread: NetDriver (guest A) ->
+// MmioDriverTransport -> MmioDevice -> NetDevice tx -> backend-net Switch -> NetDevice rx (guest
+// B) -> NetDriver receive, beside the same frames moved without virtio in the same run: through
+// the bare Switch, through a bare VethPair, and through a MessageChannel (postMessage of the
+// Uint8Array, which structured-clones, i.e. copies, the bytes).
+import { MessageChannel } from "node:worker_threads";
+import { Switch, VethPair } from "@virtio-ts/backend-net";
+import { type NetBackend, NetDevice } from "@virtio-ts/devices";
+import { NetDriver, SlabAllocator } from "@virtio-ts/drivers";
+import { createGuestMemory } from "@virtio-ts/memory";
+import { Feature, hasFeature } from "@virtio-ts/spec";
+import { MmioDevice, MmioDriverTransport } from "@virtio-ts/transport";
+
+/** Frame sizes measured (bytes, Ethernet header included, no FCS). */
+export const NET_FRAME_SIZES = [64, 1500] as const;
+/** Frames the driver posts before it services interrupts (it stops earlier when the ring is full). */
+export const NET_BATCH = 64;
+/** Queue size of every virtio-net queue in the bench. */
+export const NET_QUEUE = 256;
+/** Frames per postMessage window: the sender waits for the window to arrive before the next. */
+export const NET_MC_WINDOW = 1024;
+
+const MAC_A = Uint8Array.of(0x02, 0, 0, 0, 0, 0x0a);
+const MAC_B = Uint8Array.of(0x02, 0, 0, 0, 0, 0x0b);
+
+/** One measured run. */
+export interface NetRun {
+  /** Frames timed (all received and checked). */
+  readonly frames: number;
+  /** Bytes of those frames. */
+  readonly bytes: number;
+  /** Nanoseconds they took. */
+  readonly ns: number;
+  /** MMIO exits of both NICs during the timed part (0 without virtio). */
+  readonly exits: number;
+  /** Interrupts both guests took during the timed part (0 without virtio). */
+  readonly irqs: number;
+}
+
+/** A path the bench measures. */
+export type NetPath = "virtio" | "switch" | "veth" | "channel";
+
+/** A frame from A to B with EtherType 0x88b5 (local experimental); bytes 14..17 carry `seq`. */
+function makeFrame(size: number): Uint8Array {
+  const f = new Uint8Array(size);
+  f.set(MAC_B, 0);
+  f.set(MAC_A, 6);
+  f[12] = 0x88;
+  f[13] = 0xb5;
+  for (let i = 18; i < size; i++) f[i] = i & 0xff;
+  return f;
+}
+
+const setSeq = (f: Uint8Array, seq: number) => {
+  f[14] = seq >>> 24;
+  f[15] = (seq >>> 16) & 0xff;
+  f[16] = (seq >>> 8) & 0xff;
+  f[17] = seq & 0xff;
+};
+const getSeq = (f: Uint8Array) => ((f[14]! << 24) | (f[15]! << 16) | (f[16]! << 8) | f[17]!) >>> 0;
+
+/** A guest whose interrupt line only latches; the bench loop runs the handler between batches. */
+interface BenchGuest {
+  readonly driver: NetDriver;
+  readonly mmio: MmioDevice;
+  pending: boolean;
+  irqs: number;
+}
+
+function guest(backend: NetBackend, mac: Uint8Array): BenchGuest {
+  const memory = createGuestMemory({ size: 0x400000 });
+  const model = new NetDevice(backend, { mac, queueSize: NET_QUEUE });
+  const g = { pending: false, irqs: 0 } as { -readonly [K in keyof BenchGuest]: BenchGuest[K] };
+  g.mmio = new MmioDevice(model, {
+    memory,
+    interrupt: () => {
+      g.pending = true;
+    },
+  });
+  const mmio = g.mmio;
+  const transport = new MmioDriverTransport({
+    read: (off, size) => mmio.read(off, size),
+    write: (off, size, v) => mmio.write(off, size, v),
+  });
+  g.driver = new NetDriver(transport, memory, new SlabAllocator(0x100000, 2048, 1024), {
+    ringBase: 0x10000,
+    queueSize: NET_QUEUE,
+  });
+  return g;
+}
+
+/** Run the interrupt handler if the line is up (level-triggered: one run per raise). */
+function service(g: BenchGuest): void {
+  if (!g.pending) return;
+  g.pending = false;
+  g.irqs++;
+  g.driver.onInterrupt();
+}
+
+function fail(path: NetPath, got: number, want: number): never {
+  throw new Error(`${path}: frame ${want} arrived as ${got} (lost or reordered)`);
+}
+
+/**
+ * A -> B through virtio-net on both sides and the switch between them, one thread: A posts up to
+ * {@link NET_BATCH} frames with `trySend` (each kicks; the device transmits inside the exit, the
+ * switch forwards, B's device copies into B's receive buffers), then B's and A's interrupt
+ * handlers run if their lines are up, and B takes every received frame with `tryReceive`.
+ */
+function runVirtio(size: number, n: number, warm: number): NetRun {
+  const sw = new Switch();
+  const a = guest(sw.createPort({ name: "a" }), MAC_A);
+  const b = guest(sw.createPort({ name: "b" }), MAC_B);
+  // B speaks once so the switch learns it: the measured frames are known unicast, not floods.
+  const hello = makeFrame(60);
+  hello.set(MAC_A, 0);
+  hello.set(MAC_B, 6);
+  b.driver.trySend(hello);
+  service(a);
+  while (a.driver.tryReceive() !== undefined);
+  service(b);
+  if (!hasFeature(a.driver.features, Feature.RING_PACKED)) {
+    throw new Error(
+      "virtio: expected the packed ring to be negotiated (the bench's label says so)",
+    );
+  }
+  const frame = makeFrame(size);
+  const total = warm + n;
+  let sent = 0;
+  let received = 0;
+  let bytes = 0;
+  let t0 = 0n;
+  let exits0 = 0;
+  let irqs0 = 0;
+  let idle = 0;
+  if (warm === 0) t0 = process.hrtime.bigint();
+  while (received < total) {
+    let k = 0;
+    while (k < NET_BATCH && sent < total) {
+      setSeq(frame, sent);
+      if (!a.driver.trySend(frame)) break;
+      sent++;
+      k++;
+    }
+    service(b);
+    let got = 0;
+    for (let f = b.driver.tryReceive(); f !== undefined; f = b.driver.tryReceive()) {
+      const seq = getSeq(f);
+      if (seq !== received || f.length !== size) fail("virtio", seq, received);
+      received++;
+      got++;
+      if (received > warm) bytes += f.length;
+      else if (received === warm) {
+        t0 = process.hrtime.bigint();
+        exits0 = a.mmio.exits + b.mmio.exits;
+        irqs0 = a.irqs + b.irqs;
+      }
+    }
+    service(a);
+    if (k === 0 && got === 0) {
+      // Nothing moved: reap by polling, as a driver with interrupts off would; give up if stuck.
+      a.driver.poll();
+      b.driver.poll();
+      if (++idle > 1000) throw new Error(`virtio: stuck after ${received} of ${total} frames`);
+    } else {
+      idle = 0;
+    }
+  }
+  const ns = Number(process.hrtime.bigint() - t0);
+  return {
+    frames: n,
+    bytes,
+    ns,
+    exits: a.mmio.exits + b.mmio.exits - exits0,
+    irqs: a.irqs + b.irqs - irqs0,
+  };
+}
+
+/**
+ * A -> B without virtio: `transmit` on one end, and a sink on the other that checks the
+ * sequence number and copies the frame into a receive buffer, as a device copies into guest
+ * memory.
+ */
+function runBackend(path: "switch" | "veth", size: number, n: number, warm: number): NetRun {
+  let tx: NetBackend;
+  let rx: NetBackend;
+  if (path === "switch") {
+    const sw = new Switch();
+    tx = sw.createPort();
+    rx = sw.createPort();
+    const hello = makeFrame(60);
+    hello.set(MAC_A, 0);
+    hello.set(MAC_B, 6);
+    rx.transmit(hello); // learn B
+  } else {
+    const pair = new VethPair();
+    tx = pair.a;
+    rx = pair.b;
+  }
+  const buffer = new Uint8Array(2048);
+  let received = 0;
+  rx.attach({
+    deliver(f) {
+      const seq = getSeq(f);
+      if (seq !== received) fail(path, seq, received);
+      buffer.set(f);
+      received++;
+      return true;
+    },
+  });
+  const frame = makeFrame(size);
+  let t0 = process.hrtime.bigint();
+  for (let i = 0; i < warm + n; i++) {
+    if (i === warm) t0 = process.hrtime.bigint();
+    setSeq(frame, i);
+    tx.transmit(frame);
+  }
+  const ns = Number(process.hrtime.bigint() - t0);
+  if (received !== warm + n) fail(path, received, warm + n);
+  return { frames: n, bytes: n * size, ns, exits: 0, irqs: 0 };
+}
+
+/**
+ * A -> B through a MessageChannel in this thread: `port1.postMessage(frame)` (structured clone:
+ * a copy of the bytes) in windows of {@link NET_MC_WINDOW}; the sender waits until port2's
+ * listener has had the whole window, then posts the next.
+ */
+async function runChannel(size: number, n: number, warm: number): Promise<NetRun> {
+  const { port1, port2 } = new MessageChannel();
+  let received = 0;
+  let target = 0;
+  let wake: (() => void) | undefined;
+  let t0 = 0n;
+  port2.on("message", (f: Uint8Array) => {
+    const seq = getSeq(f);
+    if (seq !== received) fail("channel", seq, received);
+    received++;
+    if (received === warm) t0 = process.hrtime.bigint();
+    if (received === target) wake?.();
+  });
+  const frame = makeFrame(size);
+  const total = warm + n;
+  if (warm === 0) t0 = process.hrtime.bigint();
+  let sent = 0;
+  while (sent < total) {
+    target = Math.min(total, sent + NET_MC_WINDOW);
+    const arrived = new Promise<void>((r) => {
+      wake = r;
+    });
+    while (sent < target) {
+      setSeq(frame, sent++);
+      port1.postMessage(frame);
+    }
+    await arrived;
+  }
+  const ns = Number(process.hrtime.bigint() - t0);
+  port1.close();
+  port2.close();
+  return { frames: n, bytes: n * size, ns, exits: 0, irqs: 0 };
+}
+
+const perSecond = (r: NetRun) => r.frames / (r.ns / 1e9);
+const gbits = (r: NetRun) => (r.bytes * 8) / r.ns;
+
+function median(runs: NetRun[]): NetRun {
+  const sorted = [...runs].sort((x, y) => perSecond(x) - perSecond(y));
+  return sorted[Math.floor(sorted.length / 2)]!;
+}
+
+/** One printed row: a frame size and a path with its median run. */
+export interface NetBenchRow {
+  /** Frame size in bytes. */
+  readonly size: number;
+  /** The path. */
+  readonly path: NetPath;
+  /** Its median run. */
+  readonly run: NetRun;
+}
+
+const LABEL: Record<NetPath, string> = {
+  virtio: "virtio-net A -> switch -> B",
+  switch: "Switch only (no virtio)",
+  veth: "VethPair only (no virtio)",
+  channel: "MessageChannel postMessage",
+};
+
+/**
+ * The `net` bench: frames/s and Gbit/s of 64 B and 1500 B frames from NIC A to NIC B through
+ * the switch, beside the baselines measured in the same run (the four paths alternate within
+ * each repetition), median of `reps` by frames/s.
+ * @param quick - a tenth of the frames
+ * @param reps - runs per path and size
+ * @returns the rows it printed
+ */
+export async function netBench(quick: boolean, reps: number): Promise<NetBenchRow[]> {
+  const frames = (size: number) => (quick ? 0.1 : 1) * (size <= 64 ? 200_000 : 100_000);
+  console.log(
+    `virtio-net frames A -> B, one thread: NetDriver.trySend -> MMIO -> NetDevice tx -> Switch -> ` +
+      `NetDevice rx -> NetDriver.tryReceive (queue ${NET_QUEUE}, packed ring and EVENT_IDX negotiated, batches of up ` +
+      `to ${NET_BATCH} frames between interrupt handler runs), vs the same frames through a bare Switch, ` +
+      `a bare VethPair (sink copies each frame into a buffer) and a MessageChannel (postMessage of the ` +
+      `Uint8Array: a structured-clone copy; windows of ${NET_MC_WINDOW}); Gbit/s counts frame bytes; ` +
+      `first fifth warm-up; median of ${reps}`,
+  );
+  const rows: NetBenchRow[] = [];
+  // Warm every path's code at both sizes first, so the first measured case is not also the
+  // one that pays for compilation.
+  for (const size of NET_FRAME_SIZES) {
+    runVirtio(size, 20_000, 0);
+    runBackend("switch", size, 20_000, 0);
+    runBackend("veth", size, 20_000, 0);
+    await runChannel(size, 20_000, 0);
+  }
+  for (const size of NET_FRAME_SIZES) {
+    const n = frames(size);
+    const warm = Math.floor(n / 5);
+    const runs: Record<NetPath, NetRun[]> = { virtio: [], switch: [], veth: [], channel: [] };
+    for (let i = 0; i < reps; i++) {
+      runs.virtio.push(runVirtio(size, n, warm));
+      runs.switch.push(runBackend("switch", size, n, warm));
+      runs.veth.push(runBackend("veth", size, n, warm));
+      runs.channel.push(await runChannel(size, n, warm));
+    }
+    for (const path of ["virtio", "switch", "veth", "channel"] as const) {
+      rows.push({ size, path, run: median(runs[path]) });
+    }
+  }
+  const cell = (s: string, w: number, left = false) => (left ? s.padEnd(w) : s.padStart(w));
+  console.log(
+    `${cell("", 6, true)}  ${cell("path", 28, true)}  ${cell("frames/s", 10)}  ${cell("Gbit/s", 7)}  ` +
+      `${cell("virtio/this", 11)}  ${cell("exits/frame", 11)}  ${cell("irqs/frame", 10)}`,
+  );
+  for (const row of rows) {
+    const v = rows.find((r) => r.size === row.size && r.path === "virtio")!.run;
+    const r = row.run;
+    const virtio = row.path === "virtio";
+    console.log(
+      `${cell(`${row.size} B`, 6, true)}  ${cell(LABEL[row.path], 28, true)}  ` +
+        `${cell(`${(perSecond(r) / 1e6).toFixed(3)} M`, 10)}  ${cell(gbits(r).toFixed(2), 7)}  ` +
+        `${cell((perSecond(v) / perSecond(r)).toFixed(3), 11)}  ` +
+        `${cell(virtio ? (r.exits / r.frames).toFixed(2) : "-", 11)}  ` +
+        `${cell(virtio ? (r.irqs / r.frames).toFixed(3) : "-", 10)}`,
+    );
+  }
+  return rows;
+}
