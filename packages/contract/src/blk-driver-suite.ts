@@ -1,0 +1,621 @@
+/**
+ * "any virtio-blk driver": checks a third-party virtio-blk driver against our BlkDevice over
+ * a MemoryDisk, behind a recording register bus and a model wrapper that watches every request
+ * and can complete requests out of order.
+ * @module
+ */
+import { MemoryDisk } from "@virtio-ts/backend-disk";
+import { BackendError, BlkDevice, type BlockBackend } from "@virtio-ts/devices";
+import { createGuestMemory, type GuestMemory, VirtioError } from "@virtio-ts/memory";
+import {
+  BLK_SECTOR_SIZE,
+  BlkConfig,
+  BlkFeature,
+  BlkOutHdr,
+  BlkRequestType,
+  DeviceStatus,
+  hasFeature,
+  MmioReg,
+} from "@virtio-ts/spec";
+import {
+  type DeviceContext,
+  type MmioBus,
+  MmioDevice,
+  MmioDriverTransport,
+  RateLimitedLog,
+} from "@virtio-ts/transport";
+import type { DescriptorChain } from "@virtio-ts/virtqueue";
+import { pattern, testImage } from "./blk-rig.js";
+import {
+  type ContractCheck,
+  type ContractSuite,
+  ContractViolation,
+  expectEqual,
+  expectThat,
+} from "./contract.js";
+import { TapModel } from "./tap.js";
+import { MAX_TURNS, macrotask } from "./wait.js";
+
+/** A range of guest-physical memory. */
+export interface GuestRegion {
+  /** First guest address of the range. */
+  readonly base: number;
+  /** Length of the range in bytes. */
+  readonly size: number;
+}
+
+/** Guest memory the suite gives a driver under test. */
+export interface BlkDriverEnv {
+  /**
+   * The device's registers as the suite's recording bus exposes them (the same bus `transport`
+   * uses), for a driver that brings its own virtio-mmio code.
+   */
+  readonly bus: MmioBus;
+  /**
+   * Guest memory the driver may use for rings, headers and buffers: `[base, base + size)`,
+   * 4096-aligned. Nothing else in `memory` belongs to the driver.
+   */
+  readonly region: GuestRegion;
+}
+
+/**
+ * How the "any virtio-blk driver" suite reaches a third-party driver.
+ *
+ * Implementer contract: `attach` is called once per check with a fresh, reset device and
+ * replaces any earlier attachment; it initialises the device (§3.1.1) through `transport`
+ * (or `env.bus`) and returns when the driver is ready. `read`, `write` and `flush` start a
+ * request and settle when the device has completed it, rejecting on a device error. The suite
+ * runs the device and calls `interrupt` whenever the device's interrupt line is asserted, as a
+ * guest interrupt handler would run; the driver must not wait for anything else.
+ */
+export interface BlkDriverAdapter {
+  /** Initialise the device behind `transport` and get ready for requests. */
+  attach(
+    transport: MmioDriverTransport,
+    memory: GuestMemory,
+    env: BlkDriverEnv,
+  ): Promise<void> | void;
+  /** Read `length` bytes (a multiple of 512) from `sector`. */
+  read(sector: number, length: number): Promise<Uint8Array>;
+  /** Write `data` (a multiple of 512 bytes) at `sector`. */
+  write(sector: number, data: Uint8Array): Promise<void>;
+  /** Flush the device's write cache (VIRTIO_BLK_T_FLUSH). */
+  flush(): Promise<void>;
+  /** The interrupt handler: take the interrupt and reap completions. */
+  interrupt(): void;
+}
+
+/** Disk size used by the suite, in sectors. */
+const SECTORS = 512;
+const MEM_SIZE = 0x800000;
+const REGION = { base: 0x100000, size: 0x700000 } as const;
+
+/** A rule a driver broke, found by the recording bus or the request tap. */
+interface Violation {
+  readonly kind: "init" | "features" | "layout" | "limits" | "capacity";
+  readonly spec: string;
+  readonly detail: string;
+}
+
+/** One register access of the driver, as the recording bus saw it. */
+type BusEvent =
+  | { readonly e: "status-write"; readonly v: number }
+  | { readonly e: "status-read"; readonly v: number }
+  | { readonly e: "driver-features"; readonly sel: number; readonly v: number }
+  | { readonly e: "queue-ready" }
+  | { readonly e: "notify" };
+
+/** A back-end that fails reads and writes touching one sector (to provoke IOERR). */
+class FaultyDisk implements BlockBackend {
+  constructor(
+    readonly disk: MemoryDisk,
+    readonly badSector: number,
+  ) {}
+  get capacity(): number {
+    return this.disk.capacity;
+  }
+  get blockSize(): number {
+    return this.disk.blockSize;
+  }
+  get readOnly(): boolean {
+    return this.disk.readOnly;
+  }
+  #hits(sector: number, iov: readonly Uint8Array[]): boolean {
+    let n = 0;
+    for (const v of iov) n += v.length;
+    return sector <= this.badSector && this.badSector < sector + n / BLK_SECTOR_SIZE;
+  }
+  read(sector: number, iov: readonly Uint8Array[]): Promise<void> {
+    if (this.#hits(sector, iov)) return Promise.reject(new BackendError("io", "bad sector"));
+    return this.disk.read(sector, iov);
+  }
+  write(sector: number, iov: readonly Uint8Array[]): Promise<void> {
+    if (this.#hits(sector, iov)) return Promise.reject(new BackendError("io", "bad sector"));
+    return this.disk.write(sector, iov);
+  }
+  flush(): Promise<void> {
+    return this.disk.flush();
+  }
+  discard(sector: number, count: number): Promise<void> {
+    return this.disk.discard(sector, count);
+  }
+  writeZeroes(sector: number, count: number, unmap: boolean): Promise<void> {
+    return this.disk.writeZeroes(sector, count, unmap);
+  }
+}
+
+/** The device side fault the NEEDS_RESET check injects. */
+class InjectedFault extends VirtioError {
+  readonly code = "contract-injected-fault";
+}
+
+interface RigOptions {
+  readonly sizeMax?: number;
+  readonly segMax?: number;
+  readonly badSector?: number;
+}
+
+/** Our device, instrumented, with the driver under test attached. */
+class DriverRig {
+  readonly memory = createGuestMemory({ size: MEM_SIZE });
+  readonly disk: MemoryDisk;
+  readonly blk: BlkDevice;
+  readonly tap: TapModel;
+  readonly device: MmioDevice;
+  readonly events: BusEvent[] = [];
+  readonly violations: Violation[] = [];
+  readonly bus: MmioBus;
+  readonly adapter: BlkDriverAdapter;
+  /** Requests seen by type. */
+  readonly seen = new Map<number, number>();
+  #driverFeatures = [0, 0, 0, 0];
+  #featSel = 0;
+  #repaired = false;
+
+  constructor(adapter: BlkDriverAdapter, o: RigOptions) {
+    this.adapter = adapter;
+    this.disk = new MemoryDisk(testImage(SECTORS));
+    const backend = o.badSector === undefined ? this.disk : new FaultyDisk(this.disk, o.badSector);
+    this.blk = new BlkDevice(backend, {
+      queueSize: 128,
+      serial: "contract",
+      sizeMax: o.sizeMax ?? 1 << 20,
+    });
+    this.tap = new TapModel(this.blk, {
+      onPop: (_i, chain, ctx) => this.#inspect(chain, ctx),
+      readConfig: (offset, size, v) =>
+        offset === BlkConfig.SEG_MAX && size === 4 && o.segMax !== undefined ? o.segMax : v,
+    });
+    this.device = new MmioDevice(this.tap, {
+      memory: this.memory,
+      log: new RateLimitedLog({ sink: () => {} }),
+    });
+    const dev = this.device;
+    this.bus = {
+      read: (offset, size) => {
+        const v = dev.read(offset, size);
+        if (offset === MmioReg.STATUS) this.events.push({ e: "status-read", v });
+        return v;
+      },
+      write: (offset, size, value) => this.#write(offset, size, value),
+    };
+  }
+
+  #write(offset: number, size: 1 | 2 | 4, value: number): void {
+    const dev = this.device;
+    let v = value >>> 0;
+    switch (offset) {
+      case MmioReg.STATUS:
+        this.events.push({ e: "status-write", v });
+        if (v === 0) this.#repaired = false;
+        else if (this.#repaired) v |= DeviceStatus.FEATURES_OK;
+        else if ((v & DeviceStatus.DRIVER_OK) !== 0) this.#repair();
+        break;
+      case MmioReg.DRIVER_FEATURES_SEL:
+        this.#featSel = v;
+        break;
+      case MmioReg.DRIVER_FEATURES:
+        this.events.push({ e: "driver-features", sel: this.#featSel, v });
+        if (this.#featSel < 4) this.#driverFeatures[this.#featSel] = v;
+        break;
+      case MmioReg.QUEUE_READY:
+        if (v !== 0) {
+          this.events.push({ e: "queue-ready" });
+          this.#repair();
+        }
+        break;
+      case MmioReg.QUEUE_NOTIFY:
+        this.events.push({ e: "notify" });
+        break;
+    }
+    dev.write(offset, size, v);
+  }
+
+  /**
+   * A driver that skipped FEATURES_OK: the init check reports it; set FEATURES_OK on its behalf
+   * so the other checks can still measure the rest of the driver.
+   */
+  #repair(): void {
+    const s = this.device.core.status;
+    if ((s & DeviceStatus.DRIVER) !== 0 && (s & DeviceStatus.FEATURES_OK) === 0) {
+      this.#repaired = true;
+      this.device.write(MmioReg.STATUS, 4, s | DeviceStatus.FEATURES_OK);
+    }
+  }
+
+  get acceptedFeatures(): bigint {
+    let f = 0n;
+    for (let i = 0; i < 4; i++) f |= BigInt(this.#driverFeatures[i]! >>> 0) << BigInt(32 * i);
+    return f;
+  }
+
+  #v(kind: Violation["kind"], spec: string, detail: string): void {
+    this.violations.push({ kind, spec, detail });
+  }
+
+  /** Check one request chain the driver made available. */
+  #inspect(chain: DescriptorChain, ctx: DeviceContext): void {
+    const f = ctx.features;
+    if (chain.readableBytes < BlkOutHdr.SIZE) {
+      this.#v("layout", "§5.2.6", `header of ${chain.readableBytes} readable bytes (16 required)`);
+      return;
+    }
+    if (chain.writableBytes < 1) {
+      this.#v("layout", "§5.2.6", "no device-writable status byte at the end");
+      return;
+    }
+    const h = new Uint8Array(BlkOutHdr.SIZE);
+    chain.copyFromReadable(ctx.memory, 0, h);
+    const dv = new DataView(h.buffer);
+    const type = dv.getUint32(BlkOutHdr.TYPE, true);
+    const sector = dv.getBigUint64(BlkOutHdr.SECTOR, true);
+    this.seen.set(type, (this.seen.get(type) ?? 0) + 1);
+    const readData = chain.readableBytes - BlkOutHdr.SIZE;
+    const writeData = chain.writableBytes - 1;
+    let data = 0;
+    switch (type) {
+      case BlkRequestType.IN:
+        data = writeData;
+        if (readData !== 0) this.#v("layout", "§5.2.6", `IN with ${readData} readable data bytes`);
+        break;
+      case BlkRequestType.OUT:
+        data = readData;
+        if (writeData !== 0)
+          this.#v("layout", "§5.2.6", `OUT with ${writeData} writable data bytes`);
+        break;
+      case BlkRequestType.FLUSH:
+        if (readData !== 0 || writeData !== 0) {
+          this.#v("layout", "§5.2.6", `FLUSH with ${readData + writeData} data bytes`);
+        }
+        if (sector !== 0n) this.#v("layout", "§5.2.6.1", `FLUSH with sector ${sector} (must be 0)`);
+        break;
+      case BlkRequestType.GET_ID:
+        break;
+      default:
+        this.#v("layout", "§5.2.6.1", `request type ${type}`);
+    }
+    if (type === BlkRequestType.IN || type === BlkRequestType.OUT) {
+      if (data === 0 || data % BLK_SECTOR_SIZE !== 0) {
+        this.#v(
+          "layout",
+          "§5.2.6.1",
+          `${type === 0 ? "IN" : "OUT"} of ${data} bytes (a positive multiple of 512)`,
+        );
+      }
+      const end = sector + BigInt(Math.ceil(data / BLK_SECTOR_SIZE));
+      if (end > BigInt(SECTORS)) {
+        this.#v(
+          "capacity",
+          "§5.2.6.1",
+          `request of sectors [${sector}, ${end}) on a ${SECTORS}-sector disk`,
+        );
+      }
+      // Data descriptors: everything but the descriptors holding the header and the status.
+      let hdrDescs = 0;
+      for (let covered = 0; covered < BlkOutHdr.SIZE; hdrDescs++) covered += chain.lens[hdrDescs]!;
+      const statusAlone = chain.lens[chain.count - 1] === 1 ? 1 : 0;
+      const segs = chain.count - hdrDescs - statusAlone;
+      if (hasFeature(f, BlkFeature.SEG_MAX)) {
+        const max = this.device.core.readConfig(BlkConfig.SEG_MAX, 4);
+        if (segs > max) this.#v("limits", "§5.2.5", `${segs} data segments with seg_max ${max}`);
+      }
+      if (hasFeature(f, BlkFeature.SIZE_MAX)) {
+        const max = this.device.core.readConfig(BlkConfig.SIZE_MAX, 4);
+        for (let i = 0; i < chain.count; i++) {
+          if (chain.lens[i]! > max) {
+            this.#v("limits", "§5.2.5", `a ${chain.lens[i]}-byte segment with size_max ${max}`);
+          }
+        }
+      }
+    }
+  }
+
+  async attach(): Promise<void> {
+    const transport = new MmioDriverTransport(this.bus);
+    await this.adapter.attach(transport, this.memory, { bus: this.bus, region: REGION });
+  }
+
+  /** Run the device and the driver's interrupt handler until `p` settles (bounded). */
+  async settle<T>(p: Promise<T>, what: string): Promise<T> {
+    let done = false;
+    const tracked = p.finally(() => {
+      done = true;
+    });
+    tracked.catch(() => {});
+    for (let i = 0; i < MAX_TURNS && !done; i++) {
+      await this.blk.whenIdle();
+      this.tap.release();
+      if (this.device.core.interruptStatus !== 0) this.adapter.interrupt();
+      await macrotask();
+    }
+    if (!done)
+      throw new ContractViolation(`${what}: the driver's promise`, "settled", "still pending");
+    return tracked;
+  }
+
+  /** Fail with the first recorded violation of `kind`. */
+  expectNone(kind: Violation["kind"]): void {
+    const v = this.violations.find((x) => x.kind === kind);
+    if (v !== undefined)
+      throw new ContractViolation(`request rule (${v.spec})`, "no violation", v.detail, v.spec);
+  }
+}
+
+async function rig(adapter: BlkDriverAdapter, o: RigOptions = {}): Promise<DriverRig> {
+  const r = new DriverRig(adapter, o);
+  try {
+    await r.attach();
+  } catch (e) {
+    throw new ContractViolation(
+      "attach",
+      "the driver initialises the device",
+      e instanceof Error ? `${e.name}: ${e.message}` : String(e),
+    );
+  }
+  return r;
+}
+
+async function rejects(p: Promise<unknown>, r: DriverRig, what: string): Promise<unknown> {
+  try {
+    await r.settle(p, what);
+  } catch (e) {
+    if (e instanceof ContractViolation && e.seen === "still pending") throw e;
+    return e;
+  }
+  throw new ContractViolation(what, "a rejected promise", "resolved");
+}
+
+/** Check the §3.1.1 order in the recorded register accesses of `attach`. */
+function checkInit(events: readonly BusEvent[]): void {
+  const S = DeviceStatus;
+  const fail = (step: string, seen: string): never => {
+    throw new ContractViolation(`initialisation step ${step}`, "the §3.1.1 order", seen, "§3.1.1");
+  };
+  const first = events.find((e) => e.e === "status-write");
+  if (first === undefined || first.e !== "status-write" || first.v !== 0) {
+    fail(
+      "1 (reset: write 0 to status first)",
+      first === undefined
+        ? "no status write"
+        : `first status write 0x${(first as { v: number }).v.toString(16)}`,
+    );
+  }
+  const order = [S.ACKNOWLEDGE, S.DRIVER, S.FEATURES_OK, S.DRIVER_OK];
+  const names = ["ACKNOWLEDGE", "DRIVER", "FEATURES_OK", "DRIVER_OK"];
+  let status = 0;
+  let featuresOkAt = -1;
+  let reread = false;
+  for (let i = 0; i < events.length; i++) {
+    const e = events[i]!;
+    if (e.e === "status-write") {
+      if (e.v === 0) {
+        status = 0;
+        featuresOkAt = -1;
+        reread = false;
+        continue;
+      }
+      if ((status & ~e.v) !== 0)
+        fail(
+          "(never clear a status bit, §2.1.1)",
+          `0x${e.v.toString(16)} after 0x${status.toString(16)}`,
+        );
+      const added = e.v & ~status;
+      for (let k = 0; k < order.length; k++) {
+        if ((added & order[k]!) === 0) continue;
+        for (let j = 0; j < k; j++) {
+          if (((status | added) & order[j]!) === 0)
+            fail(`${k + 2} (${names[k]} after ${names[j]})`, `${names[k]} set without ${names[j]}`);
+        }
+      }
+      if ((added & S.FEATURES_OK) !== 0) featuresOkAt = i;
+      if ((added & S.DRIVER_OK) !== 0 && !reread) {
+        fail(
+          "6 (re-read status after FEATURES_OK)",
+          "DRIVER_OK without a status read after FEATURES_OK",
+        );
+      }
+      status = e.v;
+    } else if (e.e === "status-read") {
+      if (featuresOkAt >= 0) reread = true;
+    } else if (e.e === "driver-features") {
+      if ((status & S.DRIVER) === 0 || (status & S.FEATURES_OK) !== 0) {
+        fail(
+          "4 (write features after DRIVER, before FEATURES_OK)",
+          `DriverFeatures written with status 0x${status.toString(16)}`,
+        );
+      }
+    } else if (e.e === "queue-ready") {
+      if ((status & S.FEATURES_OK) === 0 || !reread)
+        fail(
+          "7 (queues after FEATURES_OK is confirmed)",
+          `QueueReady with status 0x${status.toString(16)}`,
+        );
+      if ((status & S.DRIVER_OK) !== 0)
+        fail("7 (queues before DRIVER_OK)", "QueueReady after DRIVER_OK");
+    } else if (e.e === "notify" && (status & S.DRIVER_OK) === 0) {
+      fail(
+        "8 (no notification before DRIVER_OK)",
+        `QueueNotify with status 0x${status.toString(16)}`,
+      );
+    }
+  }
+  if ((status & S.DRIVER_OK) === 0) fail("8 (DRIVER_OK)", `final status 0x${status.toString(16)}`);
+}
+
+const checks: ContractCheck<BlkDriverAdapter>[] = [
+  {
+    name: "initialises the device in the order of §3.1.1",
+    spec: "§3.1.1",
+    async run({ adapter }) {
+      const r = await rig(adapter);
+      checkInit(r.events);
+    },
+  },
+  {
+    name: "accepts only features the device offered",
+    spec: "§2.2.1, §3.1.1",
+    async run({ adapter }) {
+      const r = await rig(adapter);
+      const offered = r.device.core.offeredFeatures;
+      const extra = r.acceptedFeatures & ~offered;
+      expectEqual("accepted features the device did not offer", extra, 0n);
+    },
+  },
+  {
+    name: "reads the disk and writes data that reads back",
+    spec: "§5.2.6",
+    async run({ adapter }) {
+      const r = await rig(adapter);
+      const got = await r.settle(adapter.read(10, 4096), "read");
+      expectEqual("data read at sector 10", got, testImage(SECTORS).subarray(10 * 512, 18 * 512));
+      const data = pattern(8192, 21);
+      await r.settle(adapter.write(100, data), "write");
+      expectEqual("disk contents after the write", r.disk.bytes.slice(100 * 512, 116 * 512), data);
+      expectEqual("data read back", await r.settle(adapter.read(100, 8192), "read back"), data);
+      await r.settle(adapter.flush(), "flush");
+      expectThat(
+        "a FLUSH request on the ring",
+        (r.seen.get(BlkRequestType.FLUSH) ?? 0) > 0,
+        "seen",
+        "not seen",
+      );
+    },
+  },
+  {
+    name: "lays out requests as a 16-byte header, the data and a final status byte",
+    spec: "§5.2.6, §5.2.6.1",
+    async run({ adapter }) {
+      const r = await rig(adapter);
+      await r.settle(
+        Promise.all([
+          adapter.read(0, 512),
+          adapter.read(7, 12288),
+          adapter.write(40, pattern(2048, 2)),
+          adapter.flush(),
+        ]),
+        "requests",
+      );
+      expectThat("requests on the ring", r.seen.size > 0, "some", "none");
+      r.expectNone("layout");
+    },
+  },
+  {
+    name: "respects seg_max and size_max",
+    spec: "§5.2.5",
+    async run({ adapter }) {
+      const r = await rig(adapter, { sizeMax: 1024, segMax: 3 });
+      const data = pattern(65536, 5);
+      await r.settle(adapter.write(64, data), "a 64 KiB write");
+      const back = await r.settle(adapter.read(64, 65536), "a 64 KiB read");
+      expectEqual("64 KiB read back through small segments", back, data);
+      r.expectNone("limits");
+    },
+  },
+  {
+    name: "never submits a request beyond capacity",
+    spec: "§5.2.6.1",
+    async run({ adapter }) {
+      const r = await rig(adapter);
+      let p: Promise<unknown>;
+      try {
+        p = adapter.read(SECTORS - 1, 1024);
+      } catch (e) {
+        p = Promise.reject(e);
+      }
+      await rejects(
+        p,
+        r,
+        `a read of sectors [${SECTORS - 1}, ${SECTORS + 1}) on a ${SECTORS}-sector disk`,
+      );
+      try {
+        p = adapter.write(SECTORS, pattern(512, 1));
+      } catch (e) {
+        p = Promise.reject(e);
+      }
+      await rejects(p, r, `a write at sector ${SECTORS} on a ${SECTORS}-sector disk`);
+      r.expectNone("capacity");
+    },
+  },
+  {
+    name: "tolerates completions in any order",
+    spec: "§5.2.6, §2.7.8",
+    async run({ adapter }) {
+      const r = await rig(adapter);
+      r.tap.hold = true;
+      const img = testImage(SECTORS);
+      const reads = Array.from({ length: 12 }, (_, i) => adapter.read(i * 16, 512 * (1 + (i % 4))));
+      const got = await r.settle(Promise.all(reads), "12 reads completed newest first");
+      got.forEach((g, i) => {
+        expectEqual(
+          `read ${i} (completed out of order)`,
+          g,
+          img.subarray(i * 16 * 512, (i * 16 + 1 + (i % 4)) * 512),
+        );
+      });
+    },
+  },
+  {
+    name: "surfaces IOERR as an error and keeps working",
+    spec: "§5.2.6",
+    async run({ adapter }) {
+      const r = await rig(adapter, { badSector: 33 });
+      await rejects(adapter.read(32, 1024), r, "a read the device fails with IOERR");
+      await rejects(adapter.write(33, pattern(512, 3)), r, "a write the device fails with IOERR");
+      const ok = await r.settle(adapter.read(40, 512), "a later read");
+      expectEqual("a later read", ok, testImage(SECTORS).subarray(40 * 512, 41 * 512));
+    },
+  },
+  {
+    name: "notices DEVICE_NEEDS_RESET instead of waiting forever",
+    spec: "§2.1.2, §2.1.1",
+    async run({ adapter }) {
+      const r = await rig(adapter);
+      r.tap.hold = true;
+      const inFlight = adapter.read(0, 512);
+      await r.blk.whenIdle();
+      r.device.core.fail(new InjectedFault("the contract suite injected a device failure"));
+      await rejects(inFlight, r, "a request in flight when the device set DEVICE_NEEDS_RESET");
+      let later: Promise<unknown>;
+      try {
+        later = adapter.read(8, 512);
+      } catch (e) {
+        later = Promise.reject(e);
+      }
+      await rejects(later, r, "a request after DEVICE_NEEDS_RESET");
+    },
+  },
+];
+
+/**
+ * The "any virtio-blk driver" suite (VIRTIO 1.3 §3.1.1, §5.2): the initialisation order and
+ * feature acceptance, request layout, seg_max / size_max and capacity limits, data integrity,
+ * out-of-order completions, IOERR and DEVICE_NEEDS_RESET handling. The device is our `BlkDevice`
+ * over a `MemoryDisk`, behind a recording bus and a request tap.
+ *
+ * If a driver skips FEATURES_OK, the recording bus sets it on the driver's behalf after
+ * reporting it, so the other checks still measure the rest of the driver.
+ */
+export const blkDriverSuite: ContractSuite<BlkDriverAdapter> = {
+  name: "any virtio-blk driver",
+  checks,
+};

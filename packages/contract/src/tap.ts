@@ -1,0 +1,200 @@
+/**
+ * A {@link DeviceModel} wrapper that lets a suite watch and perturb what a device model does
+ * with its queues: every popped chain is shown to `onPop`, and used buffers may be held back
+ * and released later in another order (internal).
+ * @module
+ */
+import type { VirtioError } from "@virtio-ts/memory";
+import type { DeviceContext, DeviceModel, NotificationData } from "@virtio-ts/transport";
+import type { DescriptorChain, DeviceQueue, QueueState } from "@virtio-ts/virtqueue";
+
+/** Hooks of a {@link TapModel}. */
+export interface TapHooks {
+  /** Called with every chain the model popped, before the model sees it. */
+  onPop?(index: number, chain: DescriptorChain, ctx: DeviceContext): void;
+  /** Rewrite a configuration read of the model. */
+  readConfig?(offset: number, size: 1 | 2 | 4, value: number): number;
+}
+
+class TapQueue implements DeviceQueue {
+  readonly held: [number, number][] = [];
+  hold = false;
+  constructor(
+    readonly q: DeviceQueue,
+    readonly index: number,
+    readonly tap: TapContext,
+  ) {}
+  get size(): number {
+    return this.q.size;
+  }
+  pop(chain: DescriptorChain): boolean {
+    if (!this.q.pop(chain)) return false;
+    this.tap.hooks.onPop?.(this.index, chain, this.tap.ctx);
+    return true;
+  }
+  push(head: number, written: number): void {
+    if (this.hold) this.held.push([head, written]);
+    else this.q.push(head, written);
+  }
+  pushBatch(count: number, written: number): void {
+    this.q.pushBatch(count, written);
+  }
+  needsInterrupt(): boolean {
+    return this.q.needsInterrupt();
+  }
+  enableNotifications(): boolean {
+    return this.q.enableNotifications();
+  }
+  disableNotifications(): void {
+    this.q.disableNotifications();
+  }
+  getState(): QueueState {
+    return this.q.getState();
+  }
+  setState(state: QueueState): void {
+    this.q.setState(state);
+  }
+}
+
+class TapContext implements DeviceContext {
+  readonly #queues = new WeakMap<DeviceQueue, TapQueue>();
+  readonly live: TapQueue[] = [];
+  hold = false;
+  constructor(
+    readonly ctx: DeviceContext,
+    readonly hooks: TapHooks,
+  ) {}
+  get memory() {
+    return this.ctx.memory;
+  }
+  get features() {
+    return this.ctx.features;
+  }
+  get numQueues() {
+    return this.ctx.numQueues;
+  }
+  get epoch() {
+    return this.ctx.epoch;
+  }
+  get needsReset() {
+    return this.ctx.needsReset;
+  }
+  queue(index: number): DeviceQueue | undefined {
+    const q = this.ctx.queue(index);
+    if (q === undefined) return undefined;
+    let t = this.#queues.get(q);
+    if (t === undefined) {
+      t = new TapQueue(q, index, this);
+      this.#queues.set(q, t);
+      this.live.push(t);
+    }
+    t.hold = this.hold;
+    return t;
+  }
+  interrupt(index: number): boolean {
+    return this.ctx.interrupt(index);
+  }
+  signalUsed(index: number): boolean {
+    return this.ctx.signalUsed(index);
+  }
+  notifyConfigChange(): void {
+    this.ctx.notifyConfigChange();
+  }
+  fail(error: VirtioError): void {
+    this.ctx.fail(error);
+  }
+  noteFault(error: VirtioError): void {
+    this.ctx.noteFault(error);
+  }
+  guard<T>(fn: () => T): T | undefined {
+    return this.ctx.guard(fn);
+  }
+}
+
+/** Wraps a model; see the module comment. */
+export class TapModel implements DeviceModel {
+  readonly deviceId: number;
+  readonly features: bigint;
+  readonly queueMaxSizes: readonly number[];
+  readonly configSize: number;
+  #tap: TapContext | undefined;
+  #hold = false;
+
+  constructor(
+    readonly inner: DeviceModel,
+    readonly hooks: TapHooks = {},
+  ) {
+    this.deviceId = inner.deviceId;
+    this.features = inner.features;
+    this.queueMaxSizes = inner.queueMaxSizes;
+    this.configSize = inner.configSize;
+  }
+
+  /** Hold used buffers back (until {@link TapModel.release}) instead of pushing them. */
+  set hold(on: boolean) {
+    this.#hold = on;
+    if (this.#tap !== undefined) {
+      this.#tap.hold = on;
+      for (const q of this.#tap.live) q.hold = on;
+    }
+  }
+
+  /** Used buffers held back so far. */
+  get held(): number {
+    let n = 0;
+    for (const q of this.#tap?.live ?? []) n += q.held.length;
+    return n;
+  }
+
+  /**
+   * Push the held used buffers, newest first (the reverse of completion order), and send a
+   * used buffer notification. @returns how many were pushed
+   */
+  release(): number {
+    const tap = this.#tap;
+    if (tap === undefined || tap.ctx.needsReset) return 0;
+    let n = 0;
+    for (const q of tap.live) {
+      if (tap.ctx.queue(q.index) !== q.q) {
+        q.held.length = 0;
+        continue;
+      }
+      while (q.held.length > 0) {
+        const [head, written] = q.held.pop()!;
+        q.q.push(head, written);
+        n++;
+      }
+      if (n > 0) tap.ctx.interrupt(q.index);
+    }
+    return n;
+  }
+
+  readConfig(offset: number, size: 1 | 2 | 4): number {
+    const v = this.inner.readConfig(offset, size);
+    return this.hooks.readConfig === undefined ? v : this.hooks.readConfig(offset, size, v);
+  }
+  writeConfig(offset: number, size: 1 | 2 | 4, value: number): void {
+    this.inner.writeConfig(offset, size, value);
+  }
+  activate(ctx: DeviceContext): void {
+    this.#tap = new TapContext(ctx, this.hooks);
+    this.#tap.hold = this.#hold;
+    this.inner.activate(this.#tap);
+  }
+  onQueueNotify(index: number, data: NotificationData | undefined): void {
+    this.inner.onQueueNotify(index, data);
+  }
+  onQueueEnable(index: number): void {
+    this.inner.onQueueEnable?.(index);
+  }
+  onQueueReset(index: number): void {
+    this.inner.onQueueReset?.(index);
+  }
+  reset(): void {
+    this.#tap = undefined;
+    this.inner.reset();
+  }
+  validateFeatures(features: bigint): boolean {
+    return this.inner.validateFeatures?.(features) ?? true;
+  }
+}

@@ -1,0 +1,58 @@
+/**
+ * vitest binding: one `it` per check of a suite, so a third party sees each rule as a test.
+ * Subpath `@virtio-ts/contract/vitest`; needs vitest (an optional peer dependency).
+ * @module
+ */
+import { describe, it } from "vitest";
+import { type ContractSuite, runCheck } from "./contract.js";
+
+/** Options of {@link describeContract}. */
+export interface DescribeContractOptions {
+  /** Name of the implementation, appended to the suite name in the `describe` title. */
+  readonly name?: string;
+  /** Names of checks expected to fail (a checked-in known-failure list): they run with `it.fails`. */
+  readonly knownFailures?: readonly string[];
+  /** Per-check timeout in milliseconds (default vitest's). */
+  readonly timeout?: number;
+}
+
+/**
+ * Register a vitest `describe` block for `suite` with one `it` per check; a failing check's
+ * test fails with the `ContractViolation` message (which rule, expected vs seen).
+ *
+ * @param suite - the suite, e.g. `blkDeviceSuite`
+ * @param adapter - the implementation under test, in the suite's adapter type
+ * @param options - title suffix, known failures, timeout
+ * @throws RangeError naming `options.knownFailures` if it names a check the suite lacks
+ *
+ * @example
+ * ```ts
+ * import { blkDeviceSuite } from "@virtio-ts/contract";
+ * import { describeContract } from "@virtio-ts/contract/vitest";
+ * describeContract(blkDeviceSuite, { create: ({ image, readOnly }) => new MyBlk(image, readOnly) });
+ * ```
+ */
+export function describeContract<A>(
+  suite: ContractSuite<A>,
+  adapter: A,
+  options: DescribeContractOptions = {},
+): void {
+  const known = new Set(options.knownFailures ?? []);
+  for (const k of known) {
+    if (!suite.checks.some((c) => c.name === k)) {
+      throw new RangeError(`options.knownFailures names no check of "${suite.name}": "${k}"`);
+    }
+  }
+  const title = options.name === undefined ? suite.name : `${suite.name}: ${options.name}`;
+  describe(title, () => {
+    for (const check of suite.checks) {
+      const body = async () => {
+        const r = await runCheck(check, adapter);
+        if (r.outcome === "failed") throw r.error;
+      };
+      const name = `${check.name} (${check.spec})`;
+      if (known.has(check.name)) it.fails(name, body, options.timeout);
+      else it(name, body, options.timeout);
+    }
+  });
+}

@@ -1,0 +1,46 @@
+import { MemoryDisk } from "@virtio-ts/backend-disk";
+import { BlkDevice } from "@virtio-ts/devices";
+import { describe, expect, it } from "vitest";
+import {
+  type BlkDeviceAdapter,
+  blkDeviceSuite,
+  blkDriverSuite,
+  runContract,
+} from "../src/index.js";
+import { describeContract } from "../src/vitest.js";
+import { BLK_DRIVER_KNOWN_FAILURES, blkDriverAdapter } from "./drivers.js";
+
+/** Our device model, as a third party would wrap theirs. */
+const referenceDevice: BlkDeviceAdapter = {
+  create: ({ image, readOnly }) =>
+    new BlkDevice(new MemoryDisk(image, { readOnly }), { serial: "ref" }),
+  readDisk: (model, sector, length) =>
+    ((model as BlkDevice).backend as MemoryDisk).bytes.slice(sector * 512, sector * 512 + length),
+  whenIdle: (model) => (model as BlkDevice).whenIdle(),
+};
+
+describeContract(blkDeviceSuite, referenceDevice, { name: "BlkDevice over MemoryDisk" });
+
+describe("the reference implementations", () => {
+  it("pass every check of the virtio-blk device suite through runContract", async () => {
+    const report = await runContract(blkDeviceSuite, referenceDevice);
+    expect(report.failed).toEqual([]);
+    expect(report.passed).toHaveLength(blkDeviceSuite.checks.length);
+    expect(report.ok).toBe(true);
+  });
+});
+
+describeContract(blkDriverSuite, blkDriverAdapter(), {
+  name: "BlkDriver",
+  knownFailures: BLK_DRIVER_KNOWN_FAILURES,
+});
+
+describe("the reference driver", () => {
+  it("passes every check of the virtio-blk driver suite except its known failures", async () => {
+    const report = await runContract(blkDriverSuite, blkDriverAdapter());
+    expect(report.failed).toEqual(BLK_DRIVER_KNOWN_FAILURES);
+    expect(report.passed).toHaveLength(
+      blkDriverSuite.checks.length - BLK_DRIVER_KNOWN_FAILURES.length,
+    );
+  });
+});
