@@ -22,7 +22,7 @@ import {
   splitDescTableSize,
   splitUsedSize,
 } from "@virtio-ts/spec";
-import type { MmioDriverTransport } from "@virtio-ts/transport";
+import type { DriverTransport } from "@virtio-ts/transport";
 import { type DriverQueue, indirectAreaSize, type Segment } from "@virtio-ts/virtqueue";
 import type { SlabAllocator } from "./slab.js";
 
@@ -174,9 +174,10 @@ function alignUp(n: number, a: number): number {
 }
 
 /**
- * Guest-side virtio-blk driver over an {@link MmioDriverTransport} (VIRTIO 1.3 §5.2): negotiates
- * features, reads the configuration, sets up request queue 0 (split ring), and serves `read`,
- * `write`, `flush`, `discard`, `writeZeroes` and `getId` as promises, many in flight.
+ * Guest-side virtio-blk driver over a {@link DriverTransport} (virtio-mmio, vhost-user; VIRTIO 1.3
+ * §5.2): negotiates features, reads the configuration, sets up request queue 0 (split ring), and
+ * serves `read`, `write`, `flush`, `discard`, `writeZeroes` and `getId` as promises, many in
+ * flight.
  *
  * Memory: rings live at `options.ringBase`; request headers, status bytes, ranges and data
  * bounce through `allocator` slots (one header slot per request plus data slots). A request
@@ -196,7 +197,7 @@ function alignUp(n: number, a: number): number {
  * ```
  */
 export class BlkDriver {
-  readonly #t: MmioDriverTransport;
+  readonly #t: DriverTransport;
   readonly #mem: GuestMemory;
   readonly #slab: SlabAllocator;
   readonly #q: DriverQueue<Request>;
@@ -243,7 +244,7 @@ export class BlkDriver {
    *   "blk-bad-config" (FAILED is then set); RangeError naming an invalid option
    */
   constructor(
-    transport: MmioDriverTransport,
+    transport: DriverTransport,
     memory: GuestMemory,
     allocator: SlabAllocator,
     options: BlkDriverOptions,

@@ -8,6 +8,7 @@
  */
 export * from "./device-core.js";
 export * from "./doorbell.js";
+export * from "./driver-transport.js";
 export * from "./errors.js";
 export * from "./mmio-device.js";
 export * from "./mmio-driver.js";

@@ -14,12 +14,17 @@ import {
   MmioVersion,
 } from "@virtio-ts/spec";
 import {
-  type IndirectArea,
   PackedDriverQueue,
   type QueueLayout,
   ringFeatures,
   SplitDriverQueue,
 } from "@virtio-ts/virtqueue";
+import type {
+  ConfigReader,
+  DriverDeviceInfo,
+  DriverQueueSetupOptions,
+  DriverTransport,
+} from "./driver-transport.js";
 import { TransportError } from "./errors.js";
 import { packedNotificationData, splitNotificationData } from "./notification-data.js";
 
@@ -39,7 +44,7 @@ export interface MmioBus {
 }
 
 /** What {@link MmioDriverTransport.probe} found. */
-export interface MmioDeviceInfo {
+export interface MmioDeviceInfo extends DriverDeviceInfo {
   /** `Version`: 1 (legacy) or 2. */
   readonly version: MmioVersion;
   /** `DeviceID` (never 0: such a slot is refused). */
@@ -70,24 +75,6 @@ export interface LegacyQueueLayout {
   readonly base: number;
   /** Used ring alignment written to QueueAlign (default 4096). */
   readonly align?: number;
-}
-
-/** Options of {@link MmioDriverTransport.setupQueue}. */
-export interface DriverQueueSetupOptions {
-  /** Memory for indirect tables (used when VIRTIO_F_INDIRECT_DESC was negotiated). */
-  readonly indirect?: IndirectArea;
-}
-
-/** Reads configuration fields with the access width the standard requires per field. */
-export interface ConfigReader {
-  /** An 8-bit field. */
-  u8(offset: number): number;
-  /** A 16-bit field (2-aligned). */
-  u16(offset: number): number;
-  /** A 32-bit field (4-aligned). */
-  u32(offset: number): number;
-  /** A 64-bit field (4-aligned), as two 32-bit reads, low half first. */
-  u64(offset: number): bigint;
 }
 
 /**
@@ -129,7 +116,7 @@ const CFG = MmioReg.CONFIG;
  * if (q.publish()) t.notify(0);
  * ```
  */
-export class MmioDriverTransport {
+export class MmioDriverTransport implements DriverTransport {
   readonly #bus: MmioBus;
   readonly #maxRetries: number;
   readonly #pageSize: number;
