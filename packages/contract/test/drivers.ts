@@ -29,11 +29,7 @@ export function blkDriverAdapter(
 }
 
 /**
- * Checks our BlkDriver is known to fail (a checked-in list, not skipped tests). BlkDriver does
- * not bound requests by `capacity`: it submits a read past the end and relies on the device's
- * IOERR, which §5.2.6.1 forbids ("A driver MUST NOT submit a request which would cause a read
- * or write beyond capacity").
+ * Checks our BlkDriver is known to fail (a checked-in list, not skipped tests): none. The suite
+ * found one (a read past `capacity`, §5.2.6.1) and BlkDriver now refuses such requests itself.
  */
-export const BLK_DRIVER_KNOWN_FAILURES: readonly string[] = [
-  "never submits a request beyond capacity",
-];
+export const BLK_DRIVER_KNOWN_FAILURES: readonly string[] = [];

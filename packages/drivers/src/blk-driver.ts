@@ -287,7 +287,10 @@ export class BlkDriver {
       transport.fail();
       throw new BlkDeviceFault("blk-bad-config", msg, v);
     };
-    if (hasFeature(f, BlkFeature.SIZE_MAX) && cfg.sizeMax < BLK_SECTOR_SIZE) {
+    // A size_max of 0 with SIZE_MAX says nothing usable; like Linux, take it as no limit
+    // (qemu-storage-daemon 7.2's vhost-user-blk export reports exactly that).
+    const sizeMaxSet = hasFeature(f, BlkFeature.SIZE_MAX) && cfg.sizeMax !== 0;
+    if (sizeMaxSet && cfg.sizeMax < BLK_SECTOR_SIZE) {
       bad("size_max is below 512", cfg.sizeMax);
     }
     if (cfg.blkSize < BLK_SECTOR_SIZE || (cfg.blkSize & (cfg.blkSize - 1)) !== 0) {
@@ -319,7 +322,7 @@ export class BlkDriver {
     if (segs < 1) throw new RangeError(`options.queueSize ${size} leaves no data segment`);
     // §5.2.5: with SIZE_MAX no segment may exceed size_max. Segments are whole sectors.
     let segLen = allocator.slotSize;
-    if (hasFeature(f, BlkFeature.SIZE_MAX)) segLen = Math.min(segLen, cfg.sizeMax);
+    if (sizeMaxSet) segLen = Math.min(segLen, cfg.sizeMax);
     segLen -= segLen % BLK_SECTOR_SIZE;
     this.#segLen = segLen;
     this.#maxBytes = segLen * segs;
@@ -386,6 +389,7 @@ export class BlkDriver {
   async read(sector: number, length: number): Promise<Uint8Array> {
     checkSector(sector);
     checkLength(length, "length");
+    this.#checkCapacity(sector, length / BLK_SECTOR_SIZE);
     const out = new Uint8Array(length);
     const parts: Promise<void>[] = [];
     for (let off = 0; off < length; off += this.#maxBytes) {
@@ -415,6 +419,7 @@ export class BlkDriver {
   async write(sector: number, data: Uint8Array): Promise<void> {
     checkSector(sector);
     checkLength(data.length, "data.length");
+    this.#checkCapacity(sector, data.length / BLK_SECTOR_SIZE);
     const parts: Promise<void>[] = [];
     for (let off = 0; off < data.length; off += this.#maxBytes) {
       const n = Math.min(this.#maxBytes, data.length - off);
@@ -519,6 +524,19 @@ export class BlkDriver {
     );
   }
 
+  /**
+   * §5.2.6.1: the driver MUST NOT submit a request that would read or write beyond `capacity`.
+   * @throws RangeError naming `sector` when `sector + sectors` passes the capacity
+   */
+  #checkCapacity(sector: number, sectors: number): void {
+    const cap = this.#capacity;
+    if (BigInt(sector) + BigInt(sectors) > cap) {
+      throw new RangeError(
+        `sector ${sector} + ${sectors} sectors passes the disk's capacity of ${cap} sectors (§5.2.6.1)`,
+      );
+    }
+  }
+
   /** Reject every request on the ring or waiting for it with `fault`, and every later one. */
   #fail(fault: BlkDeviceFault): void {
     this.#broken = fault;
@@ -578,6 +596,7 @@ export class BlkDriver {
     if (!hasFeature(this.#features, feature)) {
       return Promise.reject(new BlkRequestError(BlkStatus.UNSUPP, type, sector));
     }
+    this.#checkCapacity(sector, count);
     const max = type === BlkRequestType.DISCARD ? this.#maxDiscard : this.#maxZeroes;
     if (count <= max) return this.#range(type, sector, count, flags);
     const parts: Promise<void>[] = [];

@@ -187,13 +187,21 @@ describe("BlkDriver", () => {
     expect(s.driver.inFlight).toBe(0);
   });
 
-  it("a read past capacity fails with BlkRequestError IOERR and later requests still work", async () => {
+  it("refuses reads, writes and ranges past capacity before sending anything (§5.2.6.1), and later requests still work", async () => {
     const s = setup({ sectors: 64 });
-    const err = await s.settle(s.driver.read(63, 1024)).catch((e: unknown) => e);
-    expect(err).toBeInstanceOf(BlkRequestError);
-    expect((err as BlkRequestError).status).toBe(BlkStatus.IOERR);
-    expect((err as BlkRequestError).sector).toBe(63);
-    expect(await s.settle(s.driver.read(0, 512))).toEqual(new Uint8Array(512));
+    const exits = s.device.exits;
+    for (const p of [
+      s.driver.read(63, 1024),
+      s.driver.write(64, new Uint8Array(512)),
+      s.driver.discard(60, 5),
+      s.driver.writeZeroes(0, 65),
+    ]) {
+      const err = await p.catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(RangeError);
+      expect((err as Error).message).toMatch(/capacity of 64 sectors/);
+    }
+    expect(s.device.exits).toBe(exits);
+    expect(await s.settle(s.driver.read(63, 512))).toEqual(new Uint8Array(512));
   });
 
   it("rejects invalid arguments with a RangeError naming them", async () => {
