@@ -9,5 +9,7 @@
  */
 export * from "./backend.js";
 export * from "./blk.js";
+export * from "./net.js";
+export * from "./net-channel.js";
 export * from "./protocol.js";
 export * from "./vhost-device.js";

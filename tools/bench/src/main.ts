@@ -1,6 +1,6 @@
 // virtio-ts benchmarks. Every figure is printed beside a baseline measured in the same run.
 //
-//   node [--expose-gc] tools/bench/dist/main.js [split] [packed] [heap] [blk] [vhost] [net] [--quick]
+//   node [--expose-gc] tools/bench/dist/main.js [split] [packed] [heap] [blk] [vhost] [net] [vhost-net] [--quick]
 //
 // split: split-ring round trips per second, one thread and two workers with Atomics doorbells,
 //        beside c/split_ring.c (same shape) compiled with gcc in this run; ratio TS / C.
@@ -9,6 +9,8 @@
 //        the same file, queue depth 1 and 32; ratio TS path / raw.
 // vhost: the blk workload at depth 32 with the device in the VMM thread vs in a vhost worker
 //        (Atomics kick/call), beside raw positional reads in the same run; ratio to raw.
+// vhost-net: 64 B and 1500 B frames A -> Switch -> B with the NetDevices in the VMM thread vs in
+//        vhost workers (SharedArrayBuffer frame channels to the VMM-side Switch port).
 // net:   64 B and 1500 B frames NetDriver A -> MMIO -> NetDevice -> Switch -> NetDevice -> NetDriver B,
 //        one thread, vs a bare Switch, a bare VethPair and a MessageChannel in the same run.
 import { execFileSync } from "node:child_process";
@@ -37,6 +39,7 @@ import {
   WRITE_LEN,
 } from "./split-workload.js";
 import { vhostBench } from "./vhost.js";
+import { vhostNetBench } from "./vhost-net.js";
 
 const args = process.argv.slice(2);
 const quick = args.includes("--quick");
@@ -220,6 +223,7 @@ const benches: Record<string, () => Promise<void>> = {
     await blkBench(quick, REPS);
   },
   vhost: () => vhostBench(quick),
+  "vhost-net": () => vhostNetBench(quick, REPS),
   net: async () => {
     await netBench(quick, REPS);
   },
