@@ -24,6 +24,7 @@ import {
 } from "@virtio-ts/spec";
 import type { DriverTransport } from "@virtio-ts/transport";
 import { type DriverQueue, indirectAreaSize, type Segment } from "@virtio-ts/virtqueue";
+import { reapAll } from "./reap.js";
 import type { SlabAllocator } from "./slab.js";
 
 /**
@@ -205,6 +206,8 @@ export class BlkDriver {
   readonly #segLen: number;
   readonly #maxBytes: number;
   readonly #waiting: Request[] = [];
+  /** `#complete` bound once, for `reapAll`. */
+  readonly #onUsed = (req: Request, len: number): void => this.#complete(req, len);
   /** Requests on the ring, so a broken ring can reject them all (tokens are opaque to us). */
   readonly #live = new Set<Request>();
   #broken: BlkDeviceFault | undefined;
@@ -498,14 +501,7 @@ export class BlkDriver {
     let done = 0;
     const q = this.#q;
     try {
-      for (;;) {
-        q.disableInterrupts();
-        for (let r = q.reap(); r !== undefined; r = q.reap()) {
-          this.#complete(r, q.lastLen);
-          done++;
-        }
-        if (!q.enableInterrupts()) break;
-      }
+      done = reapAll(q, this.#onUsed);
     } catch (e) {
       // A device that corrupts the used ring: never throw out of the driver's loop; fail
       // everything that depends on this ring instead (drivers distrust devices).

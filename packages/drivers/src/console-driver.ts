@@ -18,6 +18,7 @@ import {
 } from "@virtio-ts/spec";
 import type { MmioDriverTransport } from "@virtio-ts/transport";
 import type { DriverQueue, Segment } from "@virtio-ts/virtqueue";
+import { reapAll } from "./reap.js";
 import { ringAreaBytes, ringLayoutAt } from "./rng-driver.js";
 import type { SlabAllocator } from "./slab.js";
 
@@ -273,6 +274,8 @@ export class ConsoleDriver {
   readonly #nPorts: number;
   readonly #rxBuffers: number;
   readonly #queues: (DriverQueue<Buf> | undefined)[] = [];
+  /** `#complete` bound once, for `reapAll`. */
+  readonly #onUsed = (b: Buf, len: number): void => this.#complete(b, len);
   readonly #dirty: boolean[] = [];
   readonly #ports: PortState[] = [];
   readonly #rxListeners = new Set<(data: Uint8Array, port: number) => void>();
@@ -538,14 +541,7 @@ export class ConsoleDriver {
       for (let i = 0; i < this.#queues.length; i++) {
         const q = this.#queues[i];
         if (q === undefined) continue;
-        for (;;) {
-          q.disableInterrupts();
-          for (let b = q.reap(); b !== undefined; b = q.reap()) {
-            this.#complete(b, q.lastLen);
-            done++;
-          }
-          if (!q.enableInterrupts()) break;
-        }
+        done += reapAll(q, this.#onUsed);
       }
     } catch (e) {
       // Never throw out of the driver's loop: fail what depends on the rings instead.

@@ -23,8 +23,9 @@ import {
   splitDescTableSize,
   splitUsedSize,
 } from "@virtio-ts/spec";
-import type { MmioDriverTransport } from "@virtio-ts/transport";
+import type { DriverTransport } from "@virtio-ts/transport";
 import type { DriverQueue, QueueLayout } from "@virtio-ts/virtqueue";
+import { reapAll } from "./reap.js";
 import type { SlabAllocator } from "./slab.js";
 
 /** Why the net driver distrusts what the device did. */
@@ -257,7 +258,7 @@ function layoutAt(base: number, size: number): QueueLayout {
 }
 
 /**
- * Guest-side virtio-net driver over an {@link MmioDriverTransport} (VIRTIO 1.3 §5.1).
+ * Guest-side virtio-net driver over an {@link DriverTransport} (VIRTIO 1.3 §5.1).
  *
  * Initialisation (§5.1.5): negotiates (see {@link NET_DRIVER_FEATURES} and the options), reads
  * `mac`, `status`, `mtu` and `max_virtqueue_pairs`, sets up the receive/transmit pairs and the
@@ -308,7 +309,7 @@ export class NetDriver {
   /** The last malformed receive buffer's fault (the buffer was dropped). */
   lastFault: NetDeviceFault | undefined = undefined;
 
-  readonly #t: MmioDriverTransport;
+  readonly #t: DriverTransport;
   readonly #mem: GuestMemory;
   readonly #slab: SlabAllocator;
   readonly #features: bigint;
@@ -321,6 +322,9 @@ export class NetDriver {
   readonly #setUpPairs: number;
   readonly #rxQ: DriverQueue<number>[] = [];
   readonly #txQ: DriverQueue<number>[] = [];
+  /** `#freeTx` / `#completeCtrl` bound once, for `reapAll`. */
+  readonly #onTxUsed = (slot: number): void => this.#freeTx(slot);
+  readonly #onCtrlUsed = (req: CtrlReq, len: number): void => this.#completeCtrl(req, len);
   readonly #rx: RxState[] = [];
   readonly #ctrlQ: DriverQueue<CtrlReq> | undefined;
   readonly #ctrlIndex: number;
@@ -374,7 +378,7 @@ export class NetDriver {
    *   `allocator` whose slots cannot hold a frame
    */
   constructor(
-    transport: MmioDriverTransport,
+    transport: DriverTransport,
     memory: GuestMemory,
     allocator: SlabAllocator,
     options: NetDriverOptions,
@@ -803,27 +807,12 @@ export class NetDriver {
     let txDone = false;
     try {
       for (const q of this.#txQ) {
-        for (;;) {
-          q.disableInterrupts();
-          for (let slot = q.reap(); slot !== undefined; slot = q.reap()) {
-            this.#freeTx(slot);
-            n++;
-            txDone = true;
-          }
-          if (!q.enableInterrupts()) break;
-        }
+        const freed = reapAll(q, this.#onTxUsed);
+        if (freed > 0) txDone = true;
+        n += freed;
       }
       const cq = this.#ctrlQ;
-      if (cq !== undefined) {
-        for (;;) {
-          cq.disableInterrupts();
-          for (let r = cq.reap(); r !== undefined; r = cq.reap()) {
-            this.#completeCtrl(r, cq.lastLen);
-            n++;
-          }
-          if (!cq.enableInterrupts()) break;
-        }
-      }
+      if (cq !== undefined) n += reapAll(cq, this.#onCtrlUsed);
       for (let p = 0; p < this.#rxQ.length; p++) n += this.#reapRx(p);
     } catch (e) {
       // A device that corrupts a ring: stop everything that depends on the rings.

@@ -13,8 +13,9 @@ import {
   splitDescTableSize,
   splitUsedSize,
 } from "@virtio-ts/spec";
-import type { MmioDriverTransport } from "@virtio-ts/transport";
+import type { DriverTransport } from "@virtio-ts/transport";
 import type { DriverQueue, QueueLayout } from "@virtio-ts/virtqueue";
+import { reapAll } from "./reap.js";
 import type { SlabAllocator } from "./slab.js";
 
 /** Why the rng driver gave up on what the device did. */
@@ -107,7 +108,7 @@ export function ringAreaBytes(size: number): number {
 }
 
 /**
- * Guest-side virtio-rng driver over an {@link MmioDriverTransport} (VIRTIO 1.3 §5.4): sets up
+ * Guest-side virtio-rng driver over an {@link DriverTransport} (VIRTIO 1.3 §5.4): sets up
  * the request queue (split, or packed when the device offers VIRTIO_F_RING_PACKED) and serves
  * `read(n)` by keeping several device-writable buffers (one allocator slot each) in flight.
  *
@@ -130,10 +131,12 @@ export function ringAreaBytes(size: number): number {
  * ```
  */
 export class RngDriver {
-  readonly #t: MmioDriverTransport;
+  readonly #t: DriverTransport;
   readonly #mem: GuestMemory;
   readonly #slab: SlabAllocator;
   readonly #q: DriverQueue<Req>;
+  /** `#complete` bound once, for `reapAll`. */
+  readonly #onUsed = (req: Req, len: number): void => this.#complete(req, len);
   readonly #features: bigint;
   readonly #maxInFlight: number;
   readonly #reads: PendingRead[] = [];
@@ -165,7 +168,7 @@ export class RngDriver {
    *   (FAILED is then set); RangeError naming an invalid option
    */
   constructor(
-    transport: MmioDriverTransport,
+    transport: DriverTransport,
     memory: GuestMemory,
     allocator: SlabAllocator,
     options: RngDriverOptions,
@@ -242,14 +245,7 @@ export class RngDriver {
     const q = this.#q;
     let done = 0;
     try {
-      for (;;) {
-        q.disableInterrupts();
-        for (let r = q.reap(); r !== undefined; r = q.reap()) {
-          this.#complete(r, q.lastLen);
-          done++;
-        }
-        if (!q.enableInterrupts()) break;
-      }
+      done = reapAll(q, this.#onUsed);
     } catch (e) {
       // A device that corrupts the used ring: never throw out of the driver loop.
       if (!(e instanceof VirtioError)) throw e;
