@@ -6,9 +6,15 @@
  *
  * @packageDocumentation
  */
+export * from "./compose.js";
 export * from "./encrypt.js";
+export * from "./mirror.js";
 export * from "./net-tunnel.js";
 export * from "./pcap.js";
+export * from "./rate-limit.js";
+export * from "./rate-limit-net.js";
+export * from "./slice.js";
 export * from "./snapshot-log.js";
 export * from "./sniff.js";
+export * from "./token-bucket.js";
 export * from "./xts.js";
