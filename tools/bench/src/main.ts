@@ -1,6 +1,6 @@
 // virtio-ts benchmarks. Every figure is printed beside a baseline measured in the same run.
 //
-//   node [--expose-gc] tools/bench/dist/main.js [split] [packed] [heap] [blk] [vhost] [net] [vhost-net] [--quick]
+//   node [--expose-gc] tools/bench/dist/main.js [split] [packed] [heap] [blk] [vhost] [net] [vhost-net] [interpose] [--quick]
 //
 // split: split-ring round trips per second, one thread and two workers with Atomics doorbells,
 //        beside c/split_ring.c (same shape) compiled with gcc in this run; ratio TS / C.
@@ -13,6 +13,9 @@
 //        vhost workers (SharedArrayBuffer frame channels to the VMM-side Switch port).
 // net:   64 B and 1500 B frames NetDriver A -> MMIO -> NetDevice -> Switch -> NetDevice -> NetDriver B,
 //        one thread, vs a bare Switch, a bare VethPair and a MessageChannel in the same run.
+// interpose: 4 KiB random IOPS at depth 32 through BlkDriver -> MMIO -> BlkDevice with each
+//        @virtio-ts/interpose block interposer vs the bare MemoryDisk, and frames/s through a
+//        Switch with and without sniff and encryptedLink; ratios to the baselines in the same run.
 import { execFileSync } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -24,6 +27,7 @@ import { runInNewContext } from "node:vm";
 import { Worker } from "node:worker_threads";
 import { createGuestMemory } from "@virtio-ts/memory";
 import { blkBench } from "./blk-iops.js";
+import { interposeBench } from "./interpose.js";
 import { netBench } from "./net.js";
 import {
   BATCH,
@@ -226,6 +230,9 @@ const benches: Record<string, () => Promise<void>> = {
   "vhost-net": () => vhostNetBench(quick, REPS),
   net: async () => {
     await netBench(quick, REPS);
+  },
+  interpose: async () => {
+    await interposeBench(quick, REPS);
   },
 };
 const names = args.filter((a) => !a.startsWith("--"));
