@@ -8,8 +8,8 @@ import { join } from "node:path";
 import { FileDisk } from "@virtio-ts/backend-disk";
 import { BlkDevice } from "@virtio-ts/devices";
 import { type GuestMachine, type KernelInfo, requireTools, runGuest } from "@virtio-ts/interop";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { VhostUserBlkBackend, type VhostUserError } from "@virtio-ts/vhost-user";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 /** Hang guard only: the test may first wait for other suites' guests (one runs at a time). */
 const BOOT_TEST_TIMEOUT = 240_000;
