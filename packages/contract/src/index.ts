@@ -1,12 +1,17 @@
 /**
  * Conformance suites for third-party virtio implementations: a framework-neutral core
- * (`ContractSuite`, `ContractViolation`, `runContract`), the "any virtio-blk device" and "any
- * virtio-blk driver" suites with their adapter interfaces, and a vitest binding in the
- * `@virtio-ts/contract/vitest` subpath.
+ * (`ContractSuite`, `ContractViolation`, `runContract`), the "any virtio-blk device", "any
+ * virtio-blk driver", "any virtio-net device", "any virtio-console device", "any virtio-console
+ * driver", "any virtio-rng device" and "any virtio-rng driver" suites with their adapter
+ * interfaces, and a vitest binding in the `@virtio-ts/contract/vitest` subpath.
  *
  * @packageDocumentation
  */
 export * from "./blk-device-suite.js";
 export * from "./blk-driver-suite.js";
+export * from "./console-device-suite.js";
+export * from "./console-driver-suite.js";
 export * from "./contract.js";
+export * from "./net-device-suite.js";
 export * from "./rng-device-suite.js";
+export * from "./rng-driver-suite.js";
