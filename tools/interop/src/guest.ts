@@ -271,13 +271,26 @@ async function acquireSlot(dir: string, timeoutMs: number): Promise<string> {
   }
 }
 
+/** KVM if this process may open /dev/kvm (or `INTEROP_ACCEL` says so), else TCG. */
+function accelerator(): "kvm" | "tcg" {
+  const forced = process.env.INTEROP_ACCEL;
+  if (forced === "kvm" || forced === "tcg") return forced;
+  try {
+    accessSync("/dev/kvm", constants.R_OK | constants.W_OK);
+    return "kvm";
+  } catch {
+    return "tcg";
+  }
+}
+
 function releaseSlot(path: string): void {
   if (heldSlots.delete(path)) rmSync(path, { force: true });
 }
 
 /**
- * Build the guest's initramfs (cached) and boot it under QEMU with TCG:
- * `qemu-system-x86_64 -accel tcg -M <machine> -m <mem> -nodefaults -serial stdio -display none
+ * Build the guest's initramfs (cached) and boot it under QEMU, with KVM when `/dev/kvm` can be
+ * opened and TCG otherwise (`INTEROP_ACCEL=tcg|kvm` forces one):
+ * `qemu-system-x86_64 -accel <kvm|tcg> -M <machine> -m <mem> -nodefaults -serial stdio -display none
  * -no-reboot -kernel ... -initrd ... -append 'console=ttyS0 quiet panic=-1 ...' <args>`.
  * A kernel panic reboots at once (`panic=-1`), which `-no-reboot` turns into QEMU exiting; a
  * hang is killed after `timeoutMs` (counted from spawn). QEMU processes still running when
@@ -308,7 +321,7 @@ export async function startGuest(options: GuestOptions): Promise<GuestHandle> {
   const argv = [
     options.qemu ?? "qemu-system-x86_64",
     "-accel",
-    "tcg",
+    accelerator(),
     "-M",
     machine,
     "-m",
