@@ -12,7 +12,7 @@
 import { fstatSync, readlinkSync, rmSync } from "node:fs";
 import { createServer, type Server, type Socket } from "node:net";
 import { GuestMemoryMap, VirtioError } from "@virtio-ts/memory";
-import { DeviceId, Feature, featureMask } from "@virtio-ts/spec";
+import { BlkConfig, BlkFeature, DeviceId, Feature, featureMask, hasFeature } from "@virtio-ts/spec";
 import type { DeviceContext, DeviceModel } from "@virtio-ts/transport";
 import {
   type DescriptorChain,
@@ -198,6 +198,7 @@ interface SessionHost {
   release(s: object): void;
   sessionClosed(s: object, error: VhostUserError | undefined): void;
   report(message: string): void;
+  ringSizeProblem(index: number, num: number): string | undefined;
 }
 
 /** One front-end connection: its vring state and memory, and the DeviceContext of the model. */
@@ -428,6 +429,10 @@ class Session implements DeviceContext {
             m.request,
             s.num,
           );
+        }
+        const why = this.#srv.ringSizeProblem(s.index, s.num);
+        if (why !== undefined) {
+          throw new VhostUserBackendError("bad-value", `SET_VRING_NUM: ${why}`, m.request, s.num);
         }
         r.num = s.num;
         this.#ack(m);
@@ -959,6 +964,20 @@ export class VhostUserBackend {
    * @throws TypeError naming `model` or `path`; RangeError naming `options.drainTimeoutMs`;
    *   NativeAddonMissingError if the addon is not built
    */
+  /**
+   * Whether ring `index` can be served at size `num` (the front-end chose it after reading the
+   * configuration). Subclasses override it to refuse a size the configuration already promised more than.
+   * @param index - ring index
+   * @param num - ring size from SET_VRING_NUM
+   * @returns undefined if fine, else why not (the connection is closed with that message)
+   * @internal
+   */
+  ringSizeProblem(index: number, num: number): string | undefined {
+    void index;
+    void num;
+    return undefined;
+  }
+
   constructor(model: DeviceModel, path: string, options: VhostUserBackendOptions = {}) {
     if (typeof model?.activate !== "function" || !Array.isArray(model.queueMaxSizes)) {
       throw new TypeError("model must be a DeviceModel");
@@ -1056,6 +1075,7 @@ export class VhostUserBackend {
     return {
       offeredFeatures: this.offeredFeatures,
       drainTimeoutMs: this.drainTimeoutMs,
+      ringSizeProblem: (index, num) => this.ringSizeProblem(index, num),
       // Only one connection at a time runs the model's rings.
       claim: (s) => {
         if (this.#owner !== undefined && this.#owner !== s) return false;
@@ -1105,5 +1125,22 @@ export class VhostUserBlkBackend extends VhostUserBackend {
       throw new TypeError(`model must be a block device (deviceId 2), got ${model?.deviceId}`);
     }
     super(model, path, options);
+    this.#model = model;
+  }
+
+  readonly #model: DeviceModel;
+
+  /**
+   * A front-end's ring must hold the longest request the configuration allows: `seg_max` data
+   * segments plus header and status (Linux trusts `seg_max`, and a longer chain than the ring
+   * is a driver error the device refuses, VIRTIO 1.3 §2.7.5.3.1, which would stall the guest).
+   * QEMU's vhost-user-blk picks the ring size itself (`queue-size`, default 128), so build the
+   * `BlkDevice` with the same `queueSize` (its `seg_max` is `queueSize - 2`).
+   */
+  override ringSizeProblem(index: number, num: number): string | undefined {
+    if (!hasFeature(this.#model.features, BlkFeature.SEG_MAX)) return undefined;
+    const segMax = this.#model.readConfig(BlkConfig.SEG_MAX, 4);
+    if (num >= segMax + 2) return undefined;
+    return `ring ${index} has ${num} entries but the device's seg_max ${segMax} needs ${segMax + 2}: give the BlkDevice queueSize ${num} (or the front-end queue-size=${segMax + 2})`;
   }
 }

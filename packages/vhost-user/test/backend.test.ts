@@ -73,7 +73,8 @@ beforeAll(async () => {
   sock = join(dir, "blk.sock");
   disk = MemoryDisk.ofSize(SECTORS * 512);
   for (let s = 0; s < 16; s++) disk.bytes.set(sectorPattern(s), s * 512);
-  backend = new VhostUserBlkBackend(new BlkDevice(disk), sock, {
+  // seg_max = queueSize - 2 = 14: every ring size these tests use (16 and up) holds a request.
+  backend = new VhostUserBlkBackend(new BlkDevice(disk, { queueSize: 16 }), sock, {
     onConnectionClose: (e) => {
       closes.push(e);
       for (const w of closeWaiters.splice(0)) w();
@@ -202,6 +203,19 @@ describe("VhostUserBlkBackend", () => {
     expect((e as VhostUserBackendError).reason).toBe("bad-value");
     expect(e?.message).toContain("SET_VRING_KICK: ring 0: the fd is not an eventfd");
     mem.close();
+  });
+
+  it("closes a connection whose ring is too small for the seg_max the configuration promised, naming both", async () => {
+    // Linux trusts seg_max: a 1 MiB request on a smaller ring would be a chain longer than the
+    // ring, which the device refuses (§2.7.5.3.1) and the guest would hang on.
+    const fe = new RawFrontend();
+    const closed = nextClose();
+    fe.send(R.SET_OWNER);
+    fe.send(R.SET_FEATURES, encodeU64(featureMask(Feature.VERSION_1)));
+    fe.send(R.SET_VRING_NUM, encodeVringState({ index: 0, num: 8 }));
+    const e = await closed;
+    expect((e as VhostUserBackendError).reason).toBe("bad-value");
+    expect(e?.message).toContain("ring 0 has 8 entries but the device's seg_max 14 needs 16");
   });
 
   it("refuses a second connection that starts a ring while the first one serves the device", async () => {

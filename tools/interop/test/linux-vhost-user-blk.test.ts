@@ -54,7 +54,7 @@ describe.each(cases)("a Linux guest on $machine uses our vhost-user-blk back-end
       writeFileSync(img, image);
 
       const disk = await FileDisk.open(img);
-      const device = new BlkDevice(disk);
+      const device = new BlkDevice(disk, { queueSize: 128 }); // QEMU's vhost-user-blk queue-size default
       const closes: (VhostUserError | undefined)[] = [];
       const backend = new VhostUserBlkBackend(device, sock, {
         onConnectionClose: (e) => closes.push(e),
