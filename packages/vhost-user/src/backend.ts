@@ -15,10 +15,9 @@ import { GuestMemoryMap, VirtioError } from "@virtio-ts/memory";
 import { BlkConfig, BlkFeature, DeviceId, Feature, featureMask, hasFeature } from "@virtio-ts/spec";
 import type { DeviceContext, DeviceModel } from "@virtio-ts/transport";
 import {
-  type DescriptorChain,
   type DeviceQueue,
+  GatedDeviceQueue,
   type QueueLayout,
-  type QueueState,
   ringFeatures,
   SplitDeviceQueue,
 } from "@virtio-ts/virtqueue";
@@ -111,52 +110,6 @@ export interface VhostUserBackendOptions {
   readonly log?: (message: string) => void;
 }
 
-/** The model's view of a ring: pops refused while stopping, in-flight chains counted. */
-class GatedQueue implements DeviceQueue {
-  readonly size: number;
-  readonly inner: DeviceQueue;
-  stopping = false;
-  inFlight = 0;
-  onIdle: (() => void) | undefined = undefined;
-
-  constructor(inner: DeviceQueue) {
-    this.inner = inner;
-    this.size = inner.size;
-  }
-  pop(chain: DescriptorChain): boolean {
-    if (this.stopping || !this.inner.pop(chain)) return false;
-    this.inFlight++;
-    return true;
-  }
-  push(head: number, written: number): void {
-    this.inner.push(head, written);
-    this.#done(1);
-  }
-  pushBatch(count: number, written: number): void {
-    this.inner.pushBatch(count, written);
-    this.#done(count);
-  }
-  #done(n: number): void {
-    this.inFlight = Math.max(0, this.inFlight - n);
-    if (this.inFlight === 0) this.onIdle?.();
-  }
-  needsInterrupt(): boolean {
-    return this.inner.needsInterrupt();
-  }
-  enableNotifications(): boolean {
-    return this.inner.enableNotifications();
-  }
-  disableNotifications(): void {
-    this.inner.disableNotifications();
-  }
-  getState(): QueueState {
-    return this.inner.getState();
-  }
-  setState(state: QueueState): void {
-    this.inner.setState(state);
-  }
-}
-
 /** One vring's state as SET_VRING_* left it (vhost-user.rst "Ring states"). */
 class Ring {
   num = 0;
@@ -170,7 +123,7 @@ class Ring {
   callFd: number | undefined = undefined;
   errFd: number | undefined = undefined;
   enabled = false;
-  queue: GatedQueue | undefined = undefined;
+  queue: GatedDeviceQueue | undefined = undefined;
   layout: QueueLayout | undefined = undefined;
 }
 
@@ -692,7 +645,7 @@ class Session implements DeviceContext {
     }
     const first = !this.#running();
     r.layout = layout;
-    r.queue = new GatedQueue(q);
+    r.queue = new GatedDeviceQueue(q);
     this.#epoch++;
     const kick = r.kickFd;
     try {

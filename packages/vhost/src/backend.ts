@@ -16,8 +16,8 @@ import {
   SharedDoorbell,
 } from "@virtio-ts/transport";
 import {
-  type DescriptorChain,
   type DeviceQueue,
+  GatedDeviceQueue,
   PackedDeviceQueue,
   QueueConfigError,
   type QueueLayout,
@@ -59,87 +59,6 @@ class Refusal extends Error {
   }
 }
 
-/**
- * The model's view of a ring: the real queue, with `pop` refused while the ring is stopping
- * and pops/pushes counted so GET_VRING_BASE knows when nothing is in flight.
- *
- * Notification suppression (vhost's vhost_disable_notify / vhost_enable_notify, VIRTIO 1.3
- * §2.7.10, §2.8.10): a successful pop turns driver notifications off, and the pop that finds
- * the ring empty turns them back on and re-checks, so while the model keeps popping (directly,
- * or from its completions) the driver does not kick at all.
- */
-class GatedQueue implements DeviceQueue {
-  readonly size: number;
-  readonly inner: DeviceQueue;
-  stopping = false;
-  /** The serving loop is busy-polling: leave notifications off even when the ring is empty. */
-  polling = false;
-  inFlight = 0;
-  /** Chains popped since the ring started (wraps harmlessly; compared for change only). */
-  pops = 0;
-  onIdle: (() => void) | undefined = undefined;
-  #suppressed = false;
-
-  constructor(inner: DeviceQueue) {
-    this.inner = inner;
-    this.size = inner.size;
-  }
-
-  pop(chain: DescriptorChain): boolean {
-    if (this.stopping) return false;
-    if (this.inner.pop(chain)) {
-      this.inFlight++;
-      this.pops++;
-      if (!this.#suppressed) {
-        this.#suppressed = true;
-        this.inner.disableNotifications();
-      }
-      return true;
-    }
-    if (this.#suppressed && !this.polling) {
-      this.#suppressed = false;
-      // The driver may have published after our last look without kicking (notifications
-      // were off): enableNotifications re-checks, and then we pop once more.
-      if (this.inner.enableNotifications()) return this.pop(chain);
-    }
-    return false;
-  }
-
-  push(head: number, written: number): void {
-    this.inner.push(head, written);
-    this.#done(1);
-  }
-
-  pushBatch(count: number, written: number): void {
-    this.inner.pushBatch(count, written);
-    this.#done(count);
-  }
-
-  #done(n: number): void {
-    // A model may return a chain whose validation failed (it was never counted): clamp at 0.
-    this.inFlight = Math.max(0, this.inFlight - n);
-    if (this.inFlight === 0 && this.onIdle !== undefined) this.onIdle();
-  }
-
-  needsInterrupt(): boolean {
-    return this.inner.needsInterrupt();
-  }
-  enableNotifications(): boolean {
-    this.#suppressed = false;
-    return this.inner.enableNotifications();
-  }
-  disableNotifications(): void {
-    this.#suppressed = true;
-    this.inner.disableNotifications();
-  }
-  getState(): QueueState {
-    return this.inner.getState();
-  }
-  setState(state: QueueState): void {
-    this.inner.setState(state);
-  }
-}
-
 /** One vring as the back-end sees it (vhost's `struct vhost_virtqueue`). */
 class Ring {
   num = 0;
@@ -147,7 +66,7 @@ class Ring {
   base: QueueState = ZERO_STATE;
   kick: SharedDoorbell | undefined = undefined;
   call: SharedDoorbell | undefined = undefined;
-  queue: GatedQueue | undefined = undefined;
+  queue: GatedDeviceQueue | undefined = undefined;
   /** Bumped whenever the ring stops: a serving loop of an older generation exits. */
   gen = 0;
   serving = false;
@@ -458,7 +377,9 @@ export class VhostBackend implements DeviceContext {
       throw e;
     }
     r.layout = layout;
-    r.queue = new GatedQueue(q);
+    // The model's view of the ring: stoppable for GET_VRING_BASE, and with kicks off while the
+    // model is busy (vhost_disable_notify / vhost_enable_notify).
+    r.queue = new GatedDeviceQueue(q, { suppressWhileBusy: true });
     if (this.#active) {
       this.#run(() => model.onQueueEnable?.(index));
       this.#serve(index, r);

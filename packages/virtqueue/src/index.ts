@@ -6,6 +6,7 @@
  */
 export * from "./chain.js";
 export * from "./errors.js";
+export * from "./gated-queue.js";
 export * from "./packed-device.js";
 export * from "./packed-driver.js";
 export * from "./packed-layout.js";
