@@ -143,6 +143,13 @@ export interface BlkDeviceOptions {
   readonly maxWriteZeroesSectors?: number;
   /** `max_discard_seg` and `max_write_zeroes_seg`: ranges per request (1 to 256). Default 16. */
   readonly maxRanges?: number;
+  /**
+   * Request queues (1 to 64). More than one offers VIRTIO_BLK_F_MQ with `num_queues`; each queue
+   * is served independently (its own request slots, its own resets). Default 1.
+   */
+  readonly numQueues?: number;
+  /** `opt_io_size` of VIRTIO_BLK_F_TOPOLOGY, in logical blocks (0 = no preference). Default 0. */
+  readonly optimalIoBlocks?: number;
 }
 
 /** Counters of a {@link BlkDevice} (mutated in place). */
@@ -190,7 +197,8 @@ class Slot {
   zeroes = false;
   statusAddr = 0;
   written = 0;
-  epoch = 0;
+  /** The request queue this slot serves. */
+  queue = 0;
   /** Settlement callbacks, bound once per slot by the device (no closure per request). */
   onOk: () => void = noop;
   onErr: (e: unknown) => void = noop;
@@ -203,11 +211,11 @@ class Slot {
 }
 
 /**
- * The virtio-blk device model (VIRTIO 1.3 §5.2): one request queue whose chains are
+ * The virtio-blk device model (VIRTIO 1.3 §5.2): request queues (one, or `numQueues` with MQ) whose chains are
  * `struct virtio_blk_req` — a 16-byte readable header (`type`, `reserved`, `sector`), the data,
  * and a one-byte writable status as the very last byte — served by a {@link BlockBackend}.
  *
- * Offered features: SIZE_MAX, SEG_MAX, BLK_SIZE, FLUSH, and either RO (read-only back-end) or
+ * Offered features: SIZE_MAX, SEG_MAX, BLK_SIZE, FLUSH, TOPOLOGY, MQ (with `numQueues` > 1), and either RO (read-only back-end) or
  * DISCARD + WRITE_ZEROES (writable back-end); ring features INDIRECT_DESC, EVENT_IDX,
  * RING_PACKED and RING_RESET. Not IN_ORDER: requests complete out of order.
  *
@@ -266,9 +274,11 @@ export class BlkDevice implements DeviceModel {
   readonly #maxDiscard: number;
   readonly #maxZeroes: number;
   #ctx: DeviceContext | undefined = undefined;
-  #free: Slot[] = [];
+  /** Free request slots, per queue. */
+  #free: Slot[][];
   #inFlight = 0;
-  #gen = 0;
+  /** Per queue: bumped by a device or queue reset, so older completions are dropped. */
+  readonly #gens: number[];
   #idle: (() => void)[] = [];
   /** Arguments of `#finishDone`, passed in fields so a completion allocates no closure. */
   #doneCtx: DeviceContext | undefined = undefined;
@@ -282,9 +292,9 @@ export class BlkDevice implements DeviceModel {
     this.#doneSlot = undefined;
     if (ctx === undefined || slot === undefined) return;
     this.#finish(ctx, slot, this.#doneStatus);
-    ctx.signalUsed(0);
+    ctx.signalUsed(slot.queue);
     // A slot is free again: take chains left waiting when the pool was exhausted.
-    this.#drain();
+    this.#drain(slot.queue);
   };
 
   /**
@@ -330,18 +340,30 @@ export class BlkDevice implements DeviceModel {
     this.#capacity = capacity;
     this.#readOnly = backend.readOnly;
     this.#maxRanges = maxRanges;
-    this.queueMaxSizes = [qs];
+    const nq = options.numQueues ?? 1;
+    if (!Number.isInteger(nq) || nq < 1 || nq > 64) {
+      throw new RangeError(`options.numQueues must be an integer in [1, 64], got ${nq}`);
+    }
+    const opt = options.optimalIoBlocks ?? 0;
+    if (!Number.isInteger(opt) || opt < 0 || opt > 0xffff_ffff) {
+      throw new RangeError(`options.optimalIoBlocks must be an integer in [0, 2^32), got ${opt}`);
+    }
+    this.queueMaxSizes = new Array<number>(nq).fill(qs);
+    this.#free = Array.from({ length: nq }, () => []);
+    this.#gens = new Array<number>(nq).fill(0);
 
     let f = [
       BlkFeature.SIZE_MAX,
       BlkFeature.SEG_MAX,
       BlkFeature.BLK_SIZE,
       BlkFeature.FLUSH,
+      BlkFeature.TOPOLOGY,
       Feature.RING_INDIRECT_DESC,
       Feature.RING_EVENT_IDX,
       Feature.RING_PACKED,
       Feature.RING_RESET,
     ].reduce((m, bit) => m | featureMask(bit), 0n);
+    if (nq > 1) f |= featureMask(BlkFeature.MQ);
     if (this.#readOnly) f |= featureMask(BlkFeature.RO);
     else f |= featureMask(BlkFeature.DISCARD) | featureMask(BlkFeature.WRITE_ZEROES);
     this.features = f;
@@ -354,6 +376,13 @@ export class BlkDevice implements DeviceModel {
     // Two descriptors go to the header and the status (as Linux and QEMU count seg_max).
     c.setUint32(BlkConfig.SEG_MAX, qs - 2, true);
     c.setUint32(BlkConfig.BLK_SIZE, bs, true);
+    // §5.2.4 TOPOLOGY: logical blocks of 512 bytes per physical block (`blk_size`) as a power of
+    // 2, no misalignment, the physical block as the minimum I/O size (in logical blocks).
+    c.setUint8(BlkConfig.PHYSICAL_BLOCK_EXP, Math.log2(bs / BLK_SECTOR_SIZE));
+    c.setUint8(BlkConfig.ALIGNMENT_OFFSET, 0);
+    c.setUint16(BlkConfig.MIN_IO_SIZE, bs / BLK_SECTOR_SIZE, true);
+    c.setUint32(BlkConfig.OPT_IO_SIZE, opt, true);
+    c.setUint16(BlkConfig.NUM_QUEUES, nq, true);
     if (!this.#readOnly) {
       c.setUint32(BlkConfig.MAX_DISCARD_SECTORS, this.#maxDiscard, true);
       c.setUint32(BlkConfig.MAX_DISCARD_SEG, maxRanges, true);
@@ -395,54 +424,57 @@ export class BlkDevice implements DeviceModel {
   /** @inheritdoc */
   activate(ctx: DeviceContext): void {
     this.#ctx = ctx;
-    this.#makePool();
+    for (let i = 0; i < this.#free.length; i++) this.#makePool(i);
   }
 
   /** @inheritdoc */
   onQueueNotify(index: number): void {
-    if (index === 0) this.#drain();
+    if (index < this.#free.length) this.#drain(index);
   }
 
   /** @inheritdoc */
   onQueueEnable(index: number): void {
-    if (index === 0) this.#makePool();
+    if (index < this.#free.length) this.#makePool(index);
   }
 
   /** Forget in-flight requests of the reset queue (their completions are dropped). */
   onQueueReset(index: number): void {
-    if (index !== 0) return;
-    this.#gen++;
-    this.#free = [];
+    if (index >= this.#free.length) return;
+    this.#gens[index]!++;
+    this.#free[index] = [];
   }
 
   /** Forget everything in flight; the back-end (disk contents) stays. */
   reset(): void {
-    this.#gen++;
-    this.#free = [];
+    for (let i = 0; i < this.#free.length; i++) {
+      this.#gens[i]!++;
+      this.#free[i] = [];
+    }
     this.#ctx = undefined;
   }
 
-  #makePool(): void {
-    const q = this.#ctx?.queue(0);
-    this.#gen++;
-    this.#free = [];
+  #makePool(index: number): void {
+    const q = this.#ctx?.queue(index);
+    const gen = ++this.#gens[index]!;
+    const free: Slot[] = [];
+    this.#free[index] = free;
     if (q === undefined) return;
-    const gen = this.#gen;
     for (let i = 0; i < q.size; i++) {
       const slot = new Slot(q.size, this.#maxRanges);
+      slot.queue = index;
       slot.onOk = () => this.#complete(slot, gen, BlkStatus.OK);
       slot.onErr = (e) => this.#complete(slot, gen, BlkStatus.IOERR, true, e);
       slot.onRange = () => this.#nextRange(slot, gen);
-      this.#free.push(slot);
+      free.push(slot);
     }
   }
 
-  /** Pop and start requests while slots are free. A `VirtioError` from `pop` propagates. */
-  #drain(): void {
+  /** Pop and start requests of queue `index` while slots are free. A `VirtioError` from `pop` propagates. */
+  #drain(index: number): void {
     const ctx = this.#ctx;
-    const q = ctx?.queue(0);
+    const q = ctx?.queue(index);
     if (ctx === undefined || q === undefined) return;
-    const free = this.#free;
+    const free = this.#free[index]!;
     let synchronous = false;
     while (free.length > 0) {
       const slot = free[free.length - 1]!;
@@ -451,22 +483,21 @@ export class BlkDevice implements DeviceModel {
       this.stats.requests++;
       if (this.#start(ctx, slot)) synchronous = true;
     }
-    if (synchronous) ctx.signalUsed(0);
+    if (synchronous) ctx.signalUsed(index);
   }
 
   /** Start one request. @returns true if it completed synchronously (pushed, not signalled). */
   #start(ctx: DeviceContext, slot: Slot): boolean {
     const chain = slot.chain;
     const mem = ctx.memory;
-    slot.epoch = ctx.epoch;
     slot.written = 0;
     const wb = chain.writableBytes;
     if (wb === 0) {
       // §5.2.6: the status is the last writable byte; without one nothing can be reported.
       this.stats.malformed++;
       ctx.noteFault(new BlkRequestError("blk-no-status", chain.head, chain.readableBytes, 0));
-      ctx.queue(0)!.push(chain.head, 0);
-      this.#free.push(slot);
+      ctx.queue(slot.queue)!.push(chain.head, 0);
+      this.#free[slot.queue]!.push(slot);
       return true;
     }
     slot.statusAddr = lastWritableByte(chain);
@@ -567,7 +598,7 @@ export class BlkDevice implements DeviceModel {
     slot.rangeCount = count;
     slot.rangeNext = 0;
     this.#inFlight++;
-    this.#nextRange(slot, this.#gen);
+    this.#nextRange(slot, this.#gens[slot.queue]!);
     return false;
   }
 
@@ -622,8 +653,8 @@ export class BlkDevice implements DeviceModel {
     if (status !== BlkStatus.OK) slot.written = 0;
     ctx.memory.writeU8(slot.statusAddr, status);
     // The used length counts the data written plus the status byte (§2.7.8, §5.2.6).
-    ctx.queue(0)!.push(slot.chain.head, slot.written + 1);
-    this.#free.push(slot);
+    ctx.queue(slot.queue)!.push(slot.chain.head, slot.written + 1);
+    this.#free[slot.queue]!.push(slot);
     return true;
   }
 
@@ -635,7 +666,10 @@ export class BlkDevice implements DeviceModel {
       this.lastBackendError = error;
     }
     const ctx = this.#ctx;
-    if (gen !== this.#gen || ctx === undefined || ctx.epoch !== slot.epoch) {
+    // A device reset (reset()) or a reset of this queue (onQueueReset) bumped the queue's
+    // generation: its buffers belong to nobody now. Resets of *other* queues do not matter,
+    // which the device-wide ctx.epoch could not tell apart.
+    if (gen !== this.#gens[slot.queue] || ctx === undefined) {
       this.stats.stale++;
     } else {
       this.#doneCtx = ctx;
