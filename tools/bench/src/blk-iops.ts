@@ -6,7 +6,7 @@ import { mkdtemp, open, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { FileDisk } from "@virtio-ts/backend-disk";
-import { BlkDevice } from "@virtio-ts/devices";
+import { BlkDevice, type BlockBackend } from "@virtio-ts/devices";
 import { BlkDriver, SlabAllocator } from "@virtio-ts/drivers";
 import { createGuestMemory } from "@virtio-ts/memory";
 import { MmioDevice, MmioDriverTransport } from "@virtio-ts/transport";
@@ -30,9 +30,18 @@ export interface IopsRun {
 
 type Kind = "read" | "write";
 
-/** Random 4 KiB-aligned byte offsets in the file (xorshift32, fixed seed: same in every run). */
-function offsets(n: number, seed: number): Float64Array {
-  const blocks = FILE_BYTES / IO;
+/**
+ * `n` random 4 KiB-aligned positions in a disk of `diskBytes`, in units of `unit` bytes (1 for
+ * byte offsets, 512 for sectors); xorshift32 with a fixed seed, so every run and every path
+ * gets the same sequence.
+ */
+export function randomBlocks(
+  n: number,
+  seed: number,
+  diskBytes: number,
+  unit: number,
+): Float64Array {
+  const blocks = diskBytes / IO;
   const out = new Float64Array(n);
   let x = seed >>> 0 || 1;
   for (let i = 0; i < n; i++) {
@@ -41,13 +50,13 @@ function offsets(n: number, seed: number): Float64Array {
     x ^= x >>> 17;
     x ^= x << 5;
     x >>>= 0;
-    out[i] = (x % blocks) * IO;
+    out[i] = ((x % blocks) * IO) / unit;
   }
   return out;
 }
 
 /** `depth` loops, each taking the next index until `n`; resolves when all are done. */
-async function closedLoop(
+export async function closedLoop(
   n: number,
   depth: number,
   op: (i: number, lane: number) => Promise<unknown>,
@@ -66,7 +75,7 @@ async function closedLoop(
  * the event loop (after the host completions already ready), as in the demo; the line is
  * level-triggered, so raising it again before then makes no second interrupt.
  */
-function rig(disk: FileDisk, depth: number) {
+export function blkRig(disk: BlockBackend, depth: number) {
   const memory = createGuestMemory({ size: 0x800000 });
   const model = new BlkDevice(disk, { queueSize: 256 });
   let driver: BlkDriver | undefined;
@@ -103,7 +112,7 @@ async function runVirtio(
   depth: number,
   at: Float64Array,
 ): Promise<IopsRun> {
-  const r = rig(disk, depth);
+  const r = blkRig(disk, depth);
   const bufs = Array.from({ length: depth }, (_, k) => new Uint8Array(IO).fill(k + 1));
   const op =
     kind === "read"
@@ -202,7 +211,7 @@ export async function blkBench(quick: boolean, reps: number): Promise<BlkIopsRow
     try {
       for (const kind of ["read", "write"] as const) {
         for (const depth of [1, 32] as const) {
-          const at = offsets(n[depth], depth * 7 + (kind === "read" ? 1 : 2));
+          const at = randomBlocks(n[depth], depth * 7 + (kind === "read" ? 1 : 2), FILE_BYTES, 1);
           const v: IopsRun[] = [];
           const r: IopsRun[] = [];
           for (let i = 0; i < reps; i++) {

@@ -17,8 +17,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { MemoryDisk } from "@virtio-ts/backend-disk";
 import { Switch, VethPair } from "@virtio-ts/backend-net";
-import { BlkDevice, type BlockBackend, type NetBackend } from "@virtio-ts/devices";
-import { BlkDriver, SlabAllocator } from "@virtio-ts/drivers";
+import type { BlockBackend, NetBackend } from "@virtio-ts/devices";
+import type { BlkDriver } from "@virtio-ts/drivers";
 import {
   compose,
   encrypt,
@@ -34,11 +34,10 @@ import {
   snapshotLog,
   sniff,
 } from "@virtio-ts/interpose";
-import { createGuestMemory } from "@virtio-ts/memory";
-import { MmioDevice, MmioDriverTransport } from "@virtio-ts/transport";
+import { blkRig, closedLoop, IO, randomBlocks } from "./blk-iops.js";
 
-/** Bytes per block request. */
-export const INTERPOSE_IO = 4096;
+/** Bytes per block request (the blk bench's). */
+export const INTERPOSE_IO = IO;
 /** Size of the disk the guest sees (every back-end presents this capacity). */
 export const INTERPOSE_DISK_BYTES = 64 << 20;
 /** Block requests in flight. */
@@ -128,67 +127,6 @@ function blkCases(): BlkCase[] {
   ];
 }
 
-/** Random 4 KiB-aligned sectors in the disk (xorshift32, fixed seed: same in every run). */
-function sectors(n: number, seed: number): Float64Array {
-  const blocks = INTERPOSE_DISK_BYTES / INTERPOSE_IO;
-  const out = new Float64Array(n);
-  let x = seed >>> 0 || 1;
-  for (let i = 0; i < n; i++) {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    out[i] = (x % blocks) * (INTERPOSE_IO / 512);
-  }
-  return out;
-}
-
-async function closedLoop(
-  n: number,
-  depth: number,
-  op: (i: number, lane: number) => Promise<unknown>,
-): Promise<void> {
-  let next = 0;
-  const lane = async (k: number): Promise<void> => {
-    while (next < n) await op(next++, k);
-  };
-  const lanes: Promise<void>[] = [];
-  for (let k = 0; k < depth; k++) lanes.push(lane(k));
-  await Promise.all(lanes);
-}
-
-/** Guest and device wired in-process, as in blk-iops.ts (interrupt on the next loop turn). */
-function blkRig(disk: BlockBackend): BlkDriver {
-  const memory = createGuestMemory({ size: 0x800000 });
-  const model = new BlkDevice(disk, { queueSize: 256 });
-  let driver: BlkDriver | undefined;
-  let pending = false;
-  const handler = (): void => {
-    pending = false;
-    driver?.onInterrupt();
-  };
-  const mmio = new MmioDevice(model, {
-    memory,
-    interrupt: () => {
-      if (pending) return;
-      pending = true;
-      setImmediate(handler);
-    },
-  });
-  const transport = new MmioDriverTransport({
-    read: (off, size) => mmio.read(off, size),
-    write: (off, size, v) => mmio.write(off, size, v),
-  });
-  driver = new BlkDriver(
-    transport,
-    memory,
-    new SlabAllocator(0x100000, INTERPOSE_IO, 4 * INTERPOSE_DEPTH + 8),
-    { ringBase: 0x10000, queueSize: 128 },
-  );
-  return driver;
-}
-
 /** `at.length` requests of one kind (the first fifth untimed). */
 async function timed(
   driver: BlkDriver,
@@ -224,8 +162,8 @@ export interface InterposeBlkRow {
 async function blkPart(quick: boolean, reps: number): Promise<InterposeBlkRow[]> {
   const n = quick ? 6_000 : 30_000;
   const cases = blkCases();
-  const wAt = sectors(n, 0x1f2e3d);
-  const rAt = sectors(n, 0x4c5b6a);
+  const wAt = randomBlocks(n, 0x1f2e3d, INTERPOSE_DISK_BYTES, 512);
+  const rAt = randomBlocks(n, 0x4c5b6a, INTERPOSE_DISK_BYTES, 512);
   const bufs = Array.from({ length: INTERPOSE_DEPTH }, (_, k) =>
     new Uint8Array(INTERPOSE_IO).fill(k + 1),
   );
@@ -240,7 +178,7 @@ async function blkPart(quick: boolean, reps: number): Promise<InterposeBlkRow[]>
     for (const c of cases) {
       const stack = await c.make(dir, -1);
       try {
-        const driver = blkRig(stack.disk);
+        const driver = blkRig(stack.disk, INTERPOSE_DEPTH).driver;
         await timed(driver, "write", wWarm, bufs);
         await timed(driver, "read", rWarm, bufs);
       } finally {
@@ -252,7 +190,7 @@ async function blkPart(quick: boolean, reps: number): Promise<InterposeBlkRow[]>
     const once = async (c: number, rep: number): Promise<void> => {
       const stack = await cases[c]!.make(dir, rep);
       try {
-        const driver = blkRig(stack.disk);
+        const driver = blkRig(stack.disk, INTERPOSE_DEPTH).driver;
         runs[c]!.write.push(await timed(driver, "write", wAt, bufs));
         runs[c]!.read.push(await timed(driver, "read", rAt, bufs));
       } finally {
