@@ -33,7 +33,7 @@ import {
   expectEqual,
   expectThat,
 } from "./contract.js";
-import { checkInit } from "./init-order.js";
+import { checkInit, joinFeatureWords } from "./init-order.js";
 import { TapModel } from "./tap.js";
 import { MAX_TURNS, macrotask } from "./wait.js";
 
@@ -245,9 +245,7 @@ class DriverRig {
   }
 
   get acceptedFeatures(): bigint {
-    let f = 0n;
-    for (let i = 0; i < 4; i++) f |= BigInt(this.#driverFeatures[i]! >>> 0) << BigInt(32 * i);
-    return f;
+    return joinFeatureWords(this.#driverFeatures);
   }
 
   #v(kind: Violation["kind"], spec: string, detail: string): void {

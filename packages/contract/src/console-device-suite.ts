@@ -25,6 +25,7 @@ import {
   expectEqual,
   expectThat,
 } from "./contract.js";
+import { offeredFeatures } from "./init-order.js";
 import { noThrow, type QueuePending, QueueRig } from "./queue-rig.js";
 import { macrotask } from "./wait.js";
 
@@ -363,14 +364,10 @@ const checks: ContractCheck<ConsoleDeviceAdapter>[] = [
     async run({ adapter }) {
       const c = await make(adapter, 1);
       const dev = c.rig.device;
-      let offered = 0n;
       dev.write(MmioReg.STATUS, 4, 0);
       dev.write(MmioReg.STATUS, 4, DeviceStatus.ACKNOWLEDGE);
       dev.write(MmioReg.STATUS, 4, DeviceStatus.ACKNOWLEDGE | DeviceStatus.DRIVER);
-      for (let sel = 0; sel < 2; sel++) {
-        dev.write(MmioReg.DEVICE_FEATURES_SEL, 4, sel);
-        offered |= BigInt(dev.read(MmioReg.DEVICE_FEATURES, 4) >>> 0) << BigInt(32 * sel);
-      }
+      const offered = offeredFeatures(dev);
       if (!hasFeature(offered, ConsoleFeature.EMERG_WRITE)) return;
       noThrow("emerg_wr before FEATURES_OK", () =>
         dev.write(MmioReg.CONFIG + ConsoleConfig.EMERG_WR, 4, 0x1234_5621),

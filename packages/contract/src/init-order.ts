@@ -62,6 +62,26 @@ export function recordingBus(
   };
 }
 
+/**
+ * The feature bits 0–63 a device offers, read through its DeviceFeatures registers (transport
+ * bits included), as a driver would. Leaves DeviceFeaturesSel at 1.
+ */
+export function offeredFeatures(device: MmioDevice): bigint {
+  let f = 0n;
+  for (let sel = 0; sel < 2; sel++) {
+    device.write(MmioReg.DEVICE_FEATURES_SEL, 4, sel);
+    f |= BigInt(device.read(MmioReg.DEVICE_FEATURES, 4) >>> 0) << BigInt(32 * sel);
+  }
+  return f;
+}
+
+/** 32-bit feature words (word `i` = bits 32·i to 32·i + 31) as one bigint. */
+export function joinFeatureWords(words: readonly number[]): bigint {
+  let f = 0n;
+  for (let i = 0; i < words.length; i++) f |= BigInt(words[i]! >>> 0) << BigInt(32 * i);
+  return f;
+}
+
 /** Check the §3.1.1 order in the recorded register accesses of `attach`. */
 export function checkInit(events: readonly BusEvent[]): void {
   const S = DeviceStatus;

@@ -6,7 +6,6 @@
  */
 import { RngDevice } from "@virtio-ts/devices";
 import { createGuestMemory, type GuestMemory } from "@virtio-ts/memory";
-import { MmioReg } from "@virtio-ts/spec";
 import {
   type MmioBus,
   MmioDevice,
@@ -21,7 +20,13 @@ import {
   expectEqual,
   expectThat,
 } from "./contract.js";
-import { type BusEvent, checkInit, recordingBus } from "./init-order.js";
+import {
+  type BusEvent,
+  checkInit,
+  joinFeatureWords,
+  offeredFeatures,
+  recordingBus,
+} from "./init-order.js";
 import { TapModel } from "./tap.js";
 import { MAX_TURNS, macrotask } from "./wait.js";
 
@@ -123,16 +128,11 @@ class RngDriverRig {
 
   /** DeviceFeatures as the registers offer them (transport bits included). */
   get offered(): bigint {
-    let f = 0n;
-    for (let sel = 0; sel < 2; sel++) {
-      this.device.write(MmioReg.DEVICE_FEATURES_SEL, 4, sel);
-      f |= BigInt(this.device.read(MmioReg.DEVICE_FEATURES, 4) >>> 0) << BigInt(32 * sel);
-    }
-    return f;
+    return offeredFeatures(this.device);
   }
 
   get acceptedFeatures(): bigint {
-    return BigInt(this.accepted[0]! >>> 0) | (BigInt(this.accepted[1]! >>> 0) << 32n);
+    return joinFeatureWords(this.accepted);
   }
 
   /** Run the device and the driver's interrupt handler until `p` settles (bounded). */
