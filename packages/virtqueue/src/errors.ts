@@ -308,32 +308,6 @@ export class PackedDescNotAvailableError extends RingError {
 }
 
 /**
- * Packed ring, device side: the descriptor at the device's next available position has AVAIL
- * and USED both equal to the avail wrap counter, so it looks used in the current lap although
- * the device has not reached it yet. A driver sets USED to the inverse of AVAIL (VIRTIO 1.3
- * §2.8.1), and every other stale state (used or available in the previous lap, zero) differs.
- */
-export class PackedFlagsInconsistentError extends RingError {
-  /** @inheritdoc */
-  readonly code = "packed-flags-inconsistent" as const;
-  /** Ring position of the descriptor. */
-  readonly position: number;
-  /** Its `flags` as read. */
-  readonly flags: number;
-  /** The device's avail wrap counter. */
-  readonly wrap: boolean;
-  /** @param position ring position; @param flags flags as read; @param wrap the avail wrap counter. */
-  constructor(position: number, flags: number, wrap: boolean) {
-    super(
-      `packed descriptor ${position} has inconsistent AVAIL/USED flags 0x${flags.toString(16)} (wrap ${wrap ? 1 : 0})`,
-    );
-    this.position = position;
-    this.flags = flags;
-    this.wrap = wrap;
-  }
-}
-
-/**
  * Packed ring: a chain whose descriptors all carry NEXT for a whole queue size, so it never
  * ends and its buffer ID (in the last descriptor, VIRTIO 1.3 §2.8.6) is unknown. §2.8.17: a
  * driver MUST NOT create a descriptor list longer than the queue size.

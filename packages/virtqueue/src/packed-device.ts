@@ -18,7 +18,6 @@ import {
   HeadOutOfRangeError,
   PackedChainUnterminatedError,
   PackedDescNotAvailableError,
-  PackedFlagsInconsistentError,
 } from "./errors.js";
 import { mapPackedRing, packedNeedEvent, packedOffWrap } from "./packed-layout.js";
 import type { DeviceQueue, QueueLayout, QueueState, RingFeatures } from "./types.js";
@@ -32,6 +31,14 @@ const EV_ENABLE = PackedEventFlags.ENABLE;
 const EV_DISABLE = PackedEventFlags.DISABLE;
 const EV_DESC = PackedEventFlags.DESC;
 const TWO_32 = 4294967296;
+
+/**
+ * Whether a descriptor with `flags` is available to a device whose avail wrap counter is
+ * `wrap`: AVAIL matches the counter and USED does not (VIRTIO 1.3 §2.8.1).
+ */
+function isAvailable(flags: number, wrap: boolean): boolean {
+  return ((flags & F_AVAIL) !== 0) === wrap && ((flags & F_USED) !== 0) !== wrap;
+}
 
 // Numeric failure codes of the chain walk: the hot path returns one of these, and an Error is
 // built only on the cold path (#chainError) from the queue's scratch fields.
@@ -134,7 +141,7 @@ export class PackedDeviceQueue implements DeviceQueue {
    * @inheritdoc
    * @throws ChainError (head = buffer ID) for a malformed chain: its descriptors are consumed
    *   and its ID is in flight, so it may be pushed with 0.
-   * @throws RingError: {@link PackedFlagsInconsistentError}, {@link PackedDescNotAvailableError},
+   * @throws RingError: {@link PackedDescNotAvailableError},
    *   {@link PackedChainUnterminatedError}, {@link HeadOutOfRangeError} (buffer ID ≥ queue size),
    *   {@link HeadInFlightError} (buffer ID already in flight).
    */
@@ -148,11 +155,12 @@ export class PackedDeviceQueue implements DeviceQueue {
     // chain (VIRTIO 1.3 §2.8.21.1), so the plain reads below see all of them.
     let word = Atomics.load(desc, (start << 2) + 3);
     let flags = word >>> 16;
-    // §2.8.1 / §2.8.15: available iff AVAIL matches our wrap counter and USED does not; a
-    // device MUST NOT use a descriptor before it observes AVAIL changed.
-    if (((flags & F_AVAIL) !== 0) !== wrap) return false;
-    if (((flags & F_USED) !== 0) === wrap)
-      throw new PackedFlagsInconsistentError(start, flags, wrap);
+    // §2.8.1: AVAIL and USED "are different for an available descriptor and equal for a used
+    // descriptor"; §2.8.15: a device MUST NOT use a descriptor before it observes AVAIL changed.
+    // So the head is available only if AVAIL matches our wrap counter and USED does not. AVAIL
+    // = USED = wrap counter is a used descriptor: nothing is available there (inside a list the
+    // same bits are an error, PackedDescNotAvailableError below).
+    if (!isAvailable(flags, wrap)) return false;
     // VIRTIO 1.3 §2.8.17: a list is never longer than the queue size (indirect entries included).
     const budget = Math.min(chain.capacity, size);
     chain.begin(0);
@@ -195,7 +203,7 @@ export class PackedDeviceQueue implements DeviceQueue {
       word = desc[(pos << 2) + 3]!;
       flags = word >>> 16;
       // §2.8.6: every descriptor of the list carries correct AVAIL/USED bits for its lap.
-      if (((flags & F_AVAIL) !== 0) !== w || ((flags & F_USED) !== 0) === w) {
+      if (!isAvailable(flags, w)) {
         throw new PackedDescNotAvailableError(pos, flags, w);
       }
     }
@@ -402,9 +410,10 @@ export class PackedDeviceQueue implements DeviceQueue {
       Atomics.store(ev, 1, EV_DESC);
     } else Atomics.store(ev, 1, EV_ENABLE);
     // Re-check after publishing our wish: a driver that made a buffer available just before
-    // seeing it did not notify, so the device must look again (the lost-wakeup race).
+    // seeing it did not notify, so the device must look again (the lost-wakeup race). The test
+    // is pop's (§2.8.1): a used descriptor at the head is nothing to pop.
     const flags = Atomics.load(this.#desc, (this.#nextAvail << 2) + 3) >>> 16;
-    return ((flags & F_AVAIL) !== 0) === this.#availWrap;
+    return isAvailable(flags, this.#availWrap);
   }
 
   /** @inheritdoc */
