@@ -308,6 +308,29 @@ export class PackedDescNotAvailableError extends RingError {
 }
 
 /**
+ * Packed ring, found when saving the chains in flight: a buffer was popped while the driver
+ * had more descriptors outstanding than the queue size, so the device kept no copy of its list
+ * (VIRTIO 1.3 §2.8.10.1: Queue Size is the most descriptors the driver may have made available
+ * and not got back used). Only a driver that breaks that rule causes it.
+ */
+export class PackedOvercommitError extends RingError {
+  /** @inheritdoc */
+  readonly code = "packed-overcommit" as const;
+  /** The buffer ID whose list was not kept. */
+  readonly id: number;
+  /** The queue size. */
+  readonly queueSize: number;
+  /** @param id buffer ID; @param queueSize the queue size. */
+  constructor(id: number, queueSize: number) {
+    super(
+      `packed buffer ${id} was popped with more than ${queueSize} descriptors outstanding: its list was not kept`,
+    );
+    this.id = id;
+    this.queueSize = queueSize;
+  }
+}
+
+/**
  * Packed ring: a chain whose descriptors all carry NEXT for a whole queue size, so it never
  * ends and its buffer ID (in the last descriptor, VIRTIO 1.3 §2.8.6) is unknown. §2.8.17: a
  * driver MUST NOT create a descriptor list longer than the queue size.
