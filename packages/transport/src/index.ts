@@ -7,10 +7,14 @@
  * @packageDocumentation
  */
 export * from "./device-core.js";
+export type * from "./device-model.js";
+export * from "./device-state.js";
 export * from "./doorbell.js";
 export * from "./driver-transport.js";
 export * from "./errors.js";
+export * from "./forwarding-context.js";
 export * from "./mmio-device.js";
 export * from "./mmio-driver.js";
+export * from "./mmio-state.js";
 export * from "./notification-data.js";
 export * from "./rate-limit.js";

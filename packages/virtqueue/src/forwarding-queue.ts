@@ -102,7 +102,9 @@ export class ForwardingDeviceQueue implements DeviceQueue {
   restoreInFlight(chains: readonly InFlightChain[]): void {
     const inner = this.inner;
     if (inner.restoreInFlight === undefined) {
-      throw new RangeError("the wrapped queue cannot restore chains in flight (no restoreInFlight)");
+      throw new RangeError(
+        "the wrapped queue cannot restore chains in flight (no restoreInFlight)",
+      );
     }
     inner.restoreInFlight(chains);
   }

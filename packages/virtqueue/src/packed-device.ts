@@ -21,13 +21,7 @@ import {
   PackedOvercommitError,
 } from "./errors.js";
 import { mapPackedRing, packedNeedEvent, packedOffWrap } from "./packed-layout.js";
-import type {
-  DeviceQueue,
-  InFlightChain,
-  QueueLayout,
-  QueueState,
-  RingFeatures,
-} from "./types.js";
+import type { DeviceQueue, InFlightChain, QueueLayout, QueueState, RingFeatures } from "./types.js";
 
 const F_NEXT = PackedDescFlags.NEXT;
 const F_WRITE = PackedDescFlags.WRITE;
@@ -320,7 +314,8 @@ export class PackedDeviceQueue implements DeviceQueue {
       const len = src[base + 2]!;
       const word = src[base + 3]!;
       this.#record(lo, hi, len, word);
-      if (code === OK) code = this.#step(chain, k, k + 1, hi * TWO_32 + lo, len, word >>> 16, budget);
+      if (code === OK)
+        code = this.#step(chain, k, k + 1, hi * TWO_32 + lo, len, word >>> 16, budget);
     }
     const id = rec.id;
     this.#take(id);

@@ -26,13 +26,7 @@ import {
   HeadOutOfRangeError,
 } from "./errors.js";
 import { mapSplitRing, type SplitRingViews } from "./split-layout.js";
-import type {
-  DeviceQueue,
-  InFlightChain,
-  QueueLayout,
-  QueueState,
-  RingFeatures,
-} from "./types.js";
+import type { DeviceQueue, InFlightChain, QueueLayout, QueueState, RingFeatures } from "./types.js";
 
 const F_NEXT = SplitDescFlags.NEXT;
 const F_WRITE = SplitDescFlags.WRITE;

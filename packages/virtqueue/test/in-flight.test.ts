@@ -97,7 +97,9 @@ describe.each(["split", "packed"] as const)("%s ring: chains in flight across a 
     while (moved.pop(chain)) {
       // Token t's first segment is at DATA + t·64: the chain is the one the driver posted.
       const t = (chain.addrs[0]! - DATA) / 64;
-      expect([chain.count, chain.lens[0], chain.lens[2], chain.readableCount]).toEqual([3, 8, 16, 2]);
+      expect([chain.count, chain.lens[0], chain.lens[2], chain.readableCount]).toEqual([
+        3, 8, 16, 2,
+      ]);
       seen.push(t);
       moved.push(chain.head, t);
     }
@@ -185,9 +187,7 @@ describe.each(["split", "packed"] as const)("%s ring: chains in flight across a 
   ])("restoreInFlight refuses %s with a RangeError naming the entry", (_what, chains, msg) => {
     const { device } = rig(layout);
     expect(() => device.restoreInFlight!(chains as unknown as InFlightChain[])).toThrow(msg);
-    expect(() => device.restoreInFlight!(chains as unknown as InFlightChain[])).toThrow(
-      RangeError,
-    );
+    expect(() => device.restoreInFlight!(chains as unknown as InFlightChain[])).toThrow(RangeError);
   });
 });
 

@@ -22,7 +22,6 @@ import {
   PackedDeviceQueue,
   QueueConfigError,
   ReadableAfterWritableError,
-  RingError,
   type RingFeatures,
   ringFeatures,
   TotalLengthOverflowError,
