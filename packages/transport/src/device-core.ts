@@ -893,15 +893,18 @@ export class VirtioDeviceCore implements DeviceContext {
   }
 
   /**
-   * After the state was saved and the device resumed elsewhere: stay suspended for good and
-   * bump the {@link VirtioDeviceCore.epoch}, so requests still in this device's back-end drop
-   * their results instead of completing a second time. (When source and destination share a
-   * back-end, wait for those requests to finish before resuming the destination.)
+   * After the state was saved and the device resumed elsewhere: reset this device (the model
+   * forgets its requests in flight, so what its back-end completes late is dropped instead of
+   * completing a second time) and resolve once the model's back-end is idle (its `whenIdle`,
+   * if it has one). Until then a late read may still write into this device's guest memory:
+   * when source and destination share memory or a back-end, resume the destination only
+   * after this resolves.
    * @throws RangeError unless suspended
    */
-  abandon(): void {
+  async abandon(): Promise<void> {
     if (!this.#suspended) throw new RangeError("abandon needs a suspended device");
-    this.#epoch++;
+    this.reset();
+    await this.model.whenIdle?.();
   }
 
   /**

@@ -182,6 +182,12 @@ export interface DeviceModel {
    * reported them). Failures are the model's to report (`ctx.fail`).
    */
   startRings?(states: readonly (QueueState | undefined)[]): void;
+  /**
+   * Optional: resolves once no request of this model is in its back-end (at once if none is),
+   * also for requests a reset made stale. Hosts wait on it before handing a device's memory or
+   * back-end to someone else (`VirtioDeviceCore.abandon`); test kits use it instead of polling.
+   */
+  whenIdle?(): Promise<void>;
 }
 
 /**

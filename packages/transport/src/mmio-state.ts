@@ -15,7 +15,7 @@ import { MmioDevice, type MmioDeviceOptions } from "./mmio-device.js";
  * ```ts
  * await source.core.suspend();            // the guest's vCPUs are stopped too
  * const bytes = saveMmioDevice(source);   // send them, with the guest memory and the disk
- * source.core.abandon();
+ * await source.core.abandon();        // late back-end results are dropped
  * // elsewhere, over a copy of the memory and the same (or a copied) back-end:
  * const target = restoreMmioDevice(bytes, new BlkDevice(disk), { memory, interrupt });
  * ```
