@@ -15,11 +15,10 @@ import { GuestMemoryMap, VirtioError } from "@virtio-ts/memory";
 import { BlkConfig, BlkFeature, DeviceId, Feature, featureMask, hasFeature } from "@virtio-ts/spec";
 import type { DeviceContext, DeviceModel } from "@virtio-ts/transport";
 import {
+  createDeviceQueue,
   type DeviceQueue,
   GatedDeviceQueue,
   type QueueLayout,
-  ringFeatures,
-  SplitDeviceQueue,
 } from "@virtio-ts/virtqueue";
 import { VhostUserConnection } from "./connection.js";
 import { VhostUserError, type VhostUserErrorCode } from "./errors.js";
@@ -629,9 +628,10 @@ class Session implements DeviceContext {
       );
     }
     const layout: QueueLayout = { size: r.num, desc: r.desc, driver: r.avail, device: r.used };
-    let q: SplitDeviceQueue;
+    let q: DeviceQueue;
     try {
-      q = new SplitDeviceQueue(mem, layout, ringFeatures(f & ~PF_BIT));
+      // A split ring: RING_PACKED is never offered (UNSERVED), so SET_FEATURES cannot carry it.
+      q = createDeviceQueue(mem, layout, f & ~PF_BIT);
       // The used index lives in guest memory (the front-end may have restarted us mid-way).
       const usedIdx = mem.readU16(r.used + 2);
       q.setState({ availIdx: r.base, usedIdx, availWrap: true, usedWrap: true });
