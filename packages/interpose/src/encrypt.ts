@@ -1,6 +1,6 @@
 import { createHmac, randomBytes, scrypt, timingSafeEqual } from "node:crypto";
 import { crc32 } from "node:zlib";
-import { BackendError, type BlockBackend, sectorRangeFits } from "@virtio-ts/devices";
+import { type BlockBackend, BlockGuard } from "@virtio-ts/devices";
 import { XTS_KEY_BYTES, XtsAes256, type XtsOptions } from "./xts.js";
 
 const SECTOR = 512;
@@ -142,6 +142,7 @@ export class EncryptedDisk implements BlockBackend {
   readonly readOnly: boolean;
   readonly #xts: XtsAes256;
   readonly #pool: Uint8Array[] = [];
+  readonly #guard: BlockGuard;
 
   private constructor(inner: BlockBackend, xts: XtsAes256, dataOffset: number) {
     this.inner = inner;
@@ -150,6 +151,7 @@ export class EncryptedDisk implements BlockBackend {
     this.capacity = inner.capacity - dataOffset;
     this.blockSize = inner.blockSize;
     this.readOnly = inner.readOnly;
+    this.#guard = new BlockGuard("EncryptedDisk", this.capacity, this.readOnly);
   }
 
   /** @internal */
@@ -165,7 +167,7 @@ export class EncryptedDisk implements BlockBackend {
   /** Decrypts into `iovecs` (directly when there is one, else through a scratch buffer). */
   async read(sector: number, iovecs: readonly Uint8Array[]): Promise<void> {
     const len = total(iovecs);
-    this.#span(sector, len);
+    this.#guard.span(sector, len);
     const ct = this.#take(len);
     try {
       const view = ct.subarray(0, len);
@@ -187,9 +189,9 @@ export class EncryptedDisk implements BlockBackend {
 
   /** Encrypts `iovecs` into a scratch buffer, then writes that to the inner back-end. */
   async write(sector: number, iovecs: readonly Uint8Array[]): Promise<void> {
-    this.#writable();
+    this.#guard.writable();
     const len = total(iovecs);
-    this.#span(sector, len);
+    this.#guard.span(sector, len);
     const ct = this.#take(len);
     try {
       const view = ct.subarray(0, len);
@@ -219,14 +221,14 @@ export class EncryptedDisk implements BlockBackend {
    * sectors keep their contents; nothing about them reaches the inner back-end).
    */
   async discard(sector: number, count: number): Promise<void> {
-    this.#writable();
-    this.#span(sector, count * SECTOR);
+    this.#guard.writable();
+    this.#guard.span(sector, count * SECTOR);
   }
 
   /** Writes encrypted zeroes, 64 KiB at a time; `unmap` is ignored. */
   async writeZeroes(sector: number, count: number, _unmap: boolean): Promise<void> {
-    this.#writable();
-    this.#span(sector, count * SECTOR);
+    this.#guard.writable();
+    this.#guard.span(sector, count * SECTOR);
     const zero = new Uint8Array(Math.min(ZERO_CHUNK, count * SECTOR));
     const ct = new Uint8Array(zero.length);
     let s = sector;
@@ -249,19 +251,6 @@ export class EncryptedDisk implements BlockBackend {
 
   #give(buf: Uint8Array): void {
     if (buf.length === POOL_BYTES && this.#pool.length < POOL_MAX) this.#pool.push(buf);
-  }
-
-  #writable(): void {
-    if (this.readOnly) throw new BackendError("read-only", "EncryptedDisk: inner is read-only");
-  }
-
-  #span(sector: number, len: number): void {
-    if (!sectorRangeFits(sector, len, this.capacity)) {
-      throw new BackendError(
-        "out-of-range",
-        `EncryptedDisk: ${len} bytes at sector ${sector} pass capacity ${this.capacity}`,
-      );
-    }
   }
 }
 

@@ -6,6 +6,7 @@ import {
   BackendError,
   type BackendErrorCode,
   type BlockBackend,
+  BlockGuard,
   sectorRangeFits,
 } from "@virtio-ts/devices";
 import { ExtentMap, shift } from "./log-extents.js";
@@ -168,7 +169,7 @@ export class SnapshotLog implements BlockBackend {
   #seq = 0;
   #markedEnd = LOG_HEADER_BYTES;
   #broken: BackendError | undefined = undefined;
-  #closed = false;
+  readonly #guard: BlockGuard;
   #active = 0;
   #exclusive: Promise<void> | undefined = undefined;
   #idle: (() => void) | undefined = undefined;
@@ -191,6 +192,7 @@ export class SnapshotLog implements BlockBackend {
     this.readOnly = readOnly;
     this.#maxExtents = maxExtents;
     this.tornBytes = tornBytes;
+    this.#guard = new BlockGuard(`snapshot log ${path}`, this.capacity, readOnly, path);
   }
 
   /** @internal */
@@ -268,7 +270,7 @@ export class SnapshotLog implements BlockBackend {
   /** @inheritdoc */
   async read(sector: number, iovecs: readonly Uint8Array[]): Promise<void> {
     const len = total(iovecs);
-    this.#span(sector, len);
+    this.#guard.span(sector, len);
     while (this.#exclusive !== undefined) await this.#exclusive;
     this.#active++;
     try {
@@ -297,9 +299,9 @@ export class SnapshotLog implements BlockBackend {
 
   /** Appends a WRITE record (a private copy of the data: the guest may change `iovecs`). */
   async write(sector: number, iovecs: readonly Uint8Array[]): Promise<void> {
-    this.#writable();
+    this.#guard.writable();
     const len = total(iovecs);
-    this.#span(sector, len);
+    this.#guard.span(sector, len);
     while (this.#exclusive !== undefined) await this.#exclusive;
     this.#active++;
     try {
@@ -325,7 +327,7 @@ export class SnapshotLog implements BlockBackend {
    * (made durable by the next flush). The base is not touched.
    */
   async flush(): Promise<void> {
-    this.#open();
+    this.#guard.open();
     while (this.#exclusive !== undefined) await this.#exclusive;
     this.#active++;
     try {
@@ -337,14 +339,14 @@ export class SnapshotLog implements BlockBackend {
 
   /** A no-op after the checks: discarded sectors keep their contents (allowed by the contract). */
   async discard(sector: number, count: number): Promise<void> {
-    this.#writable();
-    this.#span(sector, count * SECTOR);
+    this.#guard.writable();
+    this.#guard.span(sector, count * SECTOR);
   }
 
   /** Appends a ZEROES record (no payload); `unmap` is ignored. */
   async writeZeroes(sector: number, count: number, _unmap: boolean): Promise<void> {
-    this.#writable();
-    this.#span(sector, count * SECTOR);
+    this.#guard.writable();
+    this.#guard.span(sector, count * SECTOR);
     while (this.#exclusive !== undefined) await this.#exclusive;
     this.#active++;
     try {
@@ -363,7 +365,7 @@ export class SnapshotLog implements BlockBackend {
    * @throws RangeError naming `name`; BackendError on I/O failure
    */
   async snapshot(name: string): Promise<SnapshotInfo> {
-    this.#writable();
+    this.#guard.writable();
     const bytes = typeof name === "string" ? Buffer.from(name, "utf8") : undefined;
     if (bytes === undefined || bytes.length === 0 || bytes.length > 255) {
       throw new RangeError(`name must be 1 to 255 bytes of UTF-8, got ${JSON.stringify(name)}`);
@@ -395,7 +397,7 @@ export class SnapshotLog implements BlockBackend {
    *   failure
    */
   async rollback(name: string): Promise<void> {
-    this.#writable();
+    this.#guard.writable();
     const target = this.#snapshots.find((s) => s.name === name);
     if (target === undefined) {
       throw new RangeError(`name: no snapshot called ${JSON.stringify(name)} in ${this.path}`);
@@ -422,7 +424,7 @@ export class SnapshotLog implements BlockBackend {
    *   failure
    */
   async commit(): Promise<void> {
-    this.#writable();
+    this.#guard.writable();
     if (this.base.readOnly) {
       throw new BackendError("read-only", `cannot commit ${this.path}: the base is read-only`, {
         path: this.path,
@@ -460,8 +462,8 @@ export class SnapshotLog implements BlockBackend {
 
   /** Wait for records in flight, then close the file. Later operations reject. Idempotent. */
   async close(): Promise<void> {
-    if (this.#closed) return;
-    this.#closed = true;
+    if (this.#guard.closed) return;
+    this.#guard.closed = true;
     await Promise.allSettled([...this.#pending]);
     await this.#fh.close();
   }
@@ -584,32 +586,6 @@ export class SnapshotLog implements BlockBackend {
 
   #give(buf: Uint8Array): void {
     if (buf.length === POOL_BYTES && this.#pool.length < POOL_MAX) this.#pool.push(buf);
-  }
-
-  #open(): void {
-    if (this.#closed) {
-      throw new BackendError("closed", `snapshot log ${this.path} is closed`, { path: this.path });
-    }
-  }
-
-  #writable(): void {
-    this.#open();
-    if (this.readOnly) {
-      throw new BackendError("read-only", `snapshot log ${this.path} is read-only`, {
-        path: this.path,
-      });
-    }
-  }
-
-  #span(sector: number, len: number): void {
-    this.#open();
-    if (!sectorRangeFits(sector, len, this.capacity)) {
-      throw new BackendError(
-        "out-of-range",
-        `${len} bytes at sector ${sector} pass the capacity (${this.capacity} sectors)`,
-        { path: this.path },
-      );
-    }
   }
 
   #fail(e: unknown, what: string): BackendError {
