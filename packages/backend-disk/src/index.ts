@@ -6,6 +6,7 @@
  *
  * @packageDocumentation
  */
+export * from "./disk-spec.js";
 export * from "./file-disk.js";
 export * from "./memory-disk.js";
 export * from "./nbd-disk.js";

@@ -2,7 +2,7 @@
 // so the vhost worker sees the very same bytes), each exposing the same `read` and the same
 // counters: exits (trapped register accesses), interrupts the guest took (handler runs), and
 // bytes the VMM's own code copied between guest memory and its buffers.
-import { MemoryDisk } from "@virtio-ts/backend-disk";
+import { type DiskSpec, describeDisk, MemoryDisk } from "@virtio-ts/backend-disk";
 import { BlkDevice } from "@virtio-ts/devices";
 import { BlkDriver, SlabAllocator } from "@virtio-ts/drivers";
 import {
@@ -16,6 +16,7 @@ import { MmioDevice, MmioDriverTransport } from "@virtio-ts/transport";
 import { blkDescription, type VhostBlkArgs, VhostDevice } from "@virtio-ts/vhost";
 import { AtaPioDevice, AtaPioDriver } from "./ata.js";
 import { LegacyBlkDriver } from "./legacy-blk.js";
+
 import { AssignableDisk, PassthroughDriver, type PassthroughFunction } from "./passthrough.js";
 
 /** Bytes per request. */
@@ -302,6 +303,8 @@ export interface VhostWorkerFiles {
   readonly script: URL;
   /** `blk.js` (exports `createBlkModel`). */
   readonly blkModule: URL;
+  /** `@virtio-ts/backend-disk`'s built entry (exports `openDisk`), which the worker imports. */
+  readonly backendDisk: URL;
 }
 
 /**
@@ -311,8 +314,15 @@ export interface VhostWorkerFiles {
  * @param files - where the worker's JavaScript is (needed when running from TypeScript sources)
  */
 export async function vhostRig(image: SharedArrayBuffer, files?: VhostWorkerFiles): Promise<Rig> {
+  const disk: DiskSpec = { kind: "memory", buffer: image };
   const args: VhostBlkArgs = {
-    image: { kind: "memory", buffer: image },
+    // The worker opens the disk itself, through backend-disk's built module.
+    backend: {
+      module: String(files?.backendDisk ?? import.meta.resolve("@virtio-ts/backend-disk")),
+      export: "openDisk",
+      args: disk,
+    },
+    disk: describeDisk(disk),
     device: { queueSize: 256 },
   };
   const dev = new VhostDevice({
