@@ -1,11 +1,10 @@
 /**
  * "any virtio-blk driver": checks a third-party virtio-blk driver against our BlkDevice over
- * a MemoryDisk, behind a recording register bus and a model wrapper that watches every request
+ * the kit's own RecordingDisk, behind a recording register bus and a model wrapper that watches every request
  * and can complete requests out of order.
  * @module
  */
-import { MemoryDisk } from "@virtio-ts/backend-disk";
-import { BackendError, BlkDevice, type BlockBackend } from "@virtio-ts/devices";
+import { BlkDevice } from "@virtio-ts/devices";
 import { createGuestMemory, type GuestMemory, VirtioError } from "@virtio-ts/memory";
 import {
   BLK_SECTOR_SIZE,
@@ -34,6 +33,7 @@ import {
   expectThat,
 } from "./contract.js";
 import { checkInit, joinFeatureWords } from "./init-order.js";
+import { RecordingDisk } from "./recording-disk.js";
 import { TapModel } from "./tap.js";
 import { MAX_TURNS, macrotask } from "./wait.js";
 
@@ -106,45 +106,6 @@ type BusEvent =
   | { readonly e: "queue-ready" }
   | { readonly e: "notify" };
 
-/** A back-end that fails reads and writes touching one sector (to provoke IOERR). */
-class FaultyDisk implements BlockBackend {
-  constructor(
-    readonly disk: MemoryDisk,
-    readonly badSector: number,
-  ) {}
-  get capacity(): number {
-    return this.disk.capacity;
-  }
-  get blockSize(): number {
-    return this.disk.blockSize;
-  }
-  get readOnly(): boolean {
-    return this.disk.readOnly;
-  }
-  #hits(sector: number, iov: readonly Uint8Array[]): boolean {
-    let n = 0;
-    for (const v of iov) n += v.length;
-    return sector <= this.badSector && this.badSector < sector + n / BLK_SECTOR_SIZE;
-  }
-  read(sector: number, iov: readonly Uint8Array[]): Promise<void> {
-    if (this.#hits(sector, iov)) return Promise.reject(new BackendError("io", "bad sector"));
-    return this.disk.read(sector, iov);
-  }
-  write(sector: number, iov: readonly Uint8Array[]): Promise<void> {
-    if (this.#hits(sector, iov)) return Promise.reject(new BackendError("io", "bad sector"));
-    return this.disk.write(sector, iov);
-  }
-  flush(): Promise<void> {
-    return this.disk.flush();
-  }
-  discard(sector: number, count: number): Promise<void> {
-    return this.disk.discard(sector, count);
-  }
-  writeZeroes(sector: number, count: number, unmap: boolean): Promise<void> {
-    return this.disk.writeZeroes(sector, count, unmap);
-  }
-}
-
 /** The device side fault the NEEDS_RESET check injects. */
 class InjectedFault extends VirtioError {
   readonly code = "contract-injected-fault";
@@ -159,7 +120,7 @@ interface RigOptions {
 /** Our device, instrumented, with the driver under test attached. */
 class DriverRig {
   readonly memory = createGuestMemory({ size: MEM_SIZE });
-  readonly disk: MemoryDisk;
+  readonly disk: RecordingDisk;
   readonly blk: BlkDevice;
   readonly tap: TapModel;
   readonly device: MmioDevice;
@@ -175,9 +136,11 @@ class DriverRig {
 
   constructor(adapter: BlkDriverAdapter, o: RigOptions) {
     this.adapter = adapter;
-    this.disk = new MemoryDisk(testImage(SECTORS));
-    const backend = o.badSector === undefined ? this.disk : new FaultyDisk(this.disk, o.badSector);
-    this.blk = new BlkDevice(backend, {
+    this.disk = new RecordingDisk(
+      testImage(SECTORS),
+      o.badSector === undefined ? {} : { badSector: o.badSector },
+    );
+    this.blk = new BlkDevice(this.disk, {
       queueSize: 128,
       serial: "contract",
       sizeMax: o.sizeMax ?? 1 << 20,
@@ -532,7 +495,7 @@ const checks: ContractCheck<BlkDriverAdapter>[] = [
  * The "any virtio-blk driver" suite (VIRTIO 1.3 §3.1.1, §5.2): the initialisation order and
  * feature acceptance, request layout, seg_max / size_max and capacity limits, data integrity,
  * out-of-order completions, IOERR and DEVICE_NEEDS_RESET handling. The device is our `BlkDevice`
- * over a `MemoryDisk`, behind a recording bus and a request tap.
+ * over the kit's own recording disk, behind a recording bus and a request tap.
  *
  * If a driver skips FEATURES_OK, the recording bus sets it on the driver's behalf after
  * reporting it, so the other checks still measure the rest of the driver.
