@@ -1,8 +1,12 @@
 import { VirtioError } from "@virtio-ts/memory";
 import {
+  completeChecksum,
   DeviceId,
+  ETH_ALEN,
+  ETH_HLEN,
   Feature,
   featureMask,
+  flowHash,
   hasFeature,
   NetConfig,
   NetCtrlAck,
@@ -17,7 +21,6 @@ import {
 import type { DeviceContext, DeviceModel } from "@virtio-ts/transport";
 import { ChainError, DescriptorChain, type DeviceQueue } from "@virtio-ts/virtqueue";
 import type { NetBackend, NetFrameSink } from "./net-backend.js";
-import { completeChecksum } from "./net-checksum.js";
 
 /** Why a guest's transmit frame, receive buffer or control command was refused. */
 export type NetGuestFaultCode =
@@ -146,8 +149,7 @@ export interface NetRxFilter {
   readonly multicastOverflow: boolean;
 }
 
-const ETH_HLEN = 14;
-const MAC_LEN = 6;
+const MAC_LEN = ETH_ALEN;
 /** Segments per chain the device accepts (§2.7.4.1 "reasonable limit"); Linux uses ≤ 19. */
 const MAX_SEGMENTS = 64;
 /** Transmit views cached by length (a direct-mapped cache, see `#txView`). */
@@ -1033,33 +1035,4 @@ function inTable(table: Uint8Array, n: number, f: Uint8Array): boolean {
     }
   }
   return false;
-}
-
-function fnv(h: number, f: Uint8Array, from: number, to: number): number {
-  let x = h;
-  for (let i = from; i < to; i++) x = Math.imul(x ^ f[i]!, 0x01000193);
-  return x;
-}
-
-/**
- * The receive steering hash (see {@link NetDevice}): FNV-1a over the IPv4 addresses and, for an
- * unfragmented TCP or UDP packet, the ports; over the source MAC for anything else. Reads only
- * inside `f` (at least 14 bytes).
- */
-export function flowHash(f: Uint8Array): number {
-  let h = 0x811c9dc5;
-  const len = f.length;
-  if (len >= 34 && f[12] === 0x08 && f[13] === 0x00 && f[14]! >> 4 === 4) {
-    h = fnv(h, f, 26, 34);
-    const ihl = (f[14]! & 0x0f) * 4;
-    const proto = f[23];
-    const fragmented = ((f[20]! & 0x1f) | f[21]!) !== 0;
-    const l4 = ETH_HLEN + ihl;
-    if (ihl >= 20 && !fragmented && (proto === 6 || proto === 17) && l4 + 4 <= len) {
-      h = fnv(h, f, l4, l4 + 4);
-    }
-  } else {
-    h = fnv(h, f, 6, 12);
-  }
-  return h >>> 0;
 }

@@ -4,5 +4,4 @@
  * @module
  */
 export * from "./net-backend.js";
-export * from "./net-checksum.js";
 export * from "./net-device.js";

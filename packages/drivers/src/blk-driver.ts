@@ -18,12 +18,15 @@ import {
   featureMask,
   hasFeature,
   MmioInterrupt,
-  splitAvailSize,
-  splitDescTableSize,
-  splitUsedSize,
 } from "@virtio-ts/spec";
 import type { DriverTransport } from "@virtio-ts/transport";
-import { type DriverQueue, indirectAreaSize, type Segment } from "@virtio-ts/virtqueue";
+import {
+  type DriverQueue,
+  indirectAreaSize,
+  ringAreaBytes,
+  ringLayoutAt,
+  type Segment,
+} from "@virtio-ts/virtqueue";
 import { reapAll } from "./reap.js";
 import type { SlabAllocator } from "./slab.js";
 
@@ -170,10 +173,6 @@ interface Request {
   readonly slots: number[];
 }
 
-function alignUp(n: number, a: number): number {
-  return Math.ceil(n / a) * a;
-}
-
 /**
  * Guest-side virtio-blk driver over a {@link DriverTransport} (virtio-mmio, vhost-user; VIRTIO 1.3
  * §5.2): negotiates features, reads the configuration, sets up request queue 0 (split ring), and
@@ -228,9 +227,7 @@ export class BlkDriver {
    * @param indirect - whether indirect tables are reserved
    */
   static ringBytes(queueSize: number, maxSegments = 16, indirect = true): number {
-    const avail = splitDescTableSize(queueSize);
-    const used = alignUp(avail + splitAvailSize(queueSize), 4);
-    const end = alignUp(used + splitUsedSize(queueSize), 16);
+    const end = ringAreaBytes(queueSize);
     return indirect ? end + indirectAreaSize(queueSize, Math.min(queueSize, maxSegments + 2)) : end;
   }
 
@@ -334,13 +331,11 @@ export class BlkDriver {
     }
 
     const base = options.ringBase;
-    const avail = base + splitDescTableSize(size);
-    const used = alignUp(avail + splitAvailSize(size), 4);
-    const end = alignUp(used + splitUsedSize(size), 16);
+    const end = base + ringAreaBytes(size);
     this.#q = transport.setupQueue<Request>(
       0,
       memory,
-      { size, desc: base, driver: avail, device: used },
+      ringLayoutAt(base, size),
       indirect ? { indirect: { addr: end, maxEntries: Math.min(size, segs + 2) } } : {},
     );
     transport.driverOk();

@@ -17,9 +17,8 @@ import {
   MmioInterrupt,
 } from "@virtio-ts/spec";
 import type { MmioDriverTransport } from "@virtio-ts/transport";
-import type { DriverQueue, Segment } from "@virtio-ts/virtqueue";
+import { type DriverQueue, ringAreaBytes, ringLayoutAt, type Segment } from "@virtio-ts/virtqueue";
 import { reapAll } from "./reap.js";
-import { ringAreaBytes, ringLayoutAt } from "./rng-driver.js";
 import type { SlabAllocator } from "./slab.js";
 
 /** Why the console driver distrusts what the device did. */

@@ -5,9 +5,13 @@
  */
 import { type GuestMemory, VirtioError } from "@virtio-ts/memory";
 import {
+  completeChecksum,
   DeviceId,
+  ETH_ALEN,
+  ETH_HLEN,
   Feature,
   featureMask,
+  flowHash,
   hasFeature,
   MmioInterrupt,
   NetConfig,
@@ -19,12 +23,9 @@ import {
   NetHdrFlags,
   NetMqPairs,
   NetStatus,
-  splitAvailSize,
-  splitDescTableSize,
-  splitUsedSize,
 } from "@virtio-ts/spec";
 import type { DriverTransport } from "@virtio-ts/transport";
-import type { DriverQueue, QueueLayout } from "@virtio-ts/virtqueue";
+import { type DriverQueue, ringAreaBytes, ringLayoutAt } from "@virtio-ts/virtqueue";
 import { reapAll } from "./reap.js";
 import type { SlabAllocator } from "./slab.js";
 
@@ -198,8 +199,7 @@ const RX_MODE_CMD: Record<NetRxMode, number> = {
   nobcast: NetCtrlCmd.RX_NOBCAST,
 };
 
-const ETH_HLEN = 14;
-const MAC_LEN = 6;
+const MAC_LEN = ETH_ALEN;
 
 interface CtrlReq {
   readonly cls: number;
@@ -239,22 +239,6 @@ class RxState {
 interface MutSegment {
   addr: number;
   len: number;
-}
-
-function alignUp(n: number, a: number): number {
-  return Math.ceil(n / a) * a;
-}
-
-/** Bytes of one queue's ring area (split sizes, which also fit a packed ring). */
-function queueAreaBytes(size: number): number {
-  const device = alignUp(splitDescTableSize(size) + splitAvailSize(size), 4);
-  return alignUp(device + splitUsedSize(size), 16);
-}
-
-function layoutAt(base: number, size: number): QueueLayout {
-  const driver = base + splitDescTableSize(size);
-  const device = alignUp(driver + splitAvailSize(size), 4);
-  return { size, desc: base, driver, device };
 }
 
 /**
@@ -363,7 +347,7 @@ export class NetDriver {
    * @param queuePairs - queue pairs set up (the control queue is included)
    */
   static ringBytes(queueSize: number, queuePairs = 1): number {
-    return queueAreaBytes(queueSize) * (2 * queuePairs + 1);
+    return ringAreaBytes(queueSize) * (2 * queuePairs + 1);
   }
 
   /**
@@ -494,11 +478,11 @@ export class NetDriver {
     this.#hdrView = this.#hdrScratch.subarray(0, this.#hdrLen);
     this.#rxBuffers = rxBuffers;
     this.#txNext = new Int32Array(allocator.slots).fill(-1);
-    const area = queueAreaBytes(size);
+    const area = ringAreaBytes(size);
     let at = options.ringBase;
     const setup = <T>(index: number): DriverQueue<T> => {
       const s = Math.min(size, transport.queueMaxSize(index));
-      const q = transport.setupQueue<T>(index, memory, layoutAt(at, s));
+      const q = transport.setupQueue<T>(index, memory, ringLayoutAt(at, s));
       at += area;
       return q;
     };
@@ -864,7 +848,7 @@ export class NetDriver {
 
   /** Put `frame` on its pair's transmit queue. @returns false if resources are short. */
   #post(frame: Uint8Array, options: NetSendOptions | undefined): boolean {
-    const pair = this.#pairs > 1 ? txHash(frame) % this.#pairs : 0;
+    const pair = this.#pairs > 1 ? flowHash(frame) % this.#pairs : 0;
     const q = this.#txQ[pair]!;
     const slotSize = this.#slab.slotSize;
     const h = this.#hdrLen;
@@ -1188,43 +1172,4 @@ export class NetDriver {
     for (const w of this.#writable.splice(0)) w();
     for (const w of this.#frameWaiters.splice(0)) w.reject(fault);
   }
-}
-
-/**
- * Complete a partial checksum in place (the driver-side twin of the device's): the complement
- * of the one's complement sum of `frame[start, end)` at `start + offset`.
- * @returns false (untouched) if the field does not fit in the frame
- */
-function completeChecksum(frame: Uint8Array, start: number, offset: number): boolean {
-  const at = start + offset;
-  if (at + 2 > frame.length) return false;
-  let sum = 0;
-  let i = start;
-  for (; i + 1 < frame.length; i += 2) sum += (frame[i]! << 8) | frame[i + 1]!;
-  if (i < frame.length) sum += frame[i]! << 8;
-  while (sum > 0xffff) sum = (sum & 0xffff) + Math.floor(sum / 0x10000);
-  const c = ~sum & 0xffff;
-  frame[at] = c >>> 8;
-  frame[at + 1] = c & 0xff;
-  return true;
-}
-
-/** FNV-1a step over `f[from, to)`. */
-function fnv(h: number, f: Uint8Array, from: number, to: number): number {
-  let x = h;
-  for (let i = from; i < to; i++) x = Math.imul(x ^ f[i]!, 0x01000193);
-  return x;
-}
-
-/** Transmit steering: FNV-1a of the IPv4 addresses and TCP/UDP ports, else of the destination MAC. */
-function txHash(f: Uint8Array): number {
-  let h = 0x811c9dc5;
-  if (f.length >= 34 && f[12] === 0x08 && f[13] === 0x00) {
-    h = fnv(h, f, 26, 34);
-    const l4 = ETH_HLEN + (f[14]! & 0x0f) * 4;
-    if ((f[23] === 6 || f[23] === 17) && l4 + 4 <= f.length) h = fnv(h, f, l4, l4 + 4);
-  } else {
-    h = fnv(h, f, 0, 6);
-  }
-  return h >>> 0;
 }

@@ -7,14 +7,13 @@ import {
 import { createGuestMemory, type GuestMemory } from "@virtio-ts/memory";
 import { ConsoleFeature, Feature, hasFeature } from "@virtio-ts/spec";
 import { MmioDevice, MmioDriverTransport } from "@virtio-ts/transport";
+import { ringAreaBytes, ringLayoutAt } from "@virtio-ts/virtqueue";
 import { describe, expect, it } from "vitest";
 import {
   ConsoleDeviceFault,
   ConsoleDriver,
   type ConsoleDriverOptions,
   type ConsolePortEvent,
-  ringAreaBytes,
-  ringLayoutAt,
   SlabAllocator,
 } from "../src/index.js";
 

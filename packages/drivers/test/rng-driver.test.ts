@@ -2,8 +2,9 @@ import { type EntropySource, RngDevice } from "@virtio-ts/devices";
 import { createGuestMemory, type GuestMemory } from "@virtio-ts/memory";
 import { Feature, hasFeature } from "@virtio-ts/spec";
 import { MmioDevice, MmioDriverTransport } from "@virtio-ts/transport";
+import { ringLayoutAt } from "@virtio-ts/virtqueue";
 import { describe, expect, it } from "vitest";
-import { RngDeviceFault, RngDriver, ringLayoutAt, SlabAllocator } from "../src/index.js";
+import { RngDeviceFault, RngDriver, SlabAllocator } from "../src/index.js";
 
 const RING = 0x10000;
 

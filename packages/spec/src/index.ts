@@ -9,6 +9,7 @@
  */
 export * from "./blk.js";
 export * from "./console.js";
+export * from "./ethernet.js";
 export * from "./features.js";
 export * from "./ids.js";
 export * from "./mmio.js";

@@ -15,6 +15,7 @@ import {
 import { type NetBackend, NetDevice } from "@virtio-ts/devices";
 import { NetDriver, SlabAllocator } from "@virtio-ts/drivers";
 import { createGuestMemory } from "@virtio-ts/memory";
+import { EtherType } from "@virtio-ts/spec";
 import { MmioDevice, MmioDriverTransport, type MmioRegisterName } from "@virtio-ts/transport";
 
 /** Guest A's MAC address (locally administered unicast). */
@@ -30,8 +31,8 @@ export const PING_ID = 0x7674;
 /** Bytes of ICMP echo data after the 8-byte ICMP header (what `ping` sends by default). */
 export const PING_DATA = 56;
 
-const ETHERTYPE_IPV4 = 0x0800;
-const ETHERTYPE_ARP = 0x0806;
+const ETHERTYPE_IPV4 = EtherType.IPV4;
+const ETHERTYPE_ARP = EtherType.ARP;
 const BROADCAST = new Uint8Array(6).fill(0xff);
 
 // ---- frames, by hand ----
