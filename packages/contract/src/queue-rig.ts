@@ -16,8 +16,9 @@ import {
 } from "@virtio-ts/spec";
 import {
   type DeviceModel,
-  MmioDevice,
-  MmioDriverTransport,
+  InThreadMmio,
+  type MmioDevice,
+  type MmioDriverTransport,
   RateLimitedLog,
 } from "@virtio-ts/transport";
 import type { DriverQueue, Segment } from "@virtio-ts/virtqueue";
@@ -63,7 +64,9 @@ export class QueueRig {
   /** The adapter's idle hook, bound to the model. */
   readonly idle: () => Promise<void>;
   /** Times the device raised its interrupt line. */
-  irqs = 0;
+  get irqs(): number {
+    return this.#vm.line.raised;
+  }
   /** DeviceFeatures offered at the last `init`. */
   offered = 0n;
   /** Features negotiated at the last `init`. */
@@ -74,6 +77,7 @@ export class QueueRig {
   readonly sizes = new Map<number, number>();
   /** Ids in the order the device used them, per queue. */
   readonly usedOrder = new Map<number, number[]>();
+  readonly #vm: InThreadMmio;
   #heap = HEAP;
   #nextId = 1;
   readonly #done = new Map<number, number>();
@@ -89,18 +93,14 @@ export class QueueRig {
     this.model = model;
     this.idle = idle === undefined ? () => Promise.resolve() : () => idle(model);
     this.memory = createGuestMemory({ size: MEM_SIZE });
-    this.device = new MmioDevice(model, {
+    const vm = new InThreadMmio(model, {
       memory: this.memory,
       log: new RateLimitedLog({ sink: () => {} }),
-      interrupt: () => {
-        this.irqs++;
-      },
+      delivery: "none",
     });
-    const dev = this.device;
-    this.transport = new MmioDriverTransport({
-      read: (o, s) => dev.read(o, s),
-      write: (o, s, v) => dev.write(o, s, v),
-    });
+    this.#vm = vm;
+    this.device = vm.device;
+    this.transport = vm.transport;
   }
 
   /**

@@ -16,7 +16,12 @@ import {
   NetHdrFlags,
   NetStatus,
 } from "@virtio-ts/spec";
-import { MmioDevice, MmioDriverTransport, RateLimitedLog } from "@virtio-ts/transport";
+import {
+  InThreadMmio,
+  type MmioDevice,
+  type MmioDriverTransport,
+  RateLimitedLog,
+} from "@virtio-ts/transport";
 import type { DriverQueue, Segment } from "@virtio-ts/virtqueue";
 import { describe, expect, it } from "vitest";
 import {
@@ -79,14 +84,15 @@ class Nic {
   ) {
     this.memory = createGuestMemory({ size: 0x200000 });
     this.model = new NetDevice(this.backend, { mac: MAC, queueSize: QS, ...o.device });
-    this.device = new MmioDevice(this.model, {
-      memory: this.memory,
-      log: new RateLimitedLog({ sink: () => {} }),
-    });
-    this.t = new MmioDriverTransport({
-      read: (off, size) => this.device.read(off, size),
-      write: (off, size, v) => this.device.write(off, size, v),
-    });
+    {
+      const vm = new InThreadMmio(this.model, {
+        memory: this.memory,
+        log: new RateLimitedLog({ sink: () => {} }),
+        delivery: "none",
+      });
+      this.device = vm.device;
+      this.t = vm.transport;
+    }
     const packedBit = featureMask(Feature.RING_PACKED);
     this.negotiated = this.t.negotiate(
       (offered) => offered & (o.accept ?? ALL) & (o.packed ? ALL : ~packedBit),

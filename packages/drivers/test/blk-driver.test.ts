@@ -2,7 +2,7 @@ import { MemoryDisk } from "@virtio-ts/backend-disk";
 import { BlkDevice } from "@virtio-ts/devices";
 import { createGuestMemory, type GuestMemory, VirtioError } from "@virtio-ts/memory";
 import { BlkStatus, Feature, featureMask, hasFeature } from "@virtio-ts/spec";
-import { MmioDevice, MmioDriverTransport } from "@virtio-ts/transport";
+import { InThreadMmio, type MmioDevice } from "@virtio-ts/transport";
 import { describe, expect, it } from "vitest";
 import { BlkDeviceFault, BlkDriver, BlkRequestError, SlabAllocator } from "../src/index.js";
 
@@ -39,11 +39,7 @@ function setup(
     serial: "virtio-ts-disk0",
     ...(o.maxDiscardSectors === undefined ? {} : { maxDiscardSectors: o.maxDiscardSectors }),
   });
-  const device = new MmioDevice(model, { memory });
-  const transport = new MmioDriverTransport({
-    read: (off, size) => device.read(off, size),
-    write: (off, size, v) => device.write(off, size, v),
-  });
+  const { device, transport } = new InThreadMmio(model, { memory, delivery: "none" });
   const slab = new SlabAllocator(0x100000, 4096, o.slots ?? 256);
   const driver = new BlkDriver(transport, memory, slab, {
     ringBase: 0x10000,

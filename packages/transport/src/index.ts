@@ -13,6 +13,7 @@ export * from "./doorbell.js";
 export * from "./driver-transport.js";
 export * from "./errors.js";
 export * from "./forwarding-context.js";
+export * from "./in-thread.js";
 export * from "./mmio-device.js";
 export * from "./mmio-driver.js";
 export * from "./mmio-state.js";

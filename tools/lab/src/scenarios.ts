@@ -5,20 +5,13 @@ import { BlkDevice, type BlockBackend } from "@virtio-ts/devices";
 import { BlkDriver, SlabAllocator } from "@virtio-ts/drivers";
 import { createGuestMemory } from "@virtio-ts/memory";
 import {
+  InterruptLatch,
   MmioDevice,
   MmioDriverTransport,
   restoreMmioDevice,
   saveMmioDevice,
 } from "@virtio-ts/transport";
-import {
-  BLOCK,
-  BUFFERS,
-  GUEST_RAM,
-  IrqLine,
-  PASSTHROUGH_WINDOW,
-  passthroughRig,
-  SLOTS,
-} from "./rigs.js";
+import { BLOCK, BUFFERS, GUEST_RAM, PASSTHROUGH_WINDOW, passthroughRig, SLOTS } from "./rigs.js";
 
 /** What {@link passthroughRefusals} saw. */
 export interface Refusals {
@@ -172,7 +165,7 @@ export async function migrationScenario(
 ): Promise<MigrationResult> {
   const disk = new HeldDisk(new MemoryDisk(new Uint8Array(image)));
   const memory = createGuestMemory({ size: GUEST_RAM });
-  const irq = new IrqLine();
+  const irq = new InterruptLatch();
   let paused = false;
   const line = (): void => {
     if (!paused) irq.raise();
