@@ -21,6 +21,8 @@ import {
   type MmioDevice,
   type MmioDriverTransport,
   RateLimitedLog,
+  restoreMmioDevice,
+  saveMmioDevice,
 } from "@virtio-ts/transport";
 import type { DriverQueue, Segment } from "@virtio-ts/virtqueue";
 import { describe, expect, it } from "vitest";
@@ -782,5 +784,42 @@ describe("NetDevice hostile rings", () => {
     nic.t.reset();
     expect(nic.backend.sink).toBeUndefined();
     expect(sink.deliver(ether(MAC, OTHER, 0x0800, pattern(30)))).toBe(false);
+  });
+});
+
+describe("NetDevice state for suspend / resume", () => {
+  it("moves what the driver set through the control queue — MAC, RX modes, MAC tables, queue pairs — to a resumed device, so its configuration matches", async () => {
+    const nic = new Nic({ device: { maxQueuePairs: 2 } });
+    const newMac = [2, 0, 0, 0, 0, 0x42];
+    expect(nic.ctrl(NetCtrlClass.MAC, NetCtrlCmd.MAC_ADDR_SET, newMac)).toBe(NetCtrlAck.OK);
+    expect(nic.ctrl(NetCtrlClass.RX, NetCtrlCmd.RX_ALLMULTI, [1])).toBe(NetCtrlAck.OK);
+    const table = [1, 0, 0, 0, 2, 0, 0, 0, 0, 7, 1, 0, 0, 0, 1, 0, 0x5e, 0, 0, 9];
+    expect(nic.ctrl(NetCtrlClass.MAC, NetCtrlCmd.MAC_TABLE_SET, table)).toBe(NetCtrlAck.OK);
+    expect(nic.ctrl(NetCtrlClass.MQ, NetCtrlCmd.MQ_VQ_PAIRS_SET, [2, 0])).toBe(NetCtrlAck.OK);
+    await nic.device.core.suspend();
+    const bytes = saveMmioDevice(nic.device);
+    const fresh = new NetDevice(new TestBackend(), { mac: MAC, queueSize: QS, maxQueuePairs: 2 });
+    // The configuration (mac) differs until the model state is restored: the resume checks it.
+    restoreMmioDevice(bytes, fresh, { memory: nic.memory });
+    expect([...fresh.mac]).toEqual(newMac);
+    expect(fresh.queuePairs).toBe(2);
+    expect(fresh.rxFilter).toEqual(nic.model.rxFilter);
+    expect(fresh.rxFilter.allmulti).toBe(true);
+  });
+
+  it("refuses model state it cannot parse with DeviceStateFormatError naming the byte", () => {
+    const good = new NetDevice(new TestBackend(), { mac: MAC }).saveState();
+    const fresh = () => new NetDevice(new TestBackend(), { mac: MAC });
+    const cases: [Uint8Array, number][] = [
+      [good.subarray(0, 8), 0],
+      [Uint8Array.from(good, (b, i) => (i === 0 ? 9 : b)), 0],
+      [Uint8Array.from(good, (b, i) => (i === 9 ? 5 : b)), 9], // 5 pairs of a 1-pair device
+      [Uint8Array.from(good, (b, i) => (i === 12 ? 3 : b)), 12], // tables longer than the bytes
+    ];
+    for (const [bytes, at] of cases) {
+      expect(() => fresh().restoreState(bytes)).toThrow(
+        expect.objectContaining({ code: "device-state-format", offset: at }),
+      );
+    }
   });
 });
