@@ -12,6 +12,7 @@
  * @packageDocumentation
  */
 export * from "./backend.js";
+export { VHOST_USER_BACKEND_PROTOCOL_FEATURES } from "./session.js";
 export * from "./connection.js";
 export * from "./driver-transport.js";
 export * from "./errors.js";
