@@ -38,7 +38,7 @@ import { TapModel } from "./tap.js";
 import { MAX_TURNS, macrotask } from "./wait.js";
 
 /** A range of guest-physical memory. */
-export interface GuestRegion {
+export interface GuestRange {
   /** First guest address of the range. */
   readonly base: number;
   /** Length of the range in bytes. */
@@ -56,7 +56,7 @@ export interface BlkDriverEnv {
    * Guest memory the driver may use for rings, headers and buffers: `[base, base + size)`,
    * 4096-aligned. Nothing else in `memory` belongs to the driver.
    */
-  readonly region: GuestRegion;
+  readonly region: GuestRange;
 }
 
 /**

@@ -13,7 +13,7 @@ import {
   MmioDriverTransport,
   RateLimitedLog,
 } from "@virtio-ts/transport";
-import type { GuestRegion } from "./blk-driver-suite.js";
+import type { GuestRange } from "./blk-driver-suite.js";
 import { pattern } from "./blk-rig.js";
 import { RecordingConsoleBackend } from "./console-device-suite.js";
 import {
@@ -38,7 +38,7 @@ export interface ConsoleDriverEnv {
   /** The device's registers behind the suite's recording bus (what `transport` uses). */
   readonly bus: MmioBus;
   /** Guest memory the driver may use for its rings and buffers, 4096-aligned. */
-  readonly region: GuestRegion;
+  readonly region: GuestRange;
 }
 
 /**

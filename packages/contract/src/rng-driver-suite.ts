@@ -12,7 +12,7 @@ import {
   MmioDriverTransport,
   RateLimitedLog,
 } from "@virtio-ts/transport";
-import type { GuestRegion } from "./blk-driver-suite.js";
+import type { GuestRange } from "./blk-driver-suite.js";
 import {
   type ContractCheck,
   type ContractSuite,
@@ -35,7 +35,7 @@ export interface RngDriverEnv {
   /** The device's registers behind the suite's recording bus (what `transport` uses). */
   readonly bus: MmioBus;
   /** Guest memory the driver may use for its ring and buffers, 4096-aligned. */
-  readonly region: GuestRegion;
+  readonly region: GuestRange;
 }
 
 /**

@@ -10,6 +10,7 @@ import {
   ConsoleEvent,
   ConsoleFeature,
   ConsoleResize,
+  type ConsoleSize,
   DeviceId,
   Feature,
   featureMask,
@@ -126,14 +127,6 @@ export type ConsolePortEvent =
       /** Rows. */
       readonly rows: number;
     };
-
-/** A console size as the device reported it. */
-export interface ConsoleSize {
-  /** Columns. */
-  readonly cols: number;
-  /** Rows. */
-  readonly rows: number;
-}
 
 /** What the driver knows about one port. */
 export interface ConsolePortInfo {

@@ -4,7 +4,7 @@ import { createGuestMemory, type GuestMemory, VirtioError } from "@virtio-ts/mem
 import { BlkStatus, Feature, featureMask, hasFeature } from "@virtio-ts/spec";
 import { InThreadMmio, type MmioDevice } from "@virtio-ts/transport";
 import { describe, expect, it } from "vitest";
-import { BlkDeviceFault, BlkDriver, BlkRequestError, SlabAllocator } from "../src/index.js";
+import { BlkDeviceFault, BlkDriver, BlkStatusError, SlabAllocator } from "../src/index.js";
 
 interface Setup {
   readonly memory: GuestMemory;
@@ -167,19 +167,19 @@ describe("BlkDriver", () => {
     expect(await s.settle(s.driver.getId())).toBe("virtio-ts-disk0");
   });
 
-  it("a write to a read-only disk fails with BlkRequestError IOERR", async () => {
+  it("a write to a read-only disk fails with BlkStatusError IOERR", async () => {
     const s = setup({ readOnly: true });
     expect(s.driver.readOnly).toBe(true);
     const err = await s.settle(s.driver.write(0, new Uint8Array(512))).catch((e: unknown) => e);
-    expect(err).toBeInstanceOf(BlkRequestError);
-    expect((err as BlkRequestError).status).toBe(BlkStatus.IOERR);
-    expect((err as BlkRequestError).code).toBe("blk-ioerr");
+    expect(err).toBeInstanceOf(BlkStatusError);
+    expect((err as BlkStatusError).status).toBe(BlkStatus.IOERR);
+    expect((err as BlkStatusError).code).toBe("blk-ioerr");
   });
 
   it("discard on a read-only disk (DISCARD not offered) is rejected UNSUPP without a request", async () => {
     const s = setup({ readOnly: true });
     const err = await s.driver.discard(0, 1).catch((e: unknown) => e);
-    expect((err as BlkRequestError).status).toBe(BlkStatus.UNSUPP);
+    expect((err as BlkStatusError).status).toBe(BlkStatus.UNSUPP);
     expect(s.driver.inFlight).toBe(0);
   });
 

@@ -6,16 +6,72 @@
  *
  * @packageDocumentation
  */
-export * from "./device-core.js";
-export type * from "./device-model.js";
-export * from "./device-state.js";
-export * from "./doorbell.js";
-export * from "./driver-transport.js";
-export * from "./errors.js";
-export * from "./forwarding-context.js";
-export * from "./in-thread.js";
-export * from "./mmio-device.js";
-export * from "./mmio-driver.js";
-export * from "./mmio-state.js";
-export * from "./notification-data.js";
-export * from "./rate-limit.js";
+export {
+  type DeviceCoreOptions,
+  type DeviceCoreStats,
+  FEATURE_WORDS,
+  LEGACY_TRANSPORT_FEATURES,
+  MMIO_TRANSPORT_FEATURES,
+  type QueueArea,
+  type SuspendOptions,
+  VirtioDeviceCore,
+} from "./device-core.js";
+export type { DeviceContext, DeviceModel, DeviceNotifiers } from "./device-model.js";
+export {
+  DEVICE_STATE_VERSION,
+  type DeviceState,
+  DeviceStateChecksumError,
+  DeviceStateError,
+  type DeviceStateErrorCode,
+  DeviceStateFormatError,
+  DeviceStateMismatchError,
+  DeviceStateVersionError,
+  decodeDeviceState,
+  encodeDeviceState,
+  type QueueSnapshot,
+} from "./device-state.js";
+export {
+  type Doorbell,
+  LocalDoorbell,
+  type LocalDoorbellOptions,
+  SharedDoorbell,
+  type SharedDoorbellHandle,
+} from "./doorbell.js";
+export type {
+  ConfigReader,
+  DriverDeviceInfo,
+  DriverQueueSetupOptions,
+  DriverTransport,
+} from "./driver-transport.js";
+export { TransportError, type TransportErrorCode } from "./errors.js";
+export { ForwardingDeviceContext } from "./forwarding-context.js";
+export {
+  InThreadMmio,
+  type InThreadMmioOptions,
+  type InterruptDelivery,
+  InterruptLatch,
+} from "./in-thread.js";
+export {
+  MMIO_REGISTER_NAMES,
+  MmioDevice,
+  type MmioDeviceOptions,
+  type MmioRegisterName,
+} from "./mmio-device.js";
+export {
+  DRIVER_TRANSPORT_FEATURES,
+  type LegacyQueueLayout,
+  type MmioBus,
+  type MmioDeviceInfo,
+  type MmioDriverOptions,
+  MmioDriverTransport,
+} from "./mmio-driver.js";
+export { restoreMmioDevice, saveMmioDevice } from "./mmio-state.js";
+export {
+  decodeNotificationData,
+  encodeNotificationData,
+  type NotificationData,
+  packedNotificationData,
+  splitAvailIndex,
+  splitNotificationData,
+} from "./notification-data.js";
+export { RateLimitedLog, type RateLimitedLogOptions } from "./rate-limit.js";

@@ -2,8 +2,8 @@
 // hostile bytes refused with DeviceStateError subclasses only.
 import * as fc from "fast-check";
 import { describe, expect, it } from "vitest";
+import { crc32 } from "../src/device-state.js";
 import {
-  crc32,
   DEVICE_STATE_VERSION,
   type DeviceState,
   DeviceStateChecksumError,

@@ -14,7 +14,6 @@ import {
   IndirectTableLengthError,
   IndirectTableOutOfBoundsError,
   IndirectWithNextError,
-  mapPackedRing,
   NestedIndirectError,
   NO_RING_FEATURES,
   PackedChainUnterminatedError,
@@ -29,6 +28,7 @@ import {
 } from "@virtio-ts/virtqueue";
 import * as fc from "fast-check";
 import { describe, expect, it } from "vitest";
+import { mapPackedRing } from "../src/packed-layout.js";
 import {
   availBits,
   EV_DESC,
