@@ -100,7 +100,7 @@ export {
   snapshotLog,
 } from "./snapshot-log.js";
 export { type FrameRecorder, type SniffOptions, sniff } from "./sniff.js";
-export { type RateClock, TokenBucket } from "./token-bucket.js";
+export { type RateClock, systemClock, TokenBucket } from "./token-bucket.js";
 export {
   XTS_KEY_BYTES,
   XTS_SECTOR_BYTES,

@@ -96,10 +96,10 @@ export class GatedDeviceQueue extends ForwardingDeviceQueue {
   }
 
   /**
-   * @inheritdoc
-   * While {@link GatedDeviceQueue.stopping}, notifications are turned on but the answer is
-   * false: `pop` would find nothing, so a model's "pop until empty, re-enable, pop again if
-   * something arrived" loop must not go round again.
+   * Ask the driver for notifications again. While {@link GatedDeviceQueue.stopping}, they are
+   * turned on but the answer is false: `pop` would find nothing, so a model's "pop until empty,
+   * re-enable, pop again if something arrived" loop must not go round again.
+   * @returns true if buffers became available meanwhile (and the queue is not stopping)
    */
   override enableNotifications(): boolean {
     this.#suppressed = false;

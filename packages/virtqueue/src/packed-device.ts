@@ -616,8 +616,8 @@ export class PackedDeviceQueue implements DeviceQueue {
   }
 
   /**
-   * @inheritdoc
-   * The buffers in flight (in pop order with IN_ORDER, else by buffer ID), then those handed
+   * Suspend / resume: the chains popped and not yet pushed, for {@link DeviceQueue.restoreInFlight}
+   * of a queue over the same guest memory. The buffers in flight (in pop order with IN_ORDER, else by buffer ID), then those handed
    * back by {@link restoreInFlight} and not popped again yet, each with a copy of the ring
    * descriptors the device read when it popped the list.
    * @throws PackedOvercommitError if the driver had more descriptors outstanding than the
@@ -647,8 +647,8 @@ export class PackedDeviceQueue implements DeviceQueue {
   }
 
   /**
-   * @inheritdoc
-   * Each entry needs 1 to `size` descriptors (4 words each, at most `size` in all), NEXT on
+   * Suspend / resume: after {@link PackedDeviceQueue.setState}, make the saved chains the first
+   * ones `pop` returns, validated again like any chain. Each entry needs 1 to `size` descriptors (4 words each, at most `size` in all), NEXT on
    * all but the last and its `id` in the last one's ID field (§2.8.6), as `pop` read it; the
    * buffers are then validated again (bounds, indirect rules) when popped.
    */

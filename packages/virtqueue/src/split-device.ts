@@ -532,8 +532,8 @@ export class SplitDeviceQueue implements DeviceQueue {
   }
 
   /**
-   * @inheritdoc
-   * The heads in flight (in pop order with IN_ORDER, else by index), then those handed back by
+   * Suspend / resume: the chains popped and not yet pushed, for {@link DeviceQueue.restoreInFlight}
+   * of a queue over the same guest memory. The heads in flight (in pop order with IN_ORDER, else by index), then those handed back by
    * {@link SplitDeviceQueue.restoreInFlight} and not popped again yet. `descriptors` is empty:
    * the descriptor table still holds every chain in flight (§2.7.13: a buffer made available
    * belongs to the device until it is used).
@@ -559,8 +559,8 @@ export class SplitDeviceQueue implements DeviceQueue {
   }
 
   /**
-   * @inheritdoc
-   * Each `id` is a head in [0, size), listed once; `descriptors` is ignored (the chain is walked
+   * Suspend / resume: after {@link SplitDeviceQueue.setState}, make the saved chains the first
+   * ones `pop` returns, validated again like any chain. Each `id` is a head in [0, size), listed once; `descriptors` is ignored (the chain is walked
    * again from the descriptor table when popped, with every check of a ring pop).
    */
   restoreInFlight(chains: readonly InFlightChain[]): void {
