@@ -168,9 +168,35 @@ describe("explainGuest", () => {
     expect(text[0]).toBe(
       "guest killed by the hang guard after 60000 ms; accelerator kvm (INTEROP_ACCEL=kvm forces it); script exit status never printed",
     );
-    expect(text[1]).toBe("--- last 30 serial lines ---");
-    expect(text[2]).toBe("line 10");
-    expect(text[31]).toBe("line 39");
-    expect(text.slice(32)).toEqual(["--- QEMU stderr ---", "qemu: warning: something"]);
+    expect(text[1]).toMatch(
+      /^hint: a guest that never reaches its script under KVM usually means this machine's KVM cannot run Linux/,
+    );
+    expect(text[2]).toBe("--- last 30 serial lines ---");
+    expect(text[3]).toBe("line 10");
+    expect(text[32]).toBe("line 39");
+    expect(text.slice(33)).toEqual(["--- QEMU stderr ---", "qemu: warning: something"]);
+  });
+
+  it("gives no KVM hint for a TCG guest that exited on its own", () => {
+    const r: GuestResult = {
+      log: "Kernel panic - not syncing: VFS: Unable to mount root fs\n",
+      stderr: "",
+      qemuExit: 0,
+      signal: null,
+      guestExit: undefined,
+      timedOut: false,
+      durationMs: 4321,
+      argv: [],
+      accel: "tcg",
+      accelReason: "INTEROP_ACCEL=tcg forces it",
+      output: "",
+    };
+    expect(explainGuest(r).split("\n")).toEqual([
+      "guest QEMU exited with code 0 after 4321 ms; accelerator tcg (INTEROP_ACCEL=tcg forces it); script exit status never printed",
+      "--- last 1 serial lines ---",
+      "Kernel panic - not syncing: VFS: Unable to mount root fs",
+      "--- QEMU stderr ---",
+      "(empty)",
+    ]);
   });
 });
