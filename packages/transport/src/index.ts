@@ -13,4 +13,5 @@ export * from "./errors.js";
 export * from "./mmio-device.js";
 export * from "./mmio-driver.js";
 export * from "./notification-data.js";
+export * from "./pci-device.js";
 export * from "./rate-limit.js";
