@@ -299,7 +299,7 @@ class QueueSlot {
   size: number;
   readonly addr = new Uint32Array(6); // desc lo/hi, driver lo/hi, device lo/hi
   ready = false;
-  queue: DeviceQueue | undefined = undefined;
+  queue: SplitDeviceQueue | PackedDeviceQueue | undefined = undefined;
   layout: QueueLayout | undefined = undefined;
   /** Legacy: page frame number (0 = not in use) and used ring alignment. */
   pfn = 0;
@@ -930,6 +930,28 @@ export class VirtioDeviceCore implements DeviceContext {
       return;
     }
     this.guard(() => this.model.onQueueNotify(index, data));
+  }
+
+  /**
+   * The memory's backing buffer was replaced (a `WebAssembly.Memory` that grew detaches its old
+   * `ArrayBuffer`): map every live queue's ring again over the buffer `memory` serves now,
+   * keeping indices and requests in flight. Hosts whose guest RAM is a wasm memory (JS
+   * emulators such as v86) call it when they see `memory.buffer` change, before the guest or
+   * the model touches a ring again. A ring that no longer fits puts the device into
+   * DEVICE_NEEDS_RESET.
+   */
+  remapMemory(): void {
+    for (const q of this.#queues) {
+      const queue = q.queue;
+      if (queue === undefined) continue;
+      try {
+        queue.remap();
+      } catch (e) {
+        if (!(e instanceof QueueConfigError)) throw e;
+        this.fail(e);
+        return;
+      }
+    }
   }
 
   /** @inheritdoc */
