@@ -74,6 +74,12 @@ export interface DeviceReport {
   readonly requests: number;
   /** The negotiated feature bits. */
   readonly features: bigint;
+  /** Traps while the command ran (from the ready marker to the exit marker). */
+  readonly commandTraps: number;
+  /** Interrupts while the command ran. */
+  readonly commandInterrupts: number;
+  /** Requests served while the command ran. */
+  readonly commandRequests: number;
 }
 
 /** How a run ended. */
@@ -236,6 +242,23 @@ export async function startLinux(options: LinuxOptions = {}): Promise<LinuxGuest
     emulator.run();
   });
 
+  const requestsOf = (name: string): number =>
+    name === "blk"
+      ? blk.stats.requests
+      : name === "net"
+        ? net.stats.txFrames + net.stats.rxFrames
+        : name === "rng"
+          ? rng.stats.requests
+          : con.stats.txBytes + con.stats.rxBytes;
+  type Counts = { traps: number; interrupts: number; requests: number };
+  const counts = (): Counts[] =>
+    attached.map(({ name, dev }) => ({
+      traps: dev.traps,
+      interrupts: dev.interrupts,
+      requests: requestsOf(name),
+    }));
+  let atReady: Counts[] | undefined;
+  let atExit: Counts[] | undefined;
   const lines: string[] = [];
   const output: string[] = [];
   let partial = "";
@@ -257,6 +280,7 @@ export async function startLinux(options: LinuxOptions = {}): Promise<LinuxGuest
       lines.push(line);
       if (line.includes(READY_MARKER)) {
         bootMs = performance.now() - t0;
+        atReady = counts();
         phase = "command";
         return;
       }
@@ -270,6 +294,7 @@ export async function startLinux(options: LinuxOptions = {}): Promise<LinuxGuest
           options.onSerialLine?.(before, phase);
         }
         phase = "after";
+        atExit = counts();
         finish("exit");
         return;
       }
@@ -307,21 +332,18 @@ export async function startLinux(options: LinuxOptions = {}): Promise<LinuxGuest
     await file.flush();
     await file.close();
     if (partial !== "") lines.push(partial);
-    const devices: DeviceReport[] = attached.map(({ name, dev }) => ({
+    const end_ = atExit ?? counts();
+    const devices: DeviceReport[] = attached.map(({ name, dev }, i) => ({
       name,
+      commandTraps: end_[i]!.traps - (atReady?.[i]?.traps ?? end_[i]!.traps),
+      commandInterrupts: end_[i]!.interrupts - (atReady?.[i]?.interrupts ?? end_[i]!.interrupts),
+      commandRequests: end_[i]!.requests - (atReady?.[i]?.requests ?? end_[i]!.requests),
       slot: dev.slot,
       irq: dev.irq,
       traps: dev.traps,
       trapCounts: dev.trapCounts() as Record<string, number>,
       interrupts: dev.interrupts,
-      requests:
-        name === "blk"
-          ? blk.stats.requests
-          : name === "net"
-            ? net.stats.txFrames + net.stats.rxFrames
-            : name === "rng"
-              ? rng.stats.requests
-              : con.stats.txBytes + con.stats.rxBytes,
+      requests: requestsOf(name),
       features: dev.pci.core.features,
     }));
     if (temp !== undefined) rmSync(temp.dir, { recursive: true, force: true });
