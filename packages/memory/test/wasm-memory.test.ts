@@ -1,6 +1,14 @@
 import { GuestMemoryError, WasmGuestMemory } from "@virtio-ts/memory";
 import { describe, expect, it } from "vitest";
 
+// The tests' lib has no DOM types; Node has WebAssembly at run time.
+declare const WebAssembly: {
+  Memory: new (d: {
+    initial: number;
+    maximum?: number;
+  }) => { buffer: ArrayBuffer; grow(pages: number): number };
+};
+
 const PAGE = 0x10000;
 
 describe("WasmGuestMemory", () => {

@@ -8,6 +8,15 @@ import {
   SplitDeviceQueue,
 } from "@virtio-ts/virtqueue";
 import { describe, expect, it } from "vitest";
+
+// The tests' lib has no DOM types; Node has WebAssembly at run time.
+declare const WebAssembly: {
+  Memory: new (d: {
+    initial: number;
+    maximum?: number;
+  }) => { buffer: ArrayBuffer; grow(pages: number): number };
+};
+
 import { RawPackedRing } from "./helpers/raw-packed-ring.js";
 import { RawSplitRing } from "./helpers/raw-split-ring.js";
 

@@ -112,7 +112,7 @@ export function findGuestAssets(options: FindAssetsOptions = {}): GuestAssets {
       throw new MissingAssetError(
         `the BIOS image ${f}`,
         "seabios",
-        "apt-get install seabios (as root), or " + FETCH_COMMAND,
+        `apt-get install seabios (as root), or ${FETCH_COMMAND}`,
       );
     }
   }
