@@ -14,6 +14,7 @@ import {
   type NetFrameSink,
   RngDevice,
 } from "@virtio-ts/devices";
+import { BlkDriver, ConsoleDriver, NetDriver, RngDriver, SlabAllocator } from "@virtio-ts/drivers";
 import { createGuestMemory, type GuestMemory } from "@virtio-ts/memory";
 import { Feature, hasFeature, NetFeature } from "@virtio-ts/spec";
 import {
@@ -24,7 +25,6 @@ import {
   VirtioPciDevice,
 } from "@virtio-ts/transport";
 import { describe, expect, it } from "vitest";
-import { BlkDriver, ConsoleDriver, NetDriver, RngDriver, SlabAllocator } from "../src/index.js";
 
 type Mode = "intx" | "msix";
 
