@@ -278,10 +278,10 @@ export const PciBar = {
   MEM_TYPE_64: 0x04,
   /** Memory BAR: prefetchable. */
   MEM_PREFETCH: 0x08,
-  /** Address bits of an I/O BAR (as a signed 32-bit mask). */
-  IO_MASK: ~0x03,
-  /** Address bits of a memory BAR (as a signed 32-bit mask). */
-  MEM_MASK: ~0x0f,
+  /** Address bits of an I/O BAR (bits 31–2). */
+  IO_MASK: 0xfffffffc,
+  /** Address bits of a memory BAR (bits 31–4). */
+  MEM_MASK: 0xfffffff0,
 } as const;
 
 /** PCI capability IDs (`cap_vndr` / the first byte of each capability). */
