@@ -21,7 +21,16 @@ const FIRST_FREE_SLOT = 0x14;
 
 /** Options of {@link V86VirtioBus.attach}. */
 export interface V86AttachOptions
-  extends Omit<VirtioPciDeviceOptions, "memory" | "host" | "bar" | "msixVectors" | "barAddresses"> {
+  extends Pick<
+    VirtioPciDeviceOptions,
+    | "transportFeatures"
+    | "log"
+    | "notifyOffMultiplier"
+    | "revisionId"
+    | "subsystemVendorId"
+    | "subsystemId"
+    | "interruptPin"
+  > {
   /**
    * PCI device number (slot) on bus 0, 1–31. Default: the first free slot from 0x14 (v86's own
    * functions use 0x00, 0x01, 0x05, 0x08–0x0c, 0x12 and 0x1e).
@@ -133,7 +142,7 @@ export class V86VirtioBus {
     this.memory = new WasmGuestMemory({
       memory: cpu.wasm_memory,
       byteOffset: cpu.mem8.byteOffset,
-      size: cpu.memory_size[0],
+      size: cpu.memory_size[0]!,
       onReplaced: () => {
         this.stats.memoryReplacements++;
         for (const d of this.devices) d.pci.core.remapMemory();

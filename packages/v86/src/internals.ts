@@ -31,6 +31,40 @@ export interface V86IO {
   create_empty_entry(): V86PortEntry;
 }
 
+/** An I/O BAR v86 moves by itself. */
+export interface V86PciBar {
+  /** Size in bytes (a power of 2). */
+  size: number;
+}
+
+/** Guest RAM as v86 exposes it (`cpu.mem8`, a proxy over the wasm memory). */
+export interface V86Ram {
+  /** Where RAM starts inside `wasm_memory`. */
+  readonly byteOffset: number;
+  /** RAM size in bytes. */
+  readonly length: number;
+}
+
+/** A WebAssembly memory, as far as this adapter reads it. */
+export interface V86WasmMemory {
+  /** The current buffer (replaced, and the old one detached, when the memory grows). */
+  readonly buffer: ArrayBuffer;
+}
+
+/** v86's device table (`cpu.devices`). */
+export interface V86Devices {
+  /** The PCI bus. */
+  pci?: V86Pci;
+  /** v86's other devices, by name. */
+  [name: string]: unknown;
+}
+
+/** The machine object of a loaded emulator (`emulator.v86`). */
+export interface V86Machine {
+  /** The emulated CPU and its devices. */
+  cpu: V86Cpu;
+}
+
 /** A device as v86's PCI bus records it (`PCI.register_device`). */
 export interface V86PciDeviceRecord {
   /** Bus/device/function number: `slot << 3 | function`. */
@@ -38,7 +72,7 @@ export interface V86PciDeviceRecord {
   /** The first 64 (or 256) bytes of configuration space, byte by byte. */
   pci_space: number[];
   /** I/O BARs v86 should move itself; empty for devices that handle their BARs. */
-  pci_bars: ({ size: number } | undefined)[];
+  pci_bars: (V86PciBar | undefined)[];
   /** Shown in v86's debug log. */
   name: string;
 }
@@ -66,15 +100,15 @@ export interface V86Pci {
 /** The emulated CPU and its devices (`src/cpu.js`). */
 export interface V86Cpu {
   /** The wasm module's memory; guest RAM is inside it and it grows (replacing its buffer). */
-  wasm_memory: { readonly buffer: ArrayBuffer };
+  wasm_memory: V86WasmMemory;
   /** Guest RAM (a proxy whose `byteOffset` is where RAM starts in `wasm_memory`). */
-  mem8: { readonly byteOffset: number; readonly length: number };
+  mem8: V86Ram;
   /** `memory_size[0]` is the guest RAM size in bytes. */
-  memory_size: Uint32Array | { readonly 0: number };
+  memory_size: Uint32Array;
   /** The port dispatcher. */
   io: V86IO;
   /** Devices by name; `pci` is the PCI bus. */
-  devices: { pci?: V86Pci; [name: string]: unknown };
+  devices: V86Devices;
   /** Set an ISA IRQ line (PIC, and the IOAPIC when ACPI is on). Level: it stays set. */
   device_raise_irq(irq: number): void;
   /** Clear an ISA IRQ line. */
@@ -93,5 +127,5 @@ export interface V86Cpu {
  */
 export interface V86Like {
   /** The machine (`src/main.js`), undefined until the emulator is loaded. */
-  v86?: { cpu: V86Cpu } | undefined;
+  v86?: V86Machine | undefined;
 }
