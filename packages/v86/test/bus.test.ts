@@ -3,7 +3,7 @@
 import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
 import { RngDevice } from "@virtio-ts/devices";
-import { V86VirtioBus } from "@virtio-ts/v86";
+import { type V86Cpu, V86VirtioBus } from "@virtio-ts/v86";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 interface Io {
@@ -15,7 +15,7 @@ interface Io {
 interface Emu {
   add_listener(e: string, f: () => void): void;
   destroy(): Promise<void>;
-  v86: { cpu: { io: Io; wasm_memory: { buffer: ArrayBuffer } } };
+  v86: { cpu: V86Cpu & { io: V86Cpu["io"] & Io } };
 }
 
 let emulator: Emu;
