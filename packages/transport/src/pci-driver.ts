@@ -73,6 +73,12 @@ export interface PciStructureLocation {
   readonly length: number;
 }
 
+/** Where the notification structure is, with its `notify_off_multiplier`. */
+export interface PciNotifyLocation extends PciStructureLocation {
+  /** `notify_off_multiplier`: queue `n` notifies at `queue_notify_off(n) × multiplier`. */
+  readonly multiplier: number;
+}
+
 /** A BAR as the driver sized it. */
 export interface PciBarSize {
   /** I/O or memory space (`memory64` takes this BAR and the next). */
@@ -96,7 +102,7 @@ export interface PciDeviceInfo extends DriverDeviceInfo {
   /** The first usable common configuration capability. */
   readonly common: PciStructureLocation;
   /** The first usable notification capability, with its multiplier. */
-  readonly notify: PciStructureLocation & { readonly multiplier: number };
+  readonly notify: PciNotifyLocation;
   /** The first usable ISR status capability. */
   readonly isr: PciStructureLocation;
   /** The device-specific configuration, if the device has one. */
