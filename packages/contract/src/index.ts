@@ -3,7 +3,8 @@
  * (`ContractSuite`, `ContractViolation`, `runContract`), the "any virtio-blk device", "any
  * virtio-blk driver", "any virtio-net device", "any virtio-console device", "any virtio-console
  * driver", "any virtio-rng device" and "any virtio-rng driver" suites with their adapter
- * interfaces, and a vitest binding in the `@virtio-ts/contract/vitest` subpath.
+ * interfaces, each runnable over virtio-mmio or virtio-pci, and a vitest binding in the
+ * `@virtio-ts/contract/vitest` subpath.
  *
  * @packageDocumentation
  */
@@ -12,6 +13,7 @@ export * from "./blk-driver-suite.js";
 export * from "./console-device-suite.js";
 export * from "./console-driver-suite.js";
 export * from "./contract.js";
+export * from "./driver-env.js";
 export * from "./net-device-suite.js";
 export * from "./rng-device-suite.js";
 export * from "./rng-driver-suite.js";

@@ -9,3 +9,4 @@ export * from "./guest-memory.js";
 export { ADDRESS_LIMIT, MAX_ACCESS_LENGTH } from "./limits.js";
 export * from "./translate.js";
 export type * from "./types.js";
+export * from "./wasm-memory.js";

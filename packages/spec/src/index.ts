@@ -13,6 +13,7 @@ export * from "./features.js";
 export * from "./ids.js";
 export * from "./mmio.js";
 export * from "./net.js";
+export * from "./pci.js";
 export * from "./ring.js";
 export * from "./rng.js";
 export * from "./status.js";

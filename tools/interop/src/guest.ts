@@ -286,6 +286,19 @@ function releaseSlot(path: string): void {
 }
 
 /**
+ * Take one of the machine-wide guest slots that QEMU guests of {@link startGuest} also use,
+ * for another CPU-bound guest (a Linux boot in the v86 emulator): at most
+ * `INTEROP_MAX_GUESTS` (default 1) such guests run at once across processes.
+ * @param timeoutMs - how long to wait for a slot (default 10 minutes)
+ * @returns a release function (idempotent; the slot is also freed when the process exits)
+ * @throws Error after `timeoutMs` without a slot
+ */
+export async function acquireGuestSlot(timeoutMs = 600_000): Promise<() => void> {
+  const path = await acquireSlot(join(tmpdir(), "virtio-ts-interop"), timeoutMs);
+  return () => releaseSlot(path);
+}
+
+/**
  * Build the guest's initramfs (cached) and boot it under QEMU, with KVM when a boot probe has
  * shown that Linux really boots under KVM here and TCG otherwise ({@link chooseAccelerator};
  * `INTEROP_ACCEL=tcg|kvm` forces one):
