@@ -449,6 +449,8 @@ export class VirtioPciDevice {
   #seenGeneration = 0;
   #intx = false;
   #exits = 0;
+  /** Whether VIRTIO_F_NOTIFICATION_DATA is negotiated (FEATURES_OK set with it). */
+  #notificationData = false;
 
   /**
    * @param model - the device type
@@ -710,6 +712,7 @@ export class VirtioPciDevice {
 
   #virtioReset(): void {
     // §4.1.5.1.2.1: every event is unmapped upon reset; the selectors return to 0.
+    this.#notificationData = false;
     this.#queueVectors.fill(VIRTIO_MSI_NO_VECTOR);
     this.#configVector = VIRTIO_MSI_NO_VECTOR;
     this.#deviceFeatureSel = 0;
@@ -987,10 +990,7 @@ export class VirtioPciDevice {
 
   /** An available buffer notification at `rel` in the notification area. §4.1.5.2 */
   #notify(rel: number, size: number, value: number): void {
-    const core = this.core;
-    const nd =
-      (core.status & DeviceStatus.FEATURES_OK) !== 0 &&
-      hasFeature(core.features, Feature.NOTIFICATION_DATA);
+    const nd = this.#notificationData;
     const mult = this.notifyOffMultiplier;
     // §4.1.5.2.1: a 16-bit notification, or 32-bit with VIRTIO_F_NOTIFICATION_DATA; at the
     // queue's address, with the queue index as value (vq_index in the low 16 bits).
@@ -1003,7 +1003,7 @@ export class VirtioPciDevice {
       this.invalidAccesses++;
       return;
     }
-    core.notify(nd ? v : index);
+    this.core.notify(nd ? v : index);
   }
 
   // ---- common configuration (§4.1.4.3) ----
@@ -1118,6 +1118,11 @@ export class VirtioPciDevice {
         core.writeStatus(v & 0xff);
         // §4.1.4.3.1: writing 0 resets the device; status then reads 0.
         if ((v & 0xff) === 0) this.#virtioReset();
+        // Decided once here (features are frozen from FEATURES_OK), not per notification: the
+        // kick path stays free of bigint work.
+        this.#notificationData =
+          (core.status & DeviceStatus.FEATURES_OK) !== 0 &&
+          hasFeature(core.features, Feature.NOTIFICATION_DATA);
         this.#updateIntx();
         return;
       case PciCommonCfg.QUEUE_SELECT:
