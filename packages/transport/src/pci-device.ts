@@ -131,7 +131,9 @@ export interface PciBarMapping {
  *   (firmware assigning addresses, an OS re-balancing). `undefined` means "not decoded any
  *   more": remove the handlers. Otherwise route guest accesses to
  *   `[mapping.address, mapping.address + mapping.size)` of `mapping.space` to
- *   `device.barRead(bar, addr - mapping.address, size)` / `barWrite`. Calls come from inside
+ *   `device.barRead(bar, addr - mapping.address, size)` / `barWrite`, with the guest's own
+ *   access width: virtio-pci registers take field-wide accesses only (§4.1.3.1), so a bus that
+ *   splits a 16- or 32-bit access into bytes (or merges bytes) breaks them. Calls come from inside
  *   `configWrite` (and `reset`); the host must not re-enter `configWrite` from it. A BAR is never
  *   reported mapped at address 0, across the top of the 32-bit space (the all-ones pattern of a
  *   BAR size probe), or for I/O above 0xffff.
