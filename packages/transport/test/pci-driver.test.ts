@@ -523,6 +523,25 @@ describe("PciDriverTransport driver requirements (VIRTIO 1.3 §4.1.4.3.2, §4.1.
     expect(dev.invalidAccesses).toBe(0);
   });
 
+  it("cuts every value it reads to the field's width, so a bus returning stray high bits changes nothing", () => {
+    const { dev, memory, host } = pciDevice();
+    const base = tap(dev).bus;
+    const noisy: PciFunctionAccess = {
+      configRead: (o, s) => (s === 4 ? base.configRead(o, s) : base.configRead(o, s) | 0xabcd0000),
+      configWrite: base.configWrite,
+      barRead: (b, o, s) => (s === 4 ? base.barRead(b, o, s) : base.barRead(b, o, s) | 0x7f0000),
+      barWrite: base.barWrite,
+    };
+    const t = new PciDriverTransport(noisy);
+    expect(t.probe().deviceId).toBe(0x3e);
+    t.negotiate(0n);
+    const q = t.setupQueue<string>(0, memory, LAYOUT);
+    t.driverOk();
+    expect(t.status & 0xffffff00).toBe(0);
+    expect(echo(t, q, memory, "clean", () => host.intx.at(-1) === true)).toBe("clean");
+    expect(dev.invalidAccesses).toBe(0);
+  });
+
   it("checks its options", () => {
     const { dev } = pciDevice();
     expect(() => new PciDriverTransport(dev, { maxRetries: 0 })).toThrow(/maxRetries/);
