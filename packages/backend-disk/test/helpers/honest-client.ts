@@ -11,6 +11,16 @@ export interface HonestResult {
   readonly mismatches: number;
   /** Failures (must be none). */
   readonly errors: string[];
+  /**
+   * For each slot, the round whose data was last acknowledged by a completed flush (−1: none):
+   * what the disk must hold there, whatever happens to the server afterwards.
+   */
+  readonly flushed: number[];
+}
+
+/** The data round `round` writes (exported so a test can check a disk image afterwards). */
+export function roundData(bytes: number, round: number): Uint8Array {
+  return pattern(bytes, round);
 }
 
 function pattern(len: number, seed: number): Uint8Array {
@@ -40,6 +50,7 @@ export async function honestClient(
   let maxLatencyMs = 0;
   let rounds = 0;
   let mismatches = 0;
+  const flushed: number[] = new Array(slots).fill(-1);
   const timed = async <T>(f: () => Promise<T>): Promise<T> => {
     const t0 = performance.now();
     try {
@@ -54,7 +65,7 @@ export async function honestClient(
       NbdDisk.connect({ host: "127.0.0.1", port }, "disk", { requestTimeoutMs: 30_000 }),
     );
   } catch (e) {
-    return { rounds, maxLatencyMs, mismatches, errors: [String(e)] };
+    return { rounds, maxLatencyMs, mismatches, errors: [String(e)], flushed };
   }
   const back = new Uint8Array(bytes);
   try {
@@ -63,6 +74,7 @@ export async function honestClient(
       const data = pattern(bytes, rounds);
       await timed(() => disk.write(at, [data]));
       await timed(() => disk.flush());
+      flushed[rounds % slots] = rounds;
       back.fill(0);
       await timed(() => disk.read(at, [back]));
       if (!Buffer.from(back).equals(data)) mismatches++;
@@ -73,7 +85,7 @@ export async function honestClient(
   } finally {
     await disk.close();
   }
-  return { rounds, maxLatencyMs, mismatches, errors };
+  return { rounds, maxLatencyMs, mismatches, errors, flushed };
 }
 
 export function sleep(ms: number): Promise<void> {

@@ -13,6 +13,8 @@ export interface ChildStats {
   /** Peak resident set size since the child started (VmHWM, bytes). */
   readonly peakRss: number;
   readonly heapUsed: number;
+  /** Peak of `process.memoryUsage().arrayBuffers`, sampled every 20 ms. */
+  readonly peakArrayBuffers: number;
   readonly stats: NbdServerStats;
   /** onConnectionError calls by NbdError code (or error name). */
   readonly errors: Record<string, number>;
@@ -33,13 +35,15 @@ type ChildOptions = Omit<NbdServerOptions, "exports" | "onConnectionError">;
 let built = false;
 
 /**
- * Start a child serving one MemoryDisk export named "disk". The child's old space is capped at
+ * Start a child serving one export named "disk": a MemoryDisk, or the image `file` through
+ * FileDisk. The child's old space is capped at
  * 512 MiB, so a regression that grows without bound fails the test quickly instead of eating
  * the machine.
  */
 export async function startServerChild(
   diskBytes: number,
   options: ChildOptions = {},
+  file?: string,
 ): Promise<ServerChild> {
   if (!built) {
     buildPackage();
@@ -48,7 +52,7 @@ export async function startServerChild(
   const fixture = fileURLToPath(new URL("../fixtures/nbd-server-child.mjs", import.meta.url));
   const child = spawn(
     process.execPath,
-    ["--max-old-space-size=512", fixture, JSON.stringify({ diskBytes, options })],
+    ["--max-old-space-size=512", fixture, JSON.stringify({ diskBytes, file, options })],
     { stdio: ["pipe", "pipe", "inherit"] },
   );
   const exited = new Promise<string>((resolve) =>
