@@ -14,22 +14,21 @@ import { mac } from "./helpers/frames.js";
 const ATTACK_SECONDS = 20;
 const MiB = 1 << 20;
 /**
- * Stated bounds for the honest peers. A broadcast flood at full TCP speed is amplified by the
- * switch (one copy per port) and saturates this 2-core machine's CPUs (server, attackers and
- * peers each take one): pings are delayed (measured 1.5–2.8 s at worst) and some are dropped
- * at full port queues (measured 12–15 %), as on a real switch without storm control; none is
- * corrupted and the peers keep their slots.
+ * Stated bounds for the honest peers, once both are on the network. A broadcast flood at full
+ * TCP speed is amplified by the switch (one copy per port) and saturates this 2-core machine
+ * (server, attackers and peers each want a core): pings are delayed (measured 1.2–1.6 s at
+ * worst) and may be dropped at full port queues (as on a real switch without storm control;
+ * measured: none), but none is corrupted. Joining takes a few dials while evicted slot holders
+ * race to reconnect (measured 3.7–4.1 s).
  */
 const RTT_MS = 5000;
-const DELIVERED = 0.75;
+const DELIVERED = 0.9;
 const A = "02:00:00:00:0a:01";
 const B = "02:00:00:00:0b:01";
 
 const children: ChildProcess[] = [];
-const cleanups: (() => void)[] = [];
 beforeAll(() => buildPackage());
 afterAll(() => {
-  for (const c of cleanups) c();
   for (const c of children) c.kill("SIGKILL");
 });
 
@@ -91,46 +90,57 @@ function attackers(port: number): Promise<Record<string, number>> {
 }
 
 /**
- * A peer: a dialled tunnel whose frames reach `onFrame`; dials again until it keeps a slot. Like
- * a guest's ARP or neighbour discovery, it says hello (a broadcast of another EtherType) at once
- * and every 200 ms.
+ * A peer that stays on the network: a dialled tunnel whose frames reach `onFrame`, dialled
+ * again whenever it closes (refused while every slot is taken, or evicted), as QEMU's
+ * `-netdev stream,reconnect=` does. Like a guest's ARP or neighbour discovery, it says hello (a
+ * broadcast of another EtherType) when connected and every 200 ms.
  */
-async function honestPeer(
+function honestPeer(
   port: number,
   me: string,
   onFrame: (f: Uint8Array) => void,
-): Promise<{ send(f: Uint8Array): void; tunnel: StreamTunnel; tries: number }> {
-  const giveUp = performance.now() + 15_000;
-  for (let tries = 1; performance.now() < giveUp; tries++) {
-    const tunnel = await StreamTunnel.dial({ host: "127.0.0.1", port }, { maxFrameSize: 1518 });
-    const veth = new VethPair();
-    tunnel.connect(veth.a);
-    veth.b.attach({
-      deliver(f) {
-        onFrame(f);
-        return true;
-      },
-    });
-    // A refused connection is closed at once by the server.
-    const refused = await Promise.race([
-      tunnel.closed.then(() => true),
-      new Promise<boolean>((r) => setTimeout(() => r(false), 300)),
-    ]);
-    const hello = frameOf("ff:ff:ff:ff:ff:ff", me, 0, 60);
-    hello[13] = 0xb7;
-    veth.b.transmit(hello);
-    if (!refused) {
-      const timer = setInterval(() => veth.b.transmit(hello), 200);
-      void tunnel.closed.then(() => clearInterval(timer));
-      cleanups.push(() => {
-        clearInterval(timer);
-        tunnel.socket.destroy();
-      });
-      return { send: (f) => veth.b.transmit(f), tunnel, tries };
+): { send(f: Uint8Array): void; dials(): number; stop(): void; errors: string[] } {
+  const veth = new VethPair();
+  veth.b.attach({
+    deliver(f) {
+      onFrame(f);
+      return true;
+    },
+  });
+  const hello = frameOf("ff:ff:ff:ff:ff:ff", me, 0, 60);
+  hello[13] = 0xb7;
+  let dials = 0;
+  let stopped = false;
+  let current: StreamTunnel | undefined;
+  const errors: string[] = [];
+  const timer = setInterval(() => veth.b.transmit(hello), 200);
+  const dial = async (): Promise<void> => {
+    while (!stopped) {
+      dials++;
+      try {
+        const tunnel = await StreamTunnel.dial({ host: "127.0.0.1", port }, { maxFrameSize: 1518 });
+        current = tunnel;
+        tunnel.connect(veth.a);
+        veth.b.transmit(hello);
+        const err = await tunnel.closed;
+        if (err?.code === "partial-frame" || err?.code === "bad-length") errors.push(err.code);
+      } catch (e) {
+        errors.push(String(e));
+      }
+      await new Promise((r) => setTimeout(r, 100));
     }
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error("the honest peer never got a slot");
+  };
+  void dial();
+  return {
+    send: (f) => veth.b.transmit(f),
+    dials: () => dials,
+    stop() {
+      stopped = true;
+      clearInterval(timer);
+      current?.socket.destroy();
+    },
+    errors,
+  };
 }
 
 function frameOf(dst: string, src: string, seq: number, len: number): Uint8Array {
@@ -149,8 +159,8 @@ function intact(f: Uint8Array, seq: number): boolean {
   return true;
 }
 
-const isFrom = (f: Uint8Array, who: string): boolean =>
-  f[12] === 0x88 && f[13] === 0xb6 && mac(who).every((b, i) => f[6 + i] === b);
+const isFrom = (f: Uint8Array, who: string, type = 0xb6): boolean =>
+  f[12] === 0x88 && f[13] === type && mac(who).every((b, i) => f[6 + i] === b);
 
 describe("stress: StreamTunnelServer and Switch under several attacks at once", () => {
   it(
@@ -160,12 +170,15 @@ describe("stress: StreamTunnelServer and Switch under several attacks at once", 
       const base = await srv.stats();
       const attack = attackers(srv.port);
       await new Promise((r) => setTimeout(r, 500)); // the silent peers take the slots first
-      let b: Awaited<ReturnType<typeof honestPeer>> | undefined;
+      let b: ReturnType<typeof honestPeer> | undefined;
       const sent = new Map<number, number>();
       let received = 0;
       let corrupt = 0;
       let maxRtt = 0;
-      const a = await honestPeer(srv.port, A, (f) => {
+      let aSawB = false;
+      let bSawA = false;
+      const a = honestPeer(srv.port, A, (f) => {
+        if (isFrom(f, B, 0xb7)) aSawB = true;
         if (!isFrom(f, B)) return; // the attackers' floods reach us too
         const seq = new DataView(f.buffer, f.byteOffset).getUint32(14);
         const t = sent.get(seq);
@@ -175,7 +188,8 @@ describe("stress: StreamTunnelServer and Switch under several attacks at once", 
         received++;
         maxRtt = Math.max(maxRtt, performance.now() - t);
       });
-      b = await honestPeer(srv.port, B, (f) => {
+      b = honestPeer(srv.port, B, (f) => {
+        if (isFrom(f, A, 0xb7)) bSawA = true;
         if (!isFrom(f, A)) return;
         // Echo: the same frame back to A, from B.
         const echo = f.slice();
@@ -188,6 +202,10 @@ describe("stress: StreamTunnelServer and Switch under several attacks at once", 
       void attack.finally(() => {
         done = true;
       });
+      // Both on the network (each heard the other's hello): from here on every ping counts.
+      const t0 = performance.now();
+      while (!(aSawB && bSawA) && !done) await new Promise((r) => setTimeout(r, 10));
+      const joinMs = performance.now() - t0;
       while (!done) {
         const f = frameOf(seq % 50 === 0 ? "ff:ff:ff:ff:ff:ff" : B, A, seq, 60 + (seq % 1400));
         sent.set(seq, performance.now());
@@ -197,9 +215,11 @@ describe("stress: StreamTunnelServer and Switch under several attacks at once", 
       }
       const counts = await attack;
       await new Promise((r) => setTimeout(r, 300)); // the last echoes
+      a.stop();
+      b.stop();
       const after = await srv.stats();
       console.log(
-        `tunnel stress: ${received}/${seq} pings back (corrupt ${corrupt}), max RTT ${maxRtt.toFixed(0)} ms, honest peers needed ${a.tries}+${b.tries} dials, server RSS +${((after.peakRss - base.rss) / MiB).toFixed(0)} MiB at peak, attacks ${JSON.stringify(counts)}, server ${JSON.stringify(after.server)}, switch ${JSON.stringify(after.switch)}, MACs ${after.macs}, errors ${JSON.stringify(after.errors)}`,
+        `tunnel stress: peers joined after ${joinMs.toFixed(0)} ms, ${received}/${seq} pings back (corrupt ${corrupt}), max RTT ${maxRtt.toFixed(0)} ms, honest peers dialled ${a.dials()}+${b.dials()} times, server RSS +${((after.peakRss - base.rss) / MiB).toFixed(0)} MiB at peak, attacks ${JSON.stringify(counts)}, server ${JSON.stringify(after.server)}, switch ${JSON.stringify(after.switch)}, MACs ${after.macs}, errors ${JSON.stringify(after.errors)}`,
       );
       for (const [name, n] of Object.entries(counts)) {
         expect(n, `attack ${name} ran`).toBeGreaterThan(0);
@@ -214,11 +234,12 @@ describe("stress: StreamTunnelServer and Switch under several attacks at once", 
       expect(after.peakRss - base.rss).toBeLessThan(96 * MiB);
       // The honest peers: nothing corrupted, most pings back, each within the stated bound.
       expect(corrupt).toBe(0);
+      expect(joinMs).toBeLessThan(10_000); // silent slot holders are evicted after 1 s
       expect(seq).toBeGreaterThan(200);
       expect(received).toBeGreaterThan(seq * DELIVERED);
       expect(maxRtt).toBeLessThan(RTT_MS);
-      expect(a.tunnel.error).toBeUndefined();
-      expect(b.tunnel.error).toBeUndefined();
+      // The server never blamed the honest peers for a bad or cut frame.
+      expect([...a.errors, ...b.errors]).toEqual([]);
     },
     (ATTACK_SECONDS + 40) * 1000,
   );
