@@ -8,7 +8,15 @@ const projects = ["packages", "tools"].flatMap((dir) =>
     .filter((name) => existsSync(`${dir}/${name}/test`))
     .map((name) => ({
       extends: true as const,
-      test: { name, root: `${dir}/${name}`, include: ["test/**/*.test.ts"] },
+      test: {
+        name,
+        root: `${dir}/${name}`,
+        include: ["test/**/*.test.ts"],
+        // A project's once-per-run setup (the interop tests' KVM boot probe), when it has one.
+        ...(existsSync(`${dir}/${name}/test/global-setup.ts`)
+          ? { globalSetup: ["test/global-setup.ts"] }
+          : {}),
+      },
     })),
 );
 

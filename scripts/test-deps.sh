@@ -21,6 +21,8 @@ command -v qemu-system-x86_64 >/dev/null 2>&1 || need+=(qemu-system-x86)
 ls /boot/vmlinuz-* >/dev/null 2>&1 || need+=(linux-image-amd64)
 [ -x /bin/busybox ] || need+=(busybox-static)
 command -v cpio >/dev/null 2>&1 || need+=(cpio)
+# e2fsck: the v86 Linux tests check the file system the guest made on our disk.
+command -v e2fsck >/dev/null 2>&1 || need+=(e2fsprogs)
 # node-gyp builds the vhost-user addon against Node's own headers.
 command -v g++ >/dev/null 2>&1 || need+=(g++ make python3)
 if [ ${#need[@]} -gt 0 ] && { [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; }; then
@@ -41,3 +43,6 @@ addon=packages/vhost-user/native/build/Release/vhost_user.node
 if [ ! -f "$addon" ] || [ packages/vhost-user/native/vhost_user.c -nt "$addon" ]; then
   node packages/vhost-user/scripts/build-native.mjs
 fi
+
+# The i686 guest that tools/linux boots in v86 (kernel, BusyBox, SeaBIOS), cached per user.
+bash scripts/linux-guest.sh --quiet

@@ -18,5 +18,5 @@ export {
   type NbdTcpAddress,
   type NbdUnixAddress,
 } from "./nbd-disk.js";
-export { NbdServer, type NbdServerOptions } from "./nbd-server.js";
+export { NbdServer, type NbdServerOptions, type NbdServerStats } from "./nbd-server.js";
 export { NbdError, type NbdErrorCode } from "./nbd-wire.js";

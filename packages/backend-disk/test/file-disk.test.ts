@@ -7,13 +7,12 @@ import { BlkDevice } from "@virtio-ts/devices";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { FileDisk } from "../src/index.js";
 import { buildPackage } from "./helpers/build.js";
+import { stageForOtherUser } from "./helpers/stage.js";
 
 let dir = "";
 
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), "virtio-ts-disk-"));
-  // Let an unprivileged child (the permission test) traverse the directory.
-  await chmod(dir, 0o755);
 });
 
 afterAll(async () => {
@@ -123,13 +122,26 @@ describe("FileDisk", () => {
 describe("FileDisk in a child process", () => {
   beforeAll(() => buildPackage());
 
-  it("a file the user may not write is BackendError permission", async () => {
-    const path = await image("locked.img", 1024);
-    await chmod(path, 0o444);
-    // Root ignores file modes: run the probe as nobody then.
-    const asRoot = process.getuid?.() === 0;
-    const out = await runNode(fixture("open-disk.mjs"), [path], asRoot ? 65534 : undefined);
-    expect(out.stdout.trim()).toBe("BackendError permission");
+  it("a file the user may not write is BackendError permission, and the same user opens a writable one", async () => {
+    // The child loads a staged copy of the package, so where the checkout lives (even a 0700
+    // folder) does not matter; the images sit in the same world-readable stage.
+    const stage = await stageForOtherUser("@virtio-ts/backend-disk", ["open-disk.mjs"]);
+    try {
+      const locked = join(stage.dir, "locked.img");
+      const writable = join(stage.dir, "writable.img");
+      await writeFile(locked, new Uint8Array(1024));
+      await writeFile(writable, new Uint8Array(1024));
+      await chmod(locked, 0o444);
+      await chmod(writable, 0o666);
+      // Root ignores file modes: run the probe as nobody then.
+      const uid = process.getuid?.() === 0 ? 65534 : undefined;
+      const allowed = await runNode(stage.fixture("open-disk.mjs"), [writable], uid);
+      expect(allowed.stdout.trim(), allowed.stderr).toBe("ok");
+      const denied = await runNode(stage.fixture("open-disk.mjs"), [locked], uid);
+      expect(denied.stdout.trim(), denied.stderr).toBe("BackendError permission");
+    } finally {
+      stage.cleanup();
+    }
   });
 
   it("data written and flushed survives SIGKILL of the writer", async () => {
@@ -164,17 +176,21 @@ function runNode(
   script: string,
   args: string[],
   uid: number | undefined,
-): Promise<{ stdout: string; code: number | null }> {
+): Promise<{ stdout: string; stderr: string; code: number | null }> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [script, ...args], {
-      stdio: ["ignore", "pipe", "inherit"],
+      stdio: ["ignore", "pipe", "pipe"],
       ...(uid === undefined ? {} : { uid, gid: uid }),
     });
     let stdout = "";
+    let stderr = "";
     child.stdout.on("data", (d: Buffer) => {
       stdout += d.toString();
     });
+    child.stderr.on("data", (d: Buffer) => {
+      stderr += d.toString();
+    });
     child.on("error", reject);
-    child.on("exit", (code) => resolve({ stdout, code }));
+    child.on("exit", (code) => resolve({ stdout, stderr, code }));
   });
 }

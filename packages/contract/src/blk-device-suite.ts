@@ -1,6 +1,6 @@
 /**
  * "any virtio-blk device": checks a third-party virtio-blk {@link DeviceModel} through our
- * virtio-mmio transport and a raw driver queue the suite fills itself.
+ * virtio-mmio or virtio-pci transport and a raw driver queue the suite fills itself.
  * @module
  */
 import { BLK_ID_BYTES, BlkFeature, BlkRequestType, BlkStatus, hasFeature } from "@virtio-ts/spec";
@@ -9,6 +9,7 @@ import { BlkRig, type Completion, INDIRECT_BIT, PACKED_BIT, pattern } from "./bl
 import {
   type ContractCheck,
   type ContractSuite,
+  type ContractTransport,
   ContractViolation,
   expectEqual,
   expectThat,
@@ -56,6 +57,7 @@ const { IN, OUT, FLUSH, GET_ID } = BlkRequestType;
 
 async function rig(
   a: BlkDeviceAdapter,
+  kind: ContractTransport,
   o: { readOnly?: boolean; ring?: bigint } = {},
 ): Promise<BlkRig> {
   const readOnly = o.readOnly ?? false;
@@ -64,6 +66,7 @@ async function rig(
     a.whenIdle?.bind(a),
     SECTORS,
     readOnly,
+    kind,
   );
   return r.init({ sectors: SECTORS, readOnly, ...(o.ring === undefined ? {} : { ring: o.ring }) });
 }
@@ -178,19 +181,19 @@ const checks: ContractCheck<BlkDeviceAdapter>[] = [
   {
     name: "reports the disk size in capacity",
     spec: "§5.2.4",
-    async run({ adapter }) {
-      const r = await rig(adapter);
+    async run({ adapter, transport }) {
+      const r = await rig(adapter, transport);
       expectEqual("capacity (512-byte sectors)", r.config!.capacity, BigInt(SECTORS));
-      const ro = await rig(adapter, { readOnly: true });
+      const ro = await rig(adapter, transport, { readOnly: true });
       expectEqual("capacity of a read-only disk", ro.config!.capacity, BigInt(SECTORS));
     },
   },
   {
     name: "offers a configuration consistent with its feature bits",
     spec: "§5.2.3, §5.2.4, §5.2.5",
-    async run({ adapter }) {
+    async run({ adapter, transport }) {
       for (const readOnly of [false, true]) {
-        const r = await rig(adapter, { readOnly });
+        const r = await rig(adapter, transport, { readOnly });
         const f = r.offered;
         const c = r.config!;
         const tag = readOnly ? "read-only disk: " : "";
@@ -223,15 +226,15 @@ const checks: ContractCheck<BlkDeviceAdapter>[] = [
   {
     name: "offers VIRTIO_BLK_F_RO for a read-only disk and not for a writable one",
     spec: "§5.2.3, §5.2.5",
-    async run({ adapter }) {
-      const ro = await rig(adapter, { readOnly: true });
+    async run({ adapter, transport }) {
+      const ro = await rig(adapter, transport, { readOnly: true });
       expectThat(
         "VIRTIO_BLK_F_RO on a read-only disk",
         hasFeature(ro.offered, BlkFeature.RO),
         "offered",
         "not offered",
       );
-      const rw = await rig(adapter);
+      const rw = await rig(adapter, transport);
       expectThat(
         "VIRTIO_BLK_F_RO on a writable disk",
         !hasFeature(rw.offered, BlkFeature.RO),
@@ -243,9 +246,9 @@ const checks: ContractCheck<BlkDeviceAdapter>[] = [
   {
     name: "reads the disk contents with IN",
     spec: "§5.2.6",
-    async run({ adapter }) {
+    async run({ adapter, transport }) {
       for (const readOnly of [false, true]) {
-        const r = await rig(adapter, { readOnly });
+        const r = await rig(adapter, transport, { readOnly });
         for (const [sector, n] of [
           [0, 512],
           [17, 4096],
@@ -261,8 +264,8 @@ const checks: ContractCheck<BlkDeviceAdapter>[] = [
   {
     name: "writes with OUT and reads the same data back",
     spec: "§5.2.6",
-    async run({ adapter }) {
-      const r = await rig(adapter);
+    async run({ adapter, transport }) {
+      const r = await rig(adapter, transport);
       await roundTrip(r, 40, 1, "round trip");
       await roundTrip(r, SECTORS - 4, 2, "round trip at the end of the disk");
       if (adapter.readDisk !== undefined) {
@@ -274,8 +277,8 @@ const checks: ContractCheck<BlkDeviceAdapter>[] = [
   {
     name: "reports the used length as the bytes written including the status byte",
     spec: "§2.7.8, §5.2.6",
-    async run({ adapter }) {
-      const r = await rig(adapter);
+    async run({ adapter, transport }) {
+      const r = await rig(adapter, transport);
       const rd = await r.request({ type: IN, sector: 2, inLens: [1024, 1024] }, "IN");
       expectStatus("IN", rd, BlkStatus.OK);
       expectEqual("used length of a 2048-byte IN", rd.len, 2049);
@@ -294,8 +297,8 @@ const checks: ContractCheck<BlkDeviceAdapter>[] = [
   {
     name: "completes FLUSH with OK when VIRTIO_BLK_F_FLUSH is negotiated",
     spec: "§5.2.6, §5.2.6.2",
-    async run({ adapter }) {
-      const r = await rig(adapter);
+    async run({ adapter, transport }) {
+      const r = await rig(adapter, transport);
       if (!hasFeature(r.features, BlkFeature.FLUSH)) return;
       await roundTrip(r, 9, 4, "before FLUSH");
       expectStatus("FLUSH", await r.request({ type: FLUSH }, "FLUSH"), BlkStatus.OK);
@@ -304,8 +307,8 @@ const checks: ContractCheck<BlkDeviceAdapter>[] = [
   {
     name: "answers GET_ID with a NUL-padded device ID string of 20 bytes",
     spec: "§5.2.6",
-    async run({ adapter }) {
-      const r = await rig(adapter);
+    async run({ adapter, transport }) {
+      const r = await rig(adapter, transport);
       const a = await r.request({ type: GET_ID, inLens: [BLK_ID_BYTES], fill: 0xff }, "GET_ID");
       if (a.status === BlkStatus.UNSUPP) return; // GET_ID has no feature bit: UNSUPP is allowed.
       expectStatus("GET_ID", a, BlkStatus.OK);
@@ -326,8 +329,8 @@ const checks: ContractCheck<BlkDeviceAdapter>[] = [
   {
     name: "fails requests beyond capacity with IOERR",
     spec: "§5.2.6, §5.2.6.2",
-    async run({ adapter }) {
-      const r = await rig(adapter);
+    async run({ adapter, transport }) {
+      const r = await rig(adapter, transport);
       for (const [sector, n] of [
         [SECTORS, 512],
         [SECTORS - 1, 1024],
@@ -347,8 +350,8 @@ const checks: ContractCheck<BlkDeviceAdapter>[] = [
   {
     name: "fails OUT on a read-only device with IOERR and writes no data",
     spec: "§5.2.6.2",
-    async run({ adapter }) {
-      const r = await rig(adapter, { readOnly: true });
+    async run({ adapter, transport }) {
+      const r = await rig(adapter, transport, { readOnly: true });
       const w = await r.request({ type: OUT, sector: 3, out: [pattern(1024, 6)] }, "OUT");
       expectStatus("OUT on a read-only device", w, BlkStatus.IOERR);
       const back =
@@ -361,8 +364,8 @@ const checks: ContractCheck<BlkDeviceAdapter>[] = [
   {
     name: "answers an unknown request type with UNSUPP",
     spec: "§5.2.6.2",
-    async run({ adapter }) {
-      const r = await rig(adapter);
+    async run({ adapter, transport }) {
+      const r = await rig(adapter, transport);
       for (const type of [0x7ead, 3, 0xffff_ffff]) {
         const c = await r.request({ type, inLens: [512] }, `type ${type}`);
         expectStatus(`request type ${type}`, c, BlkStatus.UNSUPP);
@@ -372,8 +375,8 @@ const checks: ContractCheck<BlkDeviceAdapter>[] = [
   {
     name: "survives a header shorter than 16 bytes",
     spec: "§5.2.6.1, §2.1.2",
-    async run({ adapter }) {
-      const r = await rig(adapter);
+    async run({ adapter, transport }) {
+      const r = await rig(adapter, transport);
       const p = noThrow("short header", () => r.submit({ type: IN, headerLen: 8, inLens: [512] }));
       await stillServesOrNeedsReset(r, "after an 8-byte header");
       if (!r.needsReset && r.isDone(p)) {
@@ -385,8 +388,8 @@ const checks: ContractCheck<BlkDeviceAdapter>[] = [
   {
     name: "survives a request without a status byte",
     spec: "§5.2.6.1, §2.1.2",
-    async run({ adapter }) {
-      const r = await rig(adapter);
+    async run({ adapter, transport }) {
+      const r = await rig(adapter, transport);
       noThrow("no status byte", () =>
         r.submit({ type: OUT, sector: 8, out: [pattern(512, 7)], status: false }),
       );
@@ -397,8 +400,8 @@ const checks: ContractCheck<BlkDeviceAdapter>[] = [
   {
     name: "serves data split into many descriptors at any byte boundary",
     spec: "§2.6.4, §5.2.6",
-    async run({ adapter }) {
-      const r = await rig(adapter);
+    async run({ adapter, transport }) {
+      const r = await rig(adapter, transport);
       const { segs, len } = limits(r);
       const data = pattern(4096, 8);
       const wl = oddSplit(4096, [100, 412, 1024, 7, 505, 1536, 512], segs, len);
@@ -417,8 +420,8 @@ const checks: ContractCheck<BlkDeviceAdapter>[] = [
   {
     name: "serves requests through indirect descriptor tables when VIRTIO_F_INDIRECT_DESC is offered",
     spec: "§2.7.5.3",
-    async run({ adapter }) {
-      const r = await rig(adapter, { ring: INDIRECT_BIT });
+    async run({ adapter, transport }) {
+      const r = await rig(adapter, transport, { ring: INDIRECT_BIT });
       if ((r.offered & INDIRECT_BIT) === 0n) return;
       expectEqual(
         "VIRTIO_F_INDIRECT_DESC accepted at FEATURES_OK",
@@ -432,8 +435,8 @@ const checks: ContractCheck<BlkDeviceAdapter>[] = [
   {
     name: "serves requests on a packed virtqueue when VIRTIO_F_RING_PACKED is offered",
     spec: "§2.8",
-    async run({ adapter }) {
-      const r = await rig(adapter, { ring: PACKED_BIT });
+    async run({ adapter, transport }) {
+      const r = await rig(adapter, transport, { ring: PACKED_BIT });
       if ((r.offered & PACKED_BIT) === 0n) return;
       expectEqual(
         "VIRTIO_F_RING_PACKED accepted at FEATURES_OK",
@@ -461,8 +464,8 @@ const checks: ContractCheck<BlkDeviceAdapter>[] = [
   {
     name: "lands no completion after a reset with requests in flight",
     spec: "§2.4.1",
-    async run({ adapter }) {
-      const r = await rig(adapter);
+    async run({ adapter, transport }) {
+      const r = await rig(adapter, transport);
       const ps = Array.from({ length: 8 }, (_, i) =>
         r.submit({ type: IN, sector: i * 8, inLens: [4096] }, false),
       );
@@ -490,8 +493,8 @@ const checks: ContractCheck<BlkDeviceAdapter>[] = [
   {
     name: "enters DEVICE_NEEDS_RESET with a configuration change notification on a descriptor loop",
     spec: "§2.1.2, §2.7.5.2",
-    async run({ adapter }) {
-      const r = await rig(adapter);
+    async run({ adapter, transport }) {
+      const r = await rig(adapter, transport);
       noThrow("descriptor loop", () => r.publishLoop());
       for (let i = 0; i < 4 && !r.needsReset; i++) {
         await r.idle();

@@ -1,7 +1,7 @@
 /**
  * "any virtio-blk driver": checks a third-party virtio-blk driver against our BlkDevice over
- * the kit's own RecordingDisk, behind a recording register bus and a model wrapper that watches every request
- * and can complete requests out of order.
+ * the kit's own RecordingDisk, behind a recording register bus (virtio-mmio or virtio-pci) and a model wrapper
+ * that watches every request and can complete requests out of order.
  * @module
  */
 import { BlkDevice } from "@virtio-ts/devices";
@@ -12,70 +12,43 @@ import {
   BlkFeature,
   BlkOutHdr,
   BlkRequestType,
-  DeviceStatus,
   hasFeature,
-  MmioReg,
 } from "@virtio-ts/spec";
-import {
-  type DeviceContext,
-  type MmioBus,
-  MmioDevice,
-  MmioDriverTransport,
-  RateLimitedLog,
-} from "@virtio-ts/transport";
+import type { DeviceContext, DriverTransport } from "@virtio-ts/transport";
 import type { DescriptorChain } from "@virtio-ts/virtqueue";
 import { pattern, testImage } from "./blk-rig.js";
 import {
   type ContractCheck,
   type ContractSuite,
+  type ContractTransport,
   ContractViolation,
   expectEqual,
   expectThat,
 } from "./contract.js";
-import { checkInit, joinFeatureWords } from "./init-order.js";
+import type { DriverEnv } from "./driver-env.js";
+import { type BusEvent, checkInit, joinFeatureWords } from "./init-order.js";
 import { RecordingDisk } from "./recording-disk.js";
+import { type DriverSide, driverSide } from "./rig-link.js";
 import { TapModel } from "./tap.js";
 import { MAX_TURNS, macrotask } from "./wait.js";
 
-/** A range of guest-physical memory. */
-export interface GuestRange {
-  /** First guest address of the range. */
-  readonly base: number;
-  /** Length of the range in bytes. */
-  readonly size: number;
-}
-
-/** Guest memory the suite gives a driver under test. */
-export interface BlkDriverEnv {
-  /**
-   * The device's registers as the suite's recording bus exposes them (the same bus `transport`
-   * uses), for a driver that brings its own virtio-mmio code.
-   */
-  readonly bus: MmioBus;
-  /**
-   * Guest memory the driver may use for rings, headers and buffers: `[base, base + size)`,
-   * 4096-aligned. Nothing else in `memory` belongs to the driver.
-   */
-  readonly region: GuestRange;
-}
+/** Guest memory and device access the suite gives a virtio-blk driver under test. */
+export type BlkDriverEnv = DriverEnv;
 
 /**
  * How the "any virtio-blk driver" suite reaches a third-party driver.
  *
  * Implementer contract: `attach` is called once per check with a fresh, reset device and
  * replaces any earlier attachment; it initialises the device (§3.1.1) through `transport`
- * (or `env.bus`) and returns when the driver is ready. `read`, `write` and `flush` start a
+ * (our virtio-mmio or virtio-pci driver transport, as the run's `env.transport` says; or
+ * `env.bus` / `env.pci`) and returns when the driver is ready. `read`, `write` and `flush` start a
  * request and settle when the device has completed it, rejecting on a device error. The suite
  * runs the device and calls `interrupt` whenever the device's interrupt line is asserted, as a
  * guest interrupt handler would run; the driver must not wait for anything else.
  */
 export interface BlkDriverAdapter {
   /** Initialise the device behind `transport` and get ready for requests. */
-  attach(
-    transport: MmioDriverTransport,
-    memory: GuestMemory,
-    env: BlkDriverEnv,
-  ): Promise<void> | void;
+  attach(transport: DriverTransport, memory: GuestMemory, env: BlkDriverEnv): Promise<void> | void;
   /** Read `length` bytes (a multiple of 512) from `sector`. */
   read(sector: number, length: number): Promise<Uint8Array>;
   /** Write `data` (a multiple of 512 bytes) at `sector`. */
@@ -98,14 +71,6 @@ interface Violation {
   readonly detail: string;
 }
 
-/** One register access of the driver, as the recording bus saw it. */
-type BusEvent =
-  | { readonly e: "status-write"; readonly v: number }
-  | { readonly e: "status-read"; readonly v: number }
-  | { readonly e: "driver-features"; readonly sel: number; readonly v: number }
-  | { readonly e: "queue-ready" }
-  | { readonly e: "notify" };
-
 /** The device side fault the NEEDS_RESET check injects. */
 class InjectedFault extends VirtioError {
   readonly code = "contract-injected-fault";
@@ -123,24 +88,24 @@ class DriverRig {
   readonly disk: RecordingDisk;
   readonly blk: BlkDevice;
   readonly tap: TapModel;
-  readonly device: MmioDevice;
+  readonly side: DriverSide;
   readonly events: BusEvent[] = [];
   readonly violations: Violation[] = [];
-  readonly bus: MmioBus;
   readonly adapter: BlkDriverAdapter;
+  readonly kind: ContractTransport;
   /** Requests seen by type. */
   readonly seen = new Map<number, number>();
-  #driverFeatures = [0, 0, 0, 0];
-  #featSel = 0;
-  #repaired = false;
+  readonly #driverFeatures = [0, 0, 0, 0];
 
-  constructor(adapter: BlkDriverAdapter, o: RigOptions) {
+  constructor(adapter: BlkDriverAdapter, kind: ContractTransport, o: RigOptions) {
+    this.kind = kind;
     this.adapter = adapter;
     this.disk = new RecordingDisk(
       testImage(SECTORS),
       o.badSector === undefined ? {} : { badSector: o.badSector },
     );
-    this.blk = new BlkDevice(this.disk, {
+    const backend = this.disk;
+    this.blk = new BlkDevice(backend, {
       queueSize: 128,
       serial: "contract",
       sizeMax: o.sizeMax ?? 1 << 20,
@@ -150,61 +115,7 @@ class DriverRig {
       readConfig: (offset, size, v) =>
         offset === BlkConfig.SEG_MAX && size === 4 && o.segMax !== undefined ? o.segMax : v,
     });
-    this.device = new MmioDevice(this.tap, {
-      memory: this.memory,
-      log: new RateLimitedLog({ sink: () => {} }),
-    });
-    const dev = this.device;
-    this.bus = {
-      read: (offset, size) => {
-        const v = dev.read(offset, size);
-        if (offset === MmioReg.STATUS) this.events.push({ e: "status-read", v });
-        return v;
-      },
-      write: (offset, size, value) => this.#write(offset, size, value),
-    };
-  }
-
-  #write(offset: number, size: 1 | 2 | 4, value: number): void {
-    const dev = this.device;
-    let v = value >>> 0;
-    switch (offset) {
-      case MmioReg.STATUS:
-        this.events.push({ e: "status-write", v });
-        if (v === 0) this.#repaired = false;
-        else if (this.#repaired) v |= DeviceStatus.FEATURES_OK;
-        else if ((v & DeviceStatus.DRIVER_OK) !== 0) this.#repair();
-        break;
-      case MmioReg.DRIVER_FEATURES_SEL:
-        this.#featSel = v;
-        break;
-      case MmioReg.DRIVER_FEATURES:
-        this.events.push({ e: "driver-features", sel: this.#featSel, v });
-        if (this.#featSel < 4) this.#driverFeatures[this.#featSel] = v;
-        break;
-      case MmioReg.QUEUE_READY:
-        if (v !== 0) {
-          this.events.push({ e: "queue-ready" });
-          this.#repair();
-        }
-        break;
-      case MmioReg.QUEUE_NOTIFY:
-        this.events.push({ e: "notify" });
-        break;
-    }
-    dev.write(offset, size, v);
-  }
-
-  /**
-   * A driver that skipped FEATURES_OK: the init check reports it; set FEATURES_OK on its behalf
-   * so the other checks can still measure the rest of the driver.
-   */
-  #repair(): void {
-    const s = this.device.core.status;
-    if ((s & DeviceStatus.DRIVER) !== 0 && (s & DeviceStatus.FEATURES_OK) === 0) {
-      this.#repaired = true;
-      this.device.write(MmioReg.STATUS, 4, s | DeviceStatus.FEATURES_OK);
-    }
+    this.side = driverSide(this.tap, this.memory, kind, this.events, this.#driverFeatures);
   }
 
   get acceptedFeatures(): bigint {
@@ -278,11 +189,11 @@ class DriverRig {
       const statusAlone = chain.lens[chain.count - 1] === 1 ? 1 : 0;
       const segs = chain.count - hdrDescs - statusAlone;
       if (hasFeature(f, BlkFeature.SEG_MAX)) {
-        const max = this.device.core.readConfig(BlkConfig.SEG_MAX, 4);
+        const max = this.side.core.readConfig(BlkConfig.SEG_MAX, 4);
         if (segs > max) this.#v("limits", "§5.2.5", `${segs} data segments with seg_max ${max}`);
       }
       if (hasFeature(f, BlkFeature.SIZE_MAX)) {
-        const max = this.device.core.readConfig(BlkConfig.SIZE_MAX, 4);
+        const max = this.side.core.readConfig(BlkConfig.SIZE_MAX, 4);
         for (let i = 0; i < chain.count; i++) {
           if (chain.lens[i]! > max) {
             this.#v("limits", "§5.2.5", `a ${chain.lens[i]}-byte segment with size_max ${max}`);
@@ -293,8 +204,13 @@ class DriverRig {
   }
 
   async attach(): Promise<void> {
-    const transport = new MmioDriverTransport(this.bus);
-    await this.adapter.attach(transport, this.memory, { bus: this.bus, region: REGION });
+    const s = this.side;
+    await this.adapter.attach(s.transport(), this.memory, {
+      transport: this.kind,
+      bus: s.bus,
+      pci: s.pci,
+      region: REGION,
+    });
   }
 
   /** Run the device and the driver's interrupt handler until `p` settles (bounded). */
@@ -307,7 +223,7 @@ class DriverRig {
     for (let i = 0; i < MAX_TURNS && !done; i++) {
       await this.blk.whenIdle();
       this.tap.release();
-      if (this.device.core.interruptStatus !== 0) this.adapter.interrupt();
+      if (this.side.interruptPending()) this.adapter.interrupt();
       await macrotask();
     }
     if (!done)
@@ -323,8 +239,12 @@ class DriverRig {
   }
 }
 
-async function rig(adapter: BlkDriverAdapter, o: RigOptions = {}): Promise<DriverRig> {
-  const r = new DriverRig(adapter, o);
+async function rig(
+  adapter: BlkDriverAdapter,
+  kind: ContractTransport,
+  o: RigOptions = {},
+): Promise<DriverRig> {
+  const r = new DriverRig(adapter, kind, o);
   try {
     await r.attach();
   } catch (e) {
@@ -351,17 +271,17 @@ const checks: ContractCheck<BlkDriverAdapter>[] = [
   {
     name: "initialises the device in the order of §3.1.1",
     spec: "§3.1.1",
-    async run({ adapter }) {
-      const r = await rig(adapter);
+    async run({ adapter, transport }) {
+      const r = await rig(adapter, transport);
       checkInit(r.events);
     },
   },
   {
     name: "accepts only features the device offered",
     spec: "§2.2.1, §3.1.1",
-    async run({ adapter }) {
-      const r = await rig(adapter);
-      const offered = r.device.core.offeredFeatures;
+    async run({ adapter, transport }) {
+      const r = await rig(adapter, transport);
+      const offered = r.side.core.offeredFeatures;
       const extra = r.acceptedFeatures & ~offered;
       expectEqual("accepted features the device did not offer", extra, 0n);
     },
@@ -369,8 +289,8 @@ const checks: ContractCheck<BlkDriverAdapter>[] = [
   {
     name: "reads the disk and writes data that reads back",
     spec: "§5.2.6",
-    async run({ adapter }) {
-      const r = await rig(adapter);
+    async run({ adapter, transport }) {
+      const r = await rig(adapter, transport);
       const got = await r.settle(adapter.read(10, 4096), "read");
       expectEqual("data read at sector 10", got, testImage(SECTORS).subarray(10 * 512, 18 * 512));
       const data = pattern(8192, 21);
@@ -389,8 +309,8 @@ const checks: ContractCheck<BlkDriverAdapter>[] = [
   {
     name: "lays out requests as a 16-byte header, the data and a final status byte",
     spec: "§5.2.6, §5.2.6.1",
-    async run({ adapter }) {
-      const r = await rig(adapter);
+    async run({ adapter, transport }) {
+      const r = await rig(adapter, transport);
       await r.settle(
         Promise.all([
           adapter.read(0, 512),
@@ -407,8 +327,8 @@ const checks: ContractCheck<BlkDriverAdapter>[] = [
   {
     name: "respects seg_max and size_max",
     spec: "§5.2.5",
-    async run({ adapter }) {
-      const r = await rig(adapter, { sizeMax: 1024, segMax: 3 });
+    async run({ adapter, transport }) {
+      const r = await rig(adapter, transport, { sizeMax: 1024, segMax: 3 });
       const data = pattern(65536, 5);
       await r.settle(adapter.write(64, data), "a 64 KiB write");
       const back = await r.settle(adapter.read(64, 65536), "a 64 KiB read");
@@ -419,8 +339,8 @@ const checks: ContractCheck<BlkDriverAdapter>[] = [
   {
     name: "never submits a request beyond capacity",
     spec: "§5.2.6.1",
-    async run({ adapter }) {
-      const r = await rig(adapter);
+    async run({ adapter, transport }) {
+      const r = await rig(adapter, transport);
       let p: Promise<unknown>;
       try {
         p = adapter.read(SECTORS - 1, 1024);
@@ -444,8 +364,8 @@ const checks: ContractCheck<BlkDriverAdapter>[] = [
   {
     name: "tolerates completions in any order",
     spec: "§5.2.6, §2.7.8",
-    async run({ adapter }) {
-      const r = await rig(adapter);
+    async run({ adapter, transport }) {
+      const r = await rig(adapter, transport);
       r.tap.hold = true;
       const img = testImage(SECTORS);
       const reads = Array.from({ length: 12 }, (_, i) => adapter.read(i * 16, 512 * (1 + (i % 4))));
@@ -462,8 +382,8 @@ const checks: ContractCheck<BlkDriverAdapter>[] = [
   {
     name: "surfaces IOERR as an error and keeps working",
     spec: "§5.2.6",
-    async run({ adapter }) {
-      const r = await rig(adapter, { badSector: 33 });
+    async run({ adapter, transport }) {
+      const r = await rig(adapter, transport, { badSector: 33 });
       await rejects(adapter.read(32, 1024), r, "a read the device fails with IOERR");
       await rejects(adapter.write(33, pattern(512, 3)), r, "a write the device fails with IOERR");
       const ok = await r.settle(adapter.read(40, 512), "a later read");
@@ -473,12 +393,12 @@ const checks: ContractCheck<BlkDriverAdapter>[] = [
   {
     name: "notices DEVICE_NEEDS_RESET instead of waiting forever",
     spec: "§2.1.2, §2.1.1",
-    async run({ adapter }) {
-      const r = await rig(adapter);
+    async run({ adapter, transport }) {
+      const r = await rig(adapter, transport);
       r.tap.hold = true;
       const inFlight = adapter.read(0, 512);
       await r.blk.whenIdle();
-      r.device.core.fail(new InjectedFault("the contract suite injected a device failure"));
+      r.side.core.fail(new InjectedFault("the contract suite injected a device failure"));
       await rejects(inFlight, r, "a request in flight when the device set DEVICE_NEEDS_RESET");
       let later: Promise<unknown>;
       try {
@@ -495,7 +415,8 @@ const checks: ContractCheck<BlkDriverAdapter>[] = [
  * The "any virtio-blk driver" suite (VIRTIO 1.3 §3.1.1, §5.2): the initialisation order and
  * feature acceptance, request layout, seg_max / size_max and capacity limits, data integrity,
  * out-of-order completions, IOERR and DEVICE_NEEDS_RESET handling. The device is our `BlkDevice`
- * over the kit's own recording disk, behind a recording bus and a request tap.
+ * over the kit's own recording disk, behind a recording bus and a request tap, over virtio-mmio or virtio-pci
+ * (INTx) as the run's transport says.
  *
  * If a driver skips FEATURES_OK, the recording bus sets it on the driver's behalf after
  * reporting it, so the other checks still measure the rest of the driver.

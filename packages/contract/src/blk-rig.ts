@@ -1,7 +1,8 @@
 /**
- * The raw driver side the "any virtio-blk device" suite drives a device model with: an
- * {@link MmioDevice} over fresh guest memory, {@link MmioDriverTransport} for initialisation,
- * and a driver queue the rig fills itself, so it can send malformed requests too (internal).
+ * The raw driver side the "any virtio-blk device" suite drives a device model with: our device
+ * side of virtio-mmio or virtio-pci over fresh guest memory, our driver transport for
+ * initialisation, and a driver queue the rig fills itself, so it can send malformed requests
+ * too (internal).
  * @module
  */
 import { createGuestMemory, type GuestMemory } from "@virtio-ts/memory";
@@ -10,25 +11,17 @@ import {
   BlkFeature,
   BlkOutHdr,
   DeviceId,
-  DeviceStatus,
   Feature,
   featureMask,
-  MmioInterrupt,
-  MmioReg,
   SplitAvail,
   SplitDesc,
   SplitDescFlags,
   SplitUsed,
 } from "@virtio-ts/spec";
-import {
-  type DeviceModel,
-  InThreadMmio,
-  type MmioDevice,
-  type MmioDriverTransport,
-  RateLimitedLog,
-} from "@virtio-ts/transport";
+import type { DeviceModel, VirtioDeviceCore } from "@virtio-ts/transport";
 import type { DriverQueue, Segment } from "@virtio-ts/virtqueue";
-import { ContractViolation } from "./contract.js";
+import { type ContractTransport, ContractViolation } from "./contract.js";
+import { linkModel, type RigDriverTransport, type RigLink } from "./rig-link.js";
 import { MAX_TURNS, macrotask } from "./wait.js";
 
 /** Device-specific bits the rig may accept: none of them changes the request format. */
@@ -150,15 +143,18 @@ export function pattern(n: number, seed: number): Uint8Array {
 /** Interrupt-line state the rig records from the device. */
 export interface IrqLog {
   /** Times the device raised its interrupt line. */
-  readonly raised: number;
+  raised: number;
 }
 
 /** A device model under test, wired to a raw driver side. */
 export class BlkRig {
   readonly memory: GuestMemory;
   readonly model: DeviceModel;
-  readonly device: MmioDevice;
-  readonly transport: MmioDriverTransport;
+  /** The transport between the rig and the model. */
+  readonly link: RigLink;
+  /** The device core behind the transport. */
+  readonly core: VirtioDeviceCore;
+  readonly transport: RigDriverTransport;
   readonly irq: IrqLog;
   readonly image: Uint8Array;
   readonly idle: () => Promise<void>;
@@ -176,21 +172,19 @@ export class BlkRig {
     image: Uint8Array,
     idle: () => Promise<void>,
     memory: GuestMemory,
+    kind: ContractTransport,
   ) {
     this.memory = memory;
     this.model = model;
     this.image = image;
     this.idle = idle;
-    // Guest faults are what the suite provokes on purpose; keep them out of the test output.
-    // The suite polls the rings itself: interrupts are only counted.
-    const vm = new InThreadMmio(model, {
-      memory,
-      log: new RateLimitedLog({ sink: () => {} }),
-      delivery: "none",
+    const irq: IrqLog = { raised: 0 };
+    this.irq = irq;
+    this.link = linkModel(model, memory, kind, () => {
+      irq.raised++;
     });
-    this.irq = vm.line;
-    this.device = vm.device;
-    this.transport = vm.transport;
+    this.core = this.link.core;
+    this.transport = this.link.transport;
   }
 
   /**
@@ -202,25 +196,27 @@ export class BlkRig {
     idle: ((model: DeviceModel) => Promise<void>) | undefined,
     sectors: number,
     readOnly: boolean,
+    kind: ContractTransport,
   ): Promise<BlkRig> {
     const image = testImage(sectors);
     const model = await factory(image.slice(), readOnly);
     if (model.deviceId !== DeviceId.BLOCK) {
       throw new ContractViolation("the model's deviceId (§5.2.1)", DeviceId.BLOCK, model.deviceId);
     }
-    return BlkRig.wrap(model, idle, image);
+    return BlkRig.wrap(model, idle, kind, image);
   }
 
   /** Wire an existing model of any device type (no disk image). */
   static wrap(
     model: DeviceModel,
     idle: ((model: DeviceModel) => Promise<void>) | undefined,
+    kind: ContractTransport,
     image: Uint8Array = new Uint8Array(0),
   ): BlkRig {
     // Without the adapter's hook, the model's own (optional in the device contract).
     const wait =
       idle === undefined ? () => model.whenIdle?.() ?? Promise.resolve() : () => idle(model);
-    return new BlkRig(model, image, wait, createGuestMemory({ size: MEM_SIZE }));
+    return new BlkRig(model, image, wait, createGuestMemory({ size: MEM_SIZE }), kind);
   }
 
   /** Negotiate (§3.1.1), read the configuration, set up queue 0 and set DRIVER_OK. */
@@ -251,7 +247,9 @@ export class BlkRig {
 
   #finishInit(options: BlkRigOptions, max: number): void {
     const t = this.transport;
-    if (max === 0) throw new ContractViolation("QueueNumMax of queue 0 (§4.2.2)", "> 0", 0);
+    if (max === 0) {
+      throw new ContractViolation("the maximum size of queue 0 (§4.2.2, §4.1.4.3)", "> 0", 0);
+    }
     let size = Math.min(options.queueSize ?? 64, max);
     // Split rings need a power of 2; round down.
     size = 2 ** Math.floor(Math.log2(size));
@@ -286,12 +284,12 @@ export class BlkRig {
 
   /** Whether the device has set DEVICE_NEEDS_RESET. */
   get needsReset(): boolean {
-    return (this.device.read(MmioReg.STATUS, 4) & DeviceStatus.DEVICE_NEEDS_RESET) !== 0;
+    return this.link.needsReset();
   }
 
   /** Whether a configuration change interrupt is pending. */
   get configInterrupt(): boolean {
-    return (this.device.read(MmioReg.INTERRUPT_STATUS, 4) & MmioInterrupt.CONFIG) !== 0;
+    return this.link.configInterrupt();
   }
 
   /** Allocate `n` bytes of request memory (16-aligned). */

@@ -14,18 +14,17 @@ import {
   DeviceStatus,
   featureMask,
   hasFeature,
-  MmioReg,
 } from "@virtio-ts/spec";
 import type { DeviceModel } from "@virtio-ts/transport";
 import { pattern } from "./blk-rig.js";
 import {
   type ContractCheck,
   type ContractSuite,
+  type ContractTransport,
   ContractViolation,
   expectEqual,
   expectThat,
 } from "./contract.js";
-import { offeredFeatures } from "./init-order.js";
 import { noThrow, type QueuePending, QueueRig } from "./queue-rig.js";
 import { macrotask } from "./wait.js";
 
@@ -118,17 +117,21 @@ interface Console {
   readonly backend: RecordingConsoleBackend;
 }
 
-async function make(a: ConsoleDeviceAdapter, ports: number): Promise<Console> {
+async function make(
+  a: ConsoleDeviceAdapter,
+  kind: ContractTransport,
+  ports: number,
+): Promise<Console> {
   const backend = new RecordingConsoleBackend();
   const model = await a.create(backend, { ports });
   if (model.deviceId !== DeviceId.CONSOLE) {
     throw new ContractViolation("the model's deviceId (§5.3.1)", DeviceId.CONSOLE, model.deviceId);
   }
-  return { rig: new QueueRig(model, a.whenIdle?.bind(a)), backend };
+  return { rig: new QueueRig(model, kind, a.whenIdle?.bind(a)), backend };
 }
 
-async function single(a: ConsoleDeviceAdapter): Promise<Console> {
-  const c = await make(a, 1);
+async function single(a: ConsoleDeviceAdapter, kind: ContractTransport): Promise<Console> {
+  const c = await make(a, kind, 1);
   c.rig.init(
     () => 0n,
     () => [0, 1],
@@ -244,7 +247,10 @@ async function input(c: Console, port: number, data: Uint8Array, what: string): 
 }
 
 /** Negotiate MULTIPORT with two ports, and run the handshake up to PORT_OPEN from the device. */
-async function multiport(a: ConsoleDeviceAdapter): Promise<
+async function multiport(
+  a: ConsoleDeviceAdapter,
+  kind: ContractTransport,
+): Promise<
   | undefined
   | {
       c: Console;
@@ -252,7 +258,7 @@ async function multiport(a: ConsoleDeviceAdapter): Promise<
       max: number;
     }
 > {
-  const c = await make(a, 2);
+  const c = await make(a, kind, 2);
   c.rig.init(
     (offered) => offered & MULTIPORT,
     (f) => (hasFeature(f, ConsoleFeature.MULTIPORT) ? [0, 1, 2, 3, 4, 5] : [0, 1]),
@@ -267,8 +273,8 @@ const checks: ContractCheck<ConsoleDeviceAdapter>[] = [
   {
     name: "moves bytes both ways on port 0",
     spec: "§5.3.6, §5.3.6.1",
-    async run({ adapter }) {
-      const c = await single(adapter);
+    async run({ adapter, transport }) {
+      const c = await single(adapter, transport);
       await output(c, 0, pattern(200, 1), "guest output");
       await input(c, 0, pattern(100, 2), "host input");
       await output(c, 0, Uint8Array.of(0x68, 0x65, 0x6c, 0x6c, 0x6f, 0x0d, 0x0a), "again");
@@ -277,8 +283,8 @@ const checks: ContractCheck<ConsoleDeviceAdapter>[] = [
   {
     name: "completes the multiport handshake: DEVICE_READY, DEVICE_ADD, PORT_READY, CONSOLE_PORT and PORT_OPEN",
     spec: "§5.3.6.2, §5.3.6.2.1",
-    async run({ adapter }) {
-      const m = await multiport(adapter);
+    async run({ adapter, transport }) {
+      const m = await multiport(adapter, transport);
       if (m === undefined) return;
       const { c, ctrl, max } = m;
       expectThat("max_nr_ports with two ports", max >= 2, ">= 2", max);
@@ -327,8 +333,8 @@ const checks: ContractCheck<ConsoleDeviceAdapter>[] = [
   {
     name: "ignores a control message for a port that does not exist",
     spec: "§5.3.6.2, §5.3.6.2.1",
-    async run({ adapter }) {
-      const m = await multiport(adapter);
+    async run({ adapter, transport }) {
+      const m = await multiport(adapter, transport);
       if (m === undefined) return;
       const { c, ctrl, max } = m;
       await ctrl.send(message(0, DEVICE_READY, 1), "DEVICE_READY");
@@ -364,16 +370,16 @@ const checks: ContractCheck<ConsoleDeviceAdapter>[] = [
   {
     name: "passes a byte written to emerg_wr before feature negotiation to the back-end",
     spec: "§5.3.4, §5.3.5.1",
-    async run({ adapter }) {
-      const c = await make(adapter, 1);
-      const dev = c.rig.device;
-      dev.write(MmioReg.STATUS, 4, 0);
-      dev.write(MmioReg.STATUS, 4, DeviceStatus.ACKNOWLEDGE);
-      dev.write(MmioReg.STATUS, 4, DeviceStatus.ACKNOWLEDGE | DeviceStatus.DRIVER);
-      const offered = offeredFeatures(dev);
+    async run({ adapter, transport }) {
+      const c = await make(adapter, transport, 1);
+      const link = c.rig.link;
+      link.writeStatus(0);
+      link.writeStatus(DeviceStatus.ACKNOWLEDGE);
+      link.writeStatus(DeviceStatus.ACKNOWLEDGE | DeviceStatus.DRIVER);
+      const offered = link.offeredFeatures();
       if (!hasFeature(offered, ConsoleFeature.EMERG_WRITE)) return;
       noThrow("emerg_wr before FEATURES_OK", () =>
-        dev.write(MmioReg.CONFIG + ConsoleConfig.EMERG_WR, 4, 0x1234_5621),
+        link.writeConfig(ConsoleConfig.EMERG_WR, 4, 0x1234_5621),
       );
       for (let i = 0; i < 4; i++) {
         await c.rig.idle();

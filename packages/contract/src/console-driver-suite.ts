@@ -7,39 +7,25 @@
 import { ConsoleDevice } from "@virtio-ts/devices";
 import { createGuestMemory, type GuestMemory } from "@virtio-ts/memory";
 import { ConsoleControl, ConsoleEvent, ConsoleFeature, hasFeature } from "@virtio-ts/spec";
-import {
-  type MmioBus,
-  MmioDevice,
-  MmioDriverTransport,
-  RateLimitedLog,
-} from "@virtio-ts/transport";
-import type { GuestRange } from "./blk-driver-suite.js";
+import type { ConfigWritableTransport } from "@virtio-ts/transport";
 import { pattern } from "./blk-rig.js";
 import { RecordingConsoleBackend } from "./console-device-suite.js";
 import {
   type ContractCheck,
   type ContractSuite,
+  type ContractTransport,
   ContractViolation,
   expectEqual,
   expectThat,
 } from "./contract.js";
-import {
-  type BusEvent,
-  checkInit,
-  joinFeatureWords,
-  offeredFeatures,
-  recordingBus,
-} from "./init-order.js";
+import type { DriverEnv } from "./driver-env.js";
+import { type BusEvent, checkInit, joinFeatureWords } from "./init-order.js";
+import { type DriverSide, driverSide } from "./rig-link.js";
 import { TapModel } from "./tap.js";
 import { MAX_TURNS, macrotask } from "./wait.js";
 
-/** Guest memory and registers the suite gives a console driver under test. */
-export interface ConsoleDriverEnv {
-  /** The device's registers behind the suite's recording bus (what `transport` uses). */
-  readonly bus: MmioBus;
-  /** Guest memory the driver may use for its rings and buffers, 4096-aligned. */
-  readonly region: GuestRange;
-}
+/** Guest memory and device access the suite gives a console driver under test. */
+export type ConsoleDriverEnv = DriverEnv;
 
 /**
  * How the "any virtio-console driver" suite reaches a third-party console driver.
@@ -54,7 +40,7 @@ export interface ConsoleDriverEnv {
 export interface ConsoleDriverAdapter {
   /** Initialise the device behind `transport` and get ready. */
   attach(
-    transport: MmioDriverTransport,
+    transport: ConfigWritableTransport,
     memory: GuestMemory,
     env: ConsoleDriverEnv,
   ): Promise<void> | void;
@@ -83,15 +69,17 @@ class ConsoleDriverRig {
   readonly memory = createGuestMemory({ size: MEM_SIZE });
   readonly backend = new RecordingConsoleBackend();
   readonly console: ConsoleDevice;
-  readonly device: MmioDevice;
+  readonly side: DriverSide;
   readonly events: BusEvent[] = [];
   readonly accepted = [0, 0];
-  readonly bus: MmioBus;
   /** Direction faults: a writable descriptor in a transmit queue, or a readable one in receive. */
   readonly direction: string[] = [];
   readonly control: CtrlMsg[] = [];
 
-  constructor(readonly adapter: ConsoleDriverAdapter) {
+  constructor(
+    readonly adapter: ConsoleDriverAdapter,
+    readonly kind: ContractTransport,
+  ) {
     this.console = new ConsoleDevice(this.backend, {
       ports: [{ console: true }, { name: "contract.1" }],
       maxPorts: 2,
@@ -117,16 +105,12 @@ class ConsoleDriverRig {
         }
       },
     });
-    this.device = new MmioDevice(tap, {
-      memory: this.memory,
-      log: new RateLimitedLog({ sink: () => {} }),
-    });
-    this.bus = recordingBus(this.device, this.events, this.accepted);
+    this.side = driverSide(tap, this.memory, kind, this.events, this.accepted);
   }
 
-  /** DeviceFeatures as the registers offer them (transport bits included). */
+  /** The offered features as the registers show them (transport bits included). */
   get offered(): bigint {
-    return offeredFeatures(this.device);
+    return this.side.offeredFeatures();
   }
 
   get acceptedFeatures(): bigint {
@@ -140,7 +124,7 @@ class ConsoleDriverRig {
   /** Run the device and the driver's interrupt handler for a while, or until `cond` holds. */
   async run(cond: () => boolean = () => false, turns = MAX_TURNS): Promise<boolean> {
     for (let i = 0; i < turns && !cond(); i++) {
-      if (this.device.core.interruptStatus !== 0) this.adapter.interrupt();
+      if (this.side.interruptPending()) this.adapter.interrupt();
       await macrotask();
     }
     return cond();
@@ -169,10 +153,19 @@ class ConsoleDriverRig {
   }
 }
 
-async function rig(adapter: ConsoleDriverAdapter): Promise<ConsoleDriverRig> {
-  const r = new ConsoleDriverRig(adapter);
+async function rig(
+  adapter: ConsoleDriverAdapter,
+  kind: ContractTransport,
+): Promise<ConsoleDriverRig> {
+  const r = new ConsoleDriverRig(adapter, kind);
+  const s = r.side;
   try {
-    await adapter.attach(new MmioDriverTransport(r.bus), r.memory, { bus: r.bus, region: REGION });
+    await adapter.attach(s.transport(), r.memory, {
+      transport: kind,
+      bus: s.bus,
+      pci: s.pci,
+      region: REGION,
+    });
   } catch (e) {
     throw new ContractViolation(
       "attach",
@@ -206,24 +199,24 @@ const checks: ContractCheck<ConsoleDriverAdapter>[] = [
   {
     name: "initialises the device in the order of §3.1.1",
     spec: "§3.1.1",
-    async run({ adapter }) {
-      const r = await rig(adapter);
+    async run({ adapter, transport }) {
+      const r = await rig(adapter, transport);
       checkInit(r.events);
     },
   },
   {
     name: "accepts only offered features",
     spec: "§2.2.1, §3.1.1",
-    async run({ adapter }) {
-      const r = await rig(adapter);
+    async run({ adapter, transport }) {
+      const r = await rig(adapter, transport);
       expectEqual("features accepted but not offered", r.acceptedFeatures & ~r.offered, 0n);
     },
   },
   {
     name: "moves bytes both ways on port 0 with buffers of the right direction",
     spec: "§5.3.6, §5.3.6.1",
-    async run({ adapter }) {
-      const r = await rig(adapter);
+    async run({ adapter, transport }) {
+      const r = await rig(adapter, transport);
       await roundTrip(r, 0, 1);
       r.expectDirections();
     },
@@ -231,8 +224,8 @@ const checks: ContractCheck<ConsoleDriverAdapter>[] = [
   {
     name: "sends DEVICE_READY, then PORT_READY for every port added, when MULTIPORT is negotiated",
     spec: "§5.3.6.2",
-    async run({ adapter }) {
-      const r = await rig(adapter);
+    async run({ adapter, transport }) {
+      const r = await rig(adapter, transport);
       if (!r.multiport) return;
       const { DEVICE_READY, PORT_READY, PORT_OPEN } = ConsoleEvent;
       await r.run(() => r.control.filter((m) => m.event === PORT_READY).length >= 2);

@@ -78,12 +78,23 @@ export function expectThat(what: string, ok: boolean, expected: unknown, seen: u
   if (!ok) throw new ContractViolation(what, expected, seen);
 }
 
+/**
+ * Which transport the suites put between their side and the implementation under test:
+ * virtio-mmio (VIRTIO 1.3 §4.2, the default) or virtio-pci (§4.1: a modern PCI function with
+ * its structures in a memory BAR and INTx interrupts). A device suite wraps the model under
+ * test in our device side of that transport; a driver suite hands the driver under test our
+ * driver transport of that kind.
+ */
+export type ContractTransport = "mmio" | "pci";
+
 /** What a check gets when it runs. */
 export interface ContractContext<A> {
   /** The implementation under test, as the suite's adapter type wraps it. */
   readonly adapter: A;
   /** Name of the running check. */
   readonly check: string;
+  /** The transport to run over. */
+  readonly transport: ContractTransport;
 }
 
 /**
@@ -152,23 +163,36 @@ export interface ContractReport {
   readonly failed: readonly string[];
   /** Whether every check passed. */
   readonly ok: boolean;
+  /** The transport the checks ran over. */
+  readonly transport: ContractTransport;
 }
 
 /** Options of {@link runContract}. */
 export interface RunContractOptions {
   /** Run only the checks whose name this returns true for. Default: all. */
   readonly filter?: (check: { readonly name: string; readonly spec: string }) => boolean;
+  /** The transport to run over (default "mmio"). */
+  readonly transport?: ContractTransport;
 }
 
 /**
  * Run one check and return its result; never throws for a failing check.
  * @param check - the check
  * @param adapter - the implementation under test
+ * @param transport - the transport to run over (default "mmio")
  * @returns passed, or failed with the reason
+ * @throws RangeError naming `transport` if it is neither "mmio" nor "pci"
  */
-export async function runCheck<A>(check: ContractCheck<A>, adapter: A): Promise<ContractResult> {
+export async function runCheck<A>(
+  check: ContractCheck<A>,
+  adapter: A,
+  transport: ContractTransport = "mmio",
+): Promise<ContractResult> {
+  if (transport !== "mmio" && transport !== "pci") {
+    throw new RangeError(`transport must be "mmio" or "pci", got ${String(transport)}`);
+  }
   try {
-    await check.run({ adapter, check: check.name });
+    await check.run({ adapter, check: check.name, transport });
     return { outcome: "passed", name: check.name, spec: check.spec };
   } catch (e) {
     if (e instanceof ContractViolation && e.check === "") e.check = check.name;
@@ -182,13 +206,15 @@ export async function runCheck<A>(check: ContractCheck<A>, adapter: A): Promise<
  *
  * @param suite - the suite
  * @param adapter - the implementation under test, wrapped in the suite's adapter type
- * @param options - optional filter
+ * @param options - optional filter and transport
  * @returns the report (never rejects because a check failed)
- * @throws TypeError naming `suite` if it has no `checks` array
+ * @throws TypeError naming `suite` if it has no `checks` array; RangeError naming
+ *   `options.transport` if it is neither "mmio" nor "pci"
  *
  * @example
  * ```ts
- * const report = await runContract(blkDeviceSuite, myAdapter);
+ * const report = await runContract(blkDeviceSuite, myAdapter); // over virtio-mmio
+ * const overPci = await runContract(blkDeviceSuite, myAdapter, { transport: "pci" });
  * if (!report.ok) console.log(report.results.filter((r) => r.outcome === "failed"));
  * ```
  */
@@ -200,13 +226,18 @@ export async function runContract<A>(
   if (suite === null || typeof suite !== "object" || !Array.isArray(suite.checks)) {
     throw new TypeError("suite must be a ContractSuite with a checks array");
   }
+  const transport = options.transport ?? "mmio";
+  if (transport !== "mmio" && transport !== "pci") {
+    throw new RangeError(`options.transport must be "mmio" or "pci", got ${String(transport)}`);
+  }
   const results: ContractResult[] = [];
   for (const check of suite.checks) {
     if (options.filter !== undefined && !options.filter(check)) continue;
-    results.push(await runCheck(check, adapter));
+    results.push(await runCheck(check, adapter, transport));
   }
   return {
     suite: suite.name,
+    transport,
     results,
     passed: results.filter((r) => r.outcome === "passed").map((r) => r.name),
     failed: results.filter((r) => r.outcome === "failed").map((r) => r.name),

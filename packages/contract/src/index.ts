@@ -3,17 +3,13 @@
  * (`ContractSuite`, `ContractViolation`, `runContract`), the "any virtio-blk device", "any
  * virtio-blk driver", "any virtio-net device", "any virtio-console device", "any virtio-console
  * driver", "any virtio-rng device" and "any virtio-rng driver" suites with their adapter
- * interfaces, and a vitest binding in the `@virtio-ts/contract/vitest` subpath.
+ * interfaces, each runnable over virtio-mmio or virtio-pci, and a vitest binding in the
+ * `@virtio-ts/contract/vitest` subpath.
  *
  * @packageDocumentation
  */
 export { type BlkDeviceAdapter, type BlkDeviceSetup, blkDeviceSuite } from "./blk-device-suite.js";
-export {
-  type BlkDriverAdapter,
-  type BlkDriverEnv,
-  blkDriverSuite,
-  type GuestRange,
-} from "./blk-driver-suite.js";
+export { type BlkDriverAdapter, type BlkDriverEnv, blkDriverSuite } from "./blk-driver-suite.js";
 export {
   type ConsoleDeviceAdapter,
   type ConsoleDeviceSetup,
@@ -32,6 +28,7 @@ export {
   type ContractReport,
   type ContractResult,
   type ContractSuite,
+  type ContractTransport,
   ContractViolation,
   expectEqual,
   expectThat,
@@ -39,6 +36,7 @@ export {
   runCheck,
   runContract,
 } from "./contract.js";
+export type { DriverEnv, GuestRange } from "./driver-env.js";
 export { type NetDeviceAdapter, netDeviceSuite, RecordingNetBackend } from "./net-device-suite.js";
 export { type RngDeviceAdapter, rngDeviceSuite } from "./rng-device-suite.js";
 export { type RngDriverAdapter, type RngDriverEnv, rngDriverSuite } from "./rng-driver-suite.js";

@@ -1,79 +1,23 @@
 /**
  * The §3.1.1 initialisation-order check of the driver suites, over the register accesses a
- * recording bus saw (internal; shared by the blk, rng and console driver suites).
+ * recording bus saw (internal; shared by the blk, rng and console driver suites; the buses
+ * are in rig-link.ts).
  * @module
  */
-import { DeviceStatus, MmioReg } from "@virtio-ts/spec";
-import type { MmioBus, MmioDevice } from "@virtio-ts/transport";
+import { DeviceStatus } from "@virtio-ts/spec";
 import { ContractViolation } from "./contract.js";
 
-/** One register access of the driver, as the recording bus saw it. */
+/**
+ * One register access of the driver, as the recording bus saw it (virtio-mmio Status,
+ * DriverFeatures, QueueReady, QueueNotify; virtio-pci device_status, driver_feature,
+ * queue_enable and the notification area).
+ */
 export type BusEvent =
   | { readonly e: "status-write"; readonly v: number }
   | { readonly e: "status-read"; readonly v: number }
   | { readonly e: "driver-features"; readonly sel: number; readonly v: number }
   | { readonly e: "queue-ready" }
   | { readonly e: "notify" };
-
-/**
- * A bus in front of `device` that records status writes and reads, DriverFeatures writes,
- * QueueReady and QueueNotify into `events`, and the accepted features into `features`. A driver
- * that skips FEATURES_OK gets it set on its behalf before its first QueueReady or DRIVER_OK.
- */
-export function recordingBus(
-  device: MmioDevice,
-  events: BusEvent[],
-  features: number[] = [0, 0],
-): MmioBus {
-  let sel = 0;
-  let repaired = false;
-  // A driver that skipped FEATURES_OK: the init check reports it; set FEATURES_OK on its behalf
-  // so the other checks can still measure the rest of the driver.
-  const repair = (): void => {
-    const s = device.read(MmioReg.STATUS, 4);
-    if ((s & DeviceStatus.DRIVER) !== 0 && (s & DeviceStatus.FEATURES_OK) === 0) {
-      repaired = true;
-      device.write(MmioReg.STATUS, 4, s | DeviceStatus.FEATURES_OK);
-    }
-  };
-  return {
-    read: (offset, size) => {
-      const v = device.read(offset, size);
-      if (offset === MmioReg.STATUS) events.push({ e: "status-read", v });
-      return v;
-    },
-    write: (offset, size, value) => {
-      let v = value >>> 0;
-      if (offset === MmioReg.STATUS) {
-        events.push({ e: "status-write", v });
-        if (v === 0) repaired = false;
-        else if (repaired) v |= DeviceStatus.FEATURES_OK;
-        else if ((v & DeviceStatus.DRIVER_OK) !== 0) repair();
-      } else if (offset === MmioReg.DRIVER_FEATURES_SEL) sel = v;
-      else if (offset === MmioReg.DRIVER_FEATURES) {
-        events.push({ e: "driver-features", sel, v });
-        if (sel < features.length) features[sel] = v;
-      } else if (offset === MmioReg.QUEUE_READY && v !== 0) {
-        events.push({ e: "queue-ready" });
-        repair();
-      } else if (offset === MmioReg.QUEUE_NOTIFY) events.push({ e: "notify" });
-      device.write(offset, size, v);
-    },
-  };
-}
-
-/**
- * The feature bits 0–63 a device offers, read through its DeviceFeatures registers (transport
- * bits included), as a driver would. Leaves DeviceFeaturesSel at 1.
- */
-export function offeredFeatures(device: MmioDevice): bigint {
-  let f = 0n;
-  for (let sel = 0; sel < 2; sel++) {
-    device.write(MmioReg.DEVICE_FEATURES_SEL, 4, sel);
-    f |= BigInt(device.read(MmioReg.DEVICE_FEATURES, 4) >>> 0) << BigInt(32 * sel);
-  }
-  return f;
-}
 
 /** 32-bit feature words (word `i` = bits 32·i to 32·i + 31) as one bigint. */
 export function joinFeatureWords(words: readonly number[]): bigint {

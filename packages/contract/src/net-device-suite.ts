@@ -21,6 +21,7 @@ import { pattern } from "./blk-rig.js";
 import {
   type ContractCheck,
   type ContractSuite,
+  type ContractTransport,
   ContractViolation,
   expectEqual,
   expectThat,
@@ -107,13 +108,13 @@ interface Net {
   readonly mtu: number;
 }
 
-async function net(a: NetDeviceAdapter, extra = 0n): Promise<Net> {
+async function net(a: NetDeviceAdapter, kind: ContractTransport, extra = 0n): Promise<Net> {
   const backend = new RecordingNetBackend();
   const model = await a.create(backend);
   if (model.deviceId !== DeviceId.NET) {
     throw new ContractViolation("the model's deviceId (§5.1.1)", DeviceId.NET, model.deviceId);
   }
-  const rig = new QueueRig(model, a.whenIdle?.bind(a)).init(
+  const rig = new QueueRig(model, kind, a.whenIdle?.bind(a)).init(
     (offered) => offered & (BASE | extra),
     (f) => (hasFeature(f, NetFeature.CTRL_VQ) ? [RX, TX, CTRL] : [RX, TX]),
   );
@@ -185,8 +186,8 @@ const checks: ContractCheck<NetDeviceAdapter>[] = [
   {
     name: "offers a configuration consistent with its feature bits",
     spec: "§5.1.4, §5.1.4.1",
-    async run({ adapter }) {
-      const { rig, mtu } = await net(adapter);
+    async run({ adapter, transport }) {
+      const { rig, mtu } = await net(adapter, transport);
       const f = rig.offered;
       const cfg = rig.transport.readConfig((c) => ({
         mac: Uint8Array.from({ length: 6 }, (_, i) => c.u8(NetConfig.MAC + i)),
@@ -225,8 +226,8 @@ const checks: ContractCheck<NetDeviceAdapter>[] = [
   {
     name: "passes a transmitted frame to the back-end without the virtio_net_hdr",
     spec: "§5.1.6.2, §5.1.4.1",
-    async run({ adapter }) {
-      const n = await net(adapter);
+    async run({ adapter, transport }) {
+      const n = await net(adapter, transport);
       const { rig } = n;
       const a = frame(60, 1);
       const b = frame(1000, 2);
@@ -248,8 +249,8 @@ const checks: ContractCheck<NetDeviceAdapter>[] = [
   {
     name: "delivers a received frame behind a virtio_net_hdr_v1 with num_buffers 1",
     spec: "§5.1.6.3, §5.1.6.4, §5.1.6.4.1",
-    async run({ adapter }) {
-      const n = await net(adapter);
+    async run({ adapter, transport }) {
+      const n = await net(adapter, transport);
       const { rig } = n;
       for (const [len, seed] of [
         [60, 4],
@@ -271,8 +272,8 @@ const checks: ContractCheck<NetDeviceAdapter>[] = [
   {
     name: "merges a frame across receive buffers with num_buffers when VIRTIO_NET_F_MRG_RXBUF is negotiated",
     spec: "§5.1.6.3.1, §5.1.6.4, §5.1.6.4.1",
-    async run({ adapter }) {
-      const n = await net(adapter, BITS.mrg);
+    async run({ adapter, transport }) {
+      const n = await net(adapter, transport, BITS.mrg);
       const { rig } = n;
       if (!hasFeature(rig.features, NetFeature.MRG_RXBUF)) return;
       const ps = Array.from({ length: 12 }, () => rig.submit(RX, [], [256], CANARY));
@@ -315,8 +316,8 @@ const checks: ContractCheck<NetDeviceAdapter>[] = [
   {
     name: "drops a transmit chain shorter than the header or with gso_type set, and still completes it",
     spec: "§5.1.6.2, §5.1.6.2.1, §2.7.8",
-    async run({ adapter }) {
-      const n = await net(adapter);
+    async run({ adapter, transport }) {
+      const n = await net(adapter, transport);
       const { rig } = n;
       const ok = frame(80, 8);
       const ps = noThrow("malformed transmit chains", () => [
@@ -341,8 +342,8 @@ const checks: ContractCheck<NetDeviceAdapter>[] = [
   {
     name: "reports used lengths within the device-writable part of each buffer",
     spec: "§2.7.8, §5.1.6.2, §5.1.6.4",
-    async run({ adapter }) {
-      const n = await net(adapter);
+    async run({ adapter, transport }) {
+      const n = await net(adapter, transport);
       const { rig } = n;
       const tx = [
         rig.submit(TX, [header(), frame(64, 10)]),
@@ -368,8 +369,8 @@ const checks: ContractCheck<NetDeviceAdapter>[] = [
   {
     name: "completes a partial checksum when VIRTIO_NET_F_CSUM is negotiated",
     spec: "§5.1.6.2",
-    async run({ adapter }) {
-      const n = await net(adapter, BITS.csum);
+    async run({ adapter, transport }) {
+      const n = await net(adapter, transport, BITS.csum);
       const { rig } = n;
       if (!hasFeature(rig.features, NetFeature.CSUM)) return;
       const f = frame(120, 12);
@@ -400,8 +401,8 @@ const checks: ContractCheck<NetDeviceAdapter>[] = [
   {
     name: "answers a control command of an unknown class with VIRTIO_NET_ERR",
     spec: "§5.1.6.5",
-    async run({ adapter }) {
-      const n = await net(adapter);
+    async run({ adapter, transport }) {
+      const n = await net(adapter, transport);
       const { rig } = n;
       if (!hasFeature(rig.features, NetFeature.CTRL_VQ)) return;
       // 0xee is no class of §5.1.6.5.
@@ -419,8 +420,8 @@ const checks: ContractCheck<NetDeviceAdapter>[] = [
   {
     name: "survives a descriptor loop: DEVICE_NEEDS_RESET with a notification, or the chain returned",
     spec: "§2.1.2, §2.7.5.2",
-    async run({ adapter }) {
-      const n = await net(adapter);
+    async run({ adapter, transport }) {
+      const n = await net(adapter, transport);
       const { rig } = n;
       const p = noThrow("descriptor loop", () =>
         rig.submit(TX, [header(), frame(64, 13)], [], 0, true, true),

@@ -1,28 +1,15 @@
 /**
  * A raw driver side with several queues, for the suites of multi-queue devices (virtio-net,
- * virtio-console): an {@link MmioDevice} over fresh guest memory, {@link MmioDriverTransport}
- * for initialisation, and driver queues the rig fills itself (internal).
+ * virtio-console): our device side of virtio-mmio or virtio-pci over fresh guest memory, our
+ * driver transport for initialisation, and driver queues the rig fills itself (internal).
  * @module
  */
 import { createGuestMemory, type GuestMemory } from "@virtio-ts/memory";
-import {
-  DeviceStatus,
-  MmioInterrupt,
-  MmioReg,
-  SplitAvail,
-  SplitDesc,
-  SplitDescFlags,
-  SplitUsed,
-} from "@virtio-ts/spec";
-import {
-  type DeviceModel,
-  InThreadMmio,
-  type MmioDevice,
-  type MmioDriverTransport,
-  RateLimitedLog,
-} from "@virtio-ts/transport";
+import { SplitAvail, SplitDesc, SplitDescFlags, SplitUsed } from "@virtio-ts/spec";
+import type { DeviceModel, VirtioDeviceCore } from "@virtio-ts/transport";
 import type { DriverQueue, Segment } from "@virtio-ts/virtqueue";
-import { ContractViolation } from "./contract.js";
+import { type ContractTransport, ContractViolation } from "./contract.js";
+import { linkModel, type RigDriverTransport, type RigLink } from "./rig-link.js";
 import { MAX_TURNS, macrotask } from "./wait.js";
 
 const MEM_SIZE = 0x800000;
@@ -57,16 +44,16 @@ export class QueueRig {
   readonly memory: GuestMemory;
   /** The model under test. */
   readonly model: DeviceModel;
-  /** The virtio-mmio device hosting the model. */
-  readonly device: MmioDevice;
+  /** The transport between the rig and the model. */
+  readonly link: RigLink;
+  /** The device core behind the transport. */
+  readonly core: VirtioDeviceCore;
   /** The driver side of the registers. */
-  readonly transport: MmioDriverTransport;
+  readonly transport: RigDriverTransport;
   /** The adapter's idle hook, bound to the model. */
   readonly idle: () => Promise<void>;
   /** Times the device raised its interrupt line. */
-  get irqs(): number {
-    return this.#vm.line.raised;
-  }
+  irqs = 0;
   /** DeviceFeatures offered at the last `init`. */
   offered = 0n;
   /** Features negotiated at the last `init`. */
@@ -77,7 +64,6 @@ export class QueueRig {
   readonly sizes = new Map<number, number>();
   /** Ids in the order the device used them, per queue. */
   readonly usedOrder = new Map<number, number[]>();
-  readonly #vm: InThreadMmio;
   #heap = HEAP;
   #nextId = 1;
   readonly #done = new Map<number, number>();
@@ -87,22 +73,24 @@ export class QueueRig {
 
   /**
    * @param model - the device model (not yet activated)
+   * @param kind - the transport to put between the rig and the model
    * @param idle - optional hook: resolves when the model has nothing in flight
    */
-  constructor(model: DeviceModel, idle?: (model: DeviceModel) => Promise<void>) {
+  constructor(
+    model: DeviceModel,
+    kind: ContractTransport,
+    idle?: (model: DeviceModel) => Promise<void>,
+  ) {
     this.model = model;
     // Without the adapter's hook, the model's own (optional in the device contract).
     this.idle =
       idle === undefined ? () => model.whenIdle?.() ?? Promise.resolve() : () => idle(model);
     this.memory = createGuestMemory({ size: MEM_SIZE });
-    const vm = new InThreadMmio(model, {
-      memory: this.memory,
-      log: new RateLimitedLog({ sink: () => {} }),
-      delivery: "none",
+    this.link = linkModel(model, this.memory, kind, () => {
+      this.irqs++;
     });
-    this.#vm = vm;
-    this.device = vm.device;
-    this.transport = vm.transport;
+    this.core = this.link.core;
+    this.transport = this.link.transport;
   }
 
   /**
@@ -128,7 +116,9 @@ export class QueueRig {
     });
     for (const qi of queues(this.features)) {
       const max = t.queueMaxSize(qi);
-      if (max === 0) throw new ContractViolation(`QueueNumMax of queue ${qi} (§4.2.2)`, "> 0", 0);
+      if (max === 0) {
+        throw new ContractViolation(`the maximum size of queue ${qi} (§4.2.2, §4.1.4.3)`, "> 0", 0);
+      }
       const size = 2 ** Math.floor(Math.log2(Math.min(o.queueSize ?? 64, max, 256)));
       const desc = this.descAddr(qi);
       const avail = desc + size * SplitDesc.SIZE;
@@ -169,12 +159,12 @@ export class QueueRig {
 
   /** Whether the device has set DEVICE_NEEDS_RESET. */
   get needsReset(): boolean {
-    return (this.device.read(MmioReg.STATUS, 4) & DeviceStatus.DEVICE_NEEDS_RESET) !== 0;
+    return this.link.needsReset();
   }
 
   /** Whether a configuration change interrupt is pending. */
   get configInterrupt(): boolean {
-    return (this.device.read(MmioReg.INTERRUPT_STATUS, 4) & MmioInterrupt.CONFIG) !== 0;
+    return this.link.configInterrupt();
   }
 
   /** Allocate `n` bytes of buffer memory (16-aligned). */

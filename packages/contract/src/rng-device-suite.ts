@@ -9,6 +9,7 @@ import { BlkRig, INDIRECT_BIT, PACKED_BIT, type Pending, pattern } from "./blk-r
 import {
   type ContractCheck,
   type ContractSuite,
+  type ContractTransport,
   ContractViolation,
   expectEqual,
   expectThat,
@@ -32,12 +33,12 @@ export interface RngDeviceAdapter<M extends DeviceModel = DeviceModel> {
   whenIdle?(model: M): Promise<void>;
 }
 
-async function rig(a: RngDeviceAdapter, ring = 0n): Promise<BlkRig> {
+async function rig(a: RngDeviceAdapter, kind: ContractTransport, ring = 0n): Promise<BlkRig> {
   const model = await a.create();
   if (model.deviceId !== DeviceId.RNG) {
     throw new ContractViolation("the model's deviceId (§5.4.1)", DeviceId.RNG, model.deviceId);
   }
-  return BlkRig.wrap(model, a.whenIdle?.bind(a)).init({ sectors: 0, accept: 0n, ring });
+  return BlkRig.wrap(model, a.whenIdle?.bind(a), kind).init({ sectors: 0, accept: 0n, ring });
 }
 
 const CANARY = 0x5a;
@@ -94,16 +95,16 @@ const checks: ContractCheck<RngDeviceAdapter>[] = [
   {
     name: "fills writable buffers with random bytes up to a used length within the buffer",
     spec: "§5.4.6.2, §2.7.8",
-    async run({ adapter }) {
-      const r = await rig(adapter);
+    async run({ adapter, transport }) {
+      const r = await rig(adapter, transport);
       await fillAndCheck(r, [64, 64, 1, 4096], "split ring");
     },
   },
   {
     name: "never writes into device-readable descriptors",
     spec: "§5.4.6.1, §2.6.4",
-    async run({ adapter }) {
-      const r = await rig(adapter);
+    async run({ adapter, transport }) {
+      const r = await rig(adapter, transport);
       const ro = pattern(256, 31);
       let p: ReturnType<BlkRig["submitRaw"]>;
       try {
@@ -124,8 +125,8 @@ const checks: ContractCheck<RngDeviceAdapter>[] = [
   {
     name: "serves buffers through indirect descriptor tables when VIRTIO_F_INDIRECT_DESC is offered",
     spec: "§2.7.5.3",
-    async run({ adapter }) {
-      const r = await rig(adapter, INDIRECT_BIT);
+    async run({ adapter, transport }) {
+      const r = await rig(adapter, transport, INDIRECT_BIT);
       if ((r.offered & INDIRECT_BIT) === 0n) return;
       const p = r.submitRaw([], [64, 64, 64, 64], CANARY);
       const [c] = await r.wait([p], "indirect");
@@ -141,8 +142,8 @@ const checks: ContractCheck<RngDeviceAdapter>[] = [
   {
     name: "serves buffers on a packed virtqueue when VIRTIO_F_RING_PACKED is offered",
     spec: "§2.8",
-    async run({ adapter }) {
-      const r = await rig(adapter, PACKED_BIT);
+    async run({ adapter, transport }) {
+      const r = await rig(adapter, transport, PACKED_BIT);
       if ((r.offered & PACKED_BIT) === 0n) return;
       for (let i = 0; i < r.queueSize + 8; i += 8) {
         await fillAndCheck(r, [32, 32, 32, 32, 32, 32, 32], `packed ring, round ${i / 8}`);
@@ -152,8 +153,8 @@ const checks: ContractCheck<RngDeviceAdapter>[] = [
   {
     name: "lands no completion after a reset with buffers in flight",
     spec: "§2.4.1",
-    async run({ adapter }) {
-      const r = await rig(adapter);
+    async run({ adapter, transport }) {
+      const r = await rig(adapter, transport);
       const ps = Array.from({ length: 4 }, () => r.submitRaw([], [4096], CANARY));
       r.transport.reset();
       const used = r.usedIdx();

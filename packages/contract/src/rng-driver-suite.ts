@@ -6,54 +6,36 @@
  */
 import { RngDevice } from "@virtio-ts/devices";
 import { createGuestMemory, type GuestMemory } from "@virtio-ts/memory";
-import {
-  type MmioBus,
-  MmioDevice,
-  MmioDriverTransport,
-  RateLimitedLog,
-} from "@virtio-ts/transport";
-import type { GuestRange } from "./blk-driver-suite.js";
+import type { DriverTransport } from "@virtio-ts/transport";
 import {
   type ContractCheck,
   type ContractSuite,
+  type ContractTransport,
   ContractViolation,
   expectEqual,
   expectThat,
 } from "./contract.js";
-import {
-  type BusEvent,
-  checkInit,
-  joinFeatureWords,
-  offeredFeatures,
-  recordingBus,
-} from "./init-order.js";
+import type { DriverEnv } from "./driver-env.js";
+import { type BusEvent, checkInit, joinFeatureWords } from "./init-order.js";
+import { type DriverSide, driverSide } from "./rig-link.js";
 import { TapModel } from "./tap.js";
 import { MAX_TURNS, macrotask } from "./wait.js";
 
-/** Guest memory and registers the suite gives an entropy driver under test. */
-export interface RngDriverEnv {
-  /** The device's registers behind the suite's recording bus (what `transport` uses). */
-  readonly bus: MmioBus;
-  /** Guest memory the driver may use for its ring and buffers, 4096-aligned. */
-  readonly region: GuestRange;
-}
+/** Guest memory and device access the suite gives an entropy driver under test. */
+export type RngDriverEnv = DriverEnv;
 
 /**
  * How the "any virtio-rng driver" suite reaches a third-party entropy driver.
  *
  * Implementer contract: `attach` is called once per check with a fresh, reset device; it
- * initialises the device (§3.1.1) through `transport` (or `env.bus`) and returns when the
- * driver is ready. `read(n)` resolves with `n` random bytes taken from the device. The suite
+ * initialises the device (§3.1.1) through `transport` (virtio-mmio or virtio-pci, as
+ * `env.transport` says; or `env.bus` / `env.pci`) and returns when the driver is ready. `read(n)` resolves with `n` random bytes taken from the device. The suite
  * runs the device and calls `interrupt` whenever the device's interrupt line is asserted; the
  * driver must not wait for anything else.
  */
 export interface RngDriverAdapter {
   /** Initialise the device behind `transport` and get ready for reads. */
-  attach(
-    transport: MmioDriverTransport,
-    memory: GuestMemory,
-    env: RngDriverEnv,
-  ): Promise<void> | void;
+  attach(transport: DriverTransport, memory: GuestMemory, env: RngDriverEnv): Promise<void> | void;
   /** `n` random bytes from the device. */
   read(n: number): Promise<Uint8Array>;
   /** The interrupt handler: take the interrupt and reap completions. */
@@ -93,16 +75,16 @@ class RngDriverRig {
   readonly memory = createGuestMemory({ size: MEM_SIZE });
   readonly source = new KnownSource();
   readonly tap: TapModel;
-  readonly device: MmioDevice;
+  readonly side: DriverSide;
   readonly events: BusEvent[] = [];
   readonly accepted = [0, 0];
-  readonly bus: MmioBus;
   /** Device-readable bytes found in chains the driver made available. */
   readableChains = 0;
   chains = 0;
 
   constructor(
     readonly adapter: RngDriverAdapter,
+    readonly kind: ContractTransport,
     o: RigOptions,
   ) {
     const rng = new RngDevice({
@@ -119,16 +101,12 @@ class RngDriverRig {
         }
       },
     });
-    this.device = new MmioDevice(this.tap, {
-      memory: this.memory,
-      log: new RateLimitedLog({ sink: () => {} }),
-    });
-    this.bus = recordingBus(this.device, this.events, this.accepted);
+    this.side = driverSide(this.tap, this.memory, kind, this.events, this.accepted);
   }
 
-  /** DeviceFeatures as the registers offer them (transport bits included). */
+  /** The offered features as the registers show them (transport bits included). */
   get offered(): bigint {
-    return offeredFeatures(this.device);
+    return this.side.offeredFeatures();
   }
 
   get acceptedFeatures(): bigint {
@@ -143,7 +121,7 @@ class RngDriverRig {
     });
     tracked.catch(() => {});
     for (let i = 0; i < MAX_TURNS && !done; i++) {
-      if (this.device.core.interruptStatus !== 0) this.adapter.interrupt();
+      if (this.side.interruptPending()) this.adapter.interrupt();
       await macrotask();
     }
     if (!done) {
@@ -166,10 +144,20 @@ class RngDriverRig {
   }
 }
 
-async function rig(adapter: RngDriverAdapter, o: RigOptions = {}): Promise<RngDriverRig> {
-  const r = new RngDriverRig(adapter, o);
+async function rig(
+  adapter: RngDriverAdapter,
+  kind: ContractTransport,
+  o: RigOptions = {},
+): Promise<RngDriverRig> {
+  const r = new RngDriverRig(adapter, kind, o);
+  const s = r.side;
   try {
-    await adapter.attach(new MmioDriverTransport(r.bus), r.memory, { bus: r.bus, region: REGION });
+    await adapter.attach(s.transport(), r.memory, {
+      transport: kind,
+      bus: s.bus,
+      pci: s.pci,
+      region: REGION,
+    });
   } catch (e) {
     throw new ContractViolation(
       "attach",
@@ -207,8 +195,8 @@ const checks: ContractCheck<RngDriverAdapter>[] = [
   {
     name: "initialises the device in the order of §3.1.1",
     spec: "§3.1.1",
-    async run({ adapter }) {
-      const r = await rig(adapter);
+    async run({ adapter, transport }) {
+      const r = await rig(adapter, transport);
       await r.read(16);
       checkInit(r.events);
     },
@@ -216,8 +204,8 @@ const checks: ContractCheck<RngDriverAdapter>[] = [
   {
     name: "accepts only offered features",
     spec: "§2.2.1, §3.1.1",
-    async run({ adapter }) {
-      const r = await rig(adapter);
+    async run({ adapter, transport }) {
+      const r = await rig(adapter, transport);
       const extra = r.acceptedFeatures & ~r.offered;
       expectEqual("features accepted but not offered", extra, 0n);
     },
@@ -225,8 +213,8 @@ const checks: ContractCheck<RngDriverAdapter>[] = [
   {
     name: "makes only device-writable buffers available",
     spec: "§5.4.6.1",
-    async run({ adapter }) {
-      const r = await rig(adapter);
+    async run({ adapter, transport }) {
+      const r = await rig(adapter, transport);
       await r.read(64);
       await r.read(3000);
       expectThat("buffers made available", r.chains > 0, "at least one", 0);
@@ -236,8 +224,8 @@ const checks: ContractCheck<RngDriverAdapter>[] = [
   {
     name: "returns exactly n bytes of the device's stream for read(n)",
     spec: "§5.4.6.1",
-    async run({ adapter }) {
-      const r = await rig(adapter);
+    async run({ adapter, transport }) {
+      const r = await rig(adapter, transport);
       const got: Uint8Array[] = [];
       for (const n of [1, 17, 4096, 10_000]) got.push(await r.read(n));
       const all = new Uint8Array(got.reduce((s, b) => s + b.length, 0));
@@ -252,9 +240,9 @@ const checks: ContractCheck<RngDriverAdapter>[] = [
   {
     name: "uses only the first used-length bytes of a partly filled buffer",
     spec: "§5.4.6.1, §5.4.6.2, §2.7.8",
-    async run({ adapter }) {
+    async run({ adapter, transport }) {
       // The device fills at most 5 bytes of each buffer; the rest keeps the suite's mark.
-      const r = await rig(adapter, { maxRequestBytes: 5 });
+      const r = await rig(adapter, transport, { maxRequestBytes: 5 });
       const a = await r.read(64);
       const b = await r.read(3);
       expectFromDevice("read(64) from a device filling 5 bytes a buffer", a, r.source.produced);

@@ -4,7 +4,7 @@
  * @module
  */
 import { describe, it } from "vitest";
-import { type ContractSuite, runCheck } from "./contract.js";
+import { type ContractSuite, type ContractTransport, runCheck } from "./contract.js";
 
 /** Options of {@link describeContract}. */
 export interface DescribeContractOptions {
@@ -14,6 +14,8 @@ export interface DescribeContractOptions {
   readonly knownFailures?: readonly string[];
   /** Per-check timeout in milliseconds (default vitest's). */
   readonly timeout?: number;
+  /** The transport to run over (default "mmio"); "pci" appends "over virtio-pci" to the title. */
+  readonly transport?: ContractTransport;
 }
 
 /**
@@ -22,14 +24,17 @@ export interface DescribeContractOptions {
  *
  * @param suite - the suite, e.g. `blkDeviceSuite`
  * @param adapter - the implementation under test, in the suite's adapter type
- * @param options - title suffix, known failures, timeout
- * @throws RangeError naming `options.knownFailures` if it names a check the suite lacks
+ * @param options - title suffix, known failures, timeout, transport
+ * @throws RangeError naming `options.knownFailures` if it names a check the suite lacks, or
+ *   `options.transport` if it is neither "mmio" nor "pci"
  *
  * @example
  * ```ts
  * import { blkDeviceSuite } from "@virtio-ts/contract";
  * import { describeContract } from "@virtio-ts/contract/vitest";
- * describeContract(blkDeviceSuite, { create: ({ image, readOnly }) => new MyBlk(image, readOnly) });
+ * const adapter = { create: ({ image, readOnly }) => new MyBlk(image, readOnly) };
+ * describeContract(blkDeviceSuite, adapter);
+ * describeContract(blkDeviceSuite, adapter, { transport: "pci" });
  * ```
  */
 export function describeContract<A>(
@@ -43,11 +48,17 @@ export function describeContract<A>(
       throw new RangeError(`options.knownFailures names no check of "${suite.name}": "${k}"`);
     }
   }
-  const title = options.name === undefined ? suite.name : `${suite.name}: ${options.name}`;
+  const transport = options.transport ?? "mmio";
+  if (transport !== "mmio" && transport !== "pci") {
+    throw new RangeError(`options.transport must be "mmio" or "pci", got ${String(transport)}`);
+  }
+  const over = transport === "pci" ? " over virtio-pci" : "";
+  const title =
+    options.name === undefined ? `${suite.name}${over}` : `${suite.name}: ${options.name}${over}`;
   describe(title, () => {
     for (const check of suite.checks) {
       const body = async () => {
-        const r = await runCheck(check, adapter);
+        const r = await runCheck(check, adapter, transport);
         if (r.outcome === "failed") throw r.error;
       };
       const name = `${check.name} (${check.spec})`;

@@ -8,6 +8,7 @@ import {
 } from "../src/index.js";
 import { describeContract } from "../src/vitest.js";
 import { lateEmergency, smallMaxPorts } from "./broken/console-devices.js";
+import { TRANSPORTS } from "./drivers.js";
 
 const ours: ConsoleDeviceAdapter = {
   create: (backend, { ports }) =>
@@ -16,8 +17,6 @@ const ours: ConsoleDeviceAdapter = {
     }),
 };
 
-describeContract(consoleDeviceSuite, ours, { name: "ConsoleDevice" });
-
 function only(report: Awaited<ReturnType<typeof runContract>>): ContractViolation {
   expect(report.failed).toHaveLength(1);
   const r = report.results.find((x) => x.outcome === "failed") as { error: unknown };
@@ -25,29 +24,33 @@ function only(report: Awaited<ReturnType<typeof runContract>>): ContractViolatio
   return r.error as ContractViolation;
 }
 
-describe("the virtio-console device suite", () => {
-  it("passes ConsoleDevice on every check", async () => {
-    const report = await runContract(consoleDeviceSuite, ours);
-    expect(report.failed).toEqual([]);
-    expect(report.passed).toEqual(consoleDeviceSuite.checks.map((c) => c.name));
-  });
+for (const transport of TRANSPORTS) {
+  describeContract(consoleDeviceSuite, ours, { name: "ConsoleDevice", transport });
 
-  it("fails only the emerg_wr check for a device that ignores emerg_wr before FEATURES_OK", async () => {
-    const report = await runContract(consoleDeviceSuite, lateEmergency);
-    expect(report.failed).toEqual([
-      "passes a byte written to emerg_wr before feature negotiation to the back-end",
-    ]);
-    const v = only(report);
-    expect([v.expected, v.seen]).toEqual(["33", ""]);
-  });
+  describe(`the virtio-console device suite over ${transport}`, () => {
+    it("passes ConsoleDevice on every check", async () => {
+      const report = await runContract(consoleDeviceSuite, ours, { transport });
+      expect(report.failed).toEqual([]);
+      expect(report.passed).toEqual(consoleDeviceSuite.checks.map((c) => c.name));
+    });
 
-  it("fails only the handshake check for a device that adds a port at max_nr_ports", async () => {
-    const report = await runContract(consoleDeviceSuite, smallMaxPorts);
-    expect(report.failed).toEqual([
-      "completes the multiport handshake: DEVICE_READY, DEVICE_ADD, PORT_READY, CONSOLE_PORT and PORT_OPEN",
-    ]);
-    const v = only(report);
-    expect(v.message).toContain("max_nr_ports with two ports");
-    expect([v.expected, v.seen]).toEqual([">= 2", 1]);
+    it("fails only the emerg_wr check for a device that ignores emerg_wr before FEATURES_OK", async () => {
+      const report = await runContract(consoleDeviceSuite, lateEmergency, { transport });
+      expect(report.failed).toEqual([
+        "passes a byte written to emerg_wr before feature negotiation to the back-end",
+      ]);
+      const v = only(report);
+      expect([v.expected, v.seen]).toEqual(["33", ""]);
+    });
+
+    it("fails only the handshake check for a device that adds a port at max_nr_ports", async () => {
+      const report = await runContract(consoleDeviceSuite, smallMaxPorts, { transport });
+      expect(report.failed).toEqual([
+        "completes the multiport handshake: DEVICE_READY, DEVICE_ADD, PORT_READY, CONSOLE_PORT and PORT_OPEN",
+      ]);
+      const v = only(report);
+      expect(v.message).toContain("max_nr_ports with two ports");
+      expect([v.expected, v.seen]).toEqual([">= 2", 1]);
+    });
   });
-});
+}

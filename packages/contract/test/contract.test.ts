@@ -69,6 +69,22 @@ describe("runContract", () => {
     expect(r.results).toHaveLength(1);
   });
 
+  it("hands each check the transport of the run (mmio by default) and reports it", async () => {
+    const seen: string[] = [];
+    const probe: ContractSuite<null> = {
+      name: "probe",
+      checks: [
+        { name: "records", spec: "§4", run: async ({ transport }) => void seen.push(transport) },
+      ],
+    };
+    expect((await runContract(probe, null)).transport).toBe("mmio");
+    expect((await runContract(probe, null, { transport: "pci" })).transport).toBe("pci");
+    expect(seen).toEqual(["mmio", "pci"]);
+    await expect(runContract(probe, null, { transport: "ccw" as "pci" })).rejects.toThrow(
+      /options\.transport/,
+    );
+  });
+
   it("throws a TypeError naming suite for something that is not a suite", async () => {
     await expect(runContract({} as never, {})).rejects.toThrow(/suite must be a ContractSuite/);
   });
@@ -84,6 +100,12 @@ describe("runContract", () => {
 });
 
 describe("describeContract", () => {
+  it("refuses an unknown transport, naming options.transport", () => {
+    expect(() => describeContract(suite, { value: 1 }, { transport: "ccw" as "pci" })).toThrow(
+      /options\.transport/,
+    );
+  });
+
   it("refuses a known failure that names no check, naming options.knownFailures", () => {
     expect(() => describeContract(suite, { value: 1 }, { knownFailures: ["nope"] })).toThrow(
       RangeError,

@@ -1,10 +1,10 @@
 import { BlkDriver, SlabAllocator } from "@virtio-ts/drivers";
-import type { MmioBus, MmioDriverTransport } from "@virtio-ts/transport";
-import type { BlkDriverAdapter } from "../src/index.js";
+import type { DriverTransport } from "@virtio-ts/transport";
+import type { BlkDriverAdapter, ContractTransport, DriverEnv } from "../src/index.js";
 
 /** Our BlkDriver, as a third party would wrap theirs. */
 export function blkDriverAdapter(
-  wrapTransport?: (t: MmioDriverTransport, bus: MmioBus) => MmioDriverTransport,
+  wrapTransport?: (t: DriverTransport, env: DriverEnv) => DriverTransport,
 ): BlkDriverAdapter {
   let d: BlkDriver | undefined;
   const driver = (): BlkDriver => {
@@ -13,7 +13,7 @@ export function blkDriverAdapter(
   };
   return {
     attach(transport, memory, env) {
-      const t = wrapTransport === undefined ? transport : wrapTransport(transport, env.bus);
+      const t = wrapTransport === undefined ? transport : wrapTransport(transport, env);
       d = new BlkDriver(t, memory, new SlabAllocator(env.region.base + 0x80000, 4096, 128), {
         ringBase: env.region.base,
         queueSize: 64,
@@ -33,3 +33,6 @@ export function blkDriverAdapter(
  * found one (a read past `capacity`, §5.2.6.1) and BlkDriver now refuses such requests itself.
  */
 export const BLK_DRIVER_KNOWN_FAILURES: readonly string[] = [];
+
+/** Every transport the suites run over: each suite runs on both. */
+export const TRANSPORTS: readonly ContractTransport[] = ["mmio", "pci"];

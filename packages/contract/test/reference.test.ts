@@ -8,7 +8,7 @@ import {
   runContract,
 } from "../src/index.js";
 import { describeContract } from "../src/vitest.js";
-import { BLK_DRIVER_KNOWN_FAILURES, blkDriverAdapter } from "./drivers.js";
+import { BLK_DRIVER_KNOWN_FAILURES, blkDriverAdapter, TRANSPORTS } from "./drivers.js";
 
 /** Our device model, as a third party would wrap theirs: the hooks get a BlkDevice, no cast. */
 const referenceDevice: BlkDeviceAdapter<BlkDevice> = {
@@ -33,34 +33,43 @@ const withoutHook: BlkDeviceAdapter<CountingBlk> = {
   create: ({ image, readOnly }) => new CountingBlk(new MemoryDisk(image, { readOnly })),
 };
 
-describeContract(blkDeviceSuite, referenceDevice, { name: "BlkDevice over MemoryDisk" });
-
-describe("the reference implementations", () => {
-  it("pass every check of the virtio-blk device suite through runContract", async () => {
-    const report = await runContract(blkDeviceSuite, referenceDevice);
-    expect(report.failed).toEqual([]);
-    expect(report.passed).toHaveLength(blkDeviceSuite.checks.length);
-    expect(report.ok).toBe(true);
+for (const transport of TRANSPORTS) {
+  describeContract(blkDeviceSuite, referenceDevice, {
+    name: "BlkDevice over MemoryDisk",
+    transport,
   });
 
-  it("pass the virtio-blk device suite with no whenIdle hook: the suite waits on the model's own whenIdle", async () => {
+  describe(`the reference implementations over ${transport}`, () => {
+    it("pass every check of the virtio-blk device suite through runContract", async () => {
+      const report = await runContract(blkDeviceSuite, referenceDevice, { transport });
+      expect(report.failed).toEqual([]);
+      expect(report.passed).toHaveLength(blkDeviceSuite.checks.length);
+      expect(report.ok).toBe(true);
+      expect(report.transport).toBe(transport);
+    });
+  });
+
+  describeContract(blkDriverSuite, blkDriverAdapter(), {
+    name: "BlkDriver",
+    knownFailures: BLK_DRIVER_KNOWN_FAILURES,
+    transport,
+  });
+
+  describe(`the reference driver over ${transport}`, () => {
+    it("passes every check of the virtio-blk driver suite except its known failures", async () => {
+      const report = await runContract(blkDriverSuite, blkDriverAdapter(), { transport });
+      expect(report.failed).toEqual(BLK_DRIVER_KNOWN_FAILURES);
+      expect(report.passed).toHaveLength(
+        blkDriverSuite.checks.length - BLK_DRIVER_KNOWN_FAILURES.length,
+      );
+    });
+  });
+}
+
+describe("the virtio-blk device suite without a whenIdle hook", () => {
+  it("passes, waiting on the model's own whenIdle", async () => {
     const report = await runContract(blkDeviceSuite, withoutHook);
     expect(report.failed).toEqual([]);
     expect(CountingBlk.idleCalls).toBeGreaterThan(0);
-  });
-});
-
-describeContract(blkDriverSuite, blkDriverAdapter(), {
-  name: "BlkDriver",
-  knownFailures: BLK_DRIVER_KNOWN_FAILURES,
-});
-
-describe("the reference driver", () => {
-  it("passes every check of the virtio-blk driver suite except its known failures", async () => {
-    const report = await runContract(blkDriverSuite, blkDriverAdapter());
-    expect(report.failed).toEqual(BLK_DRIVER_KNOWN_FAILURES);
-    expect(report.passed).toHaveLength(
-      blkDriverSuite.checks.length - BLK_DRIVER_KNOWN_FAILURES.length,
-    );
   });
 });

@@ -3,8 +3,7 @@ import { describe, expect, it } from "vitest";
 import { type RngDeviceAdapter, rngDeviceSuite, runContract } from "../src/index.js";
 import { TapModel } from "../src/tap.js";
 import { describeContract } from "../src/vitest.js";
-
-describeContract(rngDeviceSuite, { create: () => new RngDevice() }, { name: "RngDevice" });
+import { TRANSPORTS } from "./drivers.js";
 
 /** Writes 0xee over the device-readable descriptors of every chain before serving it. */
 const scribbler: RngDeviceAdapter = {
@@ -18,15 +17,27 @@ const scribbler: RngDeviceAdapter = {
     }),
 };
 
-describe("the virtio-rng device suite", () => {
-  it("passes RngDevice on every check", async () => {
-    const report = await runContract(rngDeviceSuite, { create: () => new RngDevice() });
-    expect(report.failed).toEqual([]);
-    expect(report.passed).toHaveLength(rngDeviceSuite.checks.length);
-  });
+for (const transport of TRANSPORTS) {
+  describeContract(
+    rngDeviceSuite,
+    { create: () => new RngDevice() },
+    { name: "RngDevice", transport },
+  );
 
-  it("fails only the readable-descriptor check for a device that writes readable buffers", async () => {
-    const report = await runContract(rngDeviceSuite, scribbler);
-    expect(report.failed).toEqual(["never writes into device-readable descriptors"]);
+  describe(`the virtio-rng device suite over ${transport}`, () => {
+    it("passes RngDevice on every check", async () => {
+      const report = await runContract(
+        rngDeviceSuite,
+        { create: () => new RngDevice() },
+        { transport },
+      );
+      expect(report.failed).toEqual([]);
+      expect(report.passed).toHaveLength(rngDeviceSuite.checks.length);
+    });
+
+    it("fails only the readable-descriptor check for a device that writes readable buffers", async () => {
+      const report = await runContract(rngDeviceSuite, scribbler, { transport });
+      expect(report.failed).toEqual(["never writes into device-readable descriptors"]);
+    });
   });
-});
+}

@@ -10,7 +10,7 @@ describe("TapModel", () => {
     const blk = new BlkDevice(new MemoryDisk(testImage(64)));
     const popped: number[] = [];
     const tap = new TapModel(blk, { onPop: (_i, chain) => popped.push(chain.head) });
-    const rig = BlkRig.wrap(tap, () => blk.whenIdle()).init({ sectors: 64 });
+    const rig = BlkRig.wrap(tap, () => blk.whenIdle(), "mmio").init({ sectors: 64 });
     tap.hold = true;
     for (let i = 0; i < 3; i++) rig.submit({ type: BlkRequestType.IN, sector: i, inLens: [512] });
     await blk.whenIdle();

@@ -17,7 +17,7 @@ import {
   hasFeature,
   MmioInterrupt,
 } from "@virtio-ts/spec";
-import type { MmioDriverTransport } from "@virtio-ts/transport";
+import type { ConfigWritableTransport } from "@virtio-ts/transport";
 import { type DriverQueue, ringAreaBytes, ringLayoutAt, type Segment } from "@virtio-ts/virtqueue";
 import { reapAll } from "./reap.js";
 import type { SlabAllocator } from "./slab.js";
@@ -220,7 +220,8 @@ function rxq(port: number): number {
 }
 
 /**
- * Guest-side virtio-console driver over an {@link MmioDriverTransport} (VIRTIO 1.3 §5.3).
+ * Guest-side virtio-console driver over a {@link ConfigWritableTransport} (virtio-mmio or
+ * virtio-pci; VIRTIO 1.3 §5.3).
  *
  * Without MULTIPORT it drives port 0 only: receive buffers are kept posted and refilled
  * automatically, {@link ConsoleDriver.write} sends bytes, received bytes go to
@@ -258,7 +259,7 @@ export class ConsoleDriver {
   /** The last device fault counted, for diagnostics. */
   lastFault: ConsoleDeviceFault | undefined = undefined;
 
-  readonly #t: MmioDriverTransport;
+  readonly #t: ConfigWritableTransport;
   readonly #mem: GuestMemory;
   readonly #slab: SlabAllocator;
   readonly #features: bigint;
@@ -303,7 +304,7 @@ export class ConsoleDriver {
    *   invalid option or argument
    */
   constructor(
-    transport: MmioDriverTransport,
+    transport: ConfigWritableTransport,
     memory: GuestMemory,
     allocator: SlabAllocator,
     options: ConsoleDriverOptions,

@@ -75,6 +75,14 @@ export interface FormatEncryptedOptions extends XtsOptions {
 export interface OpenEncryptedOptions extends XtsOptions {
   /** The passphrase given to {@link formatEncrypted}. */
   readonly passphrase: string | Uint8Array;
+  /**
+   * Largest scrypt work N·r·p a header may ask for; a costlier one is refused before deriving
+   * (EncryptedDiskError "kdf-too-costly"). The header is read from the disk, so whoever wrote
+   * the image chooses the cost: within the memory cap, N = 2^20, r = 8, p = 16 is 128 times
+   * the default (about a minute of CPU and 1 GiB per open). Default 2^24, 16 times
+   * {@link DEFAULT_SCRYPT}'s work.
+   */
+  readonly maxScryptWork?: number;
 }
 
 /** Why an encrypted disk's header was refused, as a literal a caller can switch on. */
@@ -85,6 +93,8 @@ export type EncryptedDiskErrorCode =
   | "already-formatted"
   /** A version, cipher or KDF this code does not know. */
   | "unsupported"
+  /** The header's scrypt cost N·r·p is above `options.maxScryptWork`. */
+  | "kdf-too-costly"
   /** The header's CRC-32 does not match, or its fields are out of range. */
   | "corrupt-header"
   /** The passphrase does not derive the key the header's check value was made with. */
@@ -347,15 +357,20 @@ export async function formatEncrypted(
  *
  * @param inner - the formatted back-end
  * @param options - passphrase, XTS engine
- * @throws EncryptedDiskError "not-formatted", "unsupported", "corrupt-header" or
- *   "wrong-passphrase" (naming `options.passphrase`); RangeError naming `options.passphrase`
- *   or `inner.capacity`; BackendError from the inner back-end
+ * @throws EncryptedDiskError "not-formatted", "unsupported", "corrupt-header",
+ *   "kdf-too-costly" (naming `options.maxScryptWork`) or "wrong-passphrase" (naming
+ *   `options.passphrase`); RangeError naming `options.passphrase`, `options.maxScryptWork` or
+ *   `inner.capacity`; BackendError from the inner back-end
  */
 export async function openEncrypted(
   inner: BlockBackend,
   options: OpenEncryptedOptions,
 ): Promise<EncryptedDisk> {
   const pass = passphraseBytes(options?.passphrase);
+  const maxWork = options.maxScryptWork ?? 2 ** 24;
+  if (!Number.isSafeInteger(maxWork) || maxWork < 1) {
+    throw new RangeError(`options.maxScryptWork must be a positive integer, got ${maxWork}`);
+  }
   checkInner(inner);
   const header = new Uint8Array(SECTOR);
   await inner.read(0, [header]);
@@ -392,6 +407,13 @@ export async function openEncrypted(
     throw new EncryptedDiskError(
       "corrupt-header",
       `inner: encrypted-disk header fields out of range (data offset ${dataSectors}, scrypt log2N ${params.log2N} r ${params.r} p ${params.p})`,
+    );
+  }
+  const work = 2 ** params.log2N * params.r * params.p;
+  if (work > maxWork) {
+    throw new EncryptedDiskError(
+      "kdf-too-costly",
+      `inner: the header asks for scrypt work N·r·p = ${work} (log2N ${params.log2N} r ${params.r} p ${params.p}), above options.maxScryptWork ${maxWork}`,
     );
   }
   const dk = await derive(pass, header.subarray(OFF_SALT, OFF_SALT + SALT_BYTES), params);

@@ -25,3 +25,8 @@ export {
   type WindowAccess,
 } from "./translate.js";
 export type { AccessKind, GuestAddress, GuestMemory } from "./types.js";
+export {
+  WasmGuestMemory,
+  type WasmGuestMemoryOptions,
+  type WasmMemoryLike,
+} from "./wasm-memory.js";

@@ -14,9 +14,11 @@ import {
   createDeviceQueue,
   type DeviceQueue,
   GatedDeviceQueue,
+  type PackedDeviceQueue,
   QueueConfigError,
   type QueueLayout,
   type QueueState,
+  type SplitDeviceQueue,
 } from "@virtio-ts/virtqueue";
 import type { DeviceContext, DeviceModel } from "./device-model.js";
 import { type DeviceState, DeviceStateMismatchError, type QueueSnapshot } from "./device-state.js";
@@ -93,13 +95,23 @@ export interface DeviceCoreOptions {
   readonly transportFeatures?: bigint;
   /**
    * The interrupt line: called each time a notification sets a bit of the interrupt status,
-   * with the new status. The line stays asserted while {@link VirtioDeviceCore.interruptStatus}
-   * is non-zero (a level-triggered MMIO interrupt). Wire it to a `Doorbell` for an irqfd.
+   * with the new status and what caused it: the index of the queue for a used buffer
+   * notification, {@link CONFIG_CHANGE_SOURCE} (-1) for a configuration change notification.
+   * The line stays asserted while {@link VirtioDeviceCore.interruptStatus} is non-zero (a
+   * level-triggered MMIO interrupt). Wire it to a `Doorbell` for an irqfd; a transport with
+   * per-queue vectors (virtio-pci MSI-X) routes by `source`.
    */
-  readonly interrupt?: (status: number) => void;
+  readonly interrupt?: (status: number, source: number) => void;
   /** Where guest faults are logged (rate-limited). Default: a `RateLimitedLog` on console.warn. */
   readonly log?: RateLimitedLog;
 }
+
+/**
+ * The `source` the core's interrupt callback reports for a configuration change notification
+ * (including the one that announces DEVICE_NEEDS_RESET, §2.1.2); used buffer notifications
+ * report their queue index instead.
+ */
+export const CONFIG_CHANGE_SOURCE = -1;
 
 /** Counters of a device core, for tests and the exit / fault measurements. */
 export interface DeviceCoreStats {
@@ -137,6 +149,8 @@ class QueueSlot {
   ready = false;
   /** The model's view of the ring: gated, so a suspend can stop it from outside the model. */
   queue: GatedDeviceQueue | undefined = undefined;
+  /** The ring under the gate, remapped when the memory's backing buffer is replaced. */
+  ring: SplitDeviceQueue | PackedDeviceQueue | undefined = undefined;
   layout: QueueLayout | undefined = undefined;
   /** Legacy: page frame number (0 = not in use) and used ring alignment. */
   pfn = 0;
@@ -153,6 +167,7 @@ class QueueSlot {
     this.addr.fill(0);
     this.ready = false;
     this.queue = undefined;
+    this.ring = undefined;
     this.layout = undefined;
     this.pfn = 0;
     this.align = LEGACY_VRING_ALIGN;
@@ -214,7 +229,7 @@ export class VirtioDeviceCore implements DeviceContext {
   featuresRefusal: string | undefined = undefined;
 
   readonly #queues: QueueSlot[];
-  readonly #irq: ((status: number) => void) | undefined;
+  readonly #irq: ((status: number, source: number) => void) | undefined;
   readonly #log: RateLimitedLog;
   readonly #nd: NotificationData = { queueIndex: 0, nextOff: 0, nextWrap: 0 };
   #status = 0;
@@ -505,7 +520,7 @@ export class VirtioDeviceCore implements DeviceContext {
     this.#generation = (this.#generation + 1) >>> 0;
     if ((this.#status & DeviceStatus.DRIVER_OK) !== 0) {
       this.stats.configInterrupts++;
-      this.#raise(MmioInterrupt.CONFIG);
+      this.#raise(MmioInterrupt.CONFIG, CONFIG_CHANGE_SOURCE);
     }
   }
 
@@ -542,6 +557,15 @@ export class VirtioDeviceCore implements DeviceContext {
   setQueueAddressWord(index: number, area: QueueArea, high: boolean, value: number): void {
     const q = this.#liveCheck(index);
     if (q !== undefined) q.addr[AREA_WORD[area] + (high ? 1 : 0)] = value >>> 0;
+  }
+
+  /**
+   * One 32-bit half of an area address of queue `index` as the driver wrote it (0 for a queue
+   * that does not exist): what a register that reads back the address presents.
+   */
+  queueAddressWord(index: number, area: QueueArea, high: boolean): number {
+    const q = this.#queues[index];
+    return q === undefined ? 0 : q.addr[AREA_WORD[area] + (high ? 1 : 0)]!;
   }
 
   /** The 64-bit address of an area of queue `index` (inexact above 2^53, see memory). */
@@ -611,7 +635,8 @@ export class VirtioDeviceCore implements DeviceContext {
         );
       }
       // A legacy device has no bit 34 (RING_PACKED) to negotiate: its features stop at 31.
-      q.queue = new GatedDeviceQueue(createDeviceQueue(this.memory, layout, f));
+      q.ring = createDeviceQueue(this.memory, layout, f);
+      q.queue = new GatedDeviceQueue(q.ring);
       q.queue.stopping = this.#suspended;
     } catch (e) {
       if (!(e instanceof QueueConfigError)) throw e;
@@ -629,6 +654,7 @@ export class VirtioDeviceCore implements DeviceContext {
     this.guard(() => this.model.onQueueReset?.(index));
     q.ready = false;
     q.queue = undefined;
+    q.ring = undefined;
     q.layout = undefined;
     q.pfn = 0;
   }
@@ -774,6 +800,28 @@ export class VirtioDeviceCore implements DeviceContext {
     this.guard(() => this.model.onQueueNotify(index, data));
   }
 
+  /**
+   * The memory's backing buffer was replaced (a `WebAssembly.Memory` that grew detaches its old
+   * `ArrayBuffer`): map every live queue's ring again over the buffer `memory` serves now,
+   * keeping indices and requests in flight. Hosts whose guest RAM is a wasm memory (JS
+   * emulators such as v86) call it when they see `memory.buffer` change, before the guest or
+   * the model touches a ring again. A ring that no longer fits puts the device into
+   * DEVICE_NEEDS_RESET.
+   */
+  remapMemory(): void {
+    for (const q of this.#queues) {
+      const queue = q.ring;
+      if (queue === undefined) continue;
+      try {
+        queue.remap();
+      } catch (e) {
+        if (!(e instanceof QueueConfigError)) throw e;
+        this.fail(e);
+        return;
+      }
+    }
+  }
+
   /** @inheritdoc */
   queue(index: number): DeviceQueue | undefined {
     return this.#queues[index]?.queue;
@@ -812,7 +860,7 @@ export class VirtioDeviceCore implements DeviceContext {
     // §2.1.2: no used buffer notifications before DRIVER_OK (legacy: before first use).
     if (!this.#active || this.#queues[index]?.ready !== true) return false;
     this.stats.usedInterrupts++;
-    this.#raise(MmioInterrupt.USED_BUFFER);
+    this.#raise(MmioInterrupt.USED_BUFFER, index);
     return true;
   }
 
@@ -823,9 +871,9 @@ export class VirtioDeviceCore implements DeviceContext {
     return this.interrupt(index);
   }
 
-  #raise(bit: number): void {
+  #raise(bit: number, source: number): void {
     this.#isr |= bit;
-    this.#irq?.(this.#isr);
+    this.#irq?.(this.#isr, source);
   }
 
   // ---- suspend / resume: moving a device (a migration, a snapshot) ----
@@ -1058,7 +1106,15 @@ export class VirtioDeviceCore implements DeviceContext {
     }
     // The driver has not acknowledged these yet: the (level-triggered) line is asserted again.
     this.#isr = state.interruptStatus & (MmioInterrupt.USED_BUFFER | MmioInterrupt.CONFIG);
-    if (this.#isr !== 0) this.#irq?.(this.#isr);
+    // Which queue an unacknowledged interrupt came from was not saved: with MSI-X (one vector
+    // per queue) every enabled queue signals once; a spurious interrupt costs the driver one
+    // empty reap, a lost one would stall it.
+    if ((this.#isr & MmioInterrupt.CONFIG) !== 0) this.#irq?.(this.#isr, CONFIG_CHANGE_SOURCE);
+    if ((this.#isr & MmioInterrupt.USED_BUFFER) !== 0) {
+      this.#queues.forEach((q, i) => {
+        if (q.queue !== undefined) this.#irq?.(this.#isr, i);
+      });
+    }
     this.#kickAll();
   }
 
@@ -1105,7 +1161,7 @@ export class VirtioDeviceCore implements DeviceContext {
     // device configuration change notification.
     if ((this.#status & DeviceStatus.DRIVER_OK) !== 0) {
       this.stats.configInterrupts++;
-      this.#raise(MmioInterrupt.CONFIG);
+      this.#raise(MmioInterrupt.CONFIG, CONFIG_CHANGE_SOURCE);
     }
   }
 

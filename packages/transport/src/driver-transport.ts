@@ -101,3 +101,16 @@ export interface DriverTransport {
   /** Set FAILED: the driver gives up on the device (§3.1.1). */
   fail(): void;
 }
+
+/**
+ * A {@link DriverTransport} that can also write device-specific configuration fields, as
+ * drivers of devices with driver-writable configuration need (virtio-console `emerg_wr`).
+ * {@link MmioDriverTransport} and {@link PciDriverTransport} implement it.
+ */
+export interface ConfigWritableTransport extends DriverTransport {
+  /**
+   * Write a configuration field of `size` bytes at `offset` (§2.5; after FEATURES_OK unless
+   * the device allows an early write, §3.1.1 step 4).
+   */
+  writeConfig(offset: number, size: 1 | 2 | 4, value: number): void;
+}

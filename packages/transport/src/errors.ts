@@ -12,7 +12,11 @@ export type TransportErrorCode =
   | "queue-unavailable"
   | "queue-in-use"
   | "queue-too-large"
-  | "queue-refused";
+  | "queue-refused"
+  | "not-virtio"
+  | "missing-capability"
+  | "bad-capability"
+  | "vector-refused";
 
 /**
  * Driver side: the device behaved in a way the driver cannot work with (drivers distrust
@@ -29,7 +33,19 @@ export type TransportErrorCode =
  * - "config-unstable": `ConfigGeneration` kept changing past the retry bound (§2.5.1).
  * - "queue-unavailable", "queue-in-use", "queue-too-large", "queue-refused": virtqueue setup
  *   (§4.2.3.2): `QueueNumMax` is 0, the queue is already live, the wanted size exceeds the
- *   maximum, or `QueueReady` / `QueuePFN` did not read back as set.
+ *   maximum, or `QueueReady` / `QueuePFN` did not read back as set (virtio-pci: `queue_size`
+ *   is 0, `queue_enable` reads 1 before setup, the size exceeds `queue_size`, `queue_enable`
+ *   does not read back 1).
+ * - "not-virtio" (virtio-pci): the Vendor ID is not 0x1af4 or the Device ID is outside
+ *   0x1000–0x107f (§4.1.2.2: the driver MUST match only those).
+ * - "missing-capability" (virtio-pci): no common configuration, notification or ISR
+ *   capability usable (§4.1.5.1.1), or no device configuration capability when the driver
+ *   reads the configuration.
+ * - "bad-capability" (virtio-pci): a capability's structure does not fit in its BAR, is
+ *   misaligned or too short, a queue's notification address falls outside the notification
+ *   structure, or the capability list loops.
+ * - "vector-refused" (virtio-pci): `config_msix_vector` / `queue_msix_vector` read back
+ *   NO_VECTOR after the driver mapped a vector (§4.1.5.1.2.2: the driver MUST check).
  */
 export class TransportError extends VirtioError {
   /** What went wrong. */

@@ -1,12 +1,13 @@
 /**
  * Transports for virtio devices: the transport-independent device core (status state machine,
  * feature negotiation, configuration space with generation counter, queue setup and reset,
- * interrupt status), the virtio-mmio register file (device side, the VMM's trap handler) and
- * driver accessor, and doorbells for kicks and interrupts, in-thread or across threads.
+ * interrupt status), the virtio-mmio and virtio-pci register files (device side, the VMM's
+ * trap handler) and driver accessors, and doorbells for kicks and interrupts, in-thread or across threads.
  *
  * @packageDocumentation
  */
 export {
+  CONFIG_CHANGE_SOURCE,
   type DeviceCoreOptions,
   type DeviceCoreStats,
   FEATURE_WORDS,
@@ -39,6 +40,7 @@ export {
 } from "./doorbell.js";
 export type {
   ConfigReader,
+  ConfigWritableTransport,
   DriverDeviceInfo,
   DriverQueueSetupOptions,
   DriverTransport,
@@ -74,4 +76,25 @@ export {
   splitAvailIndex,
   splitNotificationData,
 } from "./notification-data.js";
+export {
+  PCI_REGISTER_NAMES,
+  PCI_TRANSPORT_FEATURES,
+  type PciBarInfo,
+  type PciBarKind,
+  type PciBarMapping,
+  type PciDeviceStats,
+  type PciHost,
+  type PciRegisterName,
+  VirtioPciDevice,
+  type VirtioPciDeviceOptions,
+} from "./pci-device.js";
+export {
+  type PciBarSize,
+  type PciDeviceInfo,
+  type PciDriverOptions,
+  PciDriverTransport,
+  type PciFunctionAccess,
+  type PciNotifyLocation,
+  type PciStructureLocation,
+} from "./pci-driver.js";
 export { RateLimitedLog, type RateLimitedLogOptions } from "./rate-limit.js";

@@ -15,6 +15,6 @@ describe("README example", () => {
   });
 
   it("suspends a device with a request in its ring, encodes it, and resumes it on a fresh model that serves the request", () => {
-    expect(runReadmeExample(here, 1)).toEqual(["15 undefined", "posted before the move 42424242"]);
+    expect(runReadmeExample(here, 2)).toEqual(["15 undefined", "posted before the move 42424242"]);
   });
 });

@@ -7,7 +7,7 @@ import { Feature, hasFeature } from "@virtio-ts/spec";
 import { PackedDeviceQueue } from "./packed-device.js";
 import { ringFeatures } from "./ring-features.js";
 import { SplitDeviceQueue } from "./split-device.js";
-import type { DeviceQueue, QueueLayout } from "./types.js";
+import type { QueueLayout } from "./types.js";
 
 /**
  * The device side of a queue as the negotiated features ask for it: a
@@ -32,7 +32,7 @@ export function createDeviceQueue(
   memory: GuestMemory,
   layout: QueueLayout,
   features: bigint,
-): DeviceQueue {
+): SplitDeviceQueue | PackedDeviceQueue {
   const rf = ringFeatures(features);
   return hasFeature(features, Feature.RING_PACKED)
     ? new PackedDeviceQueue(memory, layout, rf)

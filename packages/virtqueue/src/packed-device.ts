@@ -89,9 +89,10 @@ export class PackedDeviceQueue implements DeviceQueue {
   readonly features: RingFeatures;
   readonly #mem: GuestMemory;
   readonly #check: ChainCheck;
-  readonly #desc: Uint32Array;
-  readonly #driverEvent: Uint16Array;
-  readonly #deviceEvent: Uint16Array;
+  readonly #layout: QueueLayout;
+  #desc: Uint32Array;
+  #driverEvent: Uint16Array;
+  #deviceEvent: Uint16Array;
   /** 1 where a buffer ID is popped and not yet pushed. */
   readonly #inFlight: Uint8Array;
   /** Ring descriptors each in-flight buffer ID occupied. */
@@ -142,6 +143,7 @@ export class PackedDeviceQueue implements DeviceQueue {
    */
   constructor(mem: GuestMemory, layout: QueueLayout, features: RingFeatures) {
     const v = mapPackedRing(mem, layout, "device");
+    this.#layout = layout;
     this.#mem = mem;
     this.#check = new ChainCheck(mem, "INDIRECT descriptor in a list linked by NEXT");
     this.#desc = v.desc;
@@ -158,6 +160,20 @@ export class PackedDeviceQueue implements DeviceQueue {
     this.#idFirst = new Int32Array(layout.size);
     this.#idLost = new Uint8Array(layout.size);
     this.#resetPool();
+  }
+
+  /**
+   * Map the ring again from the same memory and layout, keeping the positions, wrap counters
+   * and the buffers in flight. For memory whose backing buffer can be replaced (a
+   * `WebAssembly.Memory` that grew detaches its old `ArrayBuffer`, and with it the views this
+   * queue made when it was created): call it after the memory object serves the new buffer.
+   * @throws QueueConfigError if the ring is no longer inside memory.
+   */
+  remap(): void {
+    const v = mapPackedRing(this.#mem, this.#layout, "device");
+    this.#desc = v.desc;
+    this.#driverEvent = v.driverEvent;
+    this.#deviceEvent = v.deviceEvent;
   }
 
   /** Number of buffers popped and not yet pushed. */

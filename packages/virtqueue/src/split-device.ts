@@ -85,7 +85,8 @@ export class SplitDeviceQueue implements DeviceQueue {
   readonly features: RingFeatures;
   readonly #mem: GuestMemory;
   readonly #check: ChainCheck;
-  readonly #v: SplitRingViews;
+  readonly #layout: QueueLayout;
+  #v: SplitRingViews;
   readonly #mask: number;
   readonly #eventIdx: boolean;
   readonly #indirect: boolean;
@@ -135,6 +136,7 @@ export class SplitDeviceQueue implements DeviceQueue {
     options: SplitDeviceOptions = {},
   ) {
     this.#v = mapSplitRing(mem, layout, "device");
+    this.#layout = layout;
     this.#mem = mem;
     this.#check = new ChainCheck(mem, "INDIRECT and NEXT set together");
     this.size = layout.size;
@@ -509,6 +511,17 @@ export class SplitDeviceQueue implements DeviceQueue {
    */
   getState(): QueueState {
     return { availIdx: this.#lastAvail, usedIdx: this.#usedIdx, availWrap: true, usedWrap: true };
+  }
+
+  /**
+   * Map the ring again from the same memory and layout, keeping every index and the chains in
+   * flight. For memory whose backing buffer can be replaced (a `WebAssembly.Memory` that grew
+   * detaches its old `ArrayBuffer`, and with it the views this queue made when it was
+   * created): call it after the memory object serves the new buffer.
+   * @throws QueueConfigError if the ring is no longer inside memory.
+   */
+  remap(): void {
+    this.#v = mapSplitRing(this.#mem, this.#layout, "device");
   }
 
   /**

@@ -240,7 +240,7 @@ describe("chains in flight, property", () => {
         (layout, inOrder, ops, moveAts) => {
           const moves = new Set(moveAts.map((m) => m % ops.length));
           const { mem, f, driver, post } = rig(layout, inOrder);
-          let device = createDeviceQueue(mem, LAYOUT, f);
+          let device: DeviceQueue = createDeviceQueue(mem, LAYOUT, f);
           const chain = new DescriptorChain(SIZE);
           const held: number[] = [];
           let next = 0;

@@ -12,6 +12,7 @@ import {
 } from "node:fs";
 import { tmpdir } from "node:os";
 import { delimiter, join } from "node:path";
+import { type Accelerator, chooseAccelerator, registerKvmProbe } from "./accel.js";
 import {
   buildInitramfs,
   EXIT_MARKER,
@@ -69,6 +70,11 @@ export interface GuestOptions {
   /** The QEMU binary. Default `qemu-system-x86_64` on PATH. */
   readonly qemu?: string;
   /**
+   * The accelerator. Default: the verdict of {@link chooseAccelerator} (KVM only after a real
+   * boot under KVM has been proven to work on this machine; `INTEROP_ACCEL` forces one).
+   */
+  readonly accel?: Accelerator;
+  /**
    * How long to wait for a guest slot (see {@link startGuest}) before giving up. Default
    * 300 000 ms.
    */
@@ -98,6 +104,10 @@ export interface GuestResult {
   readonly durationMs: number;
   /** The full QEMU command line used. */
   readonly argv: readonly string[];
+  /** The accelerator QEMU ran with. */
+  readonly accel: Accelerator;
+  /** Why that accelerator (see {@link chooseAccelerator}). */
+  readonly accelReason: string;
   /** The serial output between `@@INTEROP-START@@` and the exit marker: what the script printed. */
   readonly output: string;
 }
@@ -271,25 +281,27 @@ async function acquireSlot(dir: string, timeoutMs: number): Promise<string> {
   }
 }
 
-/** KVM if this process may open /dev/kvm (or `INTEROP_ACCEL` says so), else TCG. */
-function accelerator(): "kvm" | "tcg" {
-  const forced = process.env.INTEROP_ACCEL;
-  if (forced === "kvm" || forced === "tcg") return forced;
-  try {
-    accessSync("/dev/kvm", constants.R_OK | constants.W_OK);
-    return "kvm";
-  } catch {
-    return "tcg";
-  }
-}
-
 function releaseSlot(path: string): void {
   if (heldSlots.delete(path)) rmSync(path, { force: true });
 }
 
 /**
- * Build the guest's initramfs (cached) and boot it under QEMU, with KVM when `/dev/kvm` can be
- * opened and TCG otherwise (`INTEROP_ACCEL=tcg|kvm` forces one):
+ * Take one of the machine-wide guest slots that QEMU guests of {@link startGuest} also use,
+ * for another CPU-bound guest (a Linux boot in the v86 emulator): at most
+ * `INTEROP_MAX_GUESTS` (default 1) such guests run at once across processes.
+ * @param timeoutMs - how long to wait for a slot (default 10 minutes)
+ * @returns a release function (idempotent; the slot is also freed when the process exits)
+ * @throws Error after `timeoutMs` without a slot
+ */
+export async function acquireGuestSlot(timeoutMs = 600_000): Promise<() => void> {
+  const path = await acquireSlot(join(tmpdir(), "virtio-ts-interop"), timeoutMs);
+  return () => releaseSlot(path);
+}
+
+/**
+ * Build the guest's initramfs (cached) and boot it under QEMU, with KVM when a boot probe has
+ * shown that Linux really boots under KVM here and TCG otherwise ({@link chooseAccelerator};
+ * `INTEROP_ACCEL=tcg|kvm` forces one):
  * `qemu-system-x86_64 -accel <kvm|tcg> -M <machine> -m <mem> -nodefaults -serial stdio -display none
  * -no-reboot -kernel ... -initrd ... -append 'console=ttyS0 quiet panic=-1 ...' <args>`.
  * A kernel panic reboots at once (`panic=-1`), which `-no-reboot` turns into QEMU exiting; a
@@ -318,10 +330,18 @@ export async function startGuest(options: GuestOptions): Promise<GuestHandle> {
   const append = ["console=ttyS0", "quiet", "panic=-1"];
   if (machine === "microvm") append.push("tsc_early_khz=2000000");
   append.push(...(options.append ?? []));
+  const choice =
+    options.accel === undefined
+      ? await chooseAccelerator({
+          kernel,
+          ...(options.qemu === undefined ? {} : { qemu: options.qemu }),
+        })
+      : { accel: options.accel, reason: "chosen by the caller", cached: false };
+  if (options.accel === undefined) announce(choice.accel, choice.reason, choice.cached);
   const argv = [
     options.qemu ?? "qemu-system-x86_64",
     "-accel",
-    accelerator(),
+    choice.accel,
     "-M",
     machine,
     "-m",
@@ -419,6 +439,8 @@ export async function startGuest(options: GuestOptions): Promise<GuestHandle> {
         timedOut,
         durationMs: performance.now() - started,
         argv,
+        accel: choice.accel,
+        accelReason: choice.reason,
         output,
       });
     };
@@ -453,4 +475,72 @@ export async function startGuest(options: GuestOptions): Promise<GuestHandle> {
  */
 export async function runGuest(options: GuestOptions): Promise<GuestResult> {
   return (await startGuest(options)).result;
+}
+
+let announced = false;
+
+/** Print the accelerator choice once per process: which one, and why. */
+function announce(accel: Accelerator, reason: string, cached: boolean): void {
+  if (announced) return;
+  announced = true;
+  console.log(
+    `[interop] accelerator: ${accel} (${reason}${cached ? "; cached verdict of an earlier probe in this boot" : ""})`,
+  );
+}
+
+/** Printed by the KVM probe guest. */
+const PROBE_MARKER = "@@KVM-PROBE-REACHED-INIT@@";
+
+registerKvmProbe(async (timeoutMs, kernel, qemu) => {
+  const r = await runGuest({
+    script: `echo ${PROBE_MARKER}`,
+    modules: [],
+    accel: "kvm",
+    kernel,
+    qemu,
+    memoryMiB: 128,
+    timeoutMs,
+  });
+  const ok = !r.timedOut && r.guestExit === 0 && r.output.includes(PROBE_MARKER);
+  const last = lastLines(r.log, 1)[0] ?? "(no serial output)";
+  const detail = r.timedOut
+    ? `killed after ${timeoutMs} ms; last serial line: ${JSON.stringify(last)}`
+    : `QEMU exited with ${r.signal ?? r.qemuExit}; last serial line: ${JSON.stringify(last)}${r.stderr.trim() === "" ? "" : `; stderr: ${r.stderr.trim().split("\n").pop()}`}`;
+  return { ok, ms: r.durationMs, detail };
+});
+
+function lastLines(log: string, n: number): string[] {
+  return log
+    .split("\n")
+    .filter((l) => l.trim() !== "")
+    .slice(-n);
+}
+
+/**
+ * Say what happened to a guest, for an assertion message: how it ended (exit status, timeout,
+ * signal), the accelerator and why it was chosen, the script's exit status, QEMU's standard
+ * error and the last serial lines.
+ * @param result - the guest run
+ * @param lines - how many serial lines to include (default 30)
+ * @returns a multi-line explanation
+ */
+export function explainGuest(result: GuestResult, lines = 30): string {
+  const ending = result.timedOut
+    ? `killed by the hang guard after ${Math.round(result.durationMs)} ms`
+    : `QEMU exited with ${result.signal === null ? `code ${result.qemuExit}` : `signal ${result.signal}`} after ${Math.round(result.durationMs)} ms`;
+  const serial = lastLines(result.log, lines);
+  const hint =
+    result.accel === "kvm" && result.timedOut && result.guestExit === undefined
+      ? [
+          "hint: a guest that never reaches its script under KVM usually means this machine's KVM cannot run Linux (seen on nested machines); unset INTEROP_ACCEL to let the boot probe decide, or set INTEROP_ACCEL=tcg",
+        ]
+      : [];
+  return [
+    `guest ${ending}; accelerator ${result.accel} (${result.accelReason}); script exit status ${result.guestExit ?? "never printed"}`,
+    ...hint,
+    `--- last ${serial.length} serial lines ---`,
+    ...serial,
+    "--- QEMU stderr ---",
+    result.stderr.trim() === "" ? "(empty)" : result.stderr.trim(),
+  ].join("\n");
 }

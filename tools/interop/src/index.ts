@@ -6,6 +6,13 @@
  * @packageDocumentation
  */
 
+export {
+  type Accelerator,
+  type AcceleratorChoice,
+  type ChooseAcceleratorOptions,
+  chooseAccelerator,
+  type KvmProbeResult,
+} from "./accel.js";
 export * from "./capture.js";
 export * from "./guest.js";
 export * from "./initramfs.js";

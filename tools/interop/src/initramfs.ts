@@ -205,44 +205,93 @@ export interface ModuleFile {
 }
 
 /**
+ * The `depends=` field of a module's `.modinfo` section: the modules whose symbols it uses. The
+ * section is a run of NUL-terminated `key=value` strings, so the field is found by scanning the
+ * file's bytes (no ELF parsing needed; `depends=` is always present, empty when there are none).
+ *
+ * @param ko - the module file's bytes
+ * @returns the module names (dashes read as underscores)
+ */
+export function moduleDepends(ko: Uint8Array): string[] {
+  const key = new TextEncoder().encode("depends=");
+  outer: for (let i = 0; i + key.length <= ko.length; i++) {
+    for (let j = 0; j < key.length; j++) if (ko[i + j] !== key[j]) continue outer;
+    // Only a field at the start of a modinfo string counts (after a NUL).
+    if (i > 0 && ko[i - 1] !== 0) continue;
+    let end = i + key.length;
+    while (end < ko.length && ko[end] !== 0) end++;
+    const value = new TextDecoder().decode(ko.subarray(i + key.length, end));
+    return value
+      .split(",")
+      .filter((s) => s !== "")
+      .map((s) => s.replaceAll("-", "_"));
+  }
+  return [];
+}
+
+/** Every `.ko*` file under `dir`, by module name, paths relative to `root`. */
+function scanModuleTree(root: string, dir: string, out: Map<string, string>): void {
+  for (const e of readdirSync(join(root, dir), { withFileTypes: true })) {
+    const rel = dir === "" ? e.name : `${dir}/${e.name}`;
+    if (e.isDirectory()) scanModuleTree(root, rel, out);
+    else if (/\.ko(\.(xz|zst|gz))?$/.test(e.name)) out.set(moduleName(e.name), rel);
+  }
+}
+
+/**
  * The modules `names` need, dependencies first (the order `insmod` must load them in), read
- * from `modules.dep` the way `modprobe` does. Each module appears once.
+ * from `modules.dep` the way `modprobe` does. Each module appears once. A module tree without
+ * `modules.dep` (a kernel package unpacked with `dpkg -x`, where `depmod` never ran) is indexed
+ * by walking it and reading each needed module's `depends=` field ({@link moduleDepends}).
  *
  * @param modulesDir - `/lib/modules/<version>`
- * @param names - modules wanted (built-in ones, absent from `modules.dep`, are an error: there
+ * @param names - modules wanted (built-in ones, absent from the tree, are an error: there
  *   is nothing to load, so the caller should drop them)
  * @returns the files to load, in order
- * @throws Error naming a module that is not in `modules.dep`, or one that is compressed
+ * @throws Error naming a module that is not in the tree, or one that is compressed
  *   (BusyBox `insmod` loads plain `.ko` only)
  */
 export function resolveModules(modulesDir: string, names: readonly string[]): ModuleFile[] {
-  const deps = new Map<string, { path: string; deps: string[] }>();
-  for (const line of readFileSync(join(modulesDir, "modules.dep"), "utf8").split("\n")) {
-    const colon = line.indexOf(":");
-    if (colon < 0) continue;
-    const path = line.slice(0, colon);
-    const rest = line
-      .slice(colon + 1)
-      .trim()
-      .split(/\s+/)
-      .filter((s) => s !== "");
-    deps.set(moduleName(path), { path, deps: rest.map(moduleName) });
+  const depFile = join(modulesDir, "modules.dep");
+  const index = new Map<string, string>();
+  const deps = new Map<string, string[]>();
+  if (existsSync(depFile)) {
+    for (const line of readFileSync(depFile, "utf8").split("\n")) {
+      const colon = line.indexOf(":");
+      if (colon < 0) continue;
+      const path = line.slice(0, colon);
+      const rest = line
+        .slice(colon + 1)
+        .trim()
+        .split(/\s+/)
+        .filter((s) => s !== "");
+      index.set(moduleName(path), path);
+      deps.set(moduleName(path), rest.map(moduleName));
+    }
+  } else if (existsSync(join(modulesDir, "kernel"))) {
+    scanModuleTree(modulesDir, "", index);
   }
+  const where = existsSync(depFile) ? depFile : `${modulesDir} (no modules.dep)`;
   const out: ModuleFile[] = [];
   const done = new Set<string>();
   const visiting = new Set<string>();
   const visit = (name: string): void => {
     if (done.has(name) || visiting.has(name)) return;
-    const m = deps.get(name);
-    if (m === undefined) throw new Error(`module ${name} is not in ${modulesDir}/modules.dep`);
-    if (!m.path.endsWith(".ko")) {
-      throw new Error(`module ${name} is compressed (${m.path}); BusyBox insmod needs a plain .ko`);
+    const path = index.get(name);
+    if (path === undefined) throw new Error(`module ${name} is not in ${where}`);
+    if (!path.endsWith(".ko")) {
+      throw new Error(`module ${name} is compressed (${path}); BusyBox insmod needs a plain .ko`);
+    }
+    let needs = deps.get(name);
+    if (needs === undefined) {
+      needs = moduleDepends(readFileSync(join(modulesDir, path)));
+      deps.set(name, needs);
     }
     visiting.add(name);
-    for (const d of m.deps) visit(d);
+    for (const d of needs) visit(d);
     visiting.delete(name);
     done.add(name);
-    out.push({ name, path: join(modulesDir, m.path) });
+    out.push({ name, path: join(modulesDir, path) });
   };
   for (const n of names) visit(n.replaceAll("-", "_"));
   return out;

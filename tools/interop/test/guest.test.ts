@@ -4,6 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
 import {
+  explainGuest,
   type KernelInfo,
   requireTools,
   runGuest,
@@ -51,7 +52,14 @@ describe("guest slots", () => {
       // A lock left by a process that has exited.
       const dead = spawnSync("true").pid!;
       writeFileSync(join(dir, "qemu-slot-0.lock"), `${dead}`);
-      const options = { script: "true\n", kernel, qemu: fake, slotDir: dir, slotTimeoutMs: 30_000 };
+      const options = {
+        script: "true\n",
+        kernel,
+        qemu: fake,
+        accel: "tcg" as const,
+        slotDir: dir,
+        slotTimeoutMs: 30_000,
+      };
       const results = await Promise.all([runGuest(options), runGuest(options), runGuest(options)]);
       expect(results.map((r) => r.guestExit)).toEqual([3, 3, 3]);
       const events = readFileSync(log, "utf8").trim().split("\n");
@@ -87,9 +95,9 @@ describe.each(["pc", "microvm"] as const)("a Linux guest on %s", (machine) => {
         machine,
         kernel,
         script: `echo "kernel=$(uname -r)"\necho ${marker}\nexit 7\n`,
-        timeoutMs: 45_000,
+        timeoutMs: 90_000,
       });
-      const why = `${r.log}\n--- stderr ---\n${r.stderr}`;
+      const why = explainGuest(r);
       expect(r.timedOut, why).toBe(false);
       expect(r.output, why).toContain(`kernel=${kernel.version}\n`);
       expect(r.output, why).toContain(`${marker}\n`);
@@ -119,9 +127,9 @@ describe("extra QEMU arguments", () => {
           "echo \"rng=$(head -c 16 /dev/hwrng | od -An -tx1 | tr -d ' \\n')\"",
           "",
         ].join("\n"),
-        timeoutMs: 45_000,
+        timeoutMs: 90_000,
       });
-      const why = `${r.log}\n--- stderr ---\n${r.stderr}`;
+      const why = explainGuest(r);
       expect(r.argv.join(" ")).toContain(
         "-object memory-backend-memfd,id=mem,size=256M,share=on -numa node,memdev=mem",
       );

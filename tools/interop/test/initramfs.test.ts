@@ -1,5 +1,5 @@
 import { execFileSync } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { gunzipSync } from "node:zlib";
@@ -8,6 +8,7 @@ import {
   buildInitramfs,
   cpioNewc,
   type KernelInfo,
+  moduleDepends,
   requireTools,
   resolveModules,
 } from "../src/index.js";
@@ -85,6 +86,42 @@ describe("resolveModules", () => {
 
   it("names a module that does not exist", () => {
     expect(() => resolveModules(kernel.modulesDir, ["no_such_module"])).toThrow(/no_such_module/);
+  });
+
+  it("orders modules after their dependencies from their own depends= fields when depmod never ran", () => {
+    const fromDep = resolveModules(kernel.modulesDir, ["virtio_pci", "virtio_net"]);
+    // A tree as `dpkg -x` leaves it: the same .ko files at the same paths, no modules.dep.
+    const tree = join(cacheDir, "no-depmod");
+    for (const m of fromDep) {
+      const rel = m.path.slice(kernel.modulesDir.length + 1);
+      mkdirSync(join(tree, rel, ".."), { recursive: true });
+      cpSync(m.path, join(tree, rel));
+    }
+    const order = resolveModules(tree, ["virtio_pci", "virtio_net"]).map((m) => m.name);
+    expect([...order].sort()).toEqual(fromDep.map((m) => m.name).sort());
+    // Every edge of modules.dep (direct dependencies) holds in the order found without it.
+    const dep = readFileSync(join(kernel.modulesDir, "modules.dep"), "utf8");
+    for (const m of fromDep) {
+      const line = dep
+        .split("\n")
+        .find((l) => l.includes(":") && m.path.endsWith(l.slice(0, l.indexOf(":"))));
+      const needs = (line?.split(":")[1] ?? "")
+        .trim()
+        .split(/\s+/)
+        .filter((s) => s !== "");
+      for (const n of needs) {
+        const name = n.slice(n.lastIndexOf("/") + 1, -3).replaceAll("-", "_");
+        expect(order.indexOf(name), `${name} before ${m.name}`).toBeLessThan(order.indexOf(m.name));
+      }
+    }
+    expect(() => resolveModules(tree, ["virtio_blk"])).toThrow(/virtio_blk.*no modules\.dep/);
+  });
+
+  it("reads depends= only at the start of a modinfo string", () => {
+    const enc = new TextEncoder();
+    const ko = enc.encode("\0xdepends=bogus\0license=GPL\0depends=virtio,virtio-ring\0");
+    expect(moduleDepends(ko)).toEqual(["virtio", "virtio_ring"]);
+    expect(moduleDepends(enc.encode("\0depends=\0"))).toEqual([]);
   });
 });
 

@@ -10,7 +10,13 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { FileDisk } from "@virtio-ts/backend-disk";
 import { BlkDevice, type BlockBackend } from "@virtio-ts/devices";
-import { type GuestMachine, type KernelInfo, requireTools, runGuest } from "@virtio-ts/interop";
+import {
+  explainGuest,
+  type GuestMachine,
+  type KernelInfo,
+  requireTools,
+  runGuest,
+} from "@virtio-ts/interop";
 import { encrypt, snapshotLog } from "@virtio-ts/interpose";
 import { VhostUserBlkBackend, type VhostUserError } from "@virtio-ts/vhost-user";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -86,14 +92,14 @@ async function bootOn(
         machine === "pc" ? "vhost-user-blk-pci,chardev=c0" : "vhost-user-blk,chardev=c0",
       ],
       script: [...script, ""].join("\n"),
-      timeoutMs: 40_000,
+      timeoutMs: 90_000,
     });
   } finally {
     await server.close();
     await device.whenIdle();
   }
   const closeErrors = closes.filter((e) => e !== undefined).map((e) => e.message);
-  const why = `${result.log}\n--- stderr ---\n${result.stderr}\n--- back-end ---\n${closeErrors.join("\n")}`;
+  const why = `${explainGuest(result)}\n--- back-end ---\n${closeErrors.join("\n")}`;
   console.info(`[interop] ${name} on ${machine}: ${Math.round(result.durationMs)} ms`);
   return { result, why, closeErrors };
 }

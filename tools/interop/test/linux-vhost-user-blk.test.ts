@@ -7,7 +7,13 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { FileDisk } from "@virtio-ts/backend-disk";
 import { BlkDevice } from "@virtio-ts/devices";
-import { type GuestMachine, type KernelInfo, requireTools, runGuest } from "@virtio-ts/interop";
+import {
+  explainGuest,
+  type GuestMachine,
+  type KernelInfo,
+  requireTools,
+  runGuest,
+} from "@virtio-ts/interop";
 import { VhostUserBlkBackend, type VhostUserError } from "@virtio-ts/vhost-user";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
@@ -78,7 +84,7 @@ describe.each(cases)("a Linux guest on $machine uses our vhost-user-blk back-end
             'echo "back=$(dd if=/dev/vda bs=512 skip=8 count=1 iflag=direct 2>/dev/null | md5sum | cut -d" " -f1)"',
             "",
           ].join("\n"),
-          timeoutMs: 40_000,
+          timeoutMs: 90_000,
         });
       } finally {
         await backend.close();
@@ -86,7 +92,7 @@ describe.each(cases)("a Linux guest on $machine uses our vhost-user-blk back-end
         await disk.close();
       }
       const closeErrors = closes.filter((e) => e !== undefined).map((e) => e.message);
-      const why = `${result.log}\n--- stderr ---\n${result.stderr}\n--- back-end ---\n${closeErrors.join("\n")}`;
+      const why = `${explainGuest(result)}\n--- back-end ---\n${closeErrors.join("\n")}`;
       console.info(
         `[interop] ${c.machine} Linux over vhost-user-blk (our back-end): ${Math.round(result.durationMs)} ms`,
       );

@@ -7,6 +7,7 @@ import { PcapngWriter, sniff } from "@virtio-ts/interpose";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   createTsNic,
+  explainGuest,
   type GuestMachine,
   type KernelInfo,
   requireTools,
@@ -187,14 +188,14 @@ describe.each(cases)("a QEMU Linux guest joins our Switch over $name", (c) => {
             "ping -c 3 -i 0.2 -W 5 10.0.2.2",
             "",
           ].join("\n"),
-          timeoutMs: 60_000,
+          timeoutMs: 90_000,
         });
       } finally {
         await peer.close();
         nic.close();
         await capture.close();
       }
-      const why = `${result.log}\n--- stderr ---\n${result.stderr}`;
+      const why = explainGuest(result);
       console.info(
         `[interop] ${c.machine} ping over ${c.name}: ${Math.round(result.durationMs)} ms`,
       );

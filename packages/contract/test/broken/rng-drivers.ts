@@ -1,5 +1,5 @@
 /** Deliberately broken entropy drivers, each breaking one rule. */
-import type { MmioDriverTransport } from "@virtio-ts/transport";
+import type { DriverTransport } from "@virtio-ts/transport";
 import type { DriverQueue } from "@virtio-ts/virtqueue";
 import type { RngDriverAdapter } from "../../src/index.js";
 
@@ -9,22 +9,22 @@ import type { RngDriverAdapter } from "../../src/index.js";
  */
 export function wholeBuffer(): RngDriverAdapter {
   let q: DriverQueue<() => void> | undefined;
-  let t: MmioDriverTransport | undefined;
+  let t: DriverTransport | undefined;
   let mem: Parameters<RngDriverAdapter["attach"]>[1] | undefined;
   let heap = 0;
   return {
     attach(transport, memory, env) {
       t = transport;
       mem = memory;
-      t.negotiate(0n);
-      q = t.setupQueue(0, memory, {
+      transport.negotiate(0n);
+      q = transport.setupQueue(0, memory, {
         size: 16,
         desc: env.region.base,
         driver: env.region.base + 256,
         device: env.region.base + 512,
       });
       heap = env.region.base + 0x10000;
-      t.driverOk();
+      transport.driverOk();
     },
     read(n) {
       const addr = heap;

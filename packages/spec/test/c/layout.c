@@ -21,6 +21,8 @@
 #include <linux/virtio_ids.h>
 #include <linux/virtio_mmio.h>
 #include <linux/virtio_net.h>
+#include <linux/virtio_pci.h>
+#include <linux/pci_regs.h>
 #include <linux/virtio_ring.h>
 #include <linux/virtio_vsock.h>
 #include <linux/vm_sockets.h>

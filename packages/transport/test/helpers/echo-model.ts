@@ -15,7 +15,7 @@ import type {
 export const ECHO_ID = 0x7e;
 
 export class EchoModel implements DeviceModel {
-  readonly deviceId = ECHO_ID;
+  readonly deviceId: number = ECHO_ID;
   readonly features: bigint;
   readonly queueMaxSizes: readonly number[];
   readonly configSize = 12;

@@ -1,6 +1,6 @@
 // Writes packed-ring structures straight into guest memory, as a (possibly hostile) driver or
 // device would, without going through PackedDriverQueue / PackedDeviceQueue.
-import { createGuestMemory, type GuestMemoryMap } from "@virtio-ts/memory";
+import { createGuestMemory, type GuestMemory } from "@virtio-ts/memory";
 import type { QueueLayout } from "@virtio-ts/virtqueue";
 
 export const F_NEXT = 1;
@@ -32,7 +32,7 @@ export function usedBits(wrap: boolean): number {
 }
 
 export class RawPackedRing {
-  readonly mem: GuestMemoryMap;
+  readonly mem: GuestMemory;
   readonly layout: QueueLayout;
   /** The raw driver's next ring position and wrap counter. */
   nextAvail = 0;
@@ -43,8 +43,8 @@ export class RawPackedRing {
   /** Indirect tables for tests start here. */
   static readonly TABLE = 0x8000;
 
-  constructor(size = 8, memSize = 0x10000) {
-    this.mem = createGuestMemory({ size: memSize, shared: false });
+  constructor(size = 8, memSize = 0x10000, mem?: GuestMemory) {
+    this.mem = mem ?? createGuestMemory({ size: memSize, shared: false });
     this.layout = { size, desc: 0x1000, driver: 0x3000, device: 0x3004 };
   }
 

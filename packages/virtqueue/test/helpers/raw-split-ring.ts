@@ -2,7 +2,7 @@
 // would, without going through SplitDriverQueue. Offsets are the spec's (VIRTIO 1.3 §2.7):
 // descriptor 16 bytes (le64 addr, le32 len, le16 flags, le16 next); avail: flags, idx,
 // ring[size], used_event; used: flags, idx, {le32 id, le32 len}[size], avail_event.
-import { createGuestMemory, type GuestMemory, type GuestMemoryMap } from "@virtio-ts/memory";
+import { createGuestMemory, type GuestMemory } from "@virtio-ts/memory";
 import type { QueueLayout } from "@virtio-ts/virtqueue";
 
 export const F_NEXT = 1;
@@ -17,7 +17,7 @@ export interface RawDesc {
 }
 
 export class RawSplitRing {
-  readonly mem: GuestMemoryMap;
+  readonly mem: GuestMemory;
   readonly layout: QueueLayout;
   /** The driver's next avail index (what `offer` publishes). */
   availIdx = 0;
@@ -27,7 +27,7 @@ export class RawSplitRing {
   /** A free area for indirect tables. */
   static readonly TABLE = 0x5000;
 
-  constructor(size = 8, memSize = 0x10000, mem?: GuestMemoryMap) {
+  constructor(size = 8, memSize = 0x10000, mem?: GuestMemory) {
     this.mem = mem ?? createGuestMemory({ size: memSize, shared: false });
     const driver = 0x1000 + 16 * size;
     // Up to size 256 the rings end below DATA; larger queues need a larger memory.
