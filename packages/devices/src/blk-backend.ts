@@ -4,8 +4,9 @@
  * says.
  *
  * Implementer contract:
- * - `capacity`, `blockSize` and `readOnly` are constant while a device uses the back-end.
- *   `capacity` is a safe integer number of 512-byte sectors; `blockSize` a power of two of at
+ * - `capacity`, `blockSize` and `readOnly` are constant while a device uses the back-end,
+ *   except that `capacity` may change when the host then calls `BlkDevice.updateCapacity()`
+ *   (a resize). `capacity` is a safe integer number of 512-byte sectors; `blockSize` a power of two of at
  *   least 512 (a hint for the guest's I/O alignment, not a unit of the requests).
  * - The device has already checked every range: `sector + length` never passes `capacity`,
  *   request lengths are whole sectors, and write-type calls never reach a read-only back-end.

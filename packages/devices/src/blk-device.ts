@@ -268,7 +268,7 @@ export class BlkDevice implements DeviceModel {
   readonly #config = new Uint8Array(BlkConfig.SIZE);
   readonly #cfg = new DataView(this.#config.buffer);
   readonly #id = new Uint8Array(BLK_ID_BYTES);
-  readonly #capacity: number;
+  #capacity: number;
   readonly #readOnly: boolean;
   readonly #maxRanges: number;
   readonly #maxDiscard: number;
@@ -391,6 +391,33 @@ export class BlkDevice implements DeviceModel {
       c.setUint32(BlkConfig.MAX_WRITE_ZEROES_SEG, maxRanges, true);
       c.setUint8(BlkConfig.WRITE_ZEROES_MAY_UNMAP, 1);
     }
+  }
+
+  /** `capacity` in 512-byte sectors, as the configuration space shows it now. */
+  get capacity(): number {
+    return this.#capacity;
+  }
+
+  /**
+   * The back-end was resized: read its `capacity` again, show it in the configuration space
+   * and, once the device is active, send a configuration change notification so the driver
+   * reads it (VIRTIO 1.3 §5.2.4, §2.5.1: the device changed a field, so the generation moves
+   * and the driver is notified). Requests are checked against the new capacity from now on;
+   * requests in flight keep the check they passed.
+   * @returns the new capacity (sectors)
+   * @throws RangeError naming `backend.capacity` if it is not a non-negative safe integer
+   */
+  updateCapacity(): number {
+    const capacity = this.backend.capacity;
+    if (!Number.isSafeInteger(capacity) || capacity < 0) {
+      throw new RangeError(`backend.capacity must be a non-negative safe integer, got ${capacity}`);
+    }
+    if (capacity === this.#capacity) return capacity;
+    this.#capacity = capacity;
+    this.#cfg.setUint32(BlkConfig.CAPACITY, capacity % TWO_32, true);
+    this.#cfg.setUint32(BlkConfig.CAPACITY + 4, Math.floor(capacity / TWO_32), true);
+    this.#ctx?.notifyConfigChange();
+    return capacity;
   }
 
   /** Requests handed to the back-end and not yet completed. */

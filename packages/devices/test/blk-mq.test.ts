@@ -9,6 +9,7 @@ import {
   Feature,
   featureMask,
   hasFeature,
+  MmioInterrupt,
 } from "@virtio-ts/spec";
 import { InThreadMmio } from "@virtio-ts/transport";
 import type { DriverQueue } from "@virtio-ts/virtqueue";
@@ -91,5 +92,50 @@ describe("BlkDevice MQ (§5.2.3, §5.2.4)", () => {
     expect(qs[1]!.reap()).toBe(2);
     expect(memory.readU8(status1)).toBe(BlkStatus.OK);
     expect(backend.bytes.subarray(4 * 512, 5 * 512)).toEqual(new Uint8Array(512).fill(0xc2));
+  });
+});
+
+describe("BlkDevice resize (§5.2.4, §2.5)", () => {
+  it("updateCapacity shows the back-end's new capacity, sends a configuration change notification and serves the new sectors", async () => {
+    const memory = createGuestMemory({ size: 0x100000 });
+    // 128 sectors of storage, of which the disk shows 64 until it "grows".
+    const backend = new TestBackend(128);
+    (backend as { capacity: number }).capacity = 64;
+    const model = new BlkDevice(backend, { queueSize: 16 });
+    expect(model.updateCapacity()).toBe(64); // unchanged: nothing to announce
+    const { transport: t } = new InThreadMmio(model, { memory, delivery: "none" });
+    t.negotiate((o) => o & ~featureMask(Feature.RING_PACKED));
+    const q = t.setupQueue<number>(0, memory, {
+      size: 16,
+      desc: 0x1000,
+      driver: 0x1400,
+      device: 0x1800,
+    });
+    t.driverOk();
+    t.takeInterrupt();
+    const generation = t.readConfig((c) => c.u32(BlkConfig.CAPACITY));
+    expect(generation).toBe(64);
+    (backend as { capacity: number }).capacity = 128;
+    expect(model.updateCapacity()).toBe(128);
+    expect(model.capacity).toBe(128);
+    expect(t.takeInterrupt() & MmioInterrupt.CONFIG).toBe(MmioInterrupt.CONFIG);
+    expect(t.readConfig((c) => c.u64(BlkConfig.CAPACITY))).toBe(128n);
+    // A write to sector 100, past the old capacity, now succeeds.
+    memory.writeU32(0x10000, 1);
+    memory.writeU64(0x10008, 100n);
+    memory.writeU8(0x10400, 0xff);
+    q.add(
+      [
+        { addr: 0x10000, len: 16 },
+        { addr: 0x10100, len: 512 },
+      ],
+      [{ addr: 0x10400, len: 1 }],
+      1,
+    );
+    if (q.publish()) t.notify(0);
+    await model.whenIdle();
+    expect(memory.readU8(0x10400)).toBe(BlkStatus.OK);
+    (backend as { capacity: number }).capacity = -1;
+    expect(() => model.updateCapacity()).toThrow(/backend\.capacity/);
   });
 });
