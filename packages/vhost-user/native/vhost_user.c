@@ -7,7 +7,9 @@
  *     whose finalizer munmaps it (guest memory shared with the other process);
  *   - eventfd create/read/write (kick and call notifications);
  *   - uv_poll watchers on the Node event loop, so JS learns that a socket or an eventfd is
- *     readable without blocking the loop.
+ *     readable without blocking the loop;
+ *   - file seals (F_GET_SEALS / F_ADD_SEALS) and a SIGBUS guard for mappings of memory files
+ *     the peer could still shrink (see "SIGBUS guard" below), and explicit unmapping.
  *
  * Policy stays in TypeScript (src/native.ts validates every argument before calling here);
  * this file only checks what it needs not to crash. Every fd this file creates is
@@ -22,6 +24,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <stdatomic.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -90,10 +94,10 @@ static napi_value make_int(napi_env env, int64_t n) {
   return v;
 }
 
-/* memfdCreate(name: string, size: number): fd */
+/* memfdCreate(name: string, size: number, allowSealing?: boolean): fd */
 static napi_value memfd_create_js(napi_env env, napi_callback_info cbinfo) {
-  size_t argc = 2;
-  napi_value argv[2];
+  size_t argc = 3;
+  napi_value argv[3];
   CHECK(napi_get_cb_info(env, cbinfo, &argc, argv, NULL, NULL));
   char name[64];
   size_t len = 0;
@@ -102,7 +106,14 @@ static napi_value memfd_create_js(napi_env env, napi_callback_info cbinfo) {
   }
   int64_t size;
   if (!get_int(env, argv[1], &size) || size <= 0) return throw_type(env, "memfdCreate: bad size");
-  int fd = memfd_create(name, MFD_CLOEXEC);
+  bool sealing = false;
+  if (argc >= 3) {
+    napi_valuetype t;
+    if (napi_typeof(env, argv[2], &t) == napi_ok && t == napi_boolean) {
+      CHECK(napi_get_value_bool(env, argv[2], &sealing));
+    }
+  }
+  int fd = memfd_create(name, MFD_CLOEXEC | (sealing ? MFD_ALLOW_SEALING : 0));
   if (fd < 0) return throw_errno(env, "memfd_create", errno);
   if (ftruncate(fd, (off_t)size) < 0) {
     int e = errno;
@@ -112,36 +123,320 @@ static napi_value memfd_create_js(napi_env env, napi_callback_info cbinfo) {
   return make_int(env, fd);
 }
 
-static void munmap_finalizer(napi_env env, void *data, void *hint) {
-  (void)env;
-  munmap(data, (size_t)(uintptr_t)hint);
+/* ---- mappings: records, explicit unmap, SIGBUS guard ----
+ *
+ * Every mapping made by mmapShared has a record shared by its ArrayBuffer's finalizer and by
+ * the handle returned to JS (two references, freed with the last). Whichever of the finalizer
+ * and unmap() runs first unmaps; the other does nothing. unmap() detaches the ArrayBuffer
+ * first, so views over it become empty instead of pointing at unmapped memory.
+ *
+ * SIGBUS guard. A MAP_SHARED mapping of a memory file raises SIGBUS on access when the file's
+ * owner has shrunk it (ftruncate) under the mapping: the pages have no backing any more, and
+ * the default action kills the whole process. A mapping made with guard = true is registered in
+ * a fixed table; the process-wide SIGBUS handler, on a fault inside a registered range,
+ * replaces the whole range with private anonymous memory (MAP_FIXED, zero-filled), marks the
+ * slot faulted, writes the fault eventfd and returns: the faulting access restarts and reads
+ * zeros (or writes memory nobody else sees). JS, woken through the eventfd, takes the faulted
+ * slots and closes the connections that own them. A fault outside every registered range is
+ * not ours: the previous handler runs, or the default action (the process dies as it would
+ * have without us). The handler only loads atomics, calls mmap and write, and sets errno back.
+ */
+#define MAX_GUARDS 4096
+
+typedef struct guard_slot {
+  _Atomic(uintptr_t) start; /* 0 while the slot is free or being set up */
+  _Atomic(size_t) len;
+  atomic_int faulted;
+  atomic_int used;
+} guard_slot;
+
+static guard_slot guards[MAX_GUARDS];
+static atomic_int fault_efd = -1;
+static atomic_int bus_installed = 0;
+static struct sigaction prev_bus;
+static _Atomic(long long) mapped_total = 0;
+
+static void bus_handler(int sig, siginfo_t *si, void *uc) {
+  uintptr_t a = (uintptr_t)si->si_addr;
+  for (int i = 0; i < MAX_GUARDS; i++) {
+    uintptr_t s = atomic_load(&guards[i].start);
+    if (s == 0) continue;
+    size_t l = atomic_load(&guards[i].len);
+    if (a < s || a - s >= l) continue;
+    int saved = errno;
+    void *p = mmap((void *)s, l, PROT_READ | PROT_WRITE,
+                   MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == (void *)s) {
+      atomic_store(&guards[i].faulted, 1);
+      int efd = atomic_load(&fault_efd);
+      if (efd >= 0) {
+        uint64_t one = 1;
+        ssize_t w = write(efd, &one, sizeof one);
+        (void)w;
+      }
+      errno = saved;
+      return;
+    }
+    errno = saved;
+    break;
+  }
+  /* Not ours, or the replacement failed: behave as if this handler were not installed. */
+  if ((prev_bus.sa_flags & SA_SIGINFO) != 0 && prev_bus.sa_sigaction != NULL) {
+    prev_bus.sa_sigaction(sig, si, uc);
+    return;
+  }
+  if ((prev_bus.sa_flags & SA_SIGINFO) == 0 && prev_bus.sa_handler != SIG_DFL &&
+      prev_bus.sa_handler != SIG_IGN) {
+    prev_bus.sa_handler(sig);
+    return;
+  }
+  /* The default action: restore it and return; the access faults again and ends the process. */
+  struct sigaction dfl;
+  memset(&dfl, 0, sizeof dfl);
+  dfl.sa_handler = SIG_DFL;
+  sigemptyset(&dfl.sa_mask);
+  sigaction(SIGBUS, &dfl, NULL);
 }
 
-/* mmapShared(fd, size, offset): [ArrayBuffer, bigint address] */
+/* Install the handler and create the fault eventfd, once. Returns 0 or an errno. */
+static int guard_install(void) {
+  if (atomic_load(&bus_installed)) return 0;
+  int efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (efd < 0) return errno;
+  int expected = -1;
+  if (!atomic_compare_exchange_strong(&fault_efd, &expected, efd)) close(efd);
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_sigaction = bus_handler;
+  sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+  sigemptyset(&sa.sa_mask);
+  if (sigaction(SIGBUS, &sa, &prev_bus) < 0) return errno;
+  atomic_store(&bus_installed, 1);
+  return 0;
+}
+
+static int guard_claim(void *addr, size_t len) {
+  for (int i = 0; i < MAX_GUARDS; i++) {
+    int free_slot = 0;
+    if (atomic_compare_exchange_strong(&guards[i].used, &free_slot, 1)) {
+      atomic_store(&guards[i].faulted, 0);
+      atomic_store(&guards[i].len, len);
+      atomic_store(&guards[i].start, (uintptr_t)addr);
+      return i;
+    }
+  }
+  return -1;
+}
+
+static void guard_free(int i) {
+  atomic_store(&guards[i].start, 0);
+  atomic_store(&guards[i].len, 0);
+  atomic_store(&guards[i].faulted, 0);
+  atomic_store(&guards[i].used, 0);
+}
+
+typedef struct mapping {
+  void *addr;
+  size_t len;
+  int slot; /* guard slot, or -1 */
+  atomic_int unmapped;
+  atomic_int refs;
+} mapping;
+
+static void mapping_release(mapping *m) {
+  if (atomic_exchange(&m->unmapped, 1) != 0) return;
+  /* Unregister first: the range may be reused by the next mmap. */
+  if (m->slot >= 0) guard_free(m->slot);
+  munmap(m->addr, m->len);
+  atomic_fetch_sub(&mapped_total, (long long)m->len);
+}
+
+static void mapping_unref(mapping *m) {
+  if (atomic_fetch_sub(&m->refs, 1) == 1) free(m);
+}
+
+static void buffer_finalizer(napi_env env, void *data, void *hint) {
+  (void)env;
+  (void)data;
+  mapping *m = (mapping *)hint;
+  mapping_release(m);
+  mapping_unref(m);
+}
+
+static void handle_finalizer(napi_env env, void *data, void *hint) {
+  (void)env;
+  (void)hint;
+  mapping_unref((mapping *)data);
+}
+
+/*
+ * mmapShared(fd, size, offset, guard?): [ArrayBuffer, bigint address, handle, guard slot].
+ * The slot is -1 without a guard; with guard = true and the table full, nothing is mapped and
+ * the result is null.
+ */
 static napi_value mmap_shared_js(napi_env env, napi_callback_info cbinfo) {
-  size_t argc = 3;
-  napi_value argv[3];
+  size_t argc = 4;
+  napi_value argv[4];
   CHECK(napi_get_cb_info(env, cbinfo, &argc, argv, NULL, NULL));
   int fd;
   int64_t size, offset;
   if (argc < 3 || !get_fd(env, argv[0], &fd) || !get_int(env, argv[1], &size) || size <= 0 ||
       !get_int(env, argv[2], &offset) || offset < 0) {
-    return throw_type(env, "mmapShared(fd: number, size: number, offset: number)");
+    return throw_type(env, "mmapShared(fd: number, size: number, offset: number, guard?: boolean)");
   }
+  bool guard = false;
+  if (argc >= 4) {
+    napi_valuetype t;
+    if (napi_typeof(env, argv[3], &t) == napi_ok && t == napi_boolean) {
+      CHECK(napi_get_value_bool(env, argv[3], &guard));
+    }
+  }
+  if (guard) {
+    int e = guard_install();
+    if (e != 0) return throw_errno(env, "installing the SIGBUS guard", e);
+  }
+  mapping *m = calloc(1, sizeof *m);
+  if (m == NULL) return throw_errno(env, "mmapShared", ENOMEM);
   void *p = mmap(NULL, (size_t)size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, (off_t)offset);
-  if (p == MAP_FAILED) return throw_errno(env, "mmap", errno);
+  if (p == MAP_FAILED) {
+    int e = errno;
+    free(m);
+    return throw_errno(env, "mmap", e);
+  }
+  m->addr = p;
+  m->len = (size_t)size;
+  m->slot = -1;
+  atomic_store(&m->refs, 2);
+  atomic_fetch_add(&mapped_total, (long long)size);
+  if (guard) {
+    m->slot = guard_claim(p, (size_t)size);
+    if (m->slot < 0) {
+      munmap(p, (size_t)size);
+      atomic_fetch_sub(&mapped_total, (long long)size);
+      free(m);
+      napi_value null_v;
+      CHECK(napi_get_null(env, &null_v));
+      return null_v;
+    }
+  }
   napi_value ab;
-  if (napi_create_external_arraybuffer(env, p, (size_t)size, munmap_finalizer,
-                                       (void *)(uintptr_t)size, &ab) != napi_ok) {
-    munmap(p, (size_t)size);
+  if (napi_create_external_arraybuffer(env, p, (size_t)size, buffer_finalizer, m, &ab) != napi_ok) {
+    atomic_store(&m->refs, 1);
+    mapping_release(m);
+    free(m);
     throw_last(env, "napi_create_external_arraybuffer");
+    return NULL;
+  }
+  /* From here the buffer's finalizer owns one reference. */
+  napi_value handle;
+  if (napi_create_external(env, m, handle_finalizer, NULL, &handle) != napi_ok) {
+    mapping_unref(m);
+    throw_last(env, "napi_create_external");
     return NULL;
   }
   napi_value addr, out;
   CHECK(napi_create_bigint_uint64(env, (uint64_t)(uintptr_t)p, &addr));
-  CHECK(napi_create_array_with_length(env, 2, &out));
+  CHECK(napi_create_array_with_length(env, 4, &out));
   CHECK(napi_set_element(env, out, 0, ab));
   CHECK(napi_set_element(env, out, 1, addr));
+  CHECK(napi_set_element(env, out, 2, handle));
+  CHECK(napi_set_element(env, out, 3, make_int(env, m->slot)));
+  return out;
+}
+
+/*
+ * unmap(handle, buffer?): unmap a mapping of mmapShared now (idempotent). `buffer`, its
+ * ArrayBuffer, is detached first so that views over it become empty.
+ */
+static napi_value unmap_js(napi_env env, napi_callback_info cbinfo) {
+  size_t argc = 2;
+  napi_value argv[2];
+  CHECK(napi_get_cb_info(env, cbinfo, &argc, argv, NULL, NULL));
+  napi_valuetype t;
+  if (argc < 1 || napi_typeof(env, argv[0], &t) != napi_ok || t != napi_external) {
+    return throw_type(env, "unmap(handle, buffer?: ArrayBuffer)");
+  }
+  mapping *m;
+  CHECK(napi_get_value_external(env, argv[0], (void **)&m));
+  if (argc >= 2) {
+    bool is_ab = false;
+    if (napi_is_arraybuffer(env, argv[1], &is_ab) == napi_ok && is_ab) {
+      void *data = NULL;
+      size_t len = 0;
+      CHECK(napi_get_arraybuffer_info(env, argv[1], &data, &len));
+      if (data != m->addr && data != NULL) return throw_type(env, "unmap: buffer is not this mapping's");
+      bool detached = false;
+      CHECK(napi_is_detached_arraybuffer(env, argv[1], &detached));
+      if (!detached) CHECK(napi_detach_arraybuffer(env, argv[1]));
+    }
+  }
+  mapping_release(m);
+  return NULL;
+}
+
+/* mappedBytes(): bytes mapped by mmapShared and not yet unmapped, in this process */
+static napi_value mapped_bytes_js(napi_env env, napi_callback_info cbinfo) {
+  (void)cbinfo;
+  return make_int(env, atomic_load(&mapped_total));
+}
+
+/* faultFd(): the eventfd the SIGBUS guard writes (installing the guard if needed) */
+static napi_value fault_fd_js(napi_env env, napi_callback_info cbinfo) {
+  (void)cbinfo;
+  int e = guard_install();
+  if (e != 0) return throw_errno(env, "installing the SIGBUS guard", e);
+  return make_int(env, atomic_load(&fault_efd));
+}
+
+/* takeFaults(): guard slots that faulted since the last call (their flags cleared) */
+static napi_value take_faults_js(napi_env env, napi_callback_info cbinfo) {
+  (void)cbinfo;
+  napi_value out;
+  CHECK(napi_create_array(env, &out));
+  uint32_t k = 0;
+  for (int i = 0; i < MAX_GUARDS; i++) {
+    if (atomic_load(&guards[i].used) && atomic_exchange(&guards[i].faulted, 0) != 0) {
+      CHECK(napi_set_element(env, out, k++, make_int(env, i)));
+    }
+  }
+  return out;
+}
+
+/* getSeals(fd): F_GET_SEALS, or -1 when the file does not support seals (EINVAL) */
+static napi_value get_seals_js(napi_env env, napi_callback_info cbinfo) {
+  size_t argc = 1;
+  napi_value argv[1];
+  CHECK(napi_get_cb_info(env, cbinfo, &argc, argv, NULL, NULL));
+  int fd;
+  if (argc < 1 || !get_fd(env, argv[0], &fd)) return throw_type(env, "getSeals(fd: number)");
+  int r = fcntl(fd, F_GET_SEALS);
+  if (r < 0) {
+    if (errno == EINVAL) return make_int(env, -1);
+    return throw_errno(env, "fcntl(F_GET_SEALS)", errno);
+  }
+  return make_int(env, r);
+}
+
+/* addSeals(fd, seals): true, or false when the file refuses them (EPERM, EBUSY, EINVAL) */
+static napi_value add_seals_js(napi_env env, napi_callback_info cbinfo) {
+  size_t argc = 2;
+  napi_value argv[2];
+  CHECK(napi_get_cb_info(env, cbinfo, &argc, argv, NULL, NULL));
+  int fd;
+  int64_t seals;
+  if (argc < 2 || !get_fd(env, argv[0], &fd) || !get_int(env, argv[1], &seals) || seals < 0 ||
+      seals > INT32_MAX) {
+    return throw_type(env, "addSeals(fd: number, seals: number)");
+  }
+  napi_value out;
+  if (fcntl(fd, F_ADD_SEALS, (int)seals) < 0) {
+    if (errno == EPERM || errno == EBUSY || errno == EINVAL) {
+      CHECK(napi_get_boolean(env, false, &out));
+      return out;
+    }
+    return throw_errno(env, "fcntl(F_ADD_SEALS)", errno);
+  }
+  CHECK(napi_get_boolean(env, true, &out));
   return out;
 }
 
@@ -509,6 +804,12 @@ NAPI_MODULE_INIT() {
       {"recvMsg", NULL, recv_msg_js, NULL, NULL, NULL, napi_enumerable, NULL},
       {"watch", NULL, watch_js, NULL, NULL, NULL, napi_enumerable, NULL},
       {"unwatch", NULL, unwatch_js, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"unmap", NULL, unmap_js, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"mappedBytes", NULL, mapped_bytes_js, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"faultFd", NULL, fault_fd_js, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"takeFaults", NULL, take_faults_js, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"getSeals", NULL, get_seals_js, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"addSeals", NULL, add_seals_js, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) {
     return NULL;

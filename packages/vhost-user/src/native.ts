@@ -13,6 +13,24 @@ export interface NativeWatch {
   readonly __nativeWatch?: never;
 }
 
+/** An opaque handle to one mapping of {@link VhostUserNative.mmapShared}. */
+export interface NativeMapping {
+  /** Never present: the type is a brand for the addon's external handle. */
+  readonly __nativeMapping?: never;
+}
+
+/** File seals (`<linux/fcntl.h>` F_SEAL_*), as {@link VhostUserNative.getSeals} reports them. */
+export const FileSeal = {
+  /** No more seals can be added. */
+  SEAL: 0x1,
+  /** The file cannot shrink: a mapping of it can never lose its pages (no SIGBUS). */
+  SHRINK: 0x2,
+  /** The file cannot grow. */
+  GROW: 0x4,
+  /** The file's contents cannot change. */
+  WRITE: 0x8,
+} as const;
+
 /**
  * The addon's functions. Every fd it creates is close-on-exec; sockets and eventfds are
  * non-blocking. Failures throw an `Error` whose `code` is `E<errno>`.
@@ -22,10 +40,40 @@ export interface NativeWatch {
  * {@link VhostUserConnection}, which validate their arguments.
  */
 export interface VhostUserNative {
-  /** `memfd_create(name, MFD_CLOEXEC)` then `ftruncate(size)`: a new fd. */
-  memfdCreate(name: string, size: number): number;
-  /** `mmap(MAP_SHARED, RW)` of `size` bytes at `offset` of `fd`: the buffer (munmapped when collected) and its address. */
-  mmapShared(fd: number, size: number, offset: number): [ArrayBuffer, bigint];
+  /**
+   * `memfd_create(name, MFD_CLOEXEC)` (with `MFD_ALLOW_SEALING` when `allowSealing`) then
+   * `ftruncate(size)`: a new fd.
+   */
+  memfdCreate(name: string, size: number, allowSealing?: boolean): number;
+  /**
+   * `mmap(MAP_SHARED, RW)` of `size` bytes at `offset` of `fd`: the buffer (unmapped when
+   * collected or by {@link VhostUserNative.unmap}), its address, a handle for `unmap`, and the
+   * SIGBUS guard slot (-1 without `guard`). With `guard`, a fault in the mapping (the file was
+   * shrunk under it) no longer kills the process: the range is replaced by zeroed private
+   * memory, the slot is reported by {@link VhostUserNative.takeFaults} and the fault eventfd
+   * ({@link VhostUserNative.faultFd}) is signalled. Null when the guard table (4096 slots) is full.
+   */
+  mmapShared(
+    fd: number,
+    size: number,
+    offset: number,
+    guard?: boolean,
+  ): [ArrayBuffer, bigint, NativeMapping, number] | null;
+  /**
+   * Unmap a mapping of `mmapShared` now (idempotent), detaching `buffer` first so views over it
+   * become empty. Only when nothing (no I/O in flight) still uses the memory.
+   */
+  unmap(handle: NativeMapping, buffer?: ArrayBuffer): void;
+  /** Bytes mapped by `mmapShared` in this process and not yet unmapped. */
+  mappedBytes(): number;
+  /** The eventfd the SIGBUS guard signals (installs the guard's handler on first use). */
+  faultFd(): number;
+  /** Guard slots whose mapping faulted since the last call (flags cleared). */
+  takeFaults(): number[];
+  /** `fcntl(F_GET_SEALS)`: the seals, or -1 if the file does not support seals. */
+  getSeals(fd: number): number;
+  /** `fcntl(F_ADD_SEALS)`: true, or false if the file refuses (EPERM, EBUSY, EINVAL). */
+  addSeals(fd: number, seals: number): boolean;
   /** `eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)`: a new fd. */
   eventfdCreate(): number;
   /** Add `value` to the eventfd counter; false if it would overflow. */

@@ -5,7 +5,7 @@
  */
 import { GuestMemoryMap } from "@virtio-ts/memory";
 import type { MemoryRegion } from "./messages.js";
-import { loadNative } from "./native.js";
+import { FileSeal, loadNative } from "./native.js";
 
 const PAGE = 4096;
 
@@ -62,7 +62,9 @@ function checkPaged(v: number, name: string, min: number): void {
 }
 
 /**
- * Create guest memory in a new memfd, mapped MAP_SHARED.
+ * Create guest memory in a new memfd, mapped MAP_SHARED. The memfd is sealed against growing
+ * and shrinking (F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL, as QEMU's memory-backend-memfd
+ * does by default), so a back-end mapping it never faults.
  * @param options - size, guest base, name
  * @returns the memory, its region description and fd
  * @throws RangeError naming `options.size` or `options.guestBase`; NativeAddonMissingError if
@@ -80,11 +82,18 @@ export function createSharedMemory(options: SharedMemoryOptions): SharedGuestMem
     throw new RangeError("options.name must be a string of 1 to 63 characters");
   }
   const n = loadNative();
-  const fd = n.memfdCreate(name, options.size);
+  // Sealed like QEMU's memory-backend-memfd (seal=on): the back-end that maps it can rely on
+  // its size (a shrunk memfd would fault its mapping with SIGBUS).
+  const fd = n.memfdCreate(name, options.size, true);
   let buffer: ArrayBuffer;
   let addr: bigint;
   try {
-    [buffer, addr] = n.mmapShared(fd, options.size, 0);
+    if (!n.addSeals(fd, FileSeal.GROW | FileSeal.SHRINK | FileSeal.SEAL)) {
+      throw new Error("cannot seal the new memfd (F_ADD_SEALS refused)");
+    }
+    const m = n.mmapShared(fd, options.size, 0);
+    if (m === null) throw new Error("mmap failed");
+    [buffer, addr] = m;
   } catch (e) {
     n.closeFd(fd);
     throw e;
@@ -141,6 +150,7 @@ export function mapSharedFd(fd: number, size: number, offset = 0): MappedFd {
   }
   checkPaged(size, "size", PAGE);
   checkPaged(offset, "offset", 0);
-  const [buffer, address] = loadNative().mmapShared(fd, size, offset);
-  return { buffer, address };
+  const m = loadNative().mmapShared(fd, size, offset);
+  if (m === null) throw new Error("mmap failed");
+  return { buffer: m[0], address: m[1] };
 }
