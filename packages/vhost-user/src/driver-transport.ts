@@ -23,7 +23,12 @@ import {
   type DriverTransport,
   TransportError,
 } from "@virtio-ts/transport";
-import { type QueueLayout, ringFeatures, SplitDriverQueue } from "@virtio-ts/virtqueue";
+import {
+  PackedDriverQueue,
+  type QueueLayout,
+  ringFeatures,
+  SplitDriverQueue,
+} from "@virtio-ts/virtqueue";
 import { VhostUserError } from "./errors.js";
 import { EventFd } from "./eventfd.js";
 import { VhostUserFrontend } from "./frontend.js";
@@ -35,14 +40,15 @@ export const VHOST_F_LOG_ALL = 26;
 
 /**
  * The ring/transport feature bits a driver may negotiate over this transport: INDIRECT_DESC,
- * EVENT_IDX, VERSION_1, IN_ORDER and ORDER_PLATFORM. Not RING_PACKED (queues are split
- * rings), ACCESS_PLATFORM (no IOTLB), NOTIFICATION_DATA (kicks are eventfds, which carry no
- * data) nor RING_RESET (vhost-user has no per-queue reset).
+ * EVENT_IDX, VERSION_1, RING_PACKED, IN_ORDER and ORDER_PLATFORM. Not ACCESS_PLATFORM (no
+ * IOTLB), NOTIFICATION_DATA (kicks are eventfds, which carry no data) nor RING_RESET
+ * (vhost-user has no per-queue reset).
  */
 export const VHOST_USER_DRIVER_TRANSPORT_FEATURES: bigint = [
   Feature.RING_INDIRECT_DESC,
   Feature.RING_EVENT_IDX,
   Feature.VERSION_1,
+  Feature.RING_PACKED,
   Feature.IN_ORDER,
   Feature.ORDER_PLATFORM,
 ].reduce((m, bit) => m | featureMask(bit), 0n);
@@ -86,7 +92,7 @@ export interface VhostUserDriverOptions {
 }
 
 interface LiveQueue {
-  readonly queue: SplitDriverQueue<unknown>;
+  readonly queue: SplitDriverQueue<unknown> | PackedDriverQueue<unknown>;
   readonly kick: EventFd;
   readonly call: EventFd;
 }
@@ -384,8 +390,9 @@ export class VhostUserDriverTransport implements DriverTransport {
   }
 
   /**
-   * Set up queue `index` (a split ring) and hand it to the back-end: SET_VRING_NUM,
-   * SET_VRING_BASE 0, SET_VRING_ADDR with the rings' user addresses, SET_VRING_KICK and
+   * Set up queue `index` (a split ring, or a packed one once RING_PACKED is negotiated) and
+   * hand it to the back-end: SET_VRING_NUM, SET_VRING_BASE (0; packed: positions 0 with wrap
+   * counters 1, QEMU's encoding), SET_VRING_ADDR with the rings' user addresses, SET_VRING_KICK and
    * SET_VRING_CALL with new eventfds (QEMU's order, vhost_virtqueue_start).
    * @param index - queue index (below the queue count and 256)
    * @param memory - must be the shared memory's `memory`
@@ -400,7 +407,7 @@ export class VhostUserDriverTransport implements DriverTransport {
     memory: GuestMemory,
     layout: QueueLayout,
     options: DriverQueueSetupOptions = {},
-  ): SplitDriverQueue<T> {
+  ): SplitDriverQueue<T> | PackedDriverQueue<T> {
     if (!Number.isInteger(index) || index < 0 || index > 0xff) {
       throw new RangeError(`index must be an integer in [0, 255], got ${index}`);
     }
@@ -434,24 +441,30 @@ export class VhostUserDriverTransport implements DriverTransport {
       }
       return u;
     };
-    const desc = user(layout.desc, splitDescTableSize(size), "layout.desc");
-    const avail = user(layout.driver, splitAvailSize(size), "layout.driver");
-    const used = user(layout.device, splitUsedSize(size), "layout.device");
+    const packed = hasFeature(this.#features, Feature.RING_PACKED);
+    // Packed: descriptor ring of 16-byte descriptors, two 4-byte event suppression areas.
+    const desc = user(layout.desc, packed ? 16 * size : splitDescTableSize(size), "layout.desc");
+    const avail = user(layout.driver, packed ? 4 : splitAvailSize(size), "layout.driver");
+    const used = user(layout.device, packed ? 4 : splitUsedSize(size), "layout.device");
     // The queue zeroes its rings; it must do so before SET_VRING_ADDR, where libvhost-user
     // reads used.idx to resume from.
-    const queue = new SplitDriverQueue<T>(
-      memory,
-      layout,
-      ringFeatures(this.#features),
-      options.indirect === undefined ? {} : { indirect: options.indirect },
-    );
+    const qopts = options.indirect === undefined ? {} : { indirect: options.indirect };
+    const rf = ringFeatures(this.#features);
+    const queue = packed
+      ? new PackedDriverQueue<T>(memory, layout, rf, qopts)
+      : new SplitDriverQueue<T>(memory, layout, rf, qopts);
     const kick = new EventFd();
     const call = new EventFd();
     call.watch(() => this.#raise(MmioInterrupt.USED_BUFFER));
-    this.#queues.set(index, { queue: queue as SplitDriverQueue<unknown>, kick, call });
+    this.#queues.set(index, {
+      queue: queue as SplitDriverQueue<unknown> | PackedDriverQueue<unknown>,
+      kick,
+      call,
+    });
     const fe = this.#fe;
     this.#post(fe.setVringNum(index, size));
-    this.#post(fe.setVringBase(index, 0));
+    // Packed: both ring positions 0 with wrap counters 1 (§2.8.1), as QEMU encodes them.
+    this.#post(fe.setVringBase(index, packed ? 0x8000_8000 : 0));
     this.#post(fe.setVringAddr({ index, flags: 0, desc, used, avail, log: 0n }));
     this.#post(fe.setVringKick(index, kick.fd));
     this.#post(fe.setVringCall(index, call.fd));

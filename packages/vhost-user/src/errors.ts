@@ -74,6 +74,16 @@ export type VhostUserBackendReason =
   | "unsupported"
   /** Another connection is serving the device. */
   | "busy"
+  /**
+   * A limit of the back-end was reached: connections, mapped bytes across connections (see
+   * `VhostUserBackendOptions`), or the handshake took too long.
+   */
+  | "limit"
+  /**
+   * The front-end shrank a memory file under our mapping (its pages vanished): the native
+   * SIGBUS guard caught the fault and this connection was closed.
+   */
+  | "memory-fault"
   /** The device model threw something other than a VirtioError (a bug), or a system call failed. */
   | "internal";
 

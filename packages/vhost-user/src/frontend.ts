@@ -7,14 +7,18 @@ import { VhostUserConnection } from "./connection.js";
 import { VhostUserError } from "./errors.js";
 import {
   decodeConfig,
+  decodeInflight,
   decodeU64,
   decodeVringState,
   encodeConfig,
+  encodeInflight,
   encodeMemoryTable,
+  encodeSingleMemoryRegion,
   encodeU64,
   encodeVringAddr,
   encodeVringFd,
   encodeVringState,
+  type InflightDescription,
   type MemoryRegion,
   requestName,
   VHOST_MEMORY_MAX_REGIONS,
@@ -46,7 +50,10 @@ interface Pending {
   readonly request: number;
   /** "reply": the message has a reply body; "ack": a REPLY_ACK u64 status. */
   readonly kind: "reply" | "ack";
-  readonly decode: (payload: Uint8Array) => unknown;
+  /** Fds the reply must carry (GET_INFLIGHT_FD: 1; every other reply: 0). */
+  readonly fds: number;
+  /** Decodes the payload; owns `fds` (closes them if it throws). */
+  readonly decode: (payload: Uint8Array, fds: readonly number[]) => unknown;
   readonly resolve: (v: unknown) => void;
   readonly reject: (e: VhostUserError) => void;
   timer: ReturnType<typeof setTimeout> | undefined;
@@ -251,6 +258,25 @@ export class VhostUserFrontend {
   }
 
   /**
+   * VHOST_USER_SET_CONFIG (25), with PROTOCOL_F_CONFIG: write `data` into the device
+   * configuration space at `offset`. With REPLY_ACK a refusal rejects with "nack".
+   * @param offset - offset in the configuration space
+   * @param data - the bytes, 1 to 256
+   * @param flags - 0 (the default: a field the driver wrote) or 1 (live migration)
+   * @throws RangeError naming `data`
+   */
+  setConfig(offset: number, data: Uint8Array, flags = 0): Promise<void> {
+    if (
+      !(data instanceof Uint8Array) ||
+      data.length < 1 ||
+      data.length > VHOST_USER_MAX_CONFIG_SIZE
+    ) {
+      throw new RangeError("data must be a Uint8Array of 1 to 256 bytes");
+    }
+    return this.#post(VhostUserRequest.SET_CONFIG, encodeConfig({ offset, flags, data }));
+  }
+
+  /**
    * VHOST_USER_SET_MEM_TABLE (5): the guest memory regions, each with its fd in SCM_RIGHTS
    * (in region order).
    * @param regions - 1 to 8 regions
@@ -358,6 +384,114 @@ export class VhostUserFrontend {
     );
   }
 
+  /**
+   * VHOST_USER_SET_BACKEND_REQ_FD (21), with PROTOCOL_F_BACKEND_REQ: the socket the back-end
+   * sends its own requests on (CONFIG_CHANGE_MSG…). The back-end gets its own copy of `fd`.
+   * @param fd - one end of a socketpair; read the other end (`VhostUserConnection`)
+   */
+  setBackendReqFd(fd: number): Promise<void> {
+    return this.#post(VhostUserRequest.SET_BACKEND_REQ_FD, undefined, [fd]);
+  }
+
+  /**
+   * VHOST_USER_GET_INFLIGHT_FD (31), with PROTOCOL_F_INFLIGHT_SHMFD: the back-end allocates
+   * the area that tracks requests in flight for `numQueues` queues of `queueSize` and returns
+   * it. Keep the fd and hand it to the next back-end with {@link VhostUserFrontend.setInflightFd}.
+   * @param numQueues - queues to track (1–65535)
+   * @param queueSize - their size (1–32768)
+   * @returns the area's fd (now the caller's to close) and description
+   */
+  getInflightFd(
+    numQueues: number,
+    queueSize: number,
+  ): Promise<{ fd: number; inflight: InflightDescription }> {
+    const req = encodeInflight({ mmapSize: 0n, mmapOffset: 0n, numQueues, queueSize });
+    return this.#call(
+      VhostUserRequest.GET_INFLIGHT_FD,
+      req,
+      [],
+      (p, fds) => {
+        const inflight = decodeInflight(p, VhostUserRequest.GET_INFLIGHT_FD);
+        if (inflight.mmapSize === 0n || fds.length !== 1) {
+          throw new VhostUserError(
+            "bad-reply",
+            "GET_INFLIGHT_FD: the back-end returned no area",
+            VhostUserRequest.GET_INFLIGHT_FD,
+          );
+        }
+        return { fd: fds[0]!, inflight };
+      },
+      1,
+    );
+  }
+
+  /**
+   * VHOST_USER_SET_INFLIGHT_FD (32): hand the in-flight area back (to a restarted back-end,
+   * which serves again the requests it records). The back-end gets its own copy of `fd`.
+   * @param fd - the area's fd from {@link VhostUserFrontend.getInflightFd}
+   * @param inflight - its description, as returned
+   */
+  setInflightFd(fd: number, inflight: InflightDescription): Promise<void> {
+    return this.#post(VhostUserRequest.SET_INFLIGHT_FD, encodeInflight(inflight), [fd]);
+  }
+
+  /**
+   * VHOST_USER_GET_MAX_MEM_SLOTS (36), with PROTOCOL_F_CONFIGURE_MEM_SLOTS.
+   * @returns the most memory regions the back-end maps
+   */
+  getMaxMemSlots(): Promise<bigint> {
+    return this.#call(VhostUserRequest.GET_MAX_MEM_SLOTS, undefined, [], (p) =>
+      decodeU64(p, VhostUserRequest.GET_MAX_MEM_SLOTS),
+    );
+  }
+
+  /**
+   * VHOST_USER_ADD_MEM_REG (37): map one more region.
+   * @param region - the region and its fd (the back-end gets its own copy)
+   */
+  addMemReg(region: MemoryRegionWithFd): Promise<void> {
+    return this.#post(VhostUserRequest.ADD_MEM_REG, encodeSingleMemoryRegion(region), [region.fd]);
+  }
+
+  /**
+   * VHOST_USER_REM_MEM_REG (38): unmap the region with this guest address, user address and
+   * size.
+   * @param region - the region (its mmap offset is ignored)
+   */
+  remMemReg(region: MemoryRegion): Promise<void> {
+    return this.#post(VhostUserRequest.REM_MEM_REG, encodeSingleMemoryRegion(region));
+  }
+
+  /**
+   * VHOST_USER_SET_STATUS (39), with PROTOCOL_F_STATUS.
+   * @param status - the device status byte (§2.1)
+   */
+  setStatus(status: number): Promise<void> {
+    if (!Number.isInteger(status) || status < 0 || status > 0xff) {
+      throw new RangeError(`status must be a byte, got ${status}`);
+    }
+    return this.#post(VhostUserRequest.SET_STATUS, encodeU64(BigInt(status)));
+  }
+
+  /**
+   * VHOST_USER_GET_STATUS (40), with PROTOCOL_F_STATUS.
+   * @returns the device status byte
+   */
+  getStatus(): Promise<number> {
+    return this.#call(VhostUserRequest.GET_STATUS, undefined, [], (p) => {
+      const v = decodeU64(p, VhostUserRequest.GET_STATUS);
+      if (v > 0xffn) {
+        throw new VhostUserError("bad-reply", `GET_STATUS answered 0x${v.toString(16)}`, 40);
+      }
+      return Number(v);
+    });
+  }
+
+  /** VHOST_USER_RESET_DEVICE (34), with PROTOCOL_F_RESET_DEVICE: rings stop, state resets. */
+  resetDevice(): Promise<void> {
+    return this.#post(VhostUserRequest.RESET_DEVICE);
+  }
+
   /** A request without a reply body: REPLY_ACK when negotiated, else done once sent. */
   #post(request: number, payload?: Uint8Array, fds: readonly number[] = []): Promise<void> {
     const ack =
@@ -387,9 +521,10 @@ export class VhostUserFrontend {
     request: number,
     payload: Uint8Array | undefined,
     fds: readonly number[],
-    decode: (p: Uint8Array) => T,
+    decode: (p: Uint8Array, fds: readonly number[]) => T,
+    replyFds = 0,
   ): Promise<T> {
-    return this.#enqueue(request, 0, payload, fds, "reply", decode) as Promise<T>;
+    return this.#enqueue(request, 0, payload, fds, "reply", decode, replyFds) as Promise<T>;
   }
 
   #enqueue(
@@ -398,11 +533,20 @@ export class VhostUserFrontend {
     payload: Uint8Array | undefined,
     fds: readonly number[],
     kind: Pending["kind"],
-    decode: (p: Uint8Array) => unknown,
+    decode: (p: Uint8Array, fds: readonly number[]) => unknown,
+    replyFds = 0,
   ): Promise<unknown> {
     if (this.#closed) return Promise.reject(this.#closedError(request));
     return new Promise((resolve, reject) => {
-      const entry: Pending = { request, kind, decode, resolve, reject, timer: undefined };
+      const entry: Pending = {
+        request,
+        kind,
+        fds: replyFds,
+        decode,
+        resolve,
+        reject,
+        timer: undefined,
+      };
       this.#pending.push(entry);
       if (!this.#conn.send(request, flags, payload, fds)) return; // rejected by #onClose
       if (this.#timeout > 0) {
@@ -436,13 +580,16 @@ export class VhostUserFrontend {
       }
       this.#conn.close(e);
     };
-    if (m.fds.length > 0) {
-      // No reply this front-end asks for carries fds: close them, and the connection.
+    const wantFds = head?.request === m.request ? head.fds : 0;
+    if (m.fds.length !== wantFds && (m.fds.length > 0 || m.payload.length > 0)) {
+      // Only the GET_INFLIGHT_FD reply carries an fd: close stray ones, and the connection.
+      // (A reply without its fd but with a payload is refused too; an empty one is the
+      // back-end's way to say it failed, handled by the decoder.)
       this.#closeFds(m.fds);
       fail(
         new VhostUserError(
           "too-many-fds",
-          `${requestName(m.request)} from the back-end carried ${m.fds.length} file descriptors; replies carry none`,
+          `${requestName(m.request)} from the back-end carried ${m.fds.length} file descriptors, expected ${wantFds}`,
           m.request,
           m.fds.length,
         ),
@@ -450,6 +597,7 @@ export class VhostUserFrontend {
       return;
     }
     if (head === undefined) {
+      this.#closeFds(m.fds);
       fail(
         new VhostUserError(
           "unexpected-message",
@@ -460,6 +608,7 @@ export class VhostUserFrontend {
       return;
     }
     if (m.request !== head.request) {
+      this.#closeFds(m.fds);
       fail(
         new VhostUserError(
           "unexpected-message",
@@ -471,6 +620,7 @@ export class VhostUserFrontend {
     }
     if (m.flags !== REPLY_FLAGS) {
       // QEMU's own check (vhost_user_read_header): a reply's flags are exactly VERSION|REPLY.
+      this.#closeFds(m.fds);
       fail(
         new VhostUserError(
           "bad-flags",
@@ -484,8 +634,9 @@ export class VhostUserFrontend {
     clearTimeout(head.timer);
     let value: unknown;
     try {
-      value = head.decode(m.payload);
+      value = head.decode(m.payload, m.fds);
     } catch (e) {
+      this.#closeFds(m.fds);
       const err =
         e instanceof VhostUserError
           ? e

@@ -11,7 +11,12 @@
  *
  * @packageDocumentation
  */
-export { VhostUserBackend, type VhostUserBackendOptions, VhostUserBlkBackend } from "./backend.js";
+export {
+  VhostUserBackend,
+  type VhostUserBackendOptions,
+  type VhostUserBackendStats,
+  VhostUserBlkBackend,
+} from "./backend.js";
 export { VhostUserConnection, type VhostUserConnectionHandlers } from "./connection.js";
 export {
   VHOST_F_LOG_ALL,
@@ -32,10 +37,13 @@ export {
   VhostUserFrontend,
   type VhostUserFrontendOptions,
 } from "./frontend.js";
+export { inflightQueueRegionSize } from "./inflight.js";
+export type { UnsealedMemoryPolicy } from "./memory-table.js";
 export {
   type ConfigSpace,
   decodeConfig,
   decodeHeader,
+  decodeInflight,
   decodeMemoryTable,
   decodeSingleMemoryRegion,
   decodeU64,
@@ -43,6 +51,7 @@ export {
   decodeVringFd,
   decodeVringState,
   encodeConfig,
+  encodeInflight,
   encodeMemoryTable,
   encodeMessage,
   encodeSingleMemoryRegion,
@@ -50,6 +59,7 @@ export {
   encodeVringAddr,
   encodeVringFd,
   encodeVringState,
+  type InflightDescription,
   type MemoryRegion,
   requestName,
   VHOST_MEMORY_MAX_REGIONS,
@@ -61,6 +71,7 @@ export {
   VHOST_USER_VRING_IDX_MASK,
   VHOST_USER_VRING_NOFD_MASK,
   VHOST_VRING_F_LOG,
+  VhostUserBackendRequest,
   VhostUserFlag,
   type VhostUserHeader,
   type VhostUserMessage,
@@ -73,8 +84,10 @@ export {
 } from "./messages.js";
 export {
   BUILD_NATIVE_COMMAND,
+  FileSeal,
   loadNative,
   NativeAddonMissingError,
+  type NativeMapping,
   type NativeWatch,
   nativeAvailable,
   type VhostUserNative,

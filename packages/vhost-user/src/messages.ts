@@ -98,6 +98,23 @@ export const VhostUserRequest = {
   GET_STATUS: 40,
 } as const;
 
+/**
+ * Message types the back-end sends on the back-end request channel (vhost-user.rst "Back-end
+ * message types"; `VHOST_USER_SLAVE_*` in QEMU 7.2's text), after SET_BACKEND_REQ_FD.
+ */
+export const VhostUserBackendRequest = {
+  /** IOTLB miss or access failure. */
+  IOTLB_MSG: 1,
+  /** No payload: the device configuration changed; the front-end reads it with GET_CONFIG. */
+  CONFIG_CHANGE_MSG: 2,
+  /** Vring area description, with an fd: a host notifier for a queue. */
+  VRING_HOST_NOTIFIER_MSG: 3,
+  /** Vring state: an in-band used-buffer notification. */
+  VRING_CALL: 4,
+  /** Vring state: an in-band error notification. */
+  VRING_ERR: 5,
+} as const;
+
 /** Bits of the header's `flags` word (vhost-user.rst "Header"). */
 export const VhostUserFlag = {
   /** The only protocol version: the low 2 bits are 0x1. */
@@ -187,6 +204,11 @@ export const VhostUserPayloadSize = {
   SINGLE_MEMORY_REGION: 40,
   /** Config description header: u32 offset, size, flags. */
   CONFIG_HEADER: 12,
+  /**
+   * Inflight description: u64 mmap_size, u64 mmap_offset, u16 num_queues, u16 queue_size, and
+   * the 4 bytes of padding C puts at the end of QEMU's `VhostUserInflight` (it sends 24).
+   */
+  INFLIGHT: 24,
 } as const;
 
 /**
@@ -573,6 +595,67 @@ export function decodeSingleMemoryRegion(payload: Uint8Array, request = 0): Memo
     ),
     8,
   );
+}
+
+/** An inflight description (GET_INFLIGHT_FD, SET_INFLIGHT_FD; vhost-user.rst "Inflight description"). */
+export interface InflightDescription {
+  /** Size in bytes of the area tracking I/O in flight (u64; 0 in a GET_INFLIGHT_FD request). */
+  readonly mmapSize: bigint;
+  /** Where the area starts in the fd (u64). */
+  readonly mmapOffset: bigint;
+  /** Number of virtqueues (u16). */
+  readonly numQueues: number;
+  /** Size of each virtqueue (u16). */
+  readonly queueSize: number;
+}
+
+/**
+ * An inflight description.
+ * @param d - the description
+ * @returns 24 bytes
+ * @throws RangeError naming the invalid field
+ */
+export function encodeInflight(d: InflightDescription): Uint8Array {
+  checkU64(d.mmapSize, "d.mmapSize");
+  checkU64(d.mmapOffset, "d.mmapOffset");
+  for (const k of ["numQueues", "queueSize"] as const) {
+    if (!Number.isInteger(d[k]) || d[k] < 0 || d[k] > 0xffff) {
+      throw new RangeError(`d.${k} must be an integer in [0, 65535], got ${d[k]}`);
+    }
+  }
+  const out = new Uint8Array(VhostUserPayloadSize.INFLIGHT);
+  const v = new DataView(out.buffer);
+  v.setBigUint64(0, d.mmapSize, LE);
+  v.setBigUint64(8, d.mmapOffset, LE);
+  v.setUint16(16, d.numQueues, LE);
+  v.setUint16(18, d.queueSize, LE);
+  return out;
+}
+
+/**
+ * Decode an inflight description (24 bytes as QEMU sends it; 20, without the padding, is
+ * accepted too).
+ * @param payload - untrusted payload
+ * @param request - message type, for the error
+ * @returns the description
+ * @throws VhostUserError "bad-size" unless 20 or 24 bytes
+ */
+export function decodeInflight(payload: Uint8Array, request = 0): InflightDescription {
+  if (payload.length !== VhostUserPayloadSize.INFLIGHT && payload.length !== 20) {
+    throw new VhostUserError(
+      "bad-size",
+      `inflight description payload must be 24 bytes, got ${payload.length}`,
+      request,
+      payload.length,
+    );
+  }
+  const v = new DataView(payload.buffer, payload.byteOffset, payload.length);
+  return {
+    mmapSize: v.getBigUint64(0, LE),
+    mmapOffset: v.getBigUint64(8, LE),
+    numQueues: v.getUint16(16, LE),
+    queueSize: v.getUint16(18, LE),
+  };
 }
 
 /**

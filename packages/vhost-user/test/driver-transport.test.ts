@@ -49,7 +49,7 @@ function blkBackend(be: FakeBackend, opts: { nackOn?: number; offered?: bigint }
               featureMask(Feature.VERSION_1) |
                 featureMask(VHOST_USER_F_PROTOCOL_FEATURES) |
                 featureMask(BlkFeature.FLUSH) |
-                featureMask(Feature.RING_PACKED),
+                featureMask(Feature.RING_RESET),
           ),
         );
         return;
@@ -136,7 +136,7 @@ describe("VhostUserDriverTransport set-up (vhost-user.rst, QEMU's order)", () =>
       R.SET_VRING_ENABLE,
     ]);
     const setFeatures = decodeU64(be.received[7]!.payload);
-    // VERSION_1 and FLUSH accepted, RING_PACKED withheld by this transport, bit 30 kept.
+    // VERSION_1 and FLUSH accepted, RING_RESET withheld by this transport, bit 30 kept.
     expect(setFeatures).toBe(
       featureMask(Feature.VERSION_1) |
         featureMask(BlkFeature.FLUSH) |
