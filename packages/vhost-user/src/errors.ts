@@ -102,7 +102,7 @@ export class VhostUserBackendError extends VhostUserError {
     const code: VhostUserErrorCode =
       reason === "unsupported"
         ? "unsupported"
-        : reason === "internal"
+        : reason === "internal" || reason === "memory-fault"
           ? "io-error"
           : "unexpected-message";
     super(code, `${reason}: ${message}`, request, value);
