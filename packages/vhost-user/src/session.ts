@@ -84,13 +84,18 @@ class Ring {
   layout: QueueLayout | undefined = undefined;
 }
 
-/** Requests that may come before SET_OWNER (QEMU's vhost_user_backend_init sends them first). */
+/**
+ * Requests that may come before SET_OWNER: QEMU 7.2's vhost_user_backend_init sends them
+ * first (GET_FEATURES, GET/SET_PROTOCOL_FEATURES, GET_QUEUE_NUM, GET_MAX_MEM_SLOTS and
+ * SET_BACKEND_REQ_FD), vhost_dev_init sends SET_OWNER after.
+ */
 const BEFORE_OWNER: ReadonlySet<number> = new Set([
   VhostUserRequest.GET_FEATURES,
   VhostUserRequest.GET_PROTOCOL_FEATURES,
   VhostUserRequest.SET_PROTOCOL_FEATURES,
   VhostUserRequest.GET_QUEUE_NUM,
   VhostUserRequest.GET_MAX_MEM_SLOTS,
+  VhostUserRequest.SET_BACKEND_REQ_FD,
   VhostUserRequest.SET_OWNER,
 ]);
 
