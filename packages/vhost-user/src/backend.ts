@@ -94,6 +94,8 @@ export interface VhostUserBackendStats {
   readonly memoryFaults: number;
   /** Requests received, by name (`SET_MEM_TABLE`: 1, ...). */
   readonly requests: Readonly<Record<string, number>>;
+  /** Descriptor chains popped from each ring, across connections (index = ring index). */
+  readonly chainsPerRing: readonly number[];
 }
 
 /**
@@ -163,6 +165,7 @@ export class VhostUserBackend {
   readonly #budget: MapBudget;
   readonly #policy: MapPolicy;
   readonly #requests = new Map<number, number>();
+  #pops: number[] = [];
   readonly #counts = { accepted: 0, refused: 0, handshakeTimeouts: 0, closedWithError: 0 };
   #owner: object | undefined = undefined;
   #closed = false;
@@ -289,6 +292,12 @@ export class VhostUserBackend {
     const requests: Record<string, number> = {};
     for (const [r, n] of this.#requests) requests[requestName(r)] = n;
     const c = this.#policy.counters;
+    const chainsPerRing = this.model.queueMaxSizes.map((_, i) => this.#pops[i] ?? 0);
+    for (const s of this.#sessions) {
+      s.livePops().forEach((n, i) => {
+        chainsPerRing[i] = (chainsPerRing[i] ?? 0) + n;
+      });
+    }
     return {
       connections: this.#sessions.size,
       ...this.#counts,
@@ -299,6 +308,7 @@ export class VhostUserBackend {
       guardedMappings: c.guarded,
       memoryFaults: c.faults,
       requests,
+      chainsPerRing,
     };
   }
 
@@ -395,6 +405,9 @@ export class VhostUserBackend {
       mapPolicy: this.#policy,
       ringSizeProblem: (index, num) => this.ringSizeProblem(index, num),
       modelFeatures: (acked) => this.modelFeatures(acked),
+      countPops: (index, pops) => {
+        this.#pops[index] = (this.#pops[index] ?? 0) + pops;
+      },
       countRequest: (r) => {
         // Bounded: request ids are u32, but only those with a name get their own counter.
         const key = requestName(r).startsWith("request ") ? -1 : r;

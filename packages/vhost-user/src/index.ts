@@ -92,6 +92,7 @@ export {
   nativeAvailable,
   type VhostUserNative,
 } from "./native.js";
+export { VhostUserNetBackend } from "./net-backend.js";
 export { VHOST_USER_BACKEND_PROTOCOL_FEATURES } from "./session.js";
 export {
   createSharedMemory,

@@ -132,6 +132,8 @@ export interface SessionHost {
   modelFeatures(acked: bigint): bigint;
   /** Count one request of this type. */
   countRequest(request: number): void;
+  /** Count chains popped from ring `index` (added when a ring stops). */
+  countPops(index: number, pops: number): void;
 }
 
 /** The inflight area (GET/SET_INFLIGHT_FD) of a session. */
@@ -926,7 +928,13 @@ export class Session implements DeviceContext {
     }
   }
 
+  /** Chains popped from each ring that runs now (for the back-end's counters). */
+  livePops(): number[] {
+    return this.#rings.map((r) => r.queue?.pops ?? 0);
+  }
+
   #halt(index: number, r: Ring): void {
+    if (r.queue !== undefined) this.#srv.countPops(index, r.queue.pops);
     if (r.kickWatch !== undefined) this.#n.unwatch(r.kickWatch);
     r.kickWatch = undefined;
     r.queue = undefined;

@@ -81,6 +81,12 @@ export interface GuestOptions {
   readonly slotTimeoutMs?: number;
   /** Where the guest-slot lock files live. Default `<tmpdir>/virtio-ts-interop`. */
   readonly slotDir?: string;
+  /**
+   * The caller already holds a guest slot ({@link acquireGuestSlot}) for this guest: take no
+   * other. For guests that must run at the same time (two guests talking to each other), which
+   * would otherwise wait for each other's slot. Default false.
+   */
+  readonly slotHeld?: boolean;
 }
 
 /** How a guest run ended. */
@@ -364,10 +370,13 @@ export async function startGuest(options: GuestOptions): Promise<GuestHandle> {
     ...(options.sharedMemory === true ? sharedMemoryArgs(mem) : []),
     ...(options.args ?? []),
   ];
-  const slot = await acquireSlot(
-    options.slotDir ?? join(tmpdir(), "virtio-ts-interop"),
-    options.slotTimeoutMs ?? 300_000,
-  );
+  const slot =
+    options.slotHeld === true
+      ? undefined
+      : await acquireSlot(
+          options.slotDir ?? join(tmpdir(), "virtio-ts-interop"),
+          options.slotTimeoutMs ?? 300_000,
+        );
   const started = performance.now();
   const child = spawn(argv[0]!, argv.slice(1), { stdio: ["pipe", "pipe", "pipe"] });
   live.add(child);
@@ -413,7 +422,7 @@ export async function startGuest(options: GuestOptions): Promise<GuestHandle> {
       finished = true;
       clearTimeout(timer);
       live.delete(child);
-      releaseSlot(slot);
+      if (slot !== undefined) releaseSlot(slot);
       if (partial !== "") onLine(stripEscapes(partial));
       partial = "";
       const log = stripEscapes(raw);
