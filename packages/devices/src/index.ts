@@ -44,3 +44,20 @@ export {
   type RngRequestErrorCode,
   type RngTimer,
 } from "./rng-device.js";
+export {
+  type VsockConnectOptions,
+  VsockDevice,
+  type VsockDeviceOptions,
+  type VsockDeviceStats,
+  VsockEmitter,
+  VsockError,
+  type VsockErrorCode,
+  VsockFault,
+  type VsockFaultCode,
+  VsockListenerError,
+  VsockServer,
+  type VsockServerEvents,
+  VsockStream,
+  type VsockStreamEvents,
+  type VsockStreamOwner,
+} from "./vsock.js";

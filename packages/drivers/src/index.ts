@@ -41,3 +41,15 @@ export {
   type RngDriverOptions,
 } from "./rng-driver.js";
 export { SlabAllocator } from "./slab.js";
+export {
+  VSOCK_DRIVER_FEATURES,
+  VsockConnection,
+  VsockConnectionError,
+  type VsockConnectionErrorCode,
+  VsockDeviceFault,
+  type VsockDeviceFaultCode,
+  VsockDriver,
+  type VsockDriverOptions,
+  type VsockDriverStats,
+  type VsockListener,
+} from "./vsock.js";
