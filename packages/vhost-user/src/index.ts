@@ -102,3 +102,4 @@ export {
   type SharedMemoryOptions,
   type SharedRegion,
 } from "./shared-memory.js";
+export { VhostUserVsockBackend } from "./vsock-backend.js";
