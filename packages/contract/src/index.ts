@@ -2,7 +2,8 @@
  * Conformance suites for third-party virtio implementations: a framework-neutral core
  * (`ContractSuite`, `ContractViolation`, `runContract`), the "any virtio-blk device", "any
  * virtio-blk driver", "any virtio-net device", "any virtio-console device", "any virtio-console
- * driver", "any virtio-rng device" and "any virtio-rng driver" suites with their adapter
+ * driver", "any virtio-rng device", "any virtio-rng driver", "any virtio-vsock device" and "any virtio-vsock
+ * driver" suites with their adapter
  * interfaces, each runnable over virtio-mmio or virtio-pci, and a vitest binding in the
  * `@virtio-ts/contract/vitest` subpath.
  *
@@ -40,3 +41,13 @@ export type { DriverEnv, GuestRange } from "./driver-env.js";
 export { type NetDeviceAdapter, netDeviceSuite, RecordingNetBackend } from "./net-device-suite.js";
 export { type RngDeviceAdapter, rngDeviceSuite } from "./rng-device-suite.js";
 export { type RngDriverAdapter, type RngDriverEnv, rngDriverSuite } from "./rng-driver-suite.js";
+export {
+  type VsockDeviceAdapter,
+  type VsockDeviceSetup,
+  vsockDeviceSuite,
+} from "./vsock-device-suite.js";
+export {
+  type VsockDriverAdapter,
+  type VsockDriverEnv,
+  vsockDriverSuite,
+} from "./vsock-driver-suite.js";

@@ -116,7 +116,7 @@ export class VsockFault extends VirtioError {
 
 const HDR = VsockHdr.SIZE;
 const EPHEMERAL_FIRST = 49152;
-/** A close we started waits this long for the guest's RST, then sends one (§5.10.6.6). */
+/** A close we started waits this long for the guest's RST, then sends one (§5.10.6.5). */
 const CLOSE_TIMEOUT_MS = 8000;
 /** Bounded queue of RSTs for packets that match no connection. */
 const MAX_PENDING_RST = 256;
@@ -445,15 +445,18 @@ export class VsockDevice implements DeviceModel {
   /** One packet from the guest (its chain stays popped: the caller returns it). */
   #packet(ctx: DeviceContext, chain: DescriptorChain): void {
     if (chain.readableCount < chain.count) {
-      return this.#fault(ctx, "vsock-writable-in-tx", VsockQueue.TX, chain.count);
+      this.#fault(ctx, "vsock-writable-in-tx", VsockQueue.TX, chain.count);
+      return;
     }
     if (chain.copyFromReadable(ctx.memory, 0, this.#hdr) < HDR) {
-      return this.#fault(ctx, "vsock-short-header", VsockQueue.TX, chain.readableBytes);
+      this.#fault(ctx, "vsock-short-header", VsockQueue.TX, chain.readableBytes);
+      return;
     }
     const h = this.#hv;
     const len = h.getUint32(VsockHdr.LEN, true);
     if (len !== chain.readableBytes - HDR) {
-      return this.#fault(ctx, "vsock-bad-length", VsockQueue.TX, len);
+      this.#fault(ctx, "vsock-bad-length", VsockQueue.TX, len);
+      return;
     }
     // §5.10.6.4 (as vhost-vsock): only packets from the guest's CID to the host are taken.
     if (
@@ -476,7 +479,10 @@ export class VsockDevice implements DeviceModel {
       return;
     }
     if (c === undefined) {
-      if (op === VsockOp.REQUEST) return this.#accept(local, peer);
+      if (op === VsockOp.REQUEST) {
+        this.#accept(local, peer);
+        return;
+      }
       if (op !== VsockOp.RST) {
         this.stats.unknownConnection++;
         this.#queueRst(local, peer);
@@ -488,7 +494,10 @@ export class VsockDevice implements DeviceModel {
     c.creditRequested = false;
     switch (op) {
       case VsockOp.RESPONSE:
-        if (c.state !== "connecting") return this.#reset(c, "an unexpected RESPONSE");
+        if (c.state !== "connecting") {
+          this.#reset(c, "an unexpected RESPONSE");
+          return;
+        }
         c.state = "open";
         if (c.timer !== undefined) clearTimer(c.timer);
         c.timer = undefined;
@@ -497,7 +506,8 @@ export class VsockDevice implements DeviceModel {
         c.stream.opened();
         return;
       case VsockOp.RW:
-        return this.#rw(ctx, c, chain, len);
+        this.#rw(ctx, c, chain, len);
+        return;
       case VsockOp.CREDIT_UPDATE:
         this.#schedule(c);
         return;
@@ -519,7 +529,7 @@ export class VsockDevice implements DeviceModel {
           if (dropped > 0) c.stream.sent(dropped);
         }
         if (c.peerShut === (VsockShutdownFlags.RECEIVE | VsockShutdownFlags.SEND)) {
-          // §5.10.6.6: a clean disconnect ends with an RST from the peer of the shutdown.
+          // §5.10.6.5: a clean disconnect ends with an RST from the peer of the shutdown.
           this.#forget(c);
           c.sendRst = true;
           this.#schedule(c);
@@ -544,9 +554,11 @@ export class VsockDevice implements DeviceModel {
         }
         return;
       case VsockOp.REQUEST:
-        return this.#reset(c, "a second REQUEST for an existing connection");
+        this.#reset(c, "a second REQUEST for an existing connection");
+        return;
       default:
-        return this.#reset(c, `op ${op}`);
+        this.#reset(c, `op ${op}`);
+        return;
     }
   }
 
@@ -578,7 +590,8 @@ export class VsockDevice implements DeviceModel {
   #rw(ctx: DeviceContext, c: Conn, chain: DescriptorChain, len: number): void {
     if (len === 0) return;
     if ((c.peerShut & VsockShutdownFlags.SEND) !== 0 || c.state !== "open") {
-      return this.#reset(c, "data after its SHUTDOWN");
+      this.#reset(c, "data after its SHUTDOWN");
+      return;
     }
     // §5.10.6.3: the driver MUST NOT send more than the credit we advertised.
     if (len > this.bufferBytes - ((c.rxCnt - c.fwdCnt) >>> 0)) {
@@ -825,7 +838,7 @@ export class VsockDevice implements DeviceModel {
       c.timer = setTimer(() => {
         c.timer = undefined;
         if (this.#find(c.localPort, c.peerPort) !== c) return;
-        // No RST within the time: close it ourselves (§5.10.6.6).
+        // No RST within the time: close it ourselves (§5.10.6.5).
         this.#forget(c);
         c.sendRst = true;
         this.#schedule(c);

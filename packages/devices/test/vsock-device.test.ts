@@ -201,7 +201,7 @@ describe("VsockDevice (VIRTIO 1.3 §5.10)", () => {
     expect(streams[0]!.bytesRead).toBe(5);
   });
 
-  it("a guest's SHUTDOWN of both directions ends the host stream and is answered with RST (§5.10.6.6)", () => {
+  it("a guest's SHUTDOWN of both directions ends the host stream and is answered with RST (§5.10.6.5)", () => {
     const g = new Guest();
     const events: string[] = [];
     g.dev.listen(80, (s) => {

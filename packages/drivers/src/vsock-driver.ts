@@ -521,13 +521,16 @@ export class VsockDriver {
   #packet(b: Buf, len: number): void {
     this.stats.packetsIn++;
     if (len < HDR || len > this.#slab.slotSize) {
-      return this.#fault("vsock-bad-packet", `used length ${len}`, len);
+      this.#fault("vsock-bad-packet", `used length ${len}`, len);
+      return;
     }
     this.#mem.read(b.addr, this.#hdr);
     const h = this.#hv;
     const plen = h.getUint32(VsockHdr.LEN, true);
-    if (plen > len - HDR)
-      return this.#fault("vsock-bad-packet", `len ${plen} past the used length ${len}`, plen);
+    if (plen > len - HDR) {
+      this.#fault("vsock-bad-packet", `len ${plen} past the used length ${len}`, plen);
+      return;
+    }
     const dstCid = h.getUint32(VsockHdr.DST_CID, true);
     const srcCid = h.getUint32(VsockHdr.SRC_CID, true);
     if (
@@ -535,7 +538,8 @@ export class VsockDriver {
       h.getUint32(VsockHdr.DST_CID + 4, true) !== 0 ||
       h.getUint32(VsockHdr.SRC_CID + 4, true) !== 0
     ) {
-      return this.#fault("vsock-wrong-cid", `a packet for CID ${dstCid}`, dstCid);
+      this.#fault("vsock-wrong-cid", `a packet for CID ${dstCid}`, dstCid);
+      return;
     }
     const peer = h.getUint32(VsockHdr.SRC_PORT, true);
     const local = h.getUint32(VsockHdr.DST_PORT, true);
@@ -546,7 +550,10 @@ export class VsockDriver {
     }
     const c = this.#find(local, srcCid, peer);
     if (c === undefined) {
-      if (op === VsockOp.REQUEST) return this.#accept(local, srcCid, peer);
+      if (op === VsockOp.REQUEST) {
+        this.#accept(local, srcCid, peer);
+        return;
+      }
       if (op !== VsockOp.RST) this.#rstTo(local, srcCid, peer);
       return;
     }
@@ -555,7 +562,10 @@ export class VsockDriver {
     c.creditRequested = false;
     switch (op) {
       case VsockOp.RESPONSE:
-        if (c.state !== "connecting") return this.#reset(c, "reset", "an unexpected RESPONSE");
+        if (c.state !== "connecting") {
+          this.#reset(c, "reset", "an unexpected RESPONSE");
+          return;
+        }
         c.state = "open";
         c.conn = new VsockConnection(this, c);
         c.opened?.(c.conn);
@@ -564,11 +574,13 @@ export class VsockDriver {
         return;
       case VsockOp.RW: {
         if (c.state !== "open" || (c.peerShut & VsockShutdownFlags.SEND) !== 0) {
-          return this.#reset(c, "reset", "data after its SHUTDOWN");
+          this.#reset(c, "reset", "data after its SHUTDOWN");
+          return;
         }
         if (plen > this.#bufAlloc - ((c.rxCnt - c.fwdCnt) >>> 0)) {
           this.#fault("vsock-credit", `${plen} bytes past the credit`, plen);
-          return this.#reset(c, "reset", "data past its credit");
+          this.#reset(c, "reset", "data past its credit");
+          return;
         }
         if (plen === 0) return;
         const data = this.#mem.slice(b.addr + HDR, plen).slice();
@@ -599,7 +611,7 @@ export class VsockDriver {
           c.readerErrors.length = 0;
         }
         if (c.peerShut === (VsockShutdownFlags.RECEIVE | VsockShutdownFlags.SEND)) {
-          // §5.10.6.6: answer a full shutdown with RST.
+          // §5.10.6.5: answer a full shutdown with RST.
           this.#control(c, VsockOp.RST, 0);
           this.#close(c, undefined);
         }
@@ -618,7 +630,8 @@ export class VsockDriver {
         }
         return;
       default:
-        return this.#reset(c, "reset", `op ${op}`);
+        this.#reset(c, "reset", `op ${op}`);
+        return;
     }
   }
 
@@ -724,8 +737,13 @@ export class VsockDriver {
       }
       // Round robin: a connection with more to send goes to the back.
       this.#sendQueue.shift();
-      if (c.control.length > 0 || this.#dataSendable(c)) this.#sendQueue.push(c);
+      if (this.#hasSendable(c)) this.#sendQueue.push(c);
     }
+  }
+
+  #hasSendable(c: Conn): boolean {
+    if (c.control.some((p) => p.op !== VsockOp.SHUTDOWN || c.writes.length === 0)) return true;
+    return this.#dataSendable(c);
   }
 
   #dataSendable(c: Conn): boolean {
@@ -734,7 +752,9 @@ export class VsockDriver {
 
   /** Put `c`'s next packet in the slot at `addr` and on the ring; false if it has nothing. */
   #buildTx(c: Conn, addr: number, q: DriverQueue<Buf>): boolean {
-    const ctl = c.control.shift();
+    // A SHUTDOWN waits for the data written before it (§5.10.6.5: it ends the stream).
+    const at = c.control.findIndex((p) => p.op !== VsockOp.SHUTDOWN || c.writes.length === 0);
+    const ctl = at < 0 ? undefined : c.control.splice(at, 1)[0];
     let op: number;
     let flags = 0;
     let n = 0;

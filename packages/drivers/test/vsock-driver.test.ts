@@ -106,7 +106,7 @@ describe("VsockDriver ↔ VsockDevice (VIRTIO 1.3 §5.10)", () => {
     expect(dev.stats.creditViolations).toBe(0);
   });
 
-  it("a host connection to a guest listener opens, and the guest's close is answered with RST (§5.10.6.6)", async () => {
+  it("a host connection to a guest listener opens, and the guest's close is answered with RST (§5.10.6.5)", async () => {
     const { dev, drv } = setup();
     const l = drv.listen(5000);
     const s = dev.connect(5000);
