@@ -52,6 +52,7 @@ export {
   VsockEmitter,
   VsockError,
   type VsockErrorCode,
+  type VsockEventListener,
   VsockFault,
   type VsockFaultCode,
   VsockListenerError,

@@ -67,7 +67,8 @@ export interface VsockServerEvents {
   close: [];
 }
 
-type Listener<A extends unknown[]> = (...args: A) => void;
+/** A listener of an event whose arguments are `A`. */
+export type VsockEventListener<A extends unknown[]> = (...args: A) => void;
 
 interface TextEncoderLike {
   encode(s: string): Uint8Array;
@@ -83,7 +84,7 @@ function utf8(s: string): Uint8Array {
 
 /** A tiny typed event emitter (no Node dependency). Listener exceptions are caught and reported. */
 export class VsockEmitter<E extends { [K in keyof E]: unknown[] }> {
-  readonly #listeners = new Map<keyof E, { fn: Listener<never[]>; once: boolean }[]>();
+  readonly #listeners = new Map<keyof E, { fn: VsockEventListener<never[]>; once: boolean }[]>();
   #report: (e: unknown) => void = () => {};
 
   /** @internal Where a throwing listener is reported. */
@@ -95,10 +96,10 @@ export class VsockEmitter<E extends { [K in keyof E]: unknown[] }> {
    * Call `listener` on every `event`.
    * @returns this
    */
-  on<K extends keyof E>(event: K, listener: Listener<E[K]>): this {
+  on<K extends keyof E>(event: K, listener: VsockEventListener<E[K]>): this {
     if (typeof listener !== "function") throw new TypeError("listener must be a function");
     const list = this.#listeners.get(event) ?? [];
-    list.push({ fn: listener as unknown as Listener<never[]>, once: false });
+    list.push({ fn: listener as unknown as VsockEventListener<never[]>, once: false });
     this.#listeners.set(event, list);
     return this;
   }
@@ -107,10 +108,10 @@ export class VsockEmitter<E extends { [K in keyof E]: unknown[] }> {
    * Call `listener` on the next `event` only.
    * @returns this
    */
-  once<K extends keyof E>(event: K, listener: Listener<E[K]>): this {
+  once<K extends keyof E>(event: K, listener: VsockEventListener<E[K]>): this {
     if (typeof listener !== "function") throw new TypeError("listener must be a function");
     const list = this.#listeners.get(event) ?? [];
-    list.push({ fn: listener as unknown as Listener<never[]>, once: true });
+    list.push({ fn: listener as unknown as VsockEventListener<never[]>, once: true });
     this.#listeners.set(event, list);
     return this;
   }
@@ -119,7 +120,7 @@ export class VsockEmitter<E extends { [K in keyof E]: unknown[] }> {
    * Remove `listener` from `event`.
    * @returns this
    */
-  off<K extends keyof E>(event: K, listener: Listener<E[K]>): this {
+  off<K extends keyof E>(event: K, listener: VsockEventListener<E[K]>): this {
     const list = this.#listeners.get(event);
     if (list === undefined) return this;
     const at = list.findIndex((l) => l.fn === (listener as unknown));
@@ -139,7 +140,7 @@ export class VsockEmitter<E extends { [K in keyof E]: unknown[] }> {
     for (const l of [...list]) {
       if (l.once) list.splice(list.indexOf(l), 1);
       try {
-        (l.fn as unknown as Listener<E[K]>)(...args);
+        (l.fn as unknown as VsockEventListener<E[K]>)(...args);
       } catch (e) {
         this.#report(e);
       }

@@ -17,6 +17,7 @@ export {
   VsockEmitter,
   VsockError,
   type VsockErrorCode,
+  type VsockEventListener,
   VsockServer,
   type VsockServerEvents,
   VsockStream,

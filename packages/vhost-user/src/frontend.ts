@@ -46,6 +46,14 @@ export interface MemoryRegionWithFd extends MemoryRegion {
   readonly fd: number;
 }
 
+/** The in-flight area a back-end handed out with GET_INFLIGHT_FD. */
+export interface InflightArea {
+  /** The area's memfd (the caller's to keep and close). */
+  readonly fd: number;
+  /** Its description, to send back with SET_INFLIGHT_FD. */
+  readonly inflight: InflightDescription;
+}
+
 interface Pending {
   readonly request: number;
   /** "reply": the message has a reply body; "ack": a REPLY_ACK u64 status. */
@@ -401,10 +409,7 @@ export class VhostUserFrontend {
    * @param queueSize - their size (1–32768)
    * @returns the area's fd (now the caller's to close) and description
    */
-  getInflightFd(
-    numQueues: number,
-    queueSize: number,
-  ): Promise<{ fd: number; inflight: InflightDescription }> {
+  getInflightFd(numQueues: number, queueSize: number): Promise<InflightArea> {
     const req = encodeInflight({ mmapSize: 0n, mmapOffset: 0n, numQueues, queueSize });
     return this.#call(
       VhostUserRequest.GET_INFLIGHT_FD,

@@ -33,6 +33,7 @@ export {
 } from "./errors.js";
 export { EventFd } from "./eventfd.js";
 export {
+  type InflightArea,
   type MemoryRegionWithFd,
   VhostUserFrontend,
   type VhostUserFrontendOptions,
