@@ -125,7 +125,7 @@ export const VsockShutdownFlags = {
   SEND: 2,
 } as const;
 
-/** `flags` masks of an RW packet on a seqpacket socket. §5.10.6.5 "Seqpacket Sockets" */
+/** `flags` masks of an RW packet on a seqpacket socket. §5.10.6.6 "Seqpacket Sockets" */
 export const VsockSeqFlags = {
   /** Last packet of a message. */
   EOM: 1,
