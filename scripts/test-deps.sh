@@ -25,6 +25,9 @@ command -v cpio >/dev/null 2>&1 || need+=(cpio)
 command -v e2fsck >/dev/null 2>&1 || need+=(e2fsprogs)
 # node-gyp builds the vhost-user addon against Node's own headers.
 command -v g++ >/dev/null 2>&1 || need+=(g++ make python3)
+# Debian's Chromium: browser claims are tested in it, headless, driven by playwright-core (the
+# packaging stage, scripts/pack-check.mjs, runs its esbuild and Vite bundles there).
+[ -x /usr/bin/chromium ] || need+=(chromium)
 if [ ${#need[@]} -gt 0 ] && { [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; }; then
   echo "test-deps: missing Debian packages: ${need[*]} (install them as root: apt-get install ${need[*]})" >&2
   exit 1
