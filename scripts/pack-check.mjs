@@ -21,7 +21,11 @@
 //      browser-external stub) in the output;
 //   7. runs each bundle in headless Chromium (Debian's, driven by playwright-core): a blk
 //      write / read round trip on split and packed rings, the contract kit's blk device suite,
-//      and a split ring whose device runs in a Web Worker.
+//      and a split ring whose device runs in a Web Worker;
+//   8. runs `changeset version` on a throw-away copy of the package manifests and changesets:
+//      every changeset must parse, every public package must get a release (0.1.0 or more for
+//      one still at 0.0.0), no private package may change, and internal dependencies must stay
+//      workspace:^ (which pnpm pack turns into ^<new version>, as step 2 checks).
 //
 // Usage: node scripts/pack-check.mjs [--keep]   (--keep leaves the temporary project in place)
 // Needs: `pnpm build` done, Debian's chromium (scripts/test-deps.sh installs it), gcc / make /
@@ -534,6 +538,75 @@ step("headless Chromium: blk round trips, the contract suite, a split ring with 
   } finally {
     await browser.close();
     server.close();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+step("changeset version, dry run on a throw-away copy");
+{
+  const copy = join(work, "changeset-dry-run");
+  mkdirSync(copy);
+  for (const f of ["package.json", "pnpm-workspace.yaml", ".changeset"]) {
+    cpSync(join(root, f), join(copy, f), { recursive: true });
+  }
+  const privates = [];
+  for (const group of ["packages", "tools"]) {
+    for (const d of readdirSync(join(root, group))) {
+      const manifest = join(root, group, d, "package.json");
+      if (!existsSync(manifest)) continue;
+      mkdirSync(join(copy, group, d), { recursive: true });
+      cpSync(manifest, join(copy, group, d, "package.json"));
+      const j = JSON.parse(readFileSync(manifest, "utf8"));
+      if (j.private === true)
+        privates.push({ dir: `${group}/${d}`, name: j.name, version: j.version });
+    }
+  }
+  const git = (args) =>
+    run("git", ["-c", "user.name=pack-check", "-c", "user.email=pack-check@localhost", ...args], {
+      cwd: copy,
+    });
+  await git(["init", "-q"]);
+  await git(["add", "-A"]);
+  await git(["commit", "-qm", "dry run"]);
+  const r = await run(join(root, "node_modules", ".bin", "changeset"), ["version"], { cwd: copy });
+  if (r.code !== 0) {
+    problem(`changeset version failed:\n${r.out}`);
+  } else {
+    const after = new Map();
+    for (const p of packages) {
+      const j = JSON.parse(readFileSync(join(copy, "packages", p.short, "package.json"), "utf8"));
+      after.set(p.json.name, j.version);
+      const [maj, min, pat] = j.version.split(".").map(Number);
+      const [cmaj, cmin, cpat] = p.json.version.split(".").map(Number);
+      const newer = maj > cmaj || (maj === cmaj && (min > cmin || (min === cmin && pat > cpat)));
+      if (!/^\d+\.\d+\.\d+$/.test(j.version) || !newer) {
+        problem(
+          `changeset: ${p.json.name} would be released as ${j.version} (now ${p.json.version})`,
+        );
+      } else if (p.json.version === "0.0.0" && maj === 0 && min === 0) {
+        problem(
+          `changeset: ${p.json.name}'s first release would be ${j.version}, not 0.1.0 or more`,
+        );
+      }
+    }
+    for (const t of privates) {
+      const j = JSON.parse(readFileSync(join(copy, t.dir, "package.json"), "utf8"));
+      if (j.version !== t.version)
+        problem(`changeset: the private ${t.name} would change to ${j.version}`);
+    }
+    console.log(
+      `  ${[...after].map(([n, v]) => `${n.replace("@virtio-ts/", "")} ${v}`).join(", ")}`,
+    );
+    // What pnpm pack publishes for them: workspace:^ becomes ^<new version> (step 2 checks that
+    // substitution on the current versions), so every internal range must stay workspace:^.
+    for (const p of packages) {
+      const j = JSON.parse(readFileSync(join(copy, "packages", p.short, "package.json"), "utf8"));
+      for (const [dep, range] of Object.entries(j.dependencies ?? {})) {
+        if (after.has(dep) && range !== "workspace:^") {
+          problem(`changeset: ${p.json.name} would depend on ${dep}@${range}, not workspace:^`);
+        }
+      }
+    }
   }
 }
 
