@@ -23,11 +23,11 @@ ls /boot/vmlinuz-* >/dev/null 2>&1 || need+=(linux-image-amd64)
 command -v cpio >/dev/null 2>&1 || need+=(cpio)
 # e2fsck: the v86 Linux tests check the file system the guest made on our disk.
 command -v e2fsck >/dev/null 2>&1 || need+=(e2fsprogs)
+# Debian's Chromium: the browser test of tools/linux drives it headless with playwright-core
+# (no browser download works here).
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 # node-gyp builds the vhost-user addon against Node's own headers.
 command -v g++ >/dev/null 2>&1 || need+=(g++ make python3)
-# Debian's Chromium: browser claims are tested in it, headless, driven by playwright-core (the
-# packaging stage, scripts/pack-check.mjs, runs its esbuild and Vite bundles there).
-[ -x /usr/bin/chromium ] || need+=(chromium)
 if [ ${#need[@]} -gt 0 ] && { [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; }; then
   echo "test-deps: missing Debian packages: ${need[*]} (install them as root: apt-get install ${need[*]})" >&2
   exit 1
