@@ -6,6 +6,7 @@
  * @packageDocumentation
  */
 export * from "./backend-error.js";
+export * from "./balloon.js";
 export * from "./blk.js";
 export * from "./console.js";
 export * from "./net.js";

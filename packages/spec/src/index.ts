@@ -7,6 +7,7 @@
  *
  * @packageDocumentation
  */
+export * from "./balloon.js";
 export * from "./blk.js";
 export * from "./console.js";
 export * from "./features.js";
