@@ -4,6 +4,7 @@
  *
  * @packageDocumentation
  */
+export * from "./balloon.js";
 export * from "./blk-driver.js";
 export * from "./console.js";
 export * from "./net.js";
