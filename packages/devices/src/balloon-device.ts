@@ -161,7 +161,7 @@ export interface BalloonDeviceStats {
   statsRequests: number;
   /** Pages put into the balloon, cumulative. */
   pagesInflated: number;
-  /** Pages taken out of the balloon, cumulative. */
+  /** Pages taken out of the balloon (deflated, or given back by a reset), cumulative. */
   pagesDeflated: number;
   /** Pages reported free, cumulative. */
   pagesReported: number;
@@ -482,7 +482,7 @@ export class BalloonDevice implements DeviceModel {
     this.#ticking = false;
     const ctx = this.#ctx;
     if (ctx === undefined) return;
-    ctx.guard(() => this.requestStats());
+    this.requestStats();
     this.#arm();
   };
 
@@ -628,12 +628,18 @@ export class BalloonDevice implements DeviceModel {
     const index = this.#indexOf(BalloonQueue.STATS);
     const q = index === undefined ? undefined : ctx.queue(index);
     if (index === undefined || q === undefined) return false;
-    // §5.5.6.3 step 1: the device uses the buffer and sends a used buffer notification.
-    for (let i = 0; i < this.#heldCount; i++) q.push(this.#held[i]!, 0);
-    this.#heldCount = 0;
-    this.stats.statsRequests++;
-    ctx.signalUsed(index);
-    return true;
+    // A hostile ring (say a bad used_event) is the guest's fault: DEVICE_NEEDS_RESET, not an
+    // exception out of the host's call.
+    return (
+      ctx.guard(() => {
+        // §5.5.6.3 step 1: the device uses the buffer and sends a used buffer notification.
+        for (let i = 0; i < this.#heldCount; i++) q.push(this.#held[i]!, 0);
+        this.#heldCount = 0;
+        this.stats.statsRequests++;
+        ctx.signalUsed(index);
+        return true;
+      }) ?? false
+    );
   }
 
   /** Whether the 4 KiB page `pfn` is in the balloon. */
@@ -746,7 +752,10 @@ export class BalloonDevice implements DeviceModel {
     this.#poison = 0;
     this.#roles.fill(ROLE_NONE);
     if (this.inflatedPages > 0) {
-      this.forEachInflatedRun((gpa, bytes) => this.#host.deflated?.(gpa, bytes));
+      this.forEachInflatedRun((gpa, bytes) => {
+        this.stats.pagesDeflated += bytes / BALLOON_PAGE_SIZE;
+        this.#host.deflated?.(gpa, bytes);
+      });
       for (const m of this.#maps) m.reset();
     }
   }

@@ -10,7 +10,7 @@ import {
   hasFeature,
   MmioInterrupt,
 } from "@virtio-ts/spec";
-import { MmioDevice, MmioDriverTransport } from "@virtio-ts/transport";
+import { MmioDevice, MmioDriverTransport, RateLimitedLog } from "@virtio-ts/transport";
 import type { DriverQueue, Segment } from "@virtio-ts/virtqueue";
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
@@ -101,7 +101,12 @@ function rig(options: Partial<BalloonDeviceOptions> = {}, o: RigOptions = {}): R
     },
     ...options,
   });
-  const device = new MmioDevice(model, { memory, interrupt: (s) => irqs.push(s) });
+  const device = new MmioDevice(model, {
+    memory,
+    interrupt: (s) => irqs.push(s),
+    // Guest faults are what these tests provoke; keep them out of the output.
+    log: new RateLimitedLog({ sink: () => {} }),
+  });
   const t = new MmioDriverTransport({
     read: (off, s) => device.read(off, s),
     write: (off, s, v) => device.write(off, s, v),
@@ -755,5 +760,18 @@ describe("BalloonDevice: queue numbering, reset and state", () => {
       expect(() => m.restoreState(b)).toThrow(BalloonStateError);
     }
     expect(m.inflatedPages).toBe(0);
+  });
+});
+
+describe("BalloonDevice: hostile rings under the host's calls", () => {
+  it("enters DEVICE_NEEDS_RESET instead of throwing when requestStats meets a corrupt ring (§2.1.2)", () => {
+    const r = rig({}, { accept: (o) => o & ~BIT(Feature.RING_PACKED) });
+    post(r, "stats", [statsBuf(r, [[BalloonStatTag.MEMFREE, 1]])]);
+    // Corrupt the stats queue's avail.idx far past the queue: the next push / pop sees a bad ring.
+    const avail = 0x1000 + 2 * 0x2000 + 0x400;
+    r.memory.writeU16(avail + 2, 0x4000);
+    r.t.notify(2);
+    expect(r.device.core.needsReset).toBe(true);
+    expect(() => r.model.requestStats()).not.toThrow();
   });
 });
