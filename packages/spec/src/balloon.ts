@@ -84,7 +84,7 @@ export type BalloonCmdId = (typeof BalloonCmdId)[keyof typeof BalloonCmdId];
 
 /**
  * One memory statistic on the stats queue, `struct virtio_balloon_stat`: a `le16 tag` then a
- * `le64 val`, packed (10 bytes, so the value is not naturally aligned). §5.5.6.3 says "a multiple
+ * `le64 val`, packed (10 bytes, so the value is not naturally aligned). §5.5.6.3.1 says "a multiple
  * of 6 bytes" for the buffer size; the structure it defines is 10 bytes and every driver sends
  * multiples of 10.
  */
