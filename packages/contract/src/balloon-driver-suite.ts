@@ -23,7 +23,7 @@ import {
   expectEqual,
   expectThat,
 } from "./contract.js";
-import type { DriverEnv, GuestRegion } from "./driver-env.js";
+import type { DriverEnv, GuestRange } from "./driver-env.js";
 import { type BusEvent, checkInit, joinFeatureWords } from "./init-order.js";
 import { type DriverSide, driverSide } from "./rig-link.js";
 import { TapModel } from "./tap.js";
@@ -35,7 +35,7 @@ export interface BalloonDriverEnv extends DriverEnv {
    * The guest's free pages: the driver's page allocator takes balloon pages from
    * `[base, base + size)` only (4096-aligned). `region` holds its rings and buffers.
    */
-  readonly pages: GuestRegion;
+  readonly pages: GuestRange;
 }
 
 /**

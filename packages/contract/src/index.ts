@@ -9,14 +9,47 @@
  *
  * @packageDocumentation
  */
-export * from "./balloon-device-suite.js";
-export * from "./balloon-driver-suite.js";
-export * from "./blk-device-suite.js";
-export * from "./blk-driver-suite.js";
-export * from "./console-device-suite.js";
-export * from "./console-driver-suite.js";
-export * from "./contract.js";
-export * from "./driver-env.js";
-export * from "./net-device-suite.js";
-export * from "./rng-device-suite.js";
-export * from "./rng-driver-suite.js";
+export {
+  type BalloonDeviceAdapter,
+  type BalloonDeviceHandle,
+  type BalloonDeviceSetup,
+  balloonDeviceSuite,
+  RecordingBalloonHost,
+} from "./balloon-device-suite.js";
+export {
+  type BalloonDriverAdapter,
+  type BalloonDriverEnv,
+  balloonDriverSuite,
+} from "./balloon-driver-suite.js";
+export { type BlkDeviceAdapter, type BlkDeviceSetup, blkDeviceSuite } from "./blk-device-suite.js";
+export { type BlkDriverAdapter, type BlkDriverEnv, blkDriverSuite } from "./blk-driver-suite.js";
+export {
+  type ConsoleDeviceAdapter,
+  type ConsoleDeviceSetup,
+  consoleDeviceSuite,
+  type PortOpenReport,
+  RecordingConsoleBackend,
+} from "./console-device-suite.js";
+export {
+  type ConsoleDriverAdapter,
+  type ConsoleDriverEnv,
+  consoleDriverSuite,
+} from "./console-driver-suite.js";
+export {
+  type ContractCheck,
+  type ContractContext,
+  type ContractReport,
+  type ContractResult,
+  type ContractSuite,
+  type ContractTransport,
+  ContractViolation,
+  expectEqual,
+  expectThat,
+  type RunContractOptions,
+  runCheck,
+  runContract,
+} from "./contract.js";
+export type { DriverEnv, GuestRange } from "./driver-env.js";
+export { type NetDeviceAdapter, netDeviceSuite, RecordingNetBackend } from "./net-device-suite.js";
+export { type RngDeviceAdapter, rngDeviceSuite } from "./rng-device-suite.js";
+export { type RngDriverAdapter, type RngDriverEnv, rngDriverSuite } from "./rng-driver-suite.js";

@@ -82,7 +82,9 @@ export class QueueRig {
     idle?: (model: DeviceModel) => Promise<void>,
   ) {
     this.model = model;
-    this.idle = idle === undefined ? () => Promise.resolve() : () => idle(model);
+    // Without the adapter's hook, the model's own (optional in the device contract).
+    this.idle =
+      idle === undefined ? () => model.whenIdle?.() ?? Promise.resolve() : () => idle(model);
     this.memory = createGuestMemory({ size: MEM_SIZE });
     this.link = linkModel(model, this.memory, kind, () => {
       this.irqs++;

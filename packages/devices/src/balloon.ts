@@ -4,4 +4,16 @@
  * @see VIRTIO 1.3 §5.5 "Traditional Memory Balloon Device"
  * @module
  */
-export * from "./balloon-device.js";
+export {
+  BALLOON_STATS_MAX_BYTES,
+  BalloonDevice,
+  type BalloonDeviceOptions,
+  type BalloonDeviceStats,
+  type BalloonGuestStats,
+  type BalloonHost,
+  type BalloonRamRange,
+  BalloonRequestError,
+  type BalloonRequestErrorCode,
+  BalloonStateError,
+  type BalloonTimer,
+} from "./balloon-device.js";

@@ -4,4 +4,13 @@
  * @see VIRTIO 1.3 §5.5 "Traditional Memory Balloon Device"
  * @module
  */
-export * from "./balloon-driver.js";
+export {
+  BALLOON_PFNS_PER_REQUEST,
+  BalloonDeviceFault,
+  type BalloonDeviceFaultCode,
+  BalloonDriver,
+  type BalloonDriverOptions,
+  type BalloonDriverStats,
+  type BalloonPageAllocator,
+  type BalloonStatsSample,
+} from "./balloon-driver.js";

@@ -32,6 +32,9 @@ import {
   ConsoleFeature,
   DeviceId,
   DeviceStatus,
+  ETH_ALEN,
+  ETH_HLEN,
+  EtherType,
   FEATURE_TRANSPORT_FIRST,
   FEATURE_TRANSPORT_LAST,
   Feature,
@@ -493,6 +496,11 @@ const groups: Group[] = [
     }),
     // The header documents the magic as the string "virt" read little-endian, not as a macro.
     constants("mmio", { MMIO_MAGIC }, { MMIO_MAGIC: "('v' | 'i' << 8 | 'r' << 16 | 't' << 24)" }),
+  ),
+  group(
+    "Ethernet header constants match <linux/if_ether.h>",
+    constants("ethernet", { ETH_ALEN, ETH_HLEN }, { ETH_ALEN: "ETH_ALEN", ETH_HLEN: "ETH_HLEN" }),
+    prefixed("EtherType", "ETH_P_", EtherType, { IPV4: "ETH_P_IP", VLAN: "ETH_P_8021Q" }),
   ),
   group(
     "virtio-pci IDs, capability types and ISR bits match <linux/virtio_pci.h> and <linux/virtio_ids.h>",

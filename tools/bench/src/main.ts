@@ -1,6 +1,6 @@
 // virtio-ts benchmarks. Every figure is printed beside a baseline measured in the same run.
 //
-//   node [--expose-gc] tools/bench/dist/main.js [split] [packed] [heap] [blk] [vhost] [net] [vhost-net] [interpose] [guest-dd] [balloon] [--quick]
+//   node [--expose-gc] tools/bench/dist/main.js [split] [packed] [heap] [blk] [vhost] [net] [vhost-net] [interpose] [log-open] [guest-dd] [balloon] [--quick]
 //
 // split: split-ring round trips per second, one thread and two workers with Atomics doorbells,
 //        beside c/split_ring.c (same shape) compiled with gcc in this run; ratio TS / C.
@@ -16,6 +16,8 @@
 // interpose: 4 KiB random IOPS at depth 32 through BlkDriver -> MMIO -> BlkDevice with each
 //        @virtio-ts/interpose block interposer vs the bare MemoryDisk, and frames/s through a
 //        Switch with and without sniff and encryptedLink; ratios to the baselines in the same run.
+// log-open: opening a snapshot log of 100k, 200k and 400k records vs reading and CRC-ing the same
+//        file, and one write's cost at that many extents vs on an empty log.
 // guest-dd: a Linux guest under QEMU (TCG) runs sequential O_DIRECT dd (1 MiB, read and write)
 //        on our VhostUserBlkBackend vs qemu-storage-daemon on the same image; ratio ours / qsd.
 //        Not in the default set (needs QEMU, a kernel and the vhost-user addon): name it.
@@ -37,6 +39,7 @@ import { balloonBench } from "./balloon.js";
 import { blkBench } from "./blk-iops.js";
 import { guestDdBench } from "./guest-dd.js";
 import { interposeBench } from "./interpose.js";
+import { logOpenBench } from "./log-open.js";
 import { netBench } from "./net.js";
 import {
   BATCH,
@@ -242,6 +245,9 @@ const benches: Record<string, () => Promise<void>> = {
   },
   interpose: async () => {
     await interposeBench(quick, REPS);
+  },
+  "log-open": async () => {
+    await logOpenBench(quick, REPS);
   },
   "guest-dd": () => guestDdBench(quick),
   balloon: () => balloonBench(),

@@ -15,6 +15,7 @@
 #include <stdio.h>
 
 #include <linux/virtio_balloon.h>
+#include <linux/if_ether.h>
 #include <linux/virtio_blk.h>
 #include <linux/virtio_config.h>
 #include <linux/virtio_console.h>
