@@ -97,4 +97,5 @@ export {
   type PciNotifyLocation,
   type PciStructureLocation,
 } from "./pci-driver.js";
+export { restorePciDevice, savePciDevice } from "./pci-state.js";
 export { RateLimitedLog, type RateLimitedLogOptions } from "./rate-limit.js";
