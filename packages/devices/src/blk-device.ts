@@ -236,6 +236,11 @@ class Slot {
  * readable header bytes → IOERR. A hostile *ring* (a `ChainError` / `RingError` from `pop`)
  * puts the device into DEVICE_NEEDS_RESET through the core.
  *
+ * Suspend / resume: no `saveState` — the driver changes nothing in the device (no
+ * CONFIG_WCE) and the requests in flight move with the core's queue state, served again at
+ * the destination. What must move besides is the disk: the source's {@link BlkDevice.whenIdle}
+ * (awaited by `core.abandon()`), then the back-end flushed and copied or shared.
+ *
  * @example
  * ```ts
  * const device = new MmioDevice(new BlkDevice(backend, { serial: "disk0" }), { memory });
