@@ -19,6 +19,7 @@ export {
 } from "./device-core.js";
 export type { DeviceContext, DeviceModel, DeviceNotifiers } from "./device-model.js";
 export {
+  crc32,
   DEVICE_STATE_VERSION,
   type DeviceState,
   DeviceStateChecksumError,
