@@ -17,10 +17,18 @@ import {
 import type { GuestMemory } from "@virtio-ts/memory";
 import { Feature, featureMask } from "@virtio-ts/spec";
 import { PCI_TRANSPORT_FEATURES } from "@virtio-ts/transport";
-import { V86VirtioBus, type V86VirtioDevice } from "@virtio-ts/v86";
+import {
+  restoreV86,
+  type SaveV86Options,
+  saveV86,
+  type V86Emulator as V86MigrationApi,
+  type V86Snapshot,
+  V86VirtioBus,
+  type V86VirtioDevice,
+} from "@virtio-ts/v86";
 import { findGuestAssets, type GuestAssets } from "./assets.js";
 import { buildGuestInitramfs, EXIT_MARKER, READY_MARKER } from "./initramfs.js";
-import { PingPeer } from "./peer.js";
+import { PingPeer, type PingPeerStats } from "./peer.js";
 
 /** What the default disk's first sector starts with. */
 export const DEFAULT_DISK_TEXT = "virtio-ts: hello from the host's disk image\n";
@@ -61,6 +69,14 @@ export interface LinuxOptions {
    * "balloon", "balloon2"…; the caller keeps them to steer them (`setTarget`, stats).
    */
   readonly balloons?: readonly BalloonDevice[];
+  /**
+   * Resume a guest moved from another run ({@link LinuxGuest.migrate}) instead of booting:
+   * the emulator is created and the devices attached as for a boot (the same options give the
+   * same slots), then, once this snapshot is there, its state is restored and it runs. The
+   * disk given in `disk` must hold the source's image (flushed after the migrate). Output
+   * counts as the command's from the start.
+   */
+  readonly resumeFrom?: V86Snapshot | Promise<V86Snapshot>;
 }
 
 /** Per-device figures of a run. */
@@ -90,7 +106,7 @@ export interface DeviceReport {
 }
 
 /** How a run ended. */
-export type LinuxEnd = "exit" | "poweroff" | "panic" | "timeout" | "stopped";
+export type LinuxEnd = "exit" | "poweroff" | "panic" | "timeout" | "stopped" | "migrated";
 
 /** What {@link startLinux} reports at the end. */
 export interface LinuxResult {
@@ -114,6 +130,8 @@ export interface LinuxResult {
   readonly diskPath: string;
   /** Times v86's wasm memory grew under guest RAM during the run. */
   readonly memoryReplacements: number;
+  /** What the ping peer at 10.0.2.2 answered during the run. */
+  readonly peer: Readonly<PingPeerStats>;
 }
 
 /** A running guest. */
@@ -131,6 +149,19 @@ export interface LinuxGuest {
   guestMemory(): GuestMemory | undefined;
   /** Stop the run. */
   stop(): void;
+  /**
+   * Settles when the guest runs: after the boot started, or after `resumeFrom` was restored
+   * (rejecting with the restore's error, the run then ends "stopped").
+   */
+  readonly resumed: Promise<void>;
+  /**
+   * Move the guest away: stop it and save v86 with the devices (`saveV86`), flush the disk
+   * (its image is then complete and nothing writes to it any more), end this run
+   * ("migrated"). Give the snapshot and a copy of the disk image to a run with `resumeFrom`.
+   * Pass your own `disk` to a run you migrate: the default temporary image is removed when
+   * the run ends.
+   */
+  migrate(options?: SaveV86Options): Promise<V86Snapshot>;
 }
 
 /** Minimal typing of the parts of the `V86` class used here. */
@@ -244,6 +275,13 @@ export async function startLinux(options: LinuxOptions = {}): Promise<LinuxGuest
 
   let attached: { name: string; dev: V86VirtioDevice }[] = [];
   let bus: V86VirtioBus | undefined;
+  let markResumed: () => void = () => {};
+  let failResumed: (e: unknown) => void = () => {};
+  const resumed = new Promise<void>((resolve, reject) => {
+    markResumed = resolve;
+    failResumed = reject;
+  });
+  resumed.catch(() => {}); // the run's result reports it too
   emulator.add_listener("emulator-loaded", () => {
     const b = V86VirtioBus.of(emulator as unknown as Parameters<typeof V86VirtioBus.of>[0]);
     bus = b;
@@ -257,7 +295,18 @@ export async function startLinux(options: LinuxOptions = {}): Promise<LinuxGuest
         return { name, dev: b.attach(balloon, { transportFeatures, name: `virtio-ts ${name}` }) };
       }),
     ];
-    emulator.run();
+    const from = options.resumeFrom;
+    if (from === undefined) {
+      emulator.run();
+      markResumed();
+      return;
+    }
+    Promise.resolve(from)
+      .then((snapshot) => restoreV86(emulator as unknown as V86MigrationApi, snapshot))
+      .then(markResumed, (e: unknown) => {
+        failResumed(e);
+        finish("stopped");
+      });
   });
 
   const balloonRequests = (name: string): number => {
@@ -287,7 +336,7 @@ export async function startLinux(options: LinuxOptions = {}): Promise<LinuxGuest
   const lines: string[] = [];
   const output: string[] = [];
   let partial = "";
-  let phase: "boot" | "command" | "after" = "boot";
+  let phase: "boot" | "command" | "after" = options.resumeFrom === undefined ? "boot" : "command";
   let bootMs: number | undefined;
   let exitCode: number | undefined;
   let finish: (end: LinuxEnd) => void = () => {};
@@ -341,6 +390,7 @@ export async function startLinux(options: LinuxOptions = {}): Promise<LinuxGuest
     for (
       let i = 0;
       i < 100 &&
+      end !== "migrated" &&
       blk.stats.requests >
         blk.stats.ok +
           blk.stats.ioErrors +
@@ -383,6 +433,7 @@ export async function startLinux(options: LinuxOptions = {}): Promise<LinuxGuest
       devices,
       diskPath,
       memoryReplacements: bus?.stats.memoryReplacements ?? 0,
+      peer: { ...peer.stats },
     };
   });
 
@@ -393,6 +444,13 @@ export async function startLinux(options: LinuxOptions = {}): Promise<LinuxGuest
       hvc.sink?.input(0, new TextEncoder().encode(text));
     },
     stop: () => finish("stopped"),
+    resumed,
+    migrate: async (o) => {
+      const snapshot = await saveV86(emulator as unknown as V86MigrationApi, o);
+      await file.flush();
+      finish("migrated");
+      return snapshot;
+    },
     guestMemory: () => bus?.memory,
   };
 }

@@ -7,4 +7,5 @@
 export * from "./assets.js";
 export * from "./guest.js";
 export * from "./initramfs.js";
+export * from "./migrate.js";
 export * from "./peer.js";
