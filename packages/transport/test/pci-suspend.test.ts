@@ -322,6 +322,7 @@ describe("a virtio-pci state that does not fit the destination", () => {
       } catch (x) {
         return x;
       }
+      return undefined;
     })();
     expect(e).toMatchObject({ code: "device-state-mismatch", field: "transport" });
   });
