@@ -119,7 +119,7 @@ export async function runMigrationTarget(
   const guest = await startLinux({
     disk,
     resumeFrom: snapshot,
-    timeoutSeconds: 300,
+    timeoutSeconds: 420,
     onConsoleLine: (line) => hvc.push(line),
   });
   const server = createServer();

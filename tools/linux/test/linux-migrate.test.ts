@@ -14,6 +14,7 @@ import { createConnection } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import type { BlockBackend } from "@virtio-ts/devices";
 import { acquireGuestSlot } from "@virtio-ts/interop";
 import { encodeV86Snapshot, type V86Snapshot } from "@virtio-ts/v86";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -41,9 +42,12 @@ const SCRIPT = [
   'echo "K md5-before $(sum)"',
   "ping 10.0.2.2 > /tmp/ping.log 2>&1 &",
   "PING=$!",
-  // Disk traffic across the move: direct reads of the device, a file copied over and over.
-  "( while [ ! -e /tmp/stop ]; do dd if=/dev/vda of=/dev/null bs=64k count=16 iflag=direct 2>/dev/null; cp /mnt/random.bin /mnt/copy.bin; done ) &",
-  "IO=$!",
+  // Disk traffic across the move: two streams of direct reads over the whole device, and a
+  // file copied over and over.
+  "( while [ ! -e /tmp/stop ]; do dd if=/dev/vda of=/dev/null bs=64k iflag=direct 2>/dev/null; done ) &",
+  "IO1=$!",
+  "( while [ ! -e /tmp/stop ]; do dd if=/dev/vda of=/dev/null bs=64k skip=128 iflag=direct 2>/dev/null; cp /mnt/random.bin /mnt/copy.bin; done ) &",
+  "IO2=$!",
   "sleep 2",
   `echo "${READY}"`,
   // Blocks here until the destination's host types a line.
@@ -52,7 +56,7 @@ const SCRIPT = [
   "echo hvc-after >&3",
   'echo "K rng-after $(head -c 32 /dev/hwrng | md5sum | cut -d" " -f1)"',
   "sleep 4",
-  "touch /tmp/stop; wait $IO",
+  "touch /tmp/stop; wait $IO1 $IO2",
   "kill -INT $PING; wait $PING",
   'echo "K md5-cached $(sum)"',
   "sync; echo 3 > /proc/sys/vm/drop_caches",
@@ -75,6 +79,31 @@ let snapshot: V86Snapshot;
 let timing = { save: 0, encode: 0, send: 0 };
 let kA: Map<string, string[]>;
 let kB: Map<string, string[]>;
+
+/**
+ * The source's disk, 20 ms away (a network disk): each request stays in the back-end long
+ * enough that the suspend finds some in flight — saved with the device, served again at the
+ * destination, whose disk is local.
+ */
+function distant(disk: BlockBackend, ms = 20): BlockBackend {
+  const later = () => new Promise<void>((r) => setTimeout(r, ms));
+  return {
+    capacity: disk.capacity,
+    blockSize: disk.blockSize,
+    readOnly: disk.readOnly,
+    read: async (sector, iovecs) => {
+      await later();
+      await disk.read(sector, iovecs);
+    },
+    write: async (sector, iovecs) => {
+      await later();
+      await disk.write(sector, iovecs);
+    },
+    flush: () => disk.flush(),
+    discard: (sector, count) => disk.discard(sector, count),
+    writeZeroes: (sector, count, unmap) => disk.writeZeroes(sector, count, unmap),
+  };
+}
 
 /** Start the destination; resolves once it listens, and gives its report later. */
 function destination(socket: string): {
@@ -126,6 +155,7 @@ beforeAll(async () => {
     let migrated: Promise<void> | undefined;
     const guest = await startLinux({
       disk: imageA,
+      wrapDisk: distant,
       command: SCRIPT,
       timeoutSeconds: 240,
       onConsoleLine: (line) => aHvc.push(line),
@@ -188,7 +218,9 @@ describe("a running Linux guest moved between two processes with its virtio-ts d
     expect(kA.has("after-move")).toBe(false);
   });
 
-  it("moves v86's state and the four device states, each versioned and checksummed, in one blob", () => {
+  it("moves v86's state and the four device states, each versioned and checksummed, in one blob, with blk requests in flight", () => {
+    // Two streams of direct reads on a 20 ms disk: the suspend finds the block device busy.
+    expect(b.inFlight[0]).toBeGreaterThan(0);
     expect(b.bytes.devices.map((d) => d.deviceId)).toEqual([2, 1, 3, 4]);
     expect(b.bytes.snapshot).toBe(
       16 + b.bytes.devices.reduce((n, d) => n + 8 + d.bytes, 0) + b.bytes.machine + 4,
