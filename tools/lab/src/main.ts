@@ -2,7 +2,11 @@
 // virtio-lab: the same 4 KiB random-read workload on the same disk image in four modes of I/O
 // virtualization, measured in one run, then pass-through's refusals and a migration.
 //
-//   node tools/lab/dist/main.js [--quick] [--reps N]
+//   node tools/lab/dist/main.js [--quick] [--reps N] [--in-thread]
+//
+// By default the guest runs in its own vCPU worker and every trapped register access is a
+// synchronous exit to this (the VMM) thread (vmm.ts); --in-thread runs guest and VMM in one
+// thread, where a trap is a function call.
 import { cpus, loadavg } from "node:os";
 import { MmioVersion } from "@virtio-ts/spec";
 import { blockSequence, measure, perSecond, type Run } from "./measure.js";
@@ -17,6 +21,7 @@ import {
   virtioRig,
 } from "./rigs.js";
 import { migrationScenario, passthroughRefusals } from "./scenarios.js";
+import { LAB_MODES, runVcpuMode, type VcpuRun } from "./vmm.js";
 
 /** Options of {@link runLab}. */
 export interface LabOptions {
@@ -26,6 +31,13 @@ export interface LabOptions {
   readonly reps?: number;
   /** Where lines go. Default console.log. */
   readonly log?: (line: string) => void;
+  /**
+   * Run guest and VMM in one thread (a trap is a function call) instead of the guest in a vCPU
+   * worker with every trap a synchronous exit to the VMM thread. Default false.
+   */
+  readonly inThread?: boolean;
+  /** vCPU mode: time budget of each timed run in ms. Default 1500. */
+  readonly budgetMs?: number;
 }
 
 const MODES: readonly ((image: SharedArrayBuffer) => Rig | Promise<Rig>)[] = [
@@ -51,6 +63,7 @@ export async function runLab(options: LabOptions = {}): Promise<Run[][]> {
   const log = options.log ?? console.log;
   const n1 = options.requests ?? 4000;
   const reps = options.reps ?? 3;
+  const inThread = options.inThread === true;
   const image = makeImage();
   log(
     `virtio-lab: 4 KiB random reads, the same ${DISK_BYTES >> 20} MiB image (a MemoryDisk over one ` +
@@ -59,8 +72,14 @@ export async function runLab(options: LabOptions = {}): Promise<Run[][]> {
       `load ${loadavg()[0]!.toFixed(2)}; median of ${reps}`,
   );
   log(
-    "  exits = trapped register accesses the VMM handles; irqs = guest interrupt handler runs; " +
-      "VMM B = bytes the VMM thread's code copied",
+    inThread
+      ? "  in-thread: guest and VMM share one thread, a trap is a function call"
+      : "  vCPU worker: every trap is a synchronous exit to the VMM thread (Atomics, no sleeps); " +
+          "interrupts are injected into the vCPU; vhost's kick and call bypass the VMM thread",
+  );
+  log(
+    "  exits = trapped register accesses the VMM thread handles; irqs = guest interrupt handler runs; " +
+      "ioeventfd = kicks that went straight to the vhost worker; VMM B = bytes the VMM thread's code copied",
   );
   const out: Run[][] = [];
   for (const depth of [1, 32]) {
@@ -68,6 +87,14 @@ export async function runLab(options: LabOptions = {}): Promise<Run[][]> {
     const runs: Run[][] = MODES.map(() => []);
     for (let r = 0; r < reps; r++) {
       for (let m = 0; m < MODES.length; m++) {
+        if (!inThread) {
+          runs[m]!.push(
+            await runVcpuMode(LAB_MODES[m]!, image, seq, depth, {
+              budgetMs: options.budgetMs ?? 1500,
+            }),
+          );
+          continue;
+        }
         const rig = await MODES[m]!(image);
         try {
           runs[m]!.push(await measure(rig, seq, depth));
@@ -82,7 +109,7 @@ export async function runLab(options: LabOptions = {}): Promise<Run[][]> {
     log("");
     log(
       `  QD${depth}`.padEnd(30) +
-        ["req/s", "× mode 2", "exits/req", "irqs/req", "VMM B/req", "bad"]
+        ["req/s", "× mode 2", "exits/req", "exits/s", "irqs/req", "ioeventfd", "VMM B/req", "bad"]
           .map((h) => h.padStart(10))
           .join(""),
     );
@@ -95,7 +122,9 @@ export async function runLab(options: LabOptions = {}): Promise<Run[][]> {
             Math.round(perSecond(r)).toLocaleString("en-US"),
             (perSecond(r) / base).toFixed(3),
             per(c.exits),
+            Math.round(c.exits / (r.ns / 1e9)).toLocaleString("en-US"),
             per(c.interrupts),
+            per((r as Partial<VcpuRun>).ioeventfdKicks ?? 0),
             per(c.vmmBytes, 0),
             `${r.mismatches}`,
           ]
@@ -142,10 +171,13 @@ const isMain =
 if (isMain || process.argv[1]?.endsWith("virtio-lab")) {
   const args = process.argv.slice(2);
   const quick = args.includes("--quick");
+  const inThread = args.includes("--in-thread");
   const i = args.indexOf("--reps");
   const reps = i >= 0 ? Number(args[i + 1]) : quick ? 1 : 3;
-  runLab({ requests: quick ? 800 : 4000, reps }).catch((e: unknown) => {
-    console.error(e);
-    process.exitCode = 1;
-  });
+  runLab({ requests: quick ? 800 : 4000, reps, inThread, budgetMs: quick ? 500 : 1500 }).catch(
+    (e: unknown) => {
+      console.error(e);
+      process.exitCode = 1;
+    },
+  );
 }
