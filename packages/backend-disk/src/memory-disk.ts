@@ -63,6 +63,20 @@ export class MemoryDisk implements BlockBackend {
 
   /** @inheritdoc */
   async read(sector: number, iovecs: readonly Uint8Array[]): Promise<void> {
+    this.readSync(sector, iovecs);
+  }
+
+  /** @inheritdoc */
+  async write(sector: number, iovecs: readonly Uint8Array[]): Promise<void> {
+    this.writeSync(sector, iovecs);
+  }
+
+  /**
+   * {@link MemoryDisk.read} before returning: a device completes the request inside the
+   * guest's notification.
+   * @throws BackendError when the range is out of the disk
+   */
+  readSync(sector: number, iovecs: readonly Uint8Array[]): void {
     let at = this.#span(sector, total(iovecs));
     for (const v of iovecs) {
       v.set(this.bytes.subarray(at, at + v.length));
@@ -70,8 +84,11 @@ export class MemoryDisk implements BlockBackend {
     }
   }
 
-  /** @inheritdoc */
-  async write(sector: number, iovecs: readonly Uint8Array[]): Promise<void> {
+  /**
+   * {@link MemoryDisk.write} before returning.
+   * @throws BackendError when read-only or the range is out of the disk
+   */
+  writeSync(sector: number, iovecs: readonly Uint8Array[]): void {
     this.#writable();
     let at = this.#span(sector, total(iovecs));
     for (const v of iovecs) {

@@ -80,6 +80,14 @@ export interface NetDeviceOptions {
   readonly macTableEntries?: number;
   /** Initial link state (VIRTIO_NET_S_LINK_UP). Default true. */
   readonly linkUp?: boolean;
+  /**
+   * When a transmit queue's used buffer notification goes out (the device chooses, after the
+   * used index is written, VIRTIO 1.3 §2.7.7). "immediate" (default): at the end of each
+   * notification's batch. "coalesced": once per task, from a microtask, for every transmit of
+   * the task — interrupt moderation: an emulator that runs its guest in time slices (v86)
+   * then takes one interrupt per slice instead of one per frame. Frames still leave at once.
+   */
+  readonly txInterrupts?: "immediate" | "coalesced";
 }
 
 /** Counters of a {@link NetDevice} (mutated in place). */
@@ -150,6 +158,10 @@ const ETH_HLEN = 14;
 const MAC_LEN = 6;
 /** Segments per chain the device accepts (§2.7.4.1 "reasonable limit"); Linux uses ≤ 19. */
 const MAX_SEGMENTS = 64;
+/** `queueMicrotask` (Node and browsers; typed here without the DOM or Node libraries). */
+const hostGlobals = globalThis as unknown as { queueMicrotask(fn: () => void): void };
+const queueTask = (fn: () => void): void => hostGlobals.queueMicrotask(fn);
+
 /** Transmit views cached by length (a direct-mapped cache, see `#txView`). */
 const TX_VIEW_CACHE = 64;
 const DEFAULT_MAC = new Uint8Array([0x52, 0x54, 0x00, 0x12, 0x34, 0x56]);
@@ -281,6 +293,19 @@ export class NetDevice implements DeviceModel, NetFrameSink {
   readonly #maxFrame: number;
   readonly #tableEntries: number;
   #ctx: DeviceContext | undefined = undefined;
+  readonly #coalesceTx: boolean;
+  /** Transmit queues with a notification due at the end of the task (bit per pair). */
+  #txDue = 0;
+  #txDueCtx: DeviceContext | undefined = undefined;
+  readonly #flushTx = (): void => {
+    const ctx = this.#txDueCtx;
+    const due = this.#txDue;
+    this.#txDue = 0;
+    this.#txDueCtx = undefined;
+    // A reset in between made the context stale: its queues belong to nobody now.
+    if (ctx === undefined || ctx !== this.#ctx) return;
+    for (let p = 0; p < 32; p++) if ((due & (1 << p)) !== 0) ctx.signalUsed(2 * p + 1);
+  };
   // Negotiated, cached at activation (bigint tests are too slow for the per-frame path).
   #hdrLen: number = NetHdr.SIZE;
   #mrg = false;
@@ -337,6 +362,11 @@ export class NetDevice implements DeviceModel, NetFrameSink {
     ) {
       throw new TypeError("backend must implement NetBackend (transmit, attach, detach)");
     }
+    const txi = options.txInterrupts ?? "immediate";
+    if (txi !== "immediate" && txi !== "coalesced") {
+      throw new RangeError(`options.txInterrupts must be "immediate" or "coalesced", got ${txi}`);
+    }
+    this.#coalesceTx = txi === "coalesced";
     const mac = options.mac ?? DEFAULT_MAC;
     if (!(mac instanceof Uint8Array) || mac.length !== MAC_LEN) {
       throw new RangeError(`options.mac must be a Uint8Array of 6 bytes`);
@@ -779,7 +809,15 @@ export class NetDevice implements DeviceModel, NetFrameSink {
       }
       if (!q.enableNotifications()) break;
     }
-    if (pushed) ctx.signalUsed(qi);
+    if (!pushed) return;
+    const pair = qi >> 1;
+    if (!this.#coalesceTx || pair >= 32) {
+      ctx.signalUsed(qi);
+      return;
+    }
+    if (this.#txDue === 0) queueTask(this.#flushTx);
+    this.#txDue |= 1 << pair;
+    this.#txDueCtx = ctx;
   }
 
   #transmitOne(ctx: DeviceContext, chain: DescriptorChain): void {
