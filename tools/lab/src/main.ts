@@ -168,7 +168,27 @@ export async function runLab(options: LabOptions = {}): Promise<Run[][]> {
 
 const isMain =
   process.argv[1] !== undefined && import.meta.url.endsWith(process.argv[1].replace(/\\/g, "/"));
-if (isMain || process.argv[1]?.endsWith("virtio-lab")) {
+if ((isMain || process.argv[1]?.endsWith("virtio-lab")) && process.argv[2] === "linux") {
+  // pnpm lab linux [--rounds N] [--seconds S] [--out DIR]: the same comparison in a real Linux
+  // guest (v86), full emulation against virtio, driven by the kernel's own drivers.
+  const args = process.argv.slice(3);
+  const opt = (name: string): number | undefined => {
+    const i = args.indexOf(name);
+    return i >= 0 ? Number(args[i + 1]) : undefined;
+  };
+  const out = args.indexOf("--out");
+  const { runLinuxLab } = await import("./linux.js");
+  const rounds = opt("--rounds");
+  const seconds = opt("--seconds");
+  runLinuxLab({
+    ...(rounds !== undefined ? { rounds } : {}),
+    ...(seconds !== undefined ? { seconds } : {}),
+    ...(out >= 0 && args[out + 1] !== undefined ? { outDir: args[out + 1]! } : {}),
+  }).catch((e: unknown) => {
+    console.error(e instanceof Error ? e.message : e);
+    process.exitCode = 1;
+  });
+} else if (isMain || process.argv[1]?.endsWith("virtio-lab")) {
   const args = process.argv.slice(2);
   const quick = args.includes("--quick");
   const inThread = args.includes("--in-thread");

@@ -7,4 +7,5 @@
 export * from "./assets.js";
 export * from "./guest.js";
 export * from "./initramfs.js";
+export * from "./lab-rig.js";
 export * from "./peer.js";
