@@ -42,6 +42,12 @@ export interface TsNic {
  * @returns the NIC, link up and receive buffers posted
  * @throws whatever NetDriver's initialisation throws (NetDeviceFault, TransportError)
  */
+/** The next turn of the event loop: Node's setImmediate, or a timer in a browser page. */
+const later: (fn: () => void) => void =
+  typeof globalThis.setImmediate === "function"
+    ? (fn) => setImmediate(fn)
+    : (fn) => setTimeout(fn, 0);
+
 export function createTsNic(backend: NetBackend, options: TsNicOptions = {}): TsNic {
   const memory = createGuestMemory({ size: 0x80_0000 });
   const model = new NetDevice(backend, {
@@ -66,7 +72,7 @@ export function createTsNic(backend: NetBackend, options: TsNicOptions = {}): Ts
     interrupt: () => {
       if (!scheduled) {
         scheduled = true;
-        setImmediate(handle);
+        later(handle);
       }
     },
   });

@@ -9,6 +9,14 @@
 // thread hand-offs plus the handler, as a VM exit costs a world switch plus the handler.
 import { SharedDoorbell, type SharedDoorbellHandle } from "@virtio-ts/transport";
 
+type WaitAsync = (
+  array: Int32Array,
+  index: number,
+  value: number,
+) => { async: false; value: string } | { async: true; value: Promise<string> };
+// Atomics.waitAsync is ES2024 (Node 16+); typed here for code checked against ES2022.
+const waitAsync = (Atomics as unknown as { waitAsync: WaitAsync }).waitAsync;
+
 /** Word indices of an exit slot. */
 const REQ = 0;
 const REP = 1;
@@ -128,7 +136,7 @@ export class VmmExitServer {
     const s = this.#s;
     let seen = Atomics.load(s, REQ);
     while (!this.#stopped) {
-      const w = Atomics.waitAsync(s, REQ, seen);
+      const w = waitAsync(s, REQ, seen);
       if (w.async) await w.value;
       const q = Atomics.load(s, REQ);
       if (q === seen) continue;

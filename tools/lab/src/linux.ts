@@ -287,7 +287,10 @@ export function formatLinuxTables(rows: readonly LinuxRow[]): string[] {
 /** What ours does against the others, in sentences. */
 export function compareLinuxRows(rows: readonly LinuxRow[]): string[] {
   const out: string[] = [];
-  const x = (a: number, b: number) => `${(a / b).toFixed(2)}×`;
+  const x = (a: number, b: number) => {
+    const r = a / b;
+    return `${r >= 0.1 ? r.toFixed(2) : r.toPrecision(2)}×`;
+  };
   const row = (w: string, device: string) =>
     rows.find((r) => r.workload === w && r.device.startsWith(device));
   for (const w of ["rand4k", "seq1m"]) {

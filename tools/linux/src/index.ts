@@ -5,6 +5,7 @@
  * @packageDocumentation
  */
 export * from "./assets.js";
+export * from "./browser-server.js";
 export * from "./guest.js";
 export * from "./initramfs.js";
 export * from "./lab-rig.js";
