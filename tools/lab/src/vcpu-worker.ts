@@ -4,7 +4,7 @@
 import { parentPort, workerData } from "node:worker_threads";
 import { BlkDriver, SlabAllocator } from "@virtio-ts/drivers";
 import { GuestMemoryMap } from "@virtio-ts/memory";
-import { MmioReg } from "@virtio-ts/spec";
+import { MmioInterrupt, MmioReg } from "@virtio-ts/spec";
 import { MmioDriverTransport, SharedDoorbell } from "@virtio-ts/transport";
 import { AtaPioDriver } from "./ata.js";
 import { Hypercall, VcpuExits, VcpuInterrupts } from "./exits.js";
@@ -42,7 +42,8 @@ function guestRig(): Rig {
     }
     case "virtio-v2":
     case "virtio-v1":
-    case "vhost": {
+    case "vhost":
+    case "vhost-msi": {
       const memory = guestRam();
       const kick = setup.kick === undefined ? undefined : SharedDoorbell.from(setup.kick);
       // KVM's ioeventfd: a write of queue 0 to QueueNotify is matched by the hypervisor and
@@ -56,7 +57,20 @@ function guestRig(): Rig {
                 kick.ring();
               } else exits.write(o, s, v);
             };
-      const transport = new MmioDriverTransport({ read: exits.read, write });
+      // vhost-msi: the irqfd delivers a message-signalled interrupt whose vector says "used
+      // buffers" (virtio-pci with MSI-X, as vhost deployments run), so the handler reads no
+      // InterruptStatus and writes no InterruptACK: virtio-mmio has no MSI, this models it.
+      const msi = setup.mode === "vhost-msi";
+      const rd = msi
+        ? (o: number, s: number): number =>
+            o === MmioReg.INTERRUPT_STATUS ? MmioInterrupt.USED_BUFFER : exits.read(o, s)
+        : exits.read;
+      const wr = msi
+        ? (o: number, s: number, v: number): void => {
+            if (o !== MmioReg.INTERRUPT_ACK) write(o, s, v);
+          }
+        : write;
+      const transport = new MmioDriverTransport({ read: rd, write: wr });
       const slab = new SlabAllocator(BUFFERS, BLOCK, SLOTS);
       const layout = { ringBase: 0x10000, queueSize: 128 };
       if (setup.mode === "virtio-v1") {

@@ -22,7 +22,7 @@ import type { Run } from "./measure.js";
 import { CountingMemory, GUEST_RAM, type VhostWorkerFiles } from "./rigs.js";
 
 /** The modes the vCPU lab runs. */
-export type LabMode = "ata" | "virtio-v2" | "virtio-v1" | "vhost" | "passthrough";
+export type LabMode = "ata" | "virtio-v2" | "virtio-v1" | "vhost" | "vhost-msi" | "passthrough";
 
 /** Every mode, in table order. */
 export const LAB_MODES: readonly LabMode[] = [
@@ -30,6 +30,7 @@ export const LAB_MODES: readonly LabMode[] = [
   "virtio-v2",
   "virtio-v1",
   "vhost",
+  "vhost-msi",
   "passthrough",
 ];
 
@@ -39,6 +40,7 @@ export const MODE_NAMES: Readonly<Record<LabMode, string>> = {
   "virtio-v2": "2 virtio-mmio v2",
   "virtio-v1": "2 virtio-mmio v1 (legacy)",
   vhost: "3 vhost worker",
+  "vhost-msi": "3 vhost worker, MSI",
   passthrough: "4 pass-through",
 };
 
@@ -158,7 +160,8 @@ function vmmSide(
         close: async () => {},
       };
     }
-    case "vhost": {
+    case "vhost":
+    case "vhost-msi": {
       const ram = new SharedArrayBuffer(GUEST_RAM);
       const memory = new GuestMemoryMap([
         { guestBase: 0, size: GUEST_RAM, buffer: ram, byteOffset: 0 },
@@ -253,8 +256,9 @@ export async function runVcpuMode(
   };
   const worker = new Worker(options.workerScript ?? new URL("./vcpu-worker.js", import.meta.url), {
     workerData: setup,
-    // The worker resolves @virtio-ts/* like any consumer (no test-runner loader flags).
-    execArgv: [],
+    // The worker resolves @virtio-ts/* like any consumer (no test-runner loader flags); a
+    // `node --cpu-prof` run profiles the vCPU thread too.
+    execArgv: process.execArgv.filter((a) => a.startsWith("--cpu-prof")),
   });
   try {
     const result = await new Promise<VcpuResult>((resolve, reject) => {

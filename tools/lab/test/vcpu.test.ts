@@ -73,6 +73,14 @@ describe("the modes with the guest in a vCPU worker and every trap a VM exit", (
     expect(r.counters.vmmBytes).toBe(0);
   });
 
+  it("vhost with MSI-style interrupts (the irqfd's vector says used buffers): no exit to the VMM thread at all", async () => {
+    const r = await runVcpuMode("vhost-msi", image, blockSequence(50, 256), 1, options);
+    expect(r.mismatches).toBe(0);
+    expect(r.counters.exits).toBe(0);
+    expect(r.ioeventfdKicks).toBeGreaterThan(0);
+    expect(r.counters.interrupts).toBeGreaterThan(0);
+  });
+
   it("pass-through: reads complete with no exit at all and one posted interrupt each", async () => {
     const r = await runVcpuMode("passthrough", image, blockSequence(50, 256), 1, options);
     expect(r.mismatches).toBe(0);
