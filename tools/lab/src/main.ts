@@ -113,7 +113,7 @@ export async function runLab(options: LabOptions = {}): Promise<Run[][]> {
     log(
       `  QD${depth}`.padEnd(30) +
         ["req/s", "× mode 2", "exits/req", "exits/s", "irqs/req", "ioeventfd", "VMM B/req", "bad"]
-          .map((h) => h.padStart(10))
+          .map((h) => h.padStart(11))
           .join(""),
     );
     for (const r of med) {
@@ -131,7 +131,7 @@ export async function runLab(options: LabOptions = {}): Promise<Run[][]> {
             per(c.vmmBytes, 0),
             `${r.mismatches}`,
           ]
-            .map((v) => v.padStart(10))
+            .map((v) => v.padStart(11))
             .join(""),
       );
     }
