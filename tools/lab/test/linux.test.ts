@@ -39,7 +39,7 @@ describe("lab-io, the in-guest I/O tool", () => {
     const b = buildLabIo(dir);
     expect([...b.subarray(0, 4)]).toEqual([0x7f, 0x45, 0x4c, 0x46]);
     expect(b[4]).toBe(1); // ELFCLASS32
-    expect(b[18] | (b[19]! << 8)).toBe(3); // EM_386
+    expect(b[18]! | (b[19]! << 8)).toBe(3); // EM_386
   });
 
   it("reads the requested number of 4 KiB random blocks with O_DIRECT and reports them between its begin and end lines", () => {
