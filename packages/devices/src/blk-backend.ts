@@ -66,9 +66,9 @@ export interface BlockBackend {
    * going idle and being woken. Same rules as `read`; throws (a `BackendError`) instead of
    * rejecting.
    */
-  readSync?(sector: number, iovecs: readonly Uint8Array[]): void;
+  readonly readSync?: ((sector: number, iovecs: readonly Uint8Array[]) => void) | undefined;
   /** Optional: {@link BlockBackend.write} done before returning (see `readSync`). */
-  writeSync?(sector: number, iovecs: readonly Uint8Array[]): void;
+  readonly writeSync?: ((sector: number, iovecs: readonly Uint8Array[]) => void) | undefined;
 }
 
 /**

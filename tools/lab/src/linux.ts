@@ -397,6 +397,14 @@ export async function runLinuxLab(options: LinuxLabOptions = {}): Promise<LinuxR
     });
   const rounds = options.rounds ?? 3;
   const seconds = options.seconds ?? 3;
+  if (!Number.isInteger(rounds) || rounds < 1 || rounds > 20) {
+    throw new RangeError(`options.rounds (--rounds) must be an integer in [1, 20], got ${rounds}`);
+  }
+  if (!Number.isInteger(seconds) || seconds < 1 || seconds > 60) {
+    throw new RangeError(
+      `options.seconds (--seconds) must be an integer in [1, 60], got ${seconds}`,
+    );
+  }
   const outDir = resolve(options.outDir ?? join("lab-results", "linux"));
   const work = mkdtempSync(join(tmpdir(), "virtio-ts-lab-linux-"));
   const started = new Date();

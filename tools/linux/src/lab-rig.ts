@@ -2,13 +2,7 @@ import { readFileSync } from "node:fs";
 import { gzipSync } from "node:zlib";
 import { MemoryDisk } from "@virtio-ts/backend-disk";
 import { Switch, type SwitchPort } from "@virtio-ts/backend-net";
-import {
-  BlkDevice,
-  type BlockBackend,
-  type NetBackend,
-  NetDevice,
-  type NetFrameSink,
-} from "@virtio-ts/devices";
+import { BlkDevice, type NetBackend, NetDevice, type NetFrameSink } from "@virtio-ts/devices";
 import { cpioNewc, type InitramfsEntry, resolveModules } from "@virtio-ts/interop";
 import { V86VirtioBus, type V86VirtioDevice } from "@virtio-ts/v86";
 import { findGuestAssets, type GuestAssets } from "./assets.js";
@@ -246,21 +240,11 @@ export async function startLabGuest(options: LabGuestOptions): Promise<LabGuestR
   const peerPort = new CountingPort(sw.createPort({ name: "peer" }));
   const peer = new PingPeer(peerPort);
   const v86Port = sw.createPort({ name: "v86-nic" });
-  const disk = new MemoryDisk(image);
-  const blk = new BlkDevice(disk);
-  // The same disk behind a back-end without the synchronous path: every completion waits for
-  // an event-loop turn (after v86's time slice), as any asynchronous back-end's would.
-  const asyncDisk: BlockBackend = {
-    capacity: disk.capacity,
-    blockSize: disk.blockSize,
-    readOnly: true,
-    read: (sector, iovecs) => disk.read(sector, iovecs),
-    write: (sector, iovecs) => disk.write(sector, iovecs),
-    flush: () => disk.flush(),
-    discard: (sector, count) => disk.discard(sector, count),
-    writeZeroes: (sector, count, unmap) => disk.writeZeroes(sector, count, unmap),
-  };
-  const blkAsync = new BlkDevice(asyncDisk);
+  // /dev/vda completes inside the guest's notification, as v86's own IDE does; /dev/vdb is the
+  // same bytes behind the default MemoryDisk, whose completions wait for an event-loop turn
+  // (after v86's time slice), as any asynchronous back-end's would.
+  const blk = new BlkDevice(new MemoryDisk(image, { synchronous: true }));
+  const blkAsync = new BlkDevice(new MemoryDisk(image, { readOnly: true }));
   const net = new NetDevice(sw.createPort({ name: "virtio-ts-net" }), {
     mac: Uint8Array.from(LAB_VIRTIO_TS_MAC.split(":").map((h) => Number.parseInt(h, 16))),
     // One transmit interrupt per v86 time slice rather than one per frame.

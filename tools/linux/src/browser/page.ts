@@ -87,7 +87,7 @@ async function main(): Promise<void> {
     V86: new (o: Record<string, unknown>) => V86Like;
   };
   // The disk: a MemoryDisk over the image's bytes, fetched whole.
-  const disk = new MemoryDisk(new Uint8Array(await bytes(config.disk)));
+  const disk = new MemoryDisk(new Uint8Array(await bytes(config.disk)), { synchronous: true });
   const sw = new Switch();
   const peer = new PingPeer(sw.createPort({ name: "peer" }));
   const blk = new BlkDevice(disk);
