@@ -191,6 +191,29 @@ if ((isMain || process.argv[1]?.endsWith("virtio-lab")) && process.argv[2] === "
     console.error(e instanceof Error ? e.message : e);
     process.exitCode = 1;
   });
+} else if ((isMain || process.argv[1]?.endsWith("virtio-lab")) && process.argv[2] === "--profile") {
+  // node --cpu-prof --cpu-prof-dir=DIR tools/lab/dist/main.js --profile MODE [DEPTH]: one mode
+  // for 3 s, to profile (every thread writes its own .cpuprofile).
+  const mode = process.argv[3] as (typeof LAB_MODES)[number];
+  const depth = Number(process.argv[4] ?? 1);
+  if (!LAB_MODES.includes(mode)) {
+    console.error(`--profile needs a mode: ${LAB_MODES.join(", ")}`);
+    process.exitCode = 2;
+  } else {
+    const r = await runVcpuMode(
+      mode,
+      makeImage(),
+      blockSequence(1_000_000, DISK_BYTES / BLOCK),
+      depth,
+      {
+        budgetMs: 3000,
+      },
+    );
+    console.log(
+      `${r.name} QD${depth}: ${Math.round(perSecond(r))} req/s, exits ${JSON.stringify(r.counters.byRegister)}, ` +
+        `irqs/req ${(r.counters.interrupts / r.requests).toFixed(2)}, load ${loadavg()[0]!.toFixed(2)}`,
+    );
+  }
 } else if (isMain || process.argv[1]?.endsWith("virtio-lab")) {
   const args = process.argv.slice(2);
   const quick = args.includes("--quick");
