@@ -3,7 +3,7 @@ import {
   BackendError,
   type BackendErrorCode,
   type BlockBackend,
-  sectorRangeFits,
+  BlockGuard,
 } from "@virtio-ts/devices";
 
 const SECTOR = 512;
@@ -58,7 +58,7 @@ export class FileDisk implements BlockBackend {
   readonly #fh: FileHandle;
   readonly #fullSync: boolean;
   #zeroes: Uint8Array | undefined = undefined;
-  #closed = false;
+  readonly #guard: BlockGuard;
 
   private constructor(path: string, fh: FileHandle, size: number, options: FileDiskOptions) {
     this.path = path;
@@ -67,6 +67,7 @@ export class FileDisk implements BlockBackend {
     this.blockSize = options.blockSize ?? SECTOR;
     this.readOnly = options.readOnly ?? false;
     this.#fullSync = options.fullSync ?? false;
+    this.#guard = new BlockGuard(`disk image ${path}`, this.capacity, this.readOnly, path);
   }
 
   /**
@@ -109,7 +110,7 @@ export class FileDisk implements BlockBackend {
 
   /** @inheritdoc */
   async read(sector: number, iovecs: readonly Uint8Array[]): Promise<void> {
-    const pos = this.#span(sector, total(iovecs));
+    const pos = this.#guard.span(sector, total(iovecs));
     try {
       await transfer(this.#fh, iovecs, pos, false);
     } catch (e) {
@@ -119,8 +120,8 @@ export class FileDisk implements BlockBackend {
 
   /** @inheritdoc */
   async write(sector: number, iovecs: readonly Uint8Array[]): Promise<void> {
-    this.#writable();
-    const pos = this.#span(sector, total(iovecs));
+    this.#guard.writable();
+    const pos = this.#guard.span(sector, total(iovecs));
     try {
       await transfer(this.#fh, iovecs, pos, true);
     } catch (e) {
@@ -130,7 +131,7 @@ export class FileDisk implements BlockBackend {
 
   /** `fdatasync` (or `fsync` with `fullSync`): completed writes become durable. */
   async flush(): Promise<void> {
-    this.#open();
+    this.#guard.open();
     try {
       if (this.#fullSync) await this.#fh.sync();
       else await this.#fh.datasync();
@@ -141,14 +142,14 @@ export class FileDisk implements BlockBackend {
 
   /** A no-op after the range check (see the class description). */
   async discard(sector: number, count: number): Promise<void> {
-    this.#writable();
-    this.#span(sector, count * SECTOR);
+    this.#guard.writable();
+    this.#guard.span(sector, count * SECTOR);
   }
 
   /** Writes zeroes in chunks of 1 MiB; `unmap` is ignored. */
   async writeZeroes(sector: number, count: number, _unmap: boolean): Promise<void> {
-    this.#writable();
-    let pos = this.#span(sector, count * SECTOR);
+    this.#guard.writable();
+    let pos = this.#guard.span(sector, count * SECTOR);
     let left = count * SECTOR;
     this.#zeroes ??= new Uint8Array(ZERO_CHUNK);
     const z = this.#zeroes;
@@ -166,36 +167,9 @@ export class FileDisk implements BlockBackend {
 
   /** Close the file. Later operations reject with BackendError "closed". Idempotent. */
   async close(): Promise<void> {
-    if (this.#closed) return;
-    this.#closed = true;
+    if (this.#guard.closed) return;
+    this.#guard.closed = true;
     await this.#fh.close();
-  }
-
-  #open(): void {
-    if (this.#closed) {
-      throw new BackendError("closed", `disk image ${this.path} is closed`, { path: this.path });
-    }
-  }
-
-  #writable(): void {
-    this.#open();
-    if (this.readOnly) {
-      throw new BackendError("read-only", `disk image ${this.path} is read-only`, {
-        path: this.path,
-      });
-    }
-  }
-
-  #span(sector: number, len: number): number {
-    this.#open();
-    if (!sectorRangeFits(sector, len, this.capacity)) {
-      throw new BackendError(
-        "out-of-range",
-        `${len} bytes at sector ${sector} pass the capacity of ${this.path} (${this.capacity} sectors)`,
-        { path: this.path },
-      );
-    }
-    return sector * SECTOR;
   }
 
   #wrap(e: unknown, what: string): BackendError {

@@ -6,8 +6,17 @@
  *
  * @packageDocumentation
  */
-export * from "./file-disk.js";
-export * from "./memory-disk.js";
-export * from "./nbd-disk.js";
-export * from "./nbd-server.js";
+export { type DiskGeometry, type DiskSpec, describeDisk, openDisk } from "./disk-spec.js";
+export { FileDisk, type FileDiskOptions } from "./file-disk.js";
+export { MemoryDisk, type MemoryDiskOptions } from "./memory-disk.js";
+export {
+  type NbdAddress,
+  type NbdBlockSizes,
+  NbdDisk,
+  type NbdDiskOptions,
+  type NbdExportInfo,
+  type NbdTcpAddress,
+  type NbdUnixAddress,
+} from "./nbd-disk.js";
+export { NbdServer, type NbdServerOptions, type NbdServerStats } from "./nbd-server.js";
 export { NbdError, type NbdErrorCode } from "./nbd-wire.js";

@@ -1,4 +1,4 @@
-import { BackendError, type BlockBackend, sectorRangeFits } from "@virtio-ts/devices";
+import { type BlockBackend, BlockGuard } from "@virtio-ts/devices";
 
 const SECTOR = 512;
 
@@ -39,6 +39,7 @@ export class MemoryDisk implements BlockBackend {
   readonly blockSize: number;
   /** @inheritdoc */
   readonly readOnly: boolean;
+  readonly #guard: BlockGuard;
 
   /**
    * @param bytes - the contents, used in place; length a multiple of 512
@@ -57,6 +58,7 @@ export class MemoryDisk implements BlockBackend {
     this.capacity = bytes.length / SECTOR;
     this.blockSize = bs;
     this.readOnly = options.readOnly ?? false;
+    this.#guard = new BlockGuard("MemoryDisk", this.capacity, this.readOnly);
     const sync = options.synchronous === true;
     this.readSync = sync ? (sector, iovecs) => this.#copyOut(sector, iovecs) : undefined;
     this.writeSync = sync ? (sector, iovecs) => this.#copyIn(sector, iovecs) : undefined;
@@ -98,7 +100,7 @@ export class MemoryDisk implements BlockBackend {
   readonly writeSync: ((sector: number, iovecs: readonly Uint8Array[]) => void) | undefined;
 
   #copyOut(sector: number, iovecs: readonly Uint8Array[]): void {
-    let at = this.#span(sector, total(iovecs));
+    let at = this.#guard.span(sector, total(iovecs));
     for (const v of iovecs) {
       v.set(this.bytes.subarray(at, at + v.length));
       at += v.length;
@@ -106,8 +108,8 @@ export class MemoryDisk implements BlockBackend {
   }
 
   #copyIn(sector: number, iovecs: readonly Uint8Array[]): void {
-    this.#writable();
-    let at = this.#span(sector, total(iovecs));
+    this.#guard.writable();
+    let at = this.#guard.span(sector, total(iovecs));
     for (const v of iovecs) {
       this.bytes.set(v, at);
       at += v.length;
@@ -119,28 +121,14 @@ export class MemoryDisk implements BlockBackend {
 
   /** Zeroes the range, so stale data never reads back. */
   async discard(sector: number, count: number): Promise<void> {
-    this.#writable();
-    const at = this.#span(sector, count * SECTOR);
+    this.#guard.writable();
+    const at = this.#guard.span(sector, count * SECTOR);
     this.bytes.fill(0, at, at + count * SECTOR);
   }
 
   /** @inheritdoc */
   async writeZeroes(sector: number, count: number, _unmap: boolean): Promise<void> {
     await this.discard(sector, count);
-  }
-
-  #writable(): void {
-    if (this.readOnly) throw new BackendError("read-only", "MemoryDisk is read-only");
-  }
-
-  #span(sector: number, len: number): number {
-    if (!sectorRangeFits(sector, len, this.capacity)) {
-      throw new BackendError(
-        "out-of-range",
-        `MemoryDisk: ${len} bytes at sector ${sector} pass capacity ${this.capacity}`,
-      );
-    }
-    return sector * SECTOR;
   }
 }
 

@@ -85,10 +85,25 @@ export interface NbdBlockSizes {
 /** Options of {@link NbdDisk.connect}. */
 export interface NbdDiskOptions {
   /**
-   * Give up the handshake after this many milliseconds without progress (a server that accepts
-   * and never speaks). Default 30 000; 0 disables. Transmission has no timeout.
+   * Give up the handshake when it has not completed this many milliseconds after the connection
+   * was made: a total deadline, so a server that trickles option replies (one unknown
+   * NBD_REP_INFO a second) cannot keep `connect` pending. Default 30 000; 0 disables.
    */
   readonly handshakeTimeoutMs?: number;
+  /**
+   * Fail the connection when a request has waited this many milliseconds for its reply: every
+   * request in flight (and every later call) rejects with `BackendError` "io" whose cause is an
+   * {@link NbdError} "timeout", and the socket is closed (NBD cannot cancel one request, so a
+   * late reply could not be told apart from a stale one). What the Linux nbd driver does when
+   * its timeout fires. Default 0: wait for ever, as qemu's NBD client does.
+   */
+  readonly requestTimeoutMs?: number;
+  /**
+   * How long {@link NbdDisk.close} waits for the requests in flight before it disconnects
+   * anyway (they then reject with `BackendError` "closed"). Default 30 000; 0 disconnects at
+   * once.
+   */
+  readonly closeTimeoutMs?: number;
 }
 
 /** What the server told us about the export during the handshake. */
@@ -106,6 +121,8 @@ export interface NbdExportInfo {
 interface Pending {
   readonly type: number;
   readonly iovecs: readonly Uint8Array[] | undefined;
+  /** `performance.now()` when the request was sent (for `requestTimeoutMs`). */
+  readonly sentAt: number;
   readonly resolve: () => void;
   readonly reject: (e: BackendError) => void;
 }
@@ -128,9 +145,13 @@ interface Pending {
  * - `discard` is NBD_CMD_TRIM (a no-op if the server lacks NBD_FLAG_SEND_TRIM);
  *   `writeZeroes` is NBD_CMD_WRITE_ZEROES, with NBD_CMD_FLAG_NO_HOLE unless `unmap`, or zero
  *   blocks written with WRITE on a server without it.
- * - The server is untrusted: a reply with a bad magic or an unknown cookie, or a connection lost,
- *   rejects every request in flight with `BackendError` "io" (the {@link NbdError} is the
- *   `cause`) and every later call too. An error reply (NBD_EIO, …) fails only its own request.
+ * - The server is untrusted: a reply with a bad magic or an unknown cookie, a connection lost
+ *   (also in the middle of a reply's data), or a reply later than `requestTimeoutMs` rejects
+ *   every request in flight with `BackendError` "io" (the {@link NbdError} is the `cause`) and
+ *   every later call too. An error reply (NBD_EIO, …) fails only its own request.
+ * - Every wait is bounded when the options ask for it: the handshake by `handshakeTimeoutMs` (a
+ *   total deadline), each request by `requestTimeoutMs`, {@link NbdDisk.close} by
+ *   `closeTimeoutMs`.
  *
  * @example
  * ```ts
@@ -154,16 +175,30 @@ export class NbdDisk implements BlockBackend {
   readonly #reader: ByteReader;
   readonly #what: string;
   readonly #maxPayload: number;
+  /** In send order (Map iteration order), so the first entry is the oldest request. */
   readonly #pending = new Map<number, Pending>();
+  readonly #requestTimeout: number;
+  readonly #closeTimeout: number;
+  #watchdog: ReturnType<typeof setTimeout> | undefined = undefined;
   #nextCookie = 1;
   #broken: BackendError | undefined = undefined;
+  #failed = false;
   #closed = false;
   #discWhenIdle = false;
   #idle: (() => void) | undefined = undefined;
   #zeroes: Uint8Array | undefined = undefined;
 
-  private constructor(socket: Socket, reader: ByteReader, what: string, info: NbdExportInfo) {
+  private constructor(
+    socket: Socket,
+    reader: ByteReader,
+    what: string,
+    info: NbdExportInfo,
+    requestTimeout: number,
+    closeTimeout: number,
+  ) {
     this.#socket = socket;
+    this.#requestTimeout = requestTimeout;
+    this.#closeTimeout = closeTimeout;
     this.#reader = reader;
     this.#what = what;
     this.info = info;
@@ -189,8 +224,8 @@ export class NbdDisk implements BlockBackend {
    * Connect to an NBD server and open `exportName`.
    * @param address - `{ host, port }` (TCP) or `{ path }` (unix socket)
    * @param exportName - the export ("" is the server's default export); at most 4096 UTF-8 bytes
-   * @param options - handshake timeout
-   * @throws TypeError / RangeError naming `address`, `exportName` or `options.handshakeTimeoutMs`;
+   * @param options - handshake, request and close timeouts
+   * @throws TypeError / RangeError naming `address`, `exportName` or the bad timeout option;
    *   BackendError "not-found" (NBD_REP_ERR_UNKNOWN, or nothing listening), "permission"
    *   (NBD_REP_ERR_POLICY / TLS_REQD), "bad-size" (export size not a multiple of 512, or a
    *   minimum block size above 512), "io" (any other refusal or protocol violation; the
@@ -209,28 +244,34 @@ export class NbdDisk implements BlockBackend {
         `exportName must be at most ${MAX_STRING} UTF-8 bytes, got ${name.length}`,
       );
     }
-    const timeout = options.handshakeTimeoutMs ?? 30_000;
-    if (!Number.isSafeInteger(timeout) || timeout < 0) {
-      throw new RangeError(
-        `options.handshakeTimeoutMs must be a non-negative integer, got ${timeout}`,
-      );
-    }
+    const timeout = timeoutOption(options, "handshakeTimeoutMs", 30_000);
+    const requestTimeout = timeoutOption(options, "requestTimeoutMs", 0);
+    const closeTimeout = timeoutOption(options, "closeTimeoutMs", 30_000);
     const socket = await openSocket(address, what);
     const reader = new ByteReader(socket);
     socket.on("error", () => {}); // the reader turns errors into "truncated"
-    if (timeout > 0) {
-      socket.setTimeout(timeout, () =>
-        socket.destroy(new Error(`no handshake progress from ${what} in ${timeout} ms`)),
-      );
-    }
+    // A total deadline, not socket.setTimeout: that one restarts on every byte received, so a
+    // server trickling replies could hold connect() for ever.
+    let late: NbdError | undefined;
+    const deadline =
+      timeout > 0
+        ? setTimeout(() => {
+            late = new NbdError("timeout", `not done in ${timeout} ms`, timeout);
+            socket.destroy();
+          }, timeout)
+        : undefined;
     let info: NbdExportInfo;
     try {
       info = await handshake(socket, reader, name);
     } catch (e) {
       socket.destroy();
-      throw asBackendError(e, `NBD handshake with ${what} for export "${exportName}" failed`);
+      throw asBackendError(
+        late ?? e,
+        `NBD handshake with ${what} for export "${exportName}" failed`,
+      );
+    } finally {
+      clearTimeout(deadline);
     }
-    socket.setTimeout(0);
     socket.setNoDelay(true);
     const badSize =
       info.size % SECTOR !== 0
@@ -244,7 +285,7 @@ export class NbdDisk implements BlockBackend {
       socket.end(requestHeader(0, CMD_DISC, 0, 0, 0));
       throw new BackendError("bad-size", `NBD export "${exportName}" at ${what}: ${badSize}`);
     }
-    return new NbdDisk(socket, reader, what, info);
+    return new NbdDisk(socket, reader, what, info, requestTimeout, closeTimeout);
   }
 
   /** @inheritdoc */
@@ -289,8 +330,10 @@ export class NbdDisk implements BlockBackend {
   }
 
   /**
-   * Wait for the requests in flight, send NBD_CMD_DISC (the soft disconnect) and close the
-   * connection. Later calls reject with BackendError "closed". Idempotent.
+   * Wait for the requests in flight (at most `closeTimeoutMs`), send NBD_CMD_DISC (the soft
+   * disconnect) and close the connection. Requests still unanswered when the wait ends reject
+   * with BackendError "closed" and the connection is dropped without DISC. Later calls reject
+   * with BackendError "closed". Always settles; idempotent.
    * @see NBD proto.md "Terminating the transmission phase" (the client SHOULD wait until no
    *   requests are in flight)
    */
@@ -298,10 +341,24 @@ export class NbdDisk implements BlockBackend {
     if (this.#closed) return;
     this.#closed = true;
     if (this.#pending.size > 0) {
+      let timer: ReturnType<typeof setTimeout> | undefined;
       await new Promise<void>((resolve) => {
         this.#idle = resolve;
+        if (this.#closeTimeout === 0) resolve();
+        else timer = setTimeout(resolve, this.#closeTimeout);
       });
+      clearTimeout(timer);
+      this.#idle = undefined;
+      if (this.#pending.size > 0) {
+        this.#fail(
+          new BackendError(
+            "closed",
+            `NBD disk ${this.#what} closed with ${this.#pending.size} request(s) unanswered after ${this.#closeTimeout} ms`,
+          ),
+        );
+      }
     }
+    clearTimeout(this.#watchdog);
     if (this.#broken === undefined && this.#socket.writable) {
       // proto.md "NBD_CMD_DISC": offset and length MUST be zero; there is no reply, and the
       // client MUST NOT send anything afterwards.
@@ -373,9 +430,13 @@ export class NbdDisk implements BlockBackend {
       this.#pending.set(cookie, {
         type,
         iovecs: type === CMD_READ ? iovecs : undefined,
+        sentAt: this.#requestTimeout > 0 ? performance.now() : 0,
         resolve,
         reject,
       });
+      if (this.#requestTimeout > 0 && this.#watchdog === undefined) {
+        this.#watchdog = setTimeout(() => this.#checkTimeout(), this.#requestTimeout);
+      }
       const s = this.#socket;
       s.cork();
       s.write(requestHeader(flags, type, cookie, offset, length));
@@ -417,10 +478,10 @@ export class NbdDisk implements BlockBackend {
             h.getBigUint64(8),
           );
         }
-        this.#pending.delete(cookie);
         if (error !== 0) {
           // proto.md "NBD_CMD_READ" (simple replies): after an error the server MUST NOT send
           // payload (or hard-disconnects).
+          this.#pending.delete(cookie);
           p.reject(this.#errorReply(p.type, error));
           if (error === NBD_ESHUTDOWN && this.#broken === undefined) {
             // proto.md "Terminating the transmission phase": a client receiving NBD_ESHUTDOWN
@@ -429,7 +490,10 @@ export class NbdDisk implements BlockBackend {
             this.#discWhenIdle = true;
           }
         } else {
+          // The request stays pending until its data is in: a server that closes in the middle
+          // of the data fails it together with the others (in #fail).
           if (p.iovecs) await this.#reader.readInto(p.iovecs);
+          this.#pending.delete(cookie);
           p.resolve();
         }
         this.#checkIdle();
@@ -439,17 +503,42 @@ export class NbdDisk implements BlockBackend {
     }
   }
 
+  /** The oldest request has waited `requestTimeoutMs`: fail the connection, or re-arm. */
+  #checkTimeout(): void {
+    this.#watchdog = undefined;
+    const oldest = this.#pending.values().next().value;
+    if (oldest === undefined) return;
+    const waited = performance.now() - oldest.sentAt;
+    if (waited >= this.#requestTimeout) {
+      this.#fail(
+        new NbdError(
+          "timeout",
+          `no reply to ${CMD_NAMES[oldest.type] ?? oldest.type} in ${this.#requestTimeout} ms`,
+          this.#requestTimeout,
+        ),
+      );
+      return;
+    }
+    this.#watchdog = setTimeout(() => this.#checkTimeout(), this.#requestTimeout - waited);
+  }
+
   #fail(e: unknown): void {
-    const err = asBackendError(e, `NBD connection to ${this.#what} failed`);
-    if (err.code !== "io") {
-      this.#broken = new BackendError("io", err.message, { cause: e });
-    } else {
-      this.#broken = err;
+    clearTimeout(this.#watchdog);
+    this.#watchdog = undefined;
+    // The first failure is the one to report: destroying the socket makes the reply loop fail
+    // again with "truncated", which says less.
+    if (!this.#failed) {
+      this.#failed = true;
+      const err = asBackendError(e, `NBD connection to ${this.#what} failed`);
+      this.#broken =
+        err.code === "io" || err.code === "closed"
+          ? err
+          : new BackendError("io", err.message, { cause: e });
     }
     this.#socket.destroy();
     const all = [...this.#pending.values()];
     this.#pending.clear();
-    for (const p of all) p.reject(this.#broken);
+    for (const p of all) p.reject(this.#broken!);
     this.#checkIdle();
   }
 
@@ -457,6 +546,10 @@ export class NbdDisk implements BlockBackend {
     if (this.#pending.size === 0 && this.#discWhenIdle) {
       this.#discWhenIdle = false;
       this.#socket.end(requestHeader(0, CMD_DISC, this.#nextCookie++, 0, 0));
+    }
+    if (this.#pending.size === 0 && this.#watchdog !== undefined) {
+      clearTimeout(this.#watchdog);
+      this.#watchdog = undefined;
     }
     if (this.#pending.size === 0 && this.#idle) {
       const f = this.#idle;
@@ -537,6 +630,14 @@ function requestHeader(
   setU64(v, 16, offset);
   v.setUint32(24, length);
   return b;
+}
+
+function timeoutOption(options: NbdDiskOptions, name: keyof NbdDiskOptions, dflt: number): number {
+  const v = options[name] ?? dflt;
+  if (!Number.isSafeInteger(v) || v < 0 || v > 2 ** 31 - 1) {
+    throw new RangeError(`options.${name} must be an integer in 0..2147483647, got ${v}`);
+  }
+  return v;
 }
 
 async function settleAll(parts: readonly Promise<void>[]): Promise<void> {

@@ -54,6 +54,20 @@ import {
 const SECTOR = 512;
 /** Largest TRIM / WRITE_ZEROES range handed to the back-end in one call. */
 const MAX_EFFECT_CHUNK = 1 << 30;
+/**
+ * Payload bytes each connection may hold outside the shared `maxTotalBufferedBytes` budget, so
+ * a client doing ordinary I/O is served while others hold the whole budget with large requests.
+ */
+const CONNECTION_RESERVE = 256 * 1024;
+/** Option replies queued unsent before the handshake stops reading options (back-pressure). */
+const HANDSHAKE_WRITE_HIGH = 64 * 1024;
+/**
+ * Requests or payload bytes handled in a row without returning to the event loop; then the
+ * connection yields (setImmediate), so other connections, timers and a reset of this one are
+ * seen even while its socket holds thousands of pipelined requests.
+ */
+const YIELD_REQUESTS = 32;
+const YIELD_BYTES = 1 << 20;
 
 /** Options of an {@link NbdServer}. */
 export interface NbdServerOptions {
@@ -63,21 +77,143 @@ export interface NbdServerOptions {
    */
   readonly exports: ReadonlyMap<string, BlockBackend> | Readonly<Record<string, BlockBackend>>;
   /**
-   * Requests one connection may have in flight at the back-end; further requests wait in the
-   * socket (TCP flow control). Default 64.
+   * Requests one connection may have in flight, from admission until its reply has been handed
+   * to the kernel; further requests wait in the socket (TCP flow control). Default 64.
    */
   readonly maxInFlight?: number;
   /**
-   * Payload bytes (write data received, read data to send) one connection may hold at once.
-   * At least 32 MiB (one maximal request). Default 64 MiB.
+   * Payload bytes (write data received, read data not yet handed to the kernel) one connection
+   * may hold at once. At least 32 MiB (one maximal request). Default 64 MiB.
    */
   readonly maxBufferedBytes?: number;
   /**
+   * Payload bytes all connections together may hold at once; a connection waits (and stops
+   * reading its socket) until its request fits. Each connection may also hold 256 KiB outside
+   * this budget, so small requests are served while large ones wait. At least 32 MiB.
+   * Default 256 MiB.
+   */
+  readonly maxTotalBufferedBytes?: number;
+  /**
+   * Connections open at once; more are closed at accept and counted (`stats.rejected`).
+   * Default 100 (qemu-nbd's default since the fix for CVE-2024-7409).
+   */
+  readonly maxConnections?: number;
+  /**
+   * A connection must finish the handshake (reach transmission through NBD_OPT_GO or
+   * NBD_OPT_EXPORT_NAME) this many milliseconds after it was accepted, or it is closed: a total
+   * deadline, not reset by traffic. Default 10 000 (qemu-nbd's `--handshake-limit`); 0 disables.
+   */
+  readonly handshakeTimeoutMs?: number;
+  /**
+   * Close a connection in transmission that has nothing in flight and has sent nothing for this
+   * many milliseconds. Default 0 (never: an idle guest disk is normal, and qemu and the Linux
+   * nbd driver do not reconnect by default); set it when clients are not trusted.
+   */
+  readonly idleTimeoutMs?: number;
+  /**
+   * A WRITE's payload must arrive, and a reply must be taken by the client (handed to the
+   * kernel), within this many milliseconds, or the connection is closed and its buffers are
+   * freed: a total deadline per message, so a client trickling a 32 MiB payload or reading its
+   * replies one byte at a time cannot hold the budget. Time the back-end takes does not count.
+   * Default 60 000 (at least 0.5 MiB/s for a 32 MiB message); 0 disables.
+   */
+  readonly requestTimeoutMs?: number;
+  /**
    * Called when a connection ends because the client broke the protocol (bad magic, an oversize
-   * length, unknown client flags, a truncated message) or its socket failed. Only that
-   * connection is closed. Default: ignore.
+   * length, unknown client flags, a truncated message), missed a deadline (NbdError "timeout")
+   * or its socket failed. Only that connection is closed. Default: ignore.
    */
   readonly onConnectionError?: (error: NbdError | Error) => void;
+}
+
+/** Counters and gauges of an {@link NbdServer} (a snapshot). Counters only grow. */
+export interface NbdServerStats {
+  /** Connections open now. */
+  readonly connections: number;
+  /** Connections accepted. */
+  readonly accepted: number;
+  /** Connections closed at accept because `maxConnections` were open. */
+  readonly rejected: number;
+  /** Connections closed for missing `handshakeTimeoutMs`. */
+  readonly handshakeTimeouts: number;
+  /** Connections closed for staying idle `idleTimeoutMs`. */
+  readonly idleTimeouts: number;
+  /** Connections closed because a payload or a reply missed `requestTimeoutMs`. */
+  readonly requestTimeouts: number;
+  /** Connections closed because the client broke the protocol or its socket failed. */
+  readonly protocolErrors: number;
+  /** Requests executed at a back-end. */
+  readonly requests: number;
+  /**
+   * Requests read from a client that was gone before they ran (reset, closed, timed out):
+   * dropped without running.
+   */
+  readonly abandoned: number;
+  /**
+   * Bytes (pipelined requests) still buffered from a client that was gone: dropped unread.
+   */
+  readonly discardedBytes: number;
+  /** Payload bytes held now, all connections together (shared budget and reserves). */
+  readonly bufferedBytes: number;
+  /** The most payload bytes held at once since the server was made. */
+  readonly peakBufferedBytes: number;
+}
+
+/** The shared payload budget and the server's counters, handed to every connection. */
+class Shared {
+  readonly maxTotal: number;
+  used = 0;
+  reserved = 0;
+  peak = 0;
+  readonly waiters = new Set<() => void>();
+  readonly stats = {
+    accepted: 0,
+    rejected: 0,
+    handshakeTimeouts: 0,
+    idleTimeouts: 0,
+    requestTimeouts: 0,
+    protocolErrors: 0,
+    requests: 0,
+    abandoned: 0,
+    discardedBytes: 0,
+  };
+
+  constructor(maxTotal: number) {
+    this.maxTotal = maxTotal;
+  }
+
+  tryTake(n: number): boolean {
+    if (this.used + n > this.maxTotal) return false;
+    this.used += n;
+    this.#peak();
+    return true;
+  }
+
+  reserve(n: number): void {
+    this.reserved += n;
+    this.#peak();
+  }
+
+  give(n: number): void {
+    this.used -= n;
+    if (this.waiters.size === 0) return;
+    const ws = [...this.waiters];
+    this.waiters.clear();
+    for (const w of ws) w();
+  }
+
+  #peak(): void {
+    if (this.used + this.reserved > this.peak) this.peak = this.used + this.reserved;
+  }
+}
+
+/** What a connection must not exceed. */
+interface Limits {
+  readonly maxInFlight: number;
+  readonly maxBuffered: number;
+  readonly handshakeMs: number;
+  readonly idleMs: number;
+  readonly requestMs: number;
 }
 
 /**
@@ -90,13 +226,25 @@ export interface NbdServerOptions {
  * Limits (announced through NBD_INFO_BLOCK_SIZE): minimum block size 512 (requests not aligned
  * to it fail with NBD_EINVAL), preferred the back-end's `blockSize`, maximum payload 32 MiB.
  * A WRITE announcing more than 32 MiB closes the connection (its payload cannot be skipped
- * cheaply); a READ asking for more fails with NBD_EINVAL. Each connection holds at most
- * `maxInFlight` requests and `maxBufferedBytes` payload bytes; past that it stops reading the
- * socket until requests complete.
+ * cheaply); a READ asking for more fails with NBD_EINVAL.
+ *
+ * Hostile clients (every limit is an option; defaults in the package README):
+ * - Memory is bounded per connection (`maxInFlight` requests, `maxBufferedBytes` payload bytes,
+ *   counted until a reply has left for the kernel) and across connections
+ *   (`maxTotalBufferedBytes`, `maxConnections`). Past a limit the server stops reading that
+ *   socket, so TCP flow control pushes back on the client. Option replies are back-pressured
+ *   too: a client that sends options and never reads the replies stalls itself.
+ * - Time is bounded: `handshakeTimeoutMs` for the handshake, `requestTimeoutMs` for each
+ *   payload and reply on the wire, `idleTimeoutMs` (opt-in) between requests. A missed deadline
+ *   closes that connection (NbdError "timeout").
+ * - A client that resets or closes stops costing work: requests still buffered from it are
+ *   dropped unrun (`stats.abandoned`). A connection yields to the event loop every 32 requests
+ *   or 1 MiB of payload, so one client's pipeline never starves the others.
+ * - A protocol violation closes only the offending connection.
  *
  * Errors: ranges past the end fail with NBD_ENOSPC (WRITE, WRITE_ZEROES) or NBD_EINVAL (READ,
  * TRIM), writes to a read-only export with NBD_EPERM, back-end rejections with NBD_EIO, unknown
- * commands or flags with NBD_EINVAL. A protocol violation closes only the offending connection.
+ * commands or flags with NBD_EINVAL.
  *
  * Durability: a WRITE is answered only after the back-end's `write` resolved; NBD_CMD_FLUSH is
  * the back-end's `flush`. NBD_FLAG_CAN_MULTI_CONN is set because all connections share the one
@@ -113,16 +261,18 @@ export interface NbdServerOptions {
  */
 export class NbdServer {
   readonly #exports: ReadonlyMap<string, BlockBackend>;
-  readonly #maxInFlight: number;
-  readonly #maxBuffered: number;
+  readonly #limits: Limits;
+  readonly #maxConnections: number;
+  readonly #shared: Shared;
   readonly #onError: (error: NbdError | Error) => void;
   readonly #connections = new Set<Connection>();
   #server: Server | undefined = undefined;
+  #sweep: ReturnType<typeof setInterval> | undefined = undefined;
 
   /**
-   * @param options - exports and per-connection limits
-   * @throws TypeError naming `options.exports`; RangeError naming `options.maxInFlight`,
-   *   `options.maxBufferedBytes` or an export name longer than 4096 UTF-8 bytes
+   * @param options - exports, limits and timeouts
+   * @throws TypeError naming `options.exports`; RangeError naming the limit or timeout option
+   *   that is out of range, or an export name longer than 4096 UTF-8 bytes
    */
   constructor(options: NbdServerOptions) {
     const ex = options?.exports;
@@ -140,25 +290,47 @@ export class NbdServer {
         throw new TypeError(`options.exports["${name}"] must be a BlockBackend`);
       }
     }
-    const inFlight = options.maxInFlight ?? 64;
-    if (!Number.isSafeInteger(inFlight) || inFlight < 1) {
-      throw new RangeError(`options.maxInFlight must be a positive integer, got ${inFlight}`);
-    }
-    const buffered = options.maxBufferedBytes ?? 2 * MAX_PAYLOAD;
-    if (!Number.isSafeInteger(buffered) || buffered < MAX_PAYLOAD) {
-      throw new RangeError(
-        `options.maxBufferedBytes must be an integer of at least ${MAX_PAYLOAD}, got ${buffered}`,
-      );
-    }
+    const int = (name: keyof NbdServerOptions, dflt: number, min: number): number => {
+      const v = options[name] ?? dflt;
+      if (!Number.isSafeInteger(v) || (v as number) < min) {
+        throw new RangeError(`options.${name} must be an integer of at least ${min}, got ${v}`);
+      }
+      return v as number;
+    };
+    const ms = (name: keyof NbdServerOptions, dflt: number): number => {
+      const v = int(name, dflt, 0);
+      if (v > 2 ** 31 - 1) {
+        throw new RangeError(`options.${name} must be at most 2147483647 ms, got ${v}`);
+      }
+      return v;
+    };
+    this.#limits = {
+      maxInFlight: int("maxInFlight", 64, 1),
+      maxBuffered: int("maxBufferedBytes", 2 * MAX_PAYLOAD, MAX_PAYLOAD),
+      handshakeMs: ms("handshakeTimeoutMs", 10_000),
+      idleMs: ms("idleTimeoutMs", 0),
+      requestMs: ms("requestTimeoutMs", 60_000),
+    };
+    this.#maxConnections = int("maxConnections", 100, 1);
+    this.#shared = new Shared(int("maxTotalBufferedBytes", 8 * MAX_PAYLOAD, MAX_PAYLOAD));
     this.#exports = map;
-    this.#maxInFlight = inFlight;
-    this.#maxBuffered = buffered;
     this.#onError = options.onConnectionError ?? (() => {});
   }
 
   /** Connections currently open. */
   get connectionCount(): number {
     return this.#connections.size;
+  }
+
+  /** Counters and gauges, as of now. */
+  get stats(): NbdServerStats {
+    const sh = this.#shared;
+    return {
+      connections: this.#connections.size,
+      ...sh.stats,
+      bufferedBytes: sh.used + sh.reserved,
+      peakBufferedBytes: sh.peak,
+    };
   }
 
   /**
@@ -182,6 +354,21 @@ export class NbdServer {
     }
     const server = createServer((socket) => this.#accept(socket));
     this.#server = server;
+    const l = this.#limits;
+    const shortest = Math.min(
+      ...[l.handshakeMs, l.idleMs, l.requestMs].filter((t) => t > 0),
+      Number.POSITIVE_INFINITY,
+    );
+    if (shortest !== Number.POSITIVE_INFINITY) {
+      // One sweep for every deadline of every connection: a deadline is met to within a quarter
+      // of the shortest timeout (at most 1 s late), without a timer per request.
+      const every = Math.min(1000, Math.max(10, Math.floor(shortest / 4)));
+      this.#sweep = setInterval(() => {
+        const now = performance.now();
+        for (const c of this.#connections) c.checkDeadlines(now);
+      }, every);
+      this.#sweep.unref();
+    }
     return new Promise((resolve, reject) => {
       server.once("error", reject);
       const done = () => {
@@ -196,13 +383,15 @@ export class NbdServer {
   }
 
   /**
-   * Stop accepting connections, let requests in flight at the back-ends finish, then close every
+   * Stop accepting connections, let requests running at the back-ends finish, then close every
    * connection (a hard disconnect, as proto.md "Terminating the transmission phase" allows on
    * server shutdown). Resolves when the listener is closed. Idempotent.
    */
   async close(): Promise<void> {
     const server = this.#server;
     this.#server = undefined;
+    clearInterval(this.#sweep);
+    this.#sweep = undefined;
     const closed = server
       ? new Promise<void>((resolve) => server.close(() => resolve()))
       : Promise.resolve();
@@ -211,13 +400,23 @@ export class NbdServer {
   }
 
   #accept(socket: Socket): void {
-    const c = new Connection(socket, this.#exports, this.#maxInFlight, this.#maxBuffered);
+    const sh = this.#shared;
+    if (this.#connections.size >= this.#maxConnections || this.#server === undefined) {
+      sh.stats.rejected++;
+      socket.on("error", () => {});
+      socket.destroy();
+      return;
+    }
+    sh.stats.accepted++;
+    const c = new Connection(socket, this.#exports, this.#limits, sh);
     this.#connections.add(c);
     c.run().then(
       () => this.#connections.delete(c),
       (e: unknown) => {
         this.#connections.delete(c);
-        this.#onError(e instanceof Error ? e : new Error(String(e)));
+        const err = e instanceof Error ? e : new Error(String(e));
+        if (!(err instanceof NbdError && err.code === "timeout")) sh.stats.protocolErrors++;
+        this.#onError(err);
       },
     );
   }
@@ -228,27 +427,55 @@ class Connection {
   readonly #socket: Socket;
   readonly #reader: ByteReader;
   readonly #exports: ReadonlyMap<string, BlockBackend>;
-  readonly #maxInFlight: number;
-  readonly #maxBuffered: number;
+  readonly #limits: Limits;
+  readonly #shared: Shared;
+  /** Admitted requests whose reply has not yet been handed to the kernel (or dropped). */
   #inFlight = 0;
+  /** Requests running at the back-end. */
+  #executing = 0;
+  /** Payload bytes held: from the shared budget plus from this connection's reserve. */
   #bufferedBytes = 0;
-  #waiters: (() => void)[] = [];
+  #fromPool = 0;
+  #fromReserve = 0;
+  readonly #waiters = new Set<() => void>();
+  readonly #closedPromise: Promise<void>;
   #stopping = false;
+  /** Why the server closed this connection (a deadline), reported instead of "truncated". */
+  #abort: NbdError | undefined = undefined;
+  #released = false;
+  // Deadlines (performance.now() values; 0 when none is running).
+  #handshakeDeadline = 0;
+  #readDeadline = 0;
+  /** Deadline of each reply not yet handed to the kernel, oldest first. */
+  readonly #flushDeadlines: number[] = [];
+  #inTransmission = false;
+  #lastActivity: number;
 
   constructor(
     socket: Socket,
     exports: ReadonlyMap<string, BlockBackend>,
-    maxInFlight: number,
-    maxBuffered: number,
+    limits: Limits,
+    sh: Shared,
   ) {
     this.#socket = socket;
-    this.#reader = new ByteReader(socket, 256 * 1024);
+    this.#reader = new ByteReader(socket, 64 * 1024);
     this.#exports = exports;
-    this.#maxInFlight = maxInFlight;
-    this.#maxBuffered = maxBuffered;
+    this.#limits = limits;
+    this.#shared = sh;
+    const now = performance.now();
+    this.#lastActivity = now;
+    if (limits.handshakeMs > 0) this.#handshakeDeadline = now + limits.handshakeMs;
     socket.on("error", () => {}); // surfaces as a truncated read in run()
+    socket.on("data", () => {
+      this.#lastActivity = performance.now();
+    });
     socket.on("drain", () => this.#notify());
-    socket.on("close", () => this.#notify());
+    this.#closedPromise = new Promise((resolve) => {
+      socket.once("close", () => {
+        this.#notify();
+        resolve();
+      });
+    });
     socket.setNoDelay(true);
   }
 
@@ -256,20 +483,65 @@ class Connection {
   async run(): Promise<void> {
     try {
       const exp = await this.#handshake();
-      if (exp) await this.#transmission(exp.backend);
-      await this.#drainInFlight();
-      this.#socket.end();
+      this.#handshakeDeadline = 0;
+      if (exp) {
+        this.#inTransmission = true;
+        await this.#transmission(exp.backend);
+      }
+      await this.#drainExecuting();
+      // Send what is queued, then close even if the client never closes its side; a client
+      // that does not read is cut off by the reply deadline.
+      this.#socket.destroySoon();
+      await this.#closedPromise;
+      if (this.#abort) throw this.#abort;
     } catch (e) {
       this.#socket.destroy();
       // A shutdown closes sockets on purpose; that is not the client's fault.
-      if (!this.#stopping) throw e;
+      if (!this.#stopping) throw this.#abort ?? e;
+    } finally {
+      this.#releaseAll();
     }
   }
 
   async shutdown(): Promise<void> {
     this.#stopping = true;
-    await this.#drainInFlight();
+    await this.#drainExecuting();
     this.#socket.destroy();
+  }
+
+  /** Called by the server's sweep: close the connection if a deadline has passed. */
+  checkDeadlines(now: number): void {
+    if (this.#socket.destroyed) return;
+    const l = this.#limits;
+    const sh = this.#shared.stats;
+    if (this.#handshakeDeadline !== 0 && now >= this.#handshakeDeadline) {
+      sh.handshakeTimeouts++;
+      this.#kill(`handshake not done in ${l.handshakeMs} ms`, l.handshakeMs);
+    } else if (this.#readDeadline !== 0 && now >= this.#readDeadline) {
+      sh.requestTimeouts++;
+      this.#kill(`NBD_CMD_WRITE payload not received in ${l.requestMs} ms`, l.requestMs);
+    } else if (this.#flushDeadlines.length > 0 && now >= this.#flushDeadlines[0]!) {
+      sh.requestTimeouts++;
+      this.#kill(`reply not taken by the client in ${l.requestMs} ms`, l.requestMs);
+    } else if (
+      l.idleMs > 0 &&
+      this.#inTransmission &&
+      this.#inFlight === 0 &&
+      now - this.#lastActivity >= l.idleMs
+    ) {
+      sh.idleTimeouts++;
+      this.#kill(`idle for ${l.idleMs} ms`, l.idleMs);
+    }
+  }
+
+  #kill(message: string, limit: number): void {
+    this.#abort ??= new NbdError("timeout", message, limit);
+    this.#socket.destroy();
+  }
+
+  /** The client is gone (reset, closed) or the server cut it off: stop starting work for it. */
+  #gone(): boolean {
+    return this.#socket.destroyed || this.#abort !== undefined;
   }
 
   /**
@@ -291,7 +563,15 @@ class Connection {
       throw new NbdError("protocol", `unknown client flags 0x${cf.toString(16)}`, cf);
     }
     const noZeroes = (cf & FLAG_C_NO_ZEROES) !== 0;
-    for (;;) {
+    for (let options = 1; ; options++) {
+      // Back-pressure: a client that sends options and never reads the replies must not make
+      // us queue replies without bound. Stop reading options (so TCP pushes back on the client)
+      // until the queued replies have drained; the handshake deadline ends the wait.
+      while (this.#socket.writableLength > HANDSHAKE_WRITE_HIGH) {
+        if (this.#gone()) throw new NbdError("truncated", "connection closed");
+        await this.#wait();
+      }
+      if (options % YIELD_REQUESTS === 0) await yieldToEventLoop();
       if (!(await this.#reader.hasMore())) return undefined;
       const oh = dv(await this.#reader.read(16));
       const magic = oh.getBigUint64(0);
@@ -427,7 +707,19 @@ class Connection {
     const header = new Uint8Array(28);
     const h = dv(header);
     const size = backend.capacity * SECTOR;
+    let requests = 0;
+    let bytes = 0;
     for (;;) {
+      if (requests >= YIELD_REQUESTS || bytes >= YIELD_BYTES) {
+        // Everything below can run on microtasks alone while the socket holds pipelined
+        // requests; a macrotask turn lets other connections in and lets a reset be noticed.
+        await yieldToEventLoop();
+        requests = 0;
+        bytes = 0;
+      }
+      // A client that is gone gets no more work done for it: what it still had buffered is
+      // dropped unrun.
+      if (this.#gone()) return this.#discardBuffered();
       // A client that drops the connection between requests is a (hard) disconnect, not a
       // violation.
       if (!(await this.#reader.hasMore())) return;
@@ -456,22 +748,56 @@ class Connection {
       }
       const payload =
         type === CMD_WRITE || (type === CMD_READ && length <= MAX_PAYLOAD) ? length : 0;
-      await this.#admit(payload);
-      const data = type === CMD_WRITE ? await this.#reader.read(length) : undefined;
-
+      const fromPool = await this.#admit(payload);
+      if (fromPool === undefined) {
+        this.#shared.stats.abandoned++;
+        return this.#discardBuffered();
+      }
+      requests++;
+      bytes += payload;
+      let data: Uint8Array | undefined;
+      if (type === CMD_WRITE) {
+        if (this.#limits.requestMs > 0) {
+          this.#readDeadline = performance.now() + this.#limits.requestMs;
+        }
+        try {
+          data = await this.#reader.read(length);
+        } finally {
+          this.#readDeadline = 0;
+        }
+      }
       const error = validate(type, flags, offset, length, size, backend.readOnly);
       if (error !== 0) {
-        this.#release(payload);
-        this.#reply(cookie, error, undefined);
+        this.#release(payload, fromPool);
+        this.#reply(cookie, error, undefined, 0, false);
         continue;
       }
-      this.#inFlight++;
-      void this.#execute(backend, type, flags, offset, length, data).then((result) => {
+      if (this.#gone()) {
+        this.#release(payload, fromPool);
         this.#inFlight--;
-        this.#reply(cookie, result.error, result.data);
-        this.#release(payload);
+        this.#shared.stats.abandoned++;
+        return this.#discardBuffered();
+      }
+      this.#executing++;
+      this.#shared.stats.requests++;
+      void this.#execute(backend, type, flags, offset, length, data).then((result) => {
+        this.#executing--;
+        this.#notify();
+        if (result.data === undefined) {
+          // Nothing of the payload is needed for the reply: give it back now.
+          this.#release(payload, fromPool);
+          this.#reply(cookie, result.error, undefined, 0, false);
+        } else {
+          // Read data stays counted until the kernel has it.
+          this.#reply(cookie, result.error, result.data, payload, fromPool);
+        }
       });
     }
+  }
+
+  /** Count the bytes still buffered from a client that is gone; they are dropped unread. */
+  #discardBuffered(): void {
+    this.#shared.stats.discardedBytes += this.#reader.buffered;
   }
 
   async #execute(
@@ -531,54 +857,135 @@ class Connection {
     }
   }
 
-  /** proto.md "Simple reply message": magic, error, cookie, then data for a successful READ. */
-  #reply(cookie: Uint8Array, error: number, data: Uint8Array | undefined): void {
+  /**
+   * proto.md "Simple reply message": magic, error, cookie, then data for a successful READ.
+   * The request stays in flight (and `held` payload bytes stay counted) until the kernel has
+   * taken the reply, or it is dropped because the client is gone.
+   */
+  #reply(
+    cookie: Uint8Array,
+    error: number,
+    data: Uint8Array | undefined,
+    held: number,
+    fromPool: boolean,
+  ): void {
     const s = this.#socket;
-    if (s.destroyed) return;
+    if (this.#gone()) {
+      this.#inFlight--;
+      this.#release(held, fromPool);
+      return;
+    }
     const b = new Uint8Array(16);
     const v = dv(b);
     v.setUint32(0, SIMPLE_REPLY_MAGIC);
     v.setUint32(4, error);
     b.set(cookie, 8);
-    s.cork();
-    s.write(b);
-    if (error === 0 && data && data.length > 0) s.write(data);
-    s.uncork();
-  }
-
-  /** Wait until a request with `payload` bytes fits the in-flight and buffer budgets. */
-  async #admit(payload: number): Promise<void> {
-    while (
-      this.#inFlight >= this.#maxInFlight ||
-      (this.#bufferedBytes > 0 && this.#bufferedBytes + payload > this.#maxBuffered) ||
-      this.#socket.writableLength > this.#maxBuffered
-    ) {
-      if (this.#socket.destroyed) throw new NbdError("truncated", "connection closed");
-      await new Promise<void>((resolve) => {
-        this.#waiters.push(resolve);
-      });
+    if (this.#limits.requestMs > 0) {
+      this.#flushDeadlines.push(performance.now() + this.#limits.requestMs);
     }
-    this.#bufferedBytes += payload;
+    // Node calls write callbacks in order, once the bytes are in the kernel or the socket failed.
+    const done = (): void => {
+      this.#flushDeadlines.shift();
+      this.#lastActivity = performance.now();
+      this.#inFlight--;
+      this.#release(held, fromPool);
+    };
+    if (error === 0 && data && data.length > 0) {
+      s.cork();
+      s.write(b);
+      s.write(data, done);
+      s.uncork();
+    } else {
+      s.write(b, done);
+    }
   }
 
-  #release(payload: number): void {
-    this.#bufferedBytes -= payload;
+  /**
+   * Wait until a request with `payload` bytes fits the connection's limits and the shared
+   * budget; take its place in flight and its bytes. Returns whether the bytes came from the
+   * shared budget (false: from this connection's reserve), or undefined if the client is gone.
+   */
+  async #admit(payload: number): Promise<boolean | undefined> {
+    const l = this.#limits;
+    for (;;) {
+      if (this.#gone()) return undefined;
+      if (
+        this.#inFlight < l.maxInFlight &&
+        (this.#bufferedBytes === 0 || this.#bufferedBytes + payload <= l.maxBuffered) &&
+        this.#socket.writableLength <= l.maxBuffered
+      ) {
+        let fromPool: boolean | undefined;
+        if (this.#fromReserve + payload <= CONNECTION_RESERVE) {
+          this.#fromReserve += payload;
+          this.#shared.reserve(payload);
+          fromPool = false;
+        } else if (this.#shared.tryTake(payload)) {
+          this.#fromPool += payload;
+          fromPool = true;
+        }
+        if (fromPool !== undefined) {
+          this.#inFlight++;
+          this.#bufferedBytes += payload;
+          return fromPool;
+        }
+      }
+      await this.#wait(true);
+    }
+  }
+
+  #release(payload: number, fromPool: boolean): void {
+    // After #releaseAll everything was given back already.
+    if (!this.#released) {
+      this.#bufferedBytes -= payload;
+      if (fromPool) {
+        this.#fromPool -= payload;
+        this.#shared.give(payload);
+      } else {
+        this.#fromReserve -= payload;
+        this.#shared.reserve(-payload);
+      }
+    }
     this.#notify();
   }
 
-  #notify(): void {
-    const ws = this.#waiters;
-    this.#waiters = [];
-    for (const w of ws) w();
+  /** The connection is over: give back whatever it still holds (write callbacks may lag). */
+  #releaseAll(): void {
+    if (this.#released) return;
+    this.#released = true;
+    const pool = this.#fromPool;
+    this.#shared.reserve(-this.#fromReserve);
+    this.#fromPool = 0;
+    this.#fromReserve = 0;
+    this.#bufferedBytes = 0;
+    this.#flushDeadlines.length = 0;
+    this.#readDeadline = 0;
+    this.#shared.give(pool);
   }
 
-  async #drainInFlight(): Promise<void> {
-    while (this.#inFlight > 0) {
-      await new Promise<void>((resolve) => {
-        this.#waiters.push(resolve);
-      });
-    }
+  /** Sleep until something changes: a release, a drain, the socket closing, or (if `pool`) the shared budget. */
+  #wait(pool = false): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const wake = (): void => {
+        this.#waiters.delete(wake);
+        this.#shared.waiters.delete(wake);
+        resolve();
+      };
+      this.#waiters.add(wake);
+      if (pool) this.#shared.waiters.add(wake);
+    });
   }
+
+  #notify(): void {
+    for (const w of [...this.#waiters]) w();
+  }
+
+  async #drainExecuting(): Promise<void> {
+    while (this.#executing > 0) await this.#wait();
+  }
+}
+
+function yieldToEventLoop(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
 }
 
 /**

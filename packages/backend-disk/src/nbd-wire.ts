@@ -134,7 +134,13 @@ export type NbdErrorCode =
   /** The peer sent a well-framed message the protocol forbids here (unknown flags, bad option reply). */
   | "protocol"
   /** The server refused the export during option haggling (an NBD_REP_ERR_* reply). */
-  | "refused";
+  | "refused"
+  /**
+   * The peer did not finish in time: a handshake past its deadline, a request unanswered past
+   * `requestTimeoutMs`, or (server side) a request whose payload or reply did not move in time.
+   * `value` is the limit in milliseconds.
+   */
+  | "timeout";
 
 /**
  * A violation of the NBD protocol by the peer, or a refusal by the server. `NbdDisk` wraps it as

@@ -1,4 +1,5 @@
 import type { NetFrameSink } from "@virtio-ts/devices";
+import { ETH_HLEN } from "@virtio-ts/spec";
 import { FrameRing } from "./frame-ring.js";
 
 /**
@@ -63,8 +64,12 @@ export const DEFAULT_QUEUE_BYTES = 1 << 20;
  * one VLAN tag (18). Frames never carry an FCS or a `virtio_net_hdr` here.
  */
 export const DEFAULT_MAX_FRAME_SIZE = 65_535 + 18;
-/** The Ethernet header: destination MAC, source MAC, EtherType. Shorter frames are runts. */
-export const ETH_HEADER_LEN = 14;
+/**
+ * The Ethernet header: destination MAC, source MAC, EtherType. Shorter frames are runts.
+ * @deprecated The same value as `ETH_HLEN` of `@virtio-ts/spec`, the one home of the Ethernet
+ *   constants; use that.
+ */
+export const ETH_HEADER_LEN: number = ETH_HLEN;
 
 /** @internal */
 export interface MutableStats {

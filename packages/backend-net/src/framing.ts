@@ -6,8 +6,14 @@ import { checkCount, DEFAULT_MAX_FRAME_SIZE } from "./endpoint.js";
  *   the connection is closed (the stream cannot be resynchronised).
  * - `socket`: the socket failed (connection refused or reset, address in use...); the host
  *   error is in `cause`.
+ * - `partial-frame`: the connection closed in the middle of a frame; `length` is the number of
+ *   bytes of it (length header included) that were received and dropped.
+ * - `timeout`: a {@link StreamTunnelServer} closed a connection that sent no complete frame
+ *   within `handshakeTimeoutMs`, or none for `idleTimeoutMs`.
+ * - `evicted`: a {@link StreamTunnelServer} with every slot taken gave this idle connection's
+ *   slot to a new one (`evictIdleAfterMs`).
  */
-export type TunnelErrorCode = "bad-length" | "socket";
+export type TunnelErrorCode = "bad-length" | "socket" | "partial-frame" | "timeout" | "evicted";
 
 /**
  * A tunnel failure caused by the peer or the host network. Never thrown from a frame path: a
@@ -16,7 +22,7 @@ export type TunnelErrorCode = "bad-length" | "socket";
 export class TunnelError extends Error {
   /** What went wrong. */
   readonly code: TunnelErrorCode;
-  /** For `bad-length`: the length the peer announced. */
+  /** For `bad-length`: the length the peer announced; for `partial-frame`: the bytes dropped. */
   readonly length: number | undefined;
   /** For `bad-length`: the largest length accepted. */
   readonly maxFrameSize: number | undefined;

@@ -7,7 +7,7 @@
  *
  * @packageDocumentation
  */
-export * from "./dgram-tunnel.js";
+export { type DgramAddress, DgramTunnel, type DgramTunnelOptions } from "./dgram-tunnel.js";
 export {
   DEFAULT_MAX_FRAME_SIZE,
   DEFAULT_QUEUE_BYTES,
@@ -17,7 +17,12 @@ export {
   type NetPortStats,
   type NetQueueOptions,
 } from "./endpoint.js";
-export * from "./framing.js";
+export {
+  encodeLengthPrefixed,
+  LengthPrefixedDecoder,
+  TunnelError,
+  type TunnelErrorCode,
+} from "./framing.js";
 export {
   type StreamAddress,
   type StreamServerStats,
@@ -29,5 +34,12 @@ export {
   type TunnelStats,
   type UnixAddress,
 } from "./stream-tunnel.js";
-export * from "./switch.js";
-export * from "./veth.js";
+export {
+  type MacTableEntry,
+  Switch,
+  type SwitchOptions,
+  SwitchPort,
+  type SwitchPortOptions,
+  type SwitchStats,
+} from "./switch.js";
+export { VethEnd, VethPair, type VethPairOptions } from "./veth.js";

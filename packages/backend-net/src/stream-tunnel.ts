@@ -31,8 +31,16 @@ export type StreamAddress = TcpAddress | UnixAddress;
 export interface StreamServerStats {
   /** Connections accepted (each became a tunnel). */
   readonly accepted: number;
-  /** Connections closed at accept because `maxConnections` were open. */
+  /** Connections closed at accept because `maxConnections` were open and none could be evicted. */
   readonly rejected: number;
+  /** Idle tunnels closed to give their slot to a new connection (`evictIdleAfterMs`). */
+  readonly evicted: number;
+  /** Tunnels closed for sending no complete frame within `handshakeTimeoutMs`. */
+  readonly handshakeTimeouts: number;
+  /** Tunnels closed for sending no frame for `idleTimeoutMs`. */
+  readonly idleTimeouts: number;
+  /** Tunnels that closed in the middle of a frame (see {@link TunnelStats.partialFrameBytes}). */
+  readonly partialFrames: number;
 }
 
 /** Options of a {@link StreamTunnel}. */
@@ -63,6 +71,11 @@ export interface TunnelStats {
   readonly sendQueueFull: number;
   /** Times a socket write returned false, so the tunnel refused deliveries until `drain`. */
   readonly backpressure: number;
+  /**
+   * Bytes of an incomplete frame (length header included) pending when the connection closed:
+   * dropped, and reported as a `partial-frame` {@link TunnelError} (stream only).
+   */
+  readonly partialFrameBytes: number;
 }
 
 /** @internal */
@@ -78,6 +91,7 @@ export function newTunnelStats(): { -readonly [K in keyof TunnelStats]: number }
     sendErrors: 0,
     sendQueueFull: 0,
     backpressure: 0,
+    partialFrameBytes: 0,
   };
 }
 
@@ -113,7 +127,9 @@ export function checkBackend(port: unknown): NetBackend {
  *
  * **Hostile peers.** A length of 0 or above `maxFrameSize` cannot be resynchronised: the
  * tunnel destroys that one socket and resolves {@link StreamTunnel.closed} with a `bad-length`
- * {@link TunnelError}. Nothing is thrown and the process keeps running.
+ * {@link TunnelError}. A connection that ends in the middle of a frame resolves it with a
+ * `partial-frame` error (the bytes are counted in `stats.partialFrameBytes`), so a cut frame is
+ * reported, not dropped silently. Nothing is thrown and the process keeps running.
  */
 export class StreamTunnel {
   /** The underlying socket. */
@@ -127,6 +143,8 @@ export class StreamTunnel {
   #blocked = false;
   #isClosed = false;
   #error: TunnelError | undefined;
+  readonly #openedAt = performance.now();
+  #lastFrameAt = 0;
 
   /**
    * Wrap a connected socket (from `net.connect` or a server's `connection` event).
@@ -152,6 +170,15 @@ export class StreamTunnel {
     this.closed = new Promise((resolve) => {
       socket.once("close", () => {
         this.#isClosed = true;
+        const partial = this.#decoder.error === undefined ? this.#decoder.pendingBytes : 0;
+        if (partial > 0) {
+          this.#stats.partialFrameBytes += partial;
+          this.#error ??= new TunnelError(
+            "partial-frame",
+            `stream closed in the middle of a frame: ${partial} bytes received and dropped`,
+            { length: partial },
+          );
+        }
         this.#port?.detach();
         resolve(this.#error);
       });
@@ -219,6 +246,26 @@ export class StreamTunnel {
   }
 
   /**
+   * Milliseconds since the last complete frame arrived from the socket (since the connection
+   * was made, if none has).
+   */
+  get idleMs(): number {
+    return performance.now() - (this.#lastFrameAt || this.#openedAt);
+  }
+
+  /** Whether a complete frame has arrived from the socket. */
+  get sawFrame(): boolean {
+    return this.#lastFrameAt !== 0;
+  }
+
+  /** @internal Close the connection now, reporting `error` through {@link StreamTunnel.closed}. */
+  abort(error: TunnelError): void {
+    this.#error ??= error;
+    this.#isClosed = true;
+    this.socket.destroy();
+  }
+
+  /**
    * Plug the tunnel into `port`: attach to it as its sink; frames read from the socket go to
    * `port.transmit`. Replaces an earlier port (which is detached).
    * @param port - a back-end, e.g. a {@link SwitchPort}
@@ -245,6 +292,7 @@ export class StreamTunnel {
   }
 
   #fromSocket(frame: Uint8Array): void {
+    this.#lastFrameAt = performance.now();
     const port = this.#port;
     if (port === undefined) {
       this.#stats.notConnected++;
@@ -308,14 +356,43 @@ export interface StreamTunnelServerOptions extends StreamTunnelOptions {
    * unconnected tunnel drops what it reads).
    */
   readonly onConnection: (tunnel: StreamTunnel) => void;
-  /** Connections open at once; further ones are closed at accept and counted. Default 16. */
+  /**
+   * Connections open at once. When they are all taken a new connection evicts the idlest
+   * tunnel if `evictIdleAfterMs` allows, and is otherwise closed at accept and counted.
+   * Default 16.
+   */
   readonly maxConnections?: number;
+  /**
+   * When every slot is taken, a new connection takes the slot of the tunnel that has gone
+   * longest without sending a frame, if that is at least this many milliseconds (that tunnel
+   * closes with an `evicted` {@link TunnelError}). So peers that connect and stay silent cannot
+   * lock real peers out for longer than this; a silent legitimate peer loses its slot only
+   * while the server is full. Default 30 000; 0 never evicts.
+   */
+  readonly evictIdleAfterMs?: number;
+  /**
+   * The stream format has no handshake; its first complete frame stands in for one. Close a
+   * connection that sends no complete frame within this many milliseconds of connecting
+   * (`timeout` {@link TunnelError}). Default 0 (never: QEMU connects before its guest has
+   * booted, and a guest may stay silent).
+   */
+  readonly handshakeTimeoutMs?: number;
+  /**
+   * Close a tunnel that has sent no frame for this many milliseconds (`timeout`
+   * {@link TunnelError}). Default 0 (never).
+   */
+  readonly idleTimeoutMs?: number;
 }
 
 /**
  * A listening socket whose every connection becomes a {@link StreamTunnel}: what QEMU's
  * `-netdev stream,server=off` (or `-netdev socket,connect=`) connects to. A bad connection
  * closes alone; the others keep running.
+ *
+ * Limits: at most `maxConnections` tunnels; peers that hold a slot without sending frames are
+ * evicted when a new peer needs the slot (`evictIdleAfterMs`) and, if asked, closed after
+ * `handshakeTimeoutMs` / `idleTimeoutMs`. Each tunnel's memory is bounded by `maxFrameSize`
+ * (one reassembly buffer) and Node's socket high-water mark; see {@link StreamServerStats}.
  *
  * @example
  * ```ts
@@ -335,10 +412,25 @@ export class StreamTunnelServer {
   /** The listening server. */
   readonly server: Server;
   readonly #tunnels = new Set<StreamTunnel>();
-  readonly #stats = { accepted: 0, rejected: 0 };
+  readonly #stats = {
+    accepted: 0,
+    rejected: 0,
+    evicted: 0,
+    handshakeTimeouts: 0,
+    idleTimeouts: 0,
+    partialFrames: 0,
+  };
+  #sweep: ReturnType<typeof setInterval> | undefined = undefined;
 
   private constructor(server: Server) {
     this.server = server;
+  }
+
+  /** The idlest tunnel, if it has been idle at least `minIdleMs`. */
+  #evictable(minIdleMs: number): StreamTunnel | undefined {
+    let idlest: StreamTunnel | undefined;
+    for (const t of this.#tunnels) if (idlest === undefined || t.idleMs > idlest.idleMs) idlest = t;
+    return idlest !== undefined && idlest.idleMs >= minIdleMs ? idlest : undefined;
   }
 
   /**
@@ -363,6 +455,19 @@ export class StreamTunnelServer {
       1,
       65536,
     );
+    const evictMs = checkCount(
+      "options.evictIdleAfterMs",
+      options.evictIdleAfterMs ?? 30_000,
+      0,
+      2 ** 31 - 1,
+    );
+    const handshakeMs = checkCount(
+      "options.handshakeTimeoutMs",
+      options.handshakeTimeoutMs ?? 0,
+      0,
+      2 ** 31 - 1,
+    );
+    const idleMs = checkCount("options.idleTimeoutMs", options.idleTimeoutMs ?? 0, 0, 2 ** 31 - 1);
     const tunnelOptions: StreamTunnelOptions =
       options.maxFrameSize === undefined ? {} : { maxFrameSize: options.maxFrameSize };
     checkCount(
@@ -375,14 +480,31 @@ export class StreamTunnelServer {
     const self = new StreamTunnelServer(server);
     server.on("connection", (socket) => {
       if (self.#tunnels.size >= maxConnections) {
-        self.#stats.rejected++;
-        socket.destroy();
-        return;
+        const victim = evictMs > 0 ? self.#evictable(evictMs) : undefined;
+        if (victim === undefined) {
+          self.#stats.rejected++;
+          socket.on("error", () => {});
+          socket.destroy();
+          return;
+        }
+        self.#stats.evicted++;
+        self.#tunnels.delete(victim);
+        victim.abort(
+          new TunnelError(
+            "evicted",
+            `idle for ${Math.round(victim.idleMs)} ms with every slot taken: slot given to a new connection`,
+          ),
+        );
       }
       self.#stats.accepted++;
       const tunnel = new StreamTunnel(socket, tunnelOptions);
       self.#tunnels.add(tunnel);
-      void tunnel.closed.then(() => self.#tunnels.delete(tunnel));
+      void tunnel.closed.then((err) => {
+        self.#tunnels.delete(tunnel);
+        if (err?.code === "partial-frame" || tunnel.stats.partialFrameBytes > 0) {
+          self.#stats.partialFrames++;
+        }
+      });
       try {
         options.onConnection(tunnel);
       } catch {
@@ -396,7 +518,29 @@ export class StreamTunnelServer {
       server.listen(address, () => resolve());
     });
     server.on("error", () => {}); // after listening, errors surface per connection
+    const shortest = Math.min(...[handshakeMs, idleMs].filter((t) => t > 0), Infinity);
+    if (shortest !== Infinity) {
+      // One sweep for every tunnel's deadlines, to within a quarter of the shortest timeout.
+      self.#sweep = setInterval(
+        () => self.#checkDeadlines(handshakeMs, idleMs),
+        Math.min(1000, Math.max(10, Math.floor(shortest / 4))),
+      );
+      self.#sweep.unref();
+    }
     return self;
+  }
+
+  #checkDeadlines(handshakeMs: number, idleMs: number): void {
+    for (const t of this.#tunnels) {
+      const idle = t.idleMs;
+      if (handshakeMs > 0 && !t.sawFrame && idle >= handshakeMs) {
+        this.#stats.handshakeTimeouts++;
+        t.abort(new TunnelError("timeout", `no complete frame within ${handshakeMs} ms`));
+      } else if (idleMs > 0 && idle >= idleMs) {
+        this.#stats.idleTimeouts++;
+        t.abort(new TunnelError("timeout", `no frame for ${idleMs} ms`));
+      }
+    }
   }
 
   /** The bound address: `{ host, port }` for TCP (the real port when 0 was asked), or `{ path }`. */
@@ -412,13 +556,14 @@ export class StreamTunnelServer {
     return this.#tunnels;
   }
 
-  /** Connections accepted and rejected (over `maxConnections`). */
-  get stats(): StreamServerStats {
+  /** Counters (a live view). */
+  get stats(): Readonly<StreamServerStats> {
     return this.#stats;
   }
 
   /** Stop listening and close every connection. */
   async close(): Promise<void> {
+    clearInterval(this.#sweep);
     const closing = new Promise<void>((resolve) => this.server.close(() => resolve()));
     for (const t of this.#tunnels) t.socket.destroy();
     await closing;

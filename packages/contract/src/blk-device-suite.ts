@@ -36,16 +36,19 @@ export interface BlkDeviceSetup {
  * the run faster; without them the suite observes the disk only through requests and waits a
  * bounded number of macrotasks for completions.
  */
-export interface BlkDeviceAdapter {
+export interface BlkDeviceAdapter<M extends DeviceModel = DeviceModel> {
   /** A fresh device model serving `setup.image`, read-only if `setup.readOnly`. */
-  create(setup: BlkDeviceSetup): DeviceModel | Promise<DeviceModel>;
+  create(setup: BlkDeviceSetup): M | Promise<M>;
   /**
    * Optional: the back-end's current contents, `length` bytes from `sector` (to check that a
    * refused write changed nothing, without trusting the device's own reads).
    */
-  readDisk?(model: DeviceModel, sector: number, length: number): Uint8Array | Promise<Uint8Array>;
-  /** Optional: resolves when the model has no request in flight (e.g. `BlkDevice.whenIdle`). */
-  whenIdle?(model: DeviceModel): Promise<void>;
+  readDisk?(model: M, sector: number, length: number): Uint8Array | Promise<Uint8Array>;
+  /**
+   * Optional: resolves when the model has no request in flight. Default: the model's own
+   * `whenIdle` (an optional hook of the device contract, e.g. `BlkDevice.whenIdle`), if any.
+   */
+  whenIdle?(model: M): Promise<void>;
 }
 
 /** Disk size the suite uses, in sectors. */

@@ -1,11 +1,10 @@
 /**
  * "any virtio-blk driver": checks a third-party virtio-blk driver against our BlkDevice over
- * a MemoryDisk, behind a recording register bus (virtio-mmio or virtio-pci) and a model wrapper
+ * the kit's own RecordingDisk, behind a recording register bus (virtio-mmio or virtio-pci) and a model wrapper
  * that watches every request and can complete requests out of order.
  * @module
  */
-import { MemoryDisk } from "@virtio-ts/backend-disk";
-import { BackendError, BlkDevice, type BlockBackend } from "@virtio-ts/devices";
+import { BlkDevice } from "@virtio-ts/devices";
 import { createGuestMemory, type GuestMemory, VirtioError } from "@virtio-ts/memory";
 import {
   BLK_SECTOR_SIZE,
@@ -28,6 +27,7 @@ import {
 } from "./contract.js";
 import type { DriverEnv } from "./driver-env.js";
 import { type BusEvent, checkInit, joinFeatureWords } from "./init-order.js";
+import { RecordingDisk } from "./recording-disk.js";
 import { type DriverSide, driverSide } from "./rig-link.js";
 import { TapModel } from "./tap.js";
 import { MAX_TURNS, macrotask } from "./wait.js";
@@ -71,45 +71,6 @@ interface Violation {
   readonly detail: string;
 }
 
-/** A back-end that fails reads and writes touching one sector (to provoke IOERR). */
-class FaultyDisk implements BlockBackend {
-  constructor(
-    readonly disk: MemoryDisk,
-    readonly badSector: number,
-  ) {}
-  get capacity(): number {
-    return this.disk.capacity;
-  }
-  get blockSize(): number {
-    return this.disk.blockSize;
-  }
-  get readOnly(): boolean {
-    return this.disk.readOnly;
-  }
-  #hits(sector: number, iov: readonly Uint8Array[]): boolean {
-    let n = 0;
-    for (const v of iov) n += v.length;
-    return sector <= this.badSector && this.badSector < sector + n / BLK_SECTOR_SIZE;
-  }
-  read(sector: number, iov: readonly Uint8Array[]): Promise<void> {
-    if (this.#hits(sector, iov)) return Promise.reject(new BackendError("io", "bad sector"));
-    return this.disk.read(sector, iov);
-  }
-  write(sector: number, iov: readonly Uint8Array[]): Promise<void> {
-    if (this.#hits(sector, iov)) return Promise.reject(new BackendError("io", "bad sector"));
-    return this.disk.write(sector, iov);
-  }
-  flush(): Promise<void> {
-    return this.disk.flush();
-  }
-  discard(sector: number, count: number): Promise<void> {
-    return this.disk.discard(sector, count);
-  }
-  writeZeroes(sector: number, count: number, unmap: boolean): Promise<void> {
-    return this.disk.writeZeroes(sector, count, unmap);
-  }
-}
-
 /** The device side fault the NEEDS_RESET check injects. */
 class InjectedFault extends VirtioError {
   readonly code = "contract-injected-fault";
@@ -124,7 +85,7 @@ interface RigOptions {
 /** Our device, instrumented, with the driver under test attached. */
 class DriverRig {
   readonly memory = createGuestMemory({ size: MEM_SIZE });
-  readonly disk: MemoryDisk;
+  readonly disk: RecordingDisk;
   readonly blk: BlkDevice;
   readonly tap: TapModel;
   readonly side: DriverSide;
@@ -139,8 +100,11 @@ class DriverRig {
   constructor(adapter: BlkDriverAdapter, kind: ContractTransport, o: RigOptions) {
     this.kind = kind;
     this.adapter = adapter;
-    this.disk = new MemoryDisk(testImage(SECTORS));
-    const backend = o.badSector === undefined ? this.disk : new FaultyDisk(this.disk, o.badSector);
+    this.disk = new RecordingDisk(
+      testImage(SECTORS),
+      o.badSector === undefined ? {} : { badSector: o.badSector },
+    );
+    const backend = this.disk;
     this.blk = new BlkDevice(backend, {
       queueSize: 128,
       serial: "contract",
@@ -451,7 +415,7 @@ const checks: ContractCheck<BlkDriverAdapter>[] = [
  * The "any virtio-blk driver" suite (VIRTIO 1.3 §3.1.1, §5.2): the initialisation order and
  * feature acceptance, request layout, seg_max / size_max and capacity limits, data integrity,
  * out-of-order completions, IOERR and DEVICE_NEEDS_RESET handling. The device is our `BlkDevice`
- * over a `MemoryDisk`, behind a recording bus and a request tap, over virtio-mmio or virtio-pci
+ * over the kit's own recording disk, behind a recording bus and a request tap, over virtio-mmio or virtio-pci
  * (INTx) as the run's transport says.
  *
  * If a driver skips FEATURES_OK, the recording bus sets it on the driver's behalf after

@@ -213,7 +213,9 @@ export class BlkRig {
     kind: ContractTransport,
     image: Uint8Array = new Uint8Array(0),
   ): BlkRig {
-    const wait = idle === undefined ? () => Promise.resolve() : () => idle(model);
+    // Without the adapter's hook, the model's own (optional in the device contract).
+    const wait =
+      idle === undefined ? () => model.whenIdle?.() ?? Promise.resolve() : () => idle(model);
     return new BlkRig(model, image, wait, createGuestMemory({ size: MEM_SIZE }), kind);
   }
 

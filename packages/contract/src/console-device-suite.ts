@@ -96,11 +96,14 @@ export interface ConsoleDeviceSetup {
  * PORT_OPEN through `backend.portOpen`, passes `emerg_wr` bytes to `backend.emergencyWrite` (or
  * `write(0, …)`), and takes host input through the sink it passes to `backend.attach`.
  */
-export interface ConsoleDeviceAdapter {
+export interface ConsoleDeviceAdapter<M extends DeviceModel = DeviceModel> {
   /** A fresh console device over `backend`, with the ports `setup` asks for. */
-  create(backend: ConsoleBackend, setup: ConsoleDeviceSetup): DeviceModel | Promise<DeviceModel>;
-  /** Optional: resolves when the model has no work in flight. */
-  whenIdle?(model: DeviceModel): Promise<void>;
+  create(backend: ConsoleBackend, setup: ConsoleDeviceSetup): M | Promise<M>;
+  /**
+   * Optional: resolves when the model has no work in flight (or after one round of it).
+   * Default: the model's own `whenIdle` (an optional hook of the device contract), if any.
+   */
+  whenIdle?(model: M): Promise<void>;
 }
 
 const MULTIPORT = featureMask(ConsoleFeature.MULTIPORT);

@@ -7,7 +7,7 @@ import type { MmioBus, PciFunctionAccess } from "@virtio-ts/transport";
 import type { ContractTransport } from "./contract.js";
 
 /** A range of guest-physical memory. */
-export interface GuestRegion {
+export interface GuestRange {
   /** First guest address of the range. */
   readonly base: number;
   /** Length of the range in bytes. */
@@ -33,5 +33,5 @@ export interface DriverEnv {
    * Guest memory the driver may use for rings, headers and buffers: `[base, base + size)`,
    * 4096-aligned. Nothing else in `memory` belongs to the driver.
    */
-  readonly region: GuestRegion;
+  readonly region: GuestRange;
 }

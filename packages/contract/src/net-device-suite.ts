@@ -71,13 +71,16 @@ export class RecordingNetBackend implements NetBackend {
  * (the {@link NetBackend} contract of `@virtio-ts/devices`: `transmit` per guest frame, frames
  * delivered through the sink passed to `attach`), every time it is called.
  */
-export interface NetDeviceAdapter {
+export interface NetDeviceAdapter<M extends DeviceModel = DeviceModel> {
   /** A fresh device model whose network is `backend`. */
-  create(backend: NetBackend): DeviceModel | Promise<DeviceModel>;
+  create(backend: NetBackend): M | Promise<M>;
   /** Optional: the MAC address the device must report in config `mac` when it offers MAC. */
   readonly mac?: Uint8Array;
-  /** Optional: resolves when the model has no work in flight (or after one round of it). */
-  whenIdle?(model: DeviceModel): Promise<void>;
+  /**
+   * Optional: resolves when the model has no work in flight (or after one round of it).
+   * Default: the model's own `whenIdle` (an optional hook of the device contract), if any.
+   */
+  whenIdle?(model: M): Promise<void>;
 }
 
 const RX = 0;

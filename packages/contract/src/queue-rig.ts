@@ -82,7 +82,9 @@ export class QueueRig {
     idle?: (model: DeviceModel) => Promise<void>,
   ) {
     this.model = model;
-    this.idle = idle === undefined ? () => Promise.resolve() : () => idle(model);
+    // Without the adapter's hook, the model's own (optional in the device contract).
+    this.idle =
+      idle === undefined ? () => model.whenIdle?.() ?? Promise.resolve() : () => idle(model);
     this.memory = createGuestMemory({ size: MEM_SIZE });
     this.link = linkModel(model, this.memory, kind, () => {
       this.irqs++;
@@ -217,6 +219,24 @@ export class QueueRig {
     }
     q.publish();
     if (kick) this.transport.notify(qi);
+    return { id, queue: qi, outSegs, inSegs };
+  }
+
+  /**
+   * Publish one chain of segments the caller placed and filled itself (say page-aligned runs) on
+   * queue `qi`, and notify.
+   */
+  submitSegments(
+    qi: number,
+    outSegs: readonly Segment[],
+    inSegs: readonly Segment[],
+  ): QueuePending {
+    const q = this.queues.get(qi);
+    if (q === undefined) throw new Error(`queue ${qi} is not set up`);
+    const id = this.#nextId++;
+    this.#add(qi, q, [...outSegs], [...inSegs], id);
+    q.publish();
+    this.transport.notify(qi);
     return { id, queue: qi, outSegs, inSegs };
   }
 

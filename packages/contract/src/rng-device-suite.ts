@@ -23,11 +23,14 @@ import { macrotask } from "./wait.js";
  * 4 each time it is called, producing entropy without a rate limit slower than the suite's
  * bounded waits (a few hundred macrotasks per request).
  */
-export interface RngDeviceAdapter {
+export interface RngDeviceAdapter<M extends DeviceModel = DeviceModel> {
   /** A fresh entropy device model. */
-  create(): DeviceModel | Promise<DeviceModel>;
-  /** Optional: resolves when the model has no request in flight. */
-  whenIdle?(model: DeviceModel): Promise<void>;
+  create(): M | Promise<M>;
+  /**
+   * Optional: resolves when the model has no work in flight (or after one round of it).
+   * Default: the model's own `whenIdle` (an optional hook of the device contract), if any.
+   */
+  whenIdle?(model: M): Promise<void>;
 }
 
 async function rig(a: RngDeviceAdapter, kind: ContractTransport, ring = 0n): Promise<BlkRig> {

@@ -4,9 +4,17 @@
  * and released later in another order (internal).
  * @module
  */
-import type { VirtioError } from "@virtio-ts/memory";
-import type { DeviceContext, DeviceModel, NotificationData } from "@virtio-ts/transport";
-import type { DescriptorChain, DeviceQueue, QueueState } from "@virtio-ts/virtqueue";
+import {
+  type DeviceContext,
+  type DeviceModel,
+  ForwardingDeviceContext,
+  type NotificationData,
+} from "@virtio-ts/transport";
+import {
+  type DescriptorChain,
+  type DeviceQueue,
+  ForwardingDeviceQueue,
+} from "@virtio-ts/virtqueue";
 
 /** Hooks of a {@link TapModel}. */
 export interface TapHooks {
@@ -16,98 +24,45 @@ export interface TapHooks {
   readConfig?(offset: number, size: 1 | 2 | 4, value: number): number;
 }
 
-class TapQueue implements DeviceQueue {
+class TapQueue extends ForwardingDeviceQueue {
   readonly held: [number, number][] = [];
   hold = false;
   constructor(
-    readonly q: DeviceQueue,
+    q: DeviceQueue,
     readonly index: number,
     readonly tap: TapContext,
-  ) {}
-  get size(): number {
-    return this.q.size;
+  ) {
+    super(q);
   }
-  pop(chain: DescriptorChain): boolean {
-    if (!this.q.pop(chain)) return false;
-    this.tap.hooks.onPop?.(this.index, chain, this.tap.ctx);
+  override pop(chain: DescriptorChain): boolean {
+    if (!super.pop(chain)) return false;
+    this.tap.hooks.onPop?.(this.index, chain, this.tap.inner);
     return true;
   }
-  push(head: number, written: number): void {
+  override push(head: number, written: number): void {
     if (this.hold) this.held.push([head, written]);
-    else this.q.push(head, written);
-  }
-  pushBatch(count: number, written: number): void {
-    this.q.pushBatch(count, written);
-  }
-  needsInterrupt(): boolean {
-    return this.q.needsInterrupt();
-  }
-  enableNotifications(): boolean {
-    return this.q.enableNotifications();
-  }
-  disableNotifications(): void {
-    this.q.disableNotifications();
-  }
-  getState(): QueueState {
-    return this.q.getState();
-  }
-  setState(state: QueueState): void {
-    this.q.setState(state);
+    else super.push(head, written);
   }
 }
 
-class TapContext implements DeviceContext {
-  readonly #queues = new WeakMap<DeviceQueue, TapQueue>();
+class TapContext extends ForwardingDeviceContext {
   readonly live: TapQueue[] = [];
   hold = false;
   constructor(
-    readonly ctx: DeviceContext,
+    ctx: DeviceContext,
     readonly hooks: TapHooks,
-  ) {}
-  get memory() {
-    return this.ctx.memory;
+  ) {
+    super(ctx);
   }
-  get features() {
-    return this.ctx.features;
-  }
-  get numQueues() {
-    return this.ctx.numQueues;
-  }
-  get epoch() {
-    return this.ctx.epoch;
-  }
-  get needsReset() {
-    return this.ctx.needsReset;
-  }
-  queue(index: number): DeviceQueue | undefined {
-    const q = this.ctx.queue(index);
-    if (q === undefined) return undefined;
-    let t = this.#queues.get(q);
-    if (t === undefined) {
-      t = new TapQueue(q, index, this);
-      this.#queues.set(q, t);
-      this.live.push(t);
-    }
-    t.hold = this.hold;
+  protected override wrapQueue(index: number, queue: DeviceQueue): DeviceQueue {
+    const t = new TapQueue(queue, index, this);
+    this.live.push(t);
     return t;
   }
-  interrupt(index: number): boolean {
-    return this.ctx.interrupt(index);
-  }
-  signalUsed(index: number): boolean {
-    return this.ctx.signalUsed(index);
-  }
-  notifyConfigChange(): void {
-    this.ctx.notifyConfigChange();
-  }
-  fail(error: VirtioError): void {
-    this.ctx.fail(error);
-  }
-  noteFault(error: VirtioError): void {
-    this.ctx.noteFault(error);
-  }
-  guard<T>(fn: () => T): T | undefined {
-    return this.ctx.guard(fn);
+  override queue(index: number): DeviceQueue | undefined {
+    const t = super.queue(index) as TapQueue | undefined;
+    if (t !== undefined) t.hold = this.hold;
+    return t;
   }
 }
 
@@ -152,19 +107,19 @@ export class TapModel implements DeviceModel {
    */
   release(): number {
     const tap = this.#tap;
-    if (tap === undefined || tap.ctx.needsReset) return 0;
+    if (tap === undefined || tap.inner.needsReset) return 0;
     let n = 0;
     for (const q of tap.live) {
-      if (tap.ctx.queue(q.index) !== q.q) {
+      if (tap.inner.queue(q.index) !== q.inner) {
         q.held.length = 0;
         continue;
       }
       while (q.held.length > 0) {
         const [head, written] = q.held.pop()!;
-        q.q.push(head, written);
+        q.inner.push(head, written);
         n++;
       }
-      if (n > 0) tap.ctx.interrupt(q.index);
+      if (n > 0) tap.inner.interrupt(q.index);
     }
     return n;
   }

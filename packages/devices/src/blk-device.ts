@@ -84,7 +84,7 @@ export function parseBlkRequestType(raw: number): BlkRequestKind {
 }
 
 /** Why a virtio-blk request chain could not be parsed. */
-export type BlkRequestErrorCode =
+export type BlkGuestRequestErrorCode =
   /** No device-writable byte for the status: nothing can be reported, used length 0. */
   | "blk-no-status"
   /** Fewer than 16 readable bytes for `struct virtio_blk_outhdr`: status IOERR. */
@@ -97,9 +97,9 @@ export type BlkRequestErrorCode =
  * through `ctx.noteFault`, never thrown to the VMM: the request completes with IOERR when it has
  * a status byte, or with used length 0 when it has none, and the device keeps serving.
  */
-export class BlkRequestError extends VirtioError {
+export class BlkGuestRequestError extends VirtioError {
   /** @inheritdoc */
-  readonly code: BlkRequestErrorCode;
+  readonly code: BlkGuestRequestErrorCode;
   /** The chain's id (split: head descriptor index; packed: buffer ID). */
   readonly head: number;
   /** Device-readable bytes in the chain (guest-controlled). */
@@ -114,7 +114,7 @@ export class BlkRequestError extends VirtioError {
    * @param writableBytes - writable bytes of the chain
    */
   constructor(
-    code: BlkRequestErrorCode,
+    code: BlkGuestRequestErrorCode,
     head: number,
     readableBytes: number,
     writableBytes: number,
@@ -495,7 +495,7 @@ export class BlkDevice implements DeviceModel {
     if (wb === 0) {
       // §5.2.6: the status is the last writable byte; without one nothing can be reported.
       this.stats.malformed++;
-      ctx.noteFault(new BlkRequestError("blk-no-status", chain.head, chain.readableBytes, 0));
+      ctx.noteFault(new BlkGuestRequestError("blk-no-status", chain.head, chain.readableBytes, 0));
       ctx.queue(slot.queue)!.push(chain.head, 0);
       this.#free[slot.queue]!.push(slot);
       return true;
@@ -503,7 +503,9 @@ export class BlkDevice implements DeviceModel {
     slot.statusAddr = lastWritableByte(chain);
     if (chain.readableBytes < HDR) {
       this.stats.malformed++;
-      ctx.noteFault(new BlkRequestError("blk-short-header", chain.head, chain.readableBytes, wb));
+      ctx.noteFault(
+        new BlkGuestRequestError("blk-short-header", chain.head, chain.readableBytes, wb),
+      );
       return this.#finish(ctx, slot, BlkStatus.IOERR);
     }
     const h = slot.header;
@@ -567,7 +569,12 @@ export class BlkDevice implements DeviceModel {
     if (bytes === 0 || bytes % RANGE !== 0) {
       this.stats.malformed++;
       ctx.noteFault(
-        new BlkRequestError("blk-bad-ranges", chain.head, chain.readableBytes, chain.writableBytes),
+        new BlkGuestRequestError(
+          "blk-bad-ranges",
+          chain.head,
+          chain.readableBytes,
+          chain.writableBytes,
+        ),
       );
       return this.#finish(ctx, slot, BlkStatus.IOERR);
     }

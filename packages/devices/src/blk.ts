@@ -3,6 +3,12 @@
  * @see VIRTIO 1.3 §5.2 "Block Device"
  * @module
  */
-export * from "./backend-error.js";
-export * from "./blk-backend.js";
-export * from "./blk-device.js";
+export { BackendError, type BackendErrorCode, BlockGuard } from "./backend-error.js";
+export { type BlockBackend, sectorRangeFits } from "./blk-backend.js";
+export {
+  BlkDevice,
+  type BlkDeviceOptions,
+  type BlkDeviceStats,
+  BlkGuestRequestError,
+  type BlkGuestRequestErrorCode,
+} from "./blk-device.js";

@@ -1,4 +1,4 @@
-import type { ConsoleBackend, ConsoleInputSink } from "./console-device.js";
+import type { ConsoleBackend, ConsoleInputSink } from "./console-backend.js";
 
 /**
  * The part of a Node.js `Readable` (or any event-emitter stream) a

@@ -4,5 +4,19 @@
  * @see VIRTIO 1.3 §5.3 "Console Device"
  * @module
  */
-export * from "./console-device.js";
-export * from "./console-stream.js";
+export type { ConsoleBackend, ConsoleInputSink } from "./console-backend.js";
+export {
+  ConsoleDevice,
+  type ConsoleDeviceOptions,
+  type ConsoleDeviceStats,
+  ConsoleFault,
+  type ConsoleFaultCode,
+  type ConsolePortOptions,
+  type ConsolePortState,
+} from "./console-device.js";
+export {
+  type ConsoleReadableStream,
+  type ConsoleWritableStream,
+  StreamConsoleBackend,
+  type StreamConsoleBackendOptions,
+} from "./console-stream.js";

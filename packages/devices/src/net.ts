@@ -3,6 +3,7 @@
  * @see VIRTIO 1.3 §5.1 "Network Device"
  * @module
  */
-export * from "./net-backend.js";
-export * from "./net-checksum.js";
-export * from "./net-device.js";
+export type { NetBackend, NetFrameSink } from "./net-backend.js";
+export { NetDevice, type NetDeviceOptions } from "./net-device.js";
+export type { NetRxFilter } from "./net-filter.js";
+export { type NetDeviceStats, NetGuestFault, type NetGuestFaultCode } from "./net-state.js";

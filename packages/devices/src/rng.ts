@@ -4,4 +4,13 @@
  * @see VIRTIO 1.3 §5.4 "Entropy Device"
  * @module
  */
-export * from "./rng-device.js";
+export { CryptoEntropySource, type CryptoLike, type EntropySource } from "./rng-backend.js";
+export {
+  RNG_MAX_REQUEST_BYTES,
+  RngDevice,
+  type RngDeviceOptions,
+  type RngDeviceStats,
+  RngRequestError,
+  type RngRequestErrorCode,
+  type RngTimer,
+} from "./rng-device.js";

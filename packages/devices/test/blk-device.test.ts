@@ -10,7 +10,8 @@ import {
   hasFeature,
 } from "@virtio-ts/spec";
 import { describe, expect, it } from "vitest";
-import { BlkDevice, BlkRequestError, parseBlkRequestType } from "../src/index.js";
+import { parseBlkRequestType } from "../src/blk-device.js";
+import { BlkDevice, BlkGuestRequestError } from "../src/index.js";
 import { concat, Harness, range, sectorsOf } from "./helpers/harness.js";
 import { TestBackend } from "./helpers/test-backend.js";
 
@@ -295,7 +296,7 @@ describe("BlkDevice malformed requests", () => {
     const r = await h.run(T.IN, 0, { headerLen: 8, inLens: [512] });
     expect(r).toMatchObject({ status: S.IOERR, len: 1 });
     expect(h.device.core.faultCounts.get("blk-short-header")).toBe(1);
-    expect(h.device.core.lastFault).toBeInstanceOf(BlkRequestError);
+    expect(h.device.core.lastFault).toBeInstanceOf(BlkGuestRequestError);
     expect(h.device.core.needsReset).toBe(false);
     expect(h.model.stats.malformed).toBe(1);
   });

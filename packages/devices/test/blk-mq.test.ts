@@ -10,7 +10,7 @@ import {
   featureMask,
   hasFeature,
 } from "@virtio-ts/spec";
-import { MmioDevice, MmioDriverTransport } from "@virtio-ts/transport";
+import { InThreadMmio } from "@virtio-ts/transport";
 import type { DriverQueue } from "@virtio-ts/virtqueue";
 import { describe, expect, it } from "vitest";
 import { BlkDevice } from "../src/index.js";
@@ -44,11 +44,7 @@ describe("BlkDevice MQ (§5.2.3, §5.2.4)", () => {
     const memory = createGuestMemory({ size: 0x100000 });
     const backend = new TestBackend(64);
     const model = new BlkDevice(backend, { numQueues: 2, queueSize: 16 });
-    const device = new MmioDevice(model, { memory });
-    const t = new MmioDriverTransport({
-      read: (o, s) => device.read(o, s),
-      write: (o, s, v) => device.write(o, s, v),
-    });
+    const { transport: t } = new InThreadMmio(model, { memory, delivery: "none" });
     const f = t.negotiate((o) => o & ~featureMask(Feature.RING_PACKED));
     expect(hasFeature(f, BlkFeature.MQ) && hasFeature(f, Feature.RING_RESET)).toBe(true);
     const layout = (i: number) => ({

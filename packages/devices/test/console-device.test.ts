@@ -11,7 +11,7 @@ import {
   MmioInterrupt,
   MmioReg,
 } from "@virtio-ts/spec";
-import { MmioDevice, MmioDriverTransport } from "@virtio-ts/transport";
+import { InThreadMmio, MmioDevice, type MmioDriverTransport } from "@virtio-ts/transport";
 import type { DriverQueue } from "@virtio-ts/virtqueue";
 import { describe, expect, it } from "vitest";
 import {
@@ -78,11 +78,9 @@ class Rig {
   ) {
     this.backend = o.backend ?? new RecordingBackend();
     this.model = new ConsoleDevice(this.backend, { queueSize: QS, ...options });
-    this.device = new MmioDevice(this.model, { memory: this.memory });
-    this.t = new MmioDriverTransport({
-      read: (off, s) => this.device.read(off, s),
-      write: (off, s, v) => this.device.write(off, s, v),
-    });
+    const vm = new InThreadMmio(this.model, { memory: this.memory, delivery: "none" });
+    this.device = vm.device;
+    this.t = vm.transport;
     this.negotiated = this.t.negotiate((f) => {
       let a = o.accept?.(f) ?? f;
       if (!o.packed) a &= ~featureMask(Feature.RING_PACKED);

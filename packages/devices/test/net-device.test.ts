@@ -5,6 +5,7 @@ import {
   DeviceStatus,
   Feature,
   featureMask,
+  flowHash,
   hasFeature,
   MmioInterrupt,
   NetConfig,
@@ -15,17 +16,21 @@ import {
   NetHdrFlags,
   NetStatus,
 } from "@virtio-ts/spec";
-import { MmioDevice, MmioDriverTransport, RateLimitedLog } from "@virtio-ts/transport";
+import {
+  InThreadMmio,
+  type MmioDevice,
+  type MmioDriverTransport,
+  RateLimitedLog,
+  restoreMmioDevice,
+  saveMmioDevice,
+} from "@virtio-ts/transport";
 import type { DriverQueue, Segment } from "@virtio-ts/virtqueue";
 import { describe, expect, it } from "vitest";
 import {
-  completeChecksum,
-  flowHash,
   type NetBackend,
   NetDevice,
   type NetDeviceOptions,
   type NetFrameSink,
-  onesComplementSum,
 } from "../src/net.js";
 
 class TestBackend implements NetBackend {
@@ -81,14 +86,15 @@ class Nic {
   ) {
     this.memory = createGuestMemory({ size: 0x200000 });
     this.model = new NetDevice(this.backend, { mac: MAC, queueSize: QS, ...o.device });
-    this.device = new MmioDevice(this.model, {
-      memory: this.memory,
-      log: new RateLimitedLog({ sink: () => {} }),
-    });
-    this.t = new MmioDriverTransport({
-      read: (off, size) => this.device.read(off, size),
-      write: (off, size, v) => this.device.write(off, size, v),
-    });
+    {
+      const vm = new InThreadMmio(this.model, {
+        memory: this.memory,
+        log: new RateLimitedLog({ sink: () => {} }),
+        delivery: "none",
+      });
+      this.device = vm.device;
+      this.t = vm.transport;
+    }
     const packedBit = featureMask(Feature.RING_PACKED);
     this.negotiated = this.t.negotiate(
       (offered) => offered & (o.accept ?? ALL) & (o.packed ? ALL : ~packedBit),
@@ -781,18 +787,40 @@ describe("NetDevice hostile rings", () => {
   });
 });
 
-describe("net checksum helpers", () => {
-  it("onesComplementSum matches RFC 1071's worked example", () => {
-    // RFC 1071 §3: 00 01 f2 03 f4 f5 f6 f7 sums to ddf2.
-    expect(onesComplementSum(new Uint8Array([0, 1, 0xf2, 3, 0xf4, 0xf5, 0xf6, 0xf7]))).toBe(0xddf2);
-    expect(() => onesComplementSum(new Uint8Array(4), 5)).toThrow(/start/);
+describe("NetDevice state for suspend / resume", () => {
+  it("moves what the driver set through the control queue — MAC, RX modes, MAC tables, queue pairs — to a resumed device, so its configuration matches", async () => {
+    const nic = new Nic({ device: { maxQueuePairs: 2 } });
+    const newMac = [2, 0, 0, 0, 0, 0x42];
+    expect(nic.ctrl(NetCtrlClass.MAC, NetCtrlCmd.MAC_ADDR_SET, newMac)).toBe(NetCtrlAck.OK);
+    expect(nic.ctrl(NetCtrlClass.RX, NetCtrlCmd.RX_ALLMULTI, [1])).toBe(NetCtrlAck.OK);
+    const table = [1, 0, 0, 0, 2, 0, 0, 0, 0, 7, 1, 0, 0, 0, 1, 0, 0x5e, 0, 0, 9];
+    expect(nic.ctrl(NetCtrlClass.MAC, NetCtrlCmd.MAC_TABLE_SET, table)).toBe(NetCtrlAck.OK);
+    expect(nic.ctrl(NetCtrlClass.MQ, NetCtrlCmd.MQ_VQ_PAIRS_SET, [2, 0])).toBe(NetCtrlAck.OK);
+    await nic.device.core.suspend();
+    const bytes = saveMmioDevice(nic.device);
+    const fresh = new NetDevice(new TestBackend(), { mac: MAC, queueSize: QS, maxQueuePairs: 2 });
+    // The configuration (mac) differs until the model state is restored: the resume checks it.
+    restoreMmioDevice(bytes, fresh, { memory: nic.memory });
+    expect([...fresh.mac]).toEqual(newMac);
+    expect(fresh.queuePairs).toBe(2);
+    expect(fresh.rxFilter).toEqual(nic.model.rxFilter);
+    expect(fresh.rxFilter.allmulti).toBe(true);
   });
 
-  it("completeChecksum refuses a field past the end of the frame", () => {
-    const f = new Uint8Array(10);
-    expect(completeChecksum(f, 8, 1)).toBe(false);
-    expect(completeChecksum(f, 6, 2)).toBe(true);
-    expect(u16be(f, 8)).toBe(0xffff);
+  it("refuses model state it cannot parse with DeviceStateFormatError naming the byte", () => {
+    const good = new NetDevice(new TestBackend(), { mac: MAC }).saveState();
+    const fresh = () => new NetDevice(new TestBackend(), { mac: MAC });
+    const cases: [Uint8Array, number][] = [
+      [good.subarray(0, 8), 0],
+      [Uint8Array.from(good, (b, i) => (i === 0 ? 9 : b)), 0],
+      [Uint8Array.from(good, (b, i) => (i === 9 ? 5 : b)), 9], // 5 pairs of a 1-pair device
+      [Uint8Array.from(good, (b, i) => (i === 12 ? 3 : b)), 12], // tables longer than the bytes
+    ];
+    for (const [bytes, at] of cases) {
+      expect(() => fresh().restoreState(bytes)).toThrow(
+        expect.objectContaining({ code: "device-state-format", offset: at }),
+      );
+    }
   });
 });
 

@@ -1,6 +1,6 @@
 import { createGuestMemory, type GuestMemory } from "@virtio-ts/memory";
 import { DeviceId, DeviceStatus, Feature, featureMask, hasFeature } from "@virtio-ts/spec";
-import { MmioDevice, MmioDriverTransport } from "@virtio-ts/transport";
+import { InThreadMmio, type MmioDevice, type MmioDriverTransport } from "@virtio-ts/transport";
 import type { DriverQueue } from "@virtio-ts/virtqueue";
 import { describe, expect, it } from "vitest";
 import {
@@ -57,11 +57,7 @@ interface Rig {
 function rig(options: RngDeviceOptions = {}, packed = false): Rig {
   const memory = createGuestMemory({ size: 0x100000 });
   const model = new RngDevice({ source: new CountingSource(), queueSize: 16, ...options });
-  const device = new MmioDevice(model, { memory });
-  const t = new MmioDriverTransport({
-    read: (o, s) => device.read(o, s),
-    write: (o, s, v) => device.write(o, s, v),
-  });
+  const { device, transport: t } = new InThreadMmio(model, { memory, delivery: "none" });
   const negotiated = t.negotiate((o) => (packed ? o : o & ~featureMask(Feature.RING_PACKED)));
   const q = t.setupQueue<number>(0, memory, {
     size: 16,

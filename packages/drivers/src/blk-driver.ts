@@ -18,12 +18,15 @@ import {
   featureMask,
   hasFeature,
   MmioInterrupt,
-  splitAvailSize,
-  splitDescTableSize,
-  splitUsedSize,
 } from "@virtio-ts/spec";
 import type { DriverTransport } from "@virtio-ts/transport";
-import { type DriverQueue, indirectAreaSize, type Segment } from "@virtio-ts/virtqueue";
+import {
+  type DriverQueue,
+  indirectAreaSize,
+  ringAreaBytes,
+  ringLayoutAt,
+  type Segment,
+} from "@virtio-ts/virtqueue";
 import { reapAll } from "./reap.js";
 import type { SlabAllocator } from "./slab.js";
 
@@ -32,7 +35,7 @@ import type { SlabAllocator } from "./slab.js";
  * reported IOERR (I/O error, out-of-range sectors, a write to a read-only disk) or UNSUPP
  * (the request type is not supported, or the driver did not negotiate it).
  */
-export class BlkRequestError extends VirtioError {
+export class BlkStatusError extends VirtioError {
   /** "blk-ioerr" for `BlkStatus.IOERR`, "blk-unsupp" for `BlkStatus.UNSUPP`. */
   readonly code: "blk-ioerr" | "blk-unsupp";
   /** The status byte: `BlkStatus.IOERR` or `BlkStatus.UNSUPP`. */
@@ -170,10 +173,6 @@ interface Request {
   readonly slots: number[];
 }
 
-function alignUp(n: number, a: number): number {
-  return Math.ceil(n / a) * a;
-}
-
 /**
  * Guest-side virtio-blk driver over a {@link DriverTransport} (virtio-mmio, vhost-user; VIRTIO 1.3
  * §5.2): negotiates features, reads the configuration, sets up request queue 0 (split ring), and
@@ -228,9 +227,7 @@ export class BlkDriver {
    * @param indirect - whether indirect tables are reserved
    */
   static ringBytes(queueSize: number, maxSegments = 16, indirect = true): number {
-    const avail = splitDescTableSize(queueSize);
-    const used = alignUp(avail + splitAvailSize(queueSize), 4);
-    const end = alignUp(used + splitUsedSize(queueSize), 16);
+    const end = ringAreaBytes(queueSize);
     return indirect ? end + indirectAreaSize(queueSize, Math.min(queueSize, maxSegments + 2)) : end;
   }
 
@@ -334,13 +331,11 @@ export class BlkDriver {
     }
 
     const base = options.ringBase;
-    const avail = base + splitDescTableSize(size);
-    const used = alignUp(avail + splitAvailSize(size), 4);
-    const end = alignUp(used + splitUsedSize(size), 16);
+    const end = base + ringAreaBytes(size);
     this.#q = transport.setupQueue<Request>(
       0,
       memory,
-      { size, desc: base, driver: avail, device: used },
+      ringLayoutAt(base, size),
       indirect ? { indirect: { addr: end, maxEntries: Math.min(size, segs + 2) } } : {},
     );
     transport.driverOk();
@@ -386,7 +381,7 @@ export class BlkDriver {
    * @param sector - first 512-byte sector
    * @param length - bytes, a positive multiple of 512
    * @returns the data
-   * @throws BlkRequestError (rejection) for IOERR / UNSUPP; BlkDeviceFault for a malformed
+   * @throws BlkStatusError (rejection) for IOERR / UNSUPP; BlkDeviceFault for a malformed
    *   completion; RangeError naming `sector` or `length`
    */
   async read(sector: number, length: number): Promise<Uint8Array> {
@@ -416,7 +411,7 @@ export class BlkDriver {
    * so `data` must not change until the promise settles.
    * @param sector - first 512-byte sector
    * @param data - a positive multiple of 512 bytes
-   * @throws BlkRequestError (rejection) for IOERR (e.g. read-only disk) / UNSUPP; RangeError
+   * @throws BlkStatusError (rejection) for IOERR (e.g. read-only disk) / UNSUPP; RangeError
    *   naming `sector` or `data`
    */
   async write(sector: number, data: Uint8Array): Promise<void> {
@@ -442,7 +437,7 @@ export class BlkDriver {
   /**
    * Flush the device's write cache (§5.2.6). Without VIRTIO_BLK_F_FLUSH the device has no
    * volatile cache to flush, and this resolves at once.
-   * @throws BlkRequestError (rejection) for IOERR
+   * @throws BlkStatusError (rejection) for IOERR
    */
   async flush(): Promise<void> {
     if (!hasFeature(this.#features, BlkFeature.FLUSH)) return;
@@ -452,7 +447,7 @@ export class BlkDriver {
   /**
    * Discard `count` sectors at `sector`: one single-range request per `max_discard_sectors`
    * (§5.2.5), all in flight at once.
-   * @throws BlkRequestError UNSUPP (rejection, nothing sent) if DISCARD was not negotiated, or
+   * @throws BlkStatusError UNSUPP (rejection, nothing sent) if DISCARD was not negotiated, or
    *   the device's IOERR / UNSUPP; RangeError naming `sector` or `count`
    */
   async discard(sector: number, count: number): Promise<void> {
@@ -463,7 +458,7 @@ export class BlkDriver {
    * Write zeroes to `count` sectors at `sector`: one single-range request per
    * `max_write_zeroes_sectors` (§5.2.5), all in flight at once. `unmap` lets the device
    * deallocate; it is sent only while the device reports `write_zeroes_may_unmap`.
-   * @throws BlkRequestError UNSUPP (rejection, nothing sent) if WRITE_ZEROES was not
+   * @throws BlkStatusError UNSUPP (rejection, nothing sent) if WRITE_ZEROES was not
    *   negotiated, or the device's IOERR / UNSUPP; RangeError naming `sector` or `count`
    */
   async writeZeroes(sector: number, count: number, unmap = false): Promise<void> {
@@ -479,7 +474,7 @@ export class BlkDriver {
   /**
    * The device ID string (GET_ID, §5.2.6): up to 20 bytes, cut at the first NUL. Bytes are
    * decoded as Latin-1, so any device output maps to a string.
-   * @throws BlkRequestError (rejection) for IOERR / UNSUPP
+   * @throws BlkStatusError (rejection) for IOERR / UNSUPP
    */
   async getId(): Promise<string> {
     const buf = new Uint8Array(BLK_ID_BYTES);
@@ -590,7 +585,7 @@ export class BlkDriver {
       );
     }
     if (!hasFeature(this.#features, feature)) {
-      return Promise.reject(new BlkRequestError(BlkStatus.UNSUPP, type, sector));
+      return Promise.reject(new BlkStatusError(BlkStatus.UNSUPP, type, sector));
     }
     this.#checkCapacity(sector, count);
     const max = type === BlkRequestType.DISCARD ? this.#maxDiscard : this.#maxZeroes;
@@ -720,7 +715,7 @@ export class BlkDriver {
       }
       const status = mem.readU8(req.hdr + HDR_STATUS);
       if (status === BlkStatus.IOERR || status === BlkStatus.UNSUPP) {
-        throw new BlkRequestError(status, req.type, req.sector);
+        throw new BlkStatusError(status, req.type, req.sector);
       }
       if (status !== BlkStatus.OK) {
         throw new BlkDeviceFault("blk-bad-status", `status byte is ${status}`, status);

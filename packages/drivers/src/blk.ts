@@ -2,5 +2,12 @@
  * virtio-blk driver entry point.
  * @module
  */
-export * from "./blk-driver.js";
-export * from "./slab.js";
+export {
+  BLK_DRIVER_FEATURES,
+  BlkDeviceFault,
+  type BlkDeviceFaultCode,
+  BlkDriver,
+  type BlkDriverOptions,
+  BlkStatusError,
+} from "./blk-driver.js";
+export { SlabAllocator } from "./slab.js";

@@ -10,6 +10,7 @@ import {
   ConsoleEvent,
   ConsoleFeature,
   ConsoleResize,
+  type ConsoleSize,
   DeviceId,
   Feature,
   featureMask,
@@ -17,9 +18,8 @@ import {
   MmioInterrupt,
 } from "@virtio-ts/spec";
 import type { ConfigWritableTransport } from "@virtio-ts/transport";
-import type { DriverQueue, Segment } from "@virtio-ts/virtqueue";
+import { type DriverQueue, ringAreaBytes, ringLayoutAt, type Segment } from "@virtio-ts/virtqueue";
 import { reapAll } from "./reap.js";
-import { ringAreaBytes, ringLayoutAt } from "./rng-driver.js";
 import type { SlabAllocator } from "./slab.js";
 
 /** Why the console driver distrusts what the device did. */
@@ -127,14 +127,6 @@ export type ConsolePortEvent =
       /** Rows. */
       readonly rows: number;
     };
-
-/** A console size as the device reported it. */
-export interface ConsoleSize {
-  /** Columns. */
-  readonly cols: number;
-  /** Rows. */
-  readonly rows: number;
-}
 
 /** What the driver knows about one port. */
 export interface ConsolePortInfo {

@@ -3,5 +3,14 @@
  * @see VIRTIO 1.3 §5.3 "Console Device"
  * @module
  */
-export * from "./console-driver.js";
-export * from "./slab.js";
+export {
+  CONSOLE_DRIVER_FEATURES,
+  ConsoleDeviceFault,
+  type ConsoleDeviceFaultCode,
+  ConsoleDriver,
+  type ConsoleDriverOptions,
+  type ConsoleDriverStats,
+  type ConsolePortEvent,
+  type ConsolePortInfo,
+} from "./console-driver.js";
+export { SlabAllocator } from "./slab.js";

@@ -4,17 +4,9 @@
  * @module
  */
 import { type GuestMemory, VirtioError } from "@virtio-ts/memory";
-import {
-  DeviceId,
-  Feature,
-  featureMask,
-  RngQueue,
-  splitAvailSize,
-  splitDescTableSize,
-  splitUsedSize,
-} from "@virtio-ts/spec";
+import { DeviceId, Feature, featureMask, RngQueue } from "@virtio-ts/spec";
 import type { DriverTransport } from "@virtio-ts/transport";
-import type { DriverQueue, QueueLayout } from "@virtio-ts/virtqueue";
+import { type DriverQueue, ringAreaBytes, ringLayoutAt } from "@virtio-ts/virtqueue";
 import { reapAll } from "./reap.js";
 import type { SlabAllocator } from "./slab.js";
 
@@ -84,27 +76,6 @@ interface PendingRead {
 interface Req {
   addr: number;
   len: number;
-}
-
-function alignUp(n: number, a: number): number {
-  return Math.ceil(n / a) * a;
-}
-
-/**
- * Ring area layout shared by split and packed rings: descriptor table / ring (16 bytes per
- * entry, 16-aligned), then the driver area, then the device area (4-aligned). The split sizes
- * are the larger, so the same area serves a packed ring.
- */
-export function ringLayoutAt(base: number, size: number): QueueLayout {
-  const driver = base + splitDescTableSize(size);
-  const device = alignUp(driver + splitAvailSize(size), 4);
-  return { size, desc: base, driver, device };
-}
-
-/** Bytes of a {@link ringLayoutAt} area for a queue of `size` entries (a multiple of 16). */
-export function ringAreaBytes(size: number): number {
-  const l = ringLayoutAt(0, size);
-  return alignUp(l.device + splitUsedSize(size), 16);
 }
 
 /**

@@ -1,7 +1,12 @@
 /**
- * virtio-rng driver: {@link RngDriver} and the ring layout helpers it shares with other drivers.
+ * virtio-rng driver: {@link RngDriver}.
  * @see VIRTIO 1.3 §5.4 "Entropy Device"
  * @module
  */
-export * from "./rng-driver.js";
-export * from "./slab.js";
+export {
+  RngDeviceFault,
+  type RngDeviceFaultCode,
+  RngDriver,
+  type RngDriverOptions,
+} from "./rng-driver.js";
+export { SlabAllocator } from "./slab.js";

@@ -2,9 +2,9 @@ import { MemoryDisk } from "@virtio-ts/backend-disk";
 import { BlkDevice } from "@virtio-ts/devices";
 import { createGuestMemory, type GuestMemory, VirtioError } from "@virtio-ts/memory";
 import { BlkStatus, Feature, featureMask, hasFeature } from "@virtio-ts/spec";
-import { MmioDevice, MmioDriverTransport } from "@virtio-ts/transport";
+import { InThreadMmio, type MmioDevice } from "@virtio-ts/transport";
 import { describe, expect, it } from "vitest";
-import { BlkDeviceFault, BlkDriver, BlkRequestError, SlabAllocator } from "../src/index.js";
+import { BlkDeviceFault, BlkDriver, BlkStatusError, SlabAllocator } from "../src/index.js";
 
 interface Setup {
   readonly memory: GuestMemory;
@@ -39,11 +39,7 @@ function setup(
     serial: "virtio-ts-disk0",
     ...(o.maxDiscardSectors === undefined ? {} : { maxDiscardSectors: o.maxDiscardSectors }),
   });
-  const device = new MmioDevice(model, { memory });
-  const transport = new MmioDriverTransport({
-    read: (off, size) => device.read(off, size),
-    write: (off, size, v) => device.write(off, size, v),
-  });
+  const { device, transport } = new InThreadMmio(model, { memory, delivery: "none" });
   const slab = new SlabAllocator(0x100000, 4096, o.slots ?? 256);
   const driver = new BlkDriver(transport, memory, slab, {
     ringBase: 0x10000,
@@ -171,19 +167,19 @@ describe("BlkDriver", () => {
     expect(await s.settle(s.driver.getId())).toBe("virtio-ts-disk0");
   });
 
-  it("a write to a read-only disk fails with BlkRequestError IOERR", async () => {
+  it("a write to a read-only disk fails with BlkStatusError IOERR", async () => {
     const s = setup({ readOnly: true });
     expect(s.driver.readOnly).toBe(true);
     const err = await s.settle(s.driver.write(0, new Uint8Array(512))).catch((e: unknown) => e);
-    expect(err).toBeInstanceOf(BlkRequestError);
-    expect((err as BlkRequestError).status).toBe(BlkStatus.IOERR);
-    expect((err as BlkRequestError).code).toBe("blk-ioerr");
+    expect(err).toBeInstanceOf(BlkStatusError);
+    expect((err as BlkStatusError).status).toBe(BlkStatus.IOERR);
+    expect((err as BlkStatusError).code).toBe("blk-ioerr");
   });
 
   it("discard on a read-only disk (DISCARD not offered) is rejected UNSUPP without a request", async () => {
     const s = setup({ readOnly: true });
     const err = await s.driver.discard(0, 1).catch((e: unknown) => e);
-    expect((err as BlkRequestError).status).toBe(BlkStatus.UNSUPP);
+    expect((err as BlkStatusError).status).toBe(BlkStatus.UNSUPP);
     expect(s.driver.inFlight).toBe(0);
   });
 

@@ -6,15 +6,14 @@ import {
 } from "@virtio-ts/devices";
 import { createGuestMemory, type GuestMemory } from "@virtio-ts/memory";
 import { ConsoleFeature, Feature, hasFeature } from "@virtio-ts/spec";
-import { MmioDevice, MmioDriverTransport } from "@virtio-ts/transport";
+import { InThreadMmio } from "@virtio-ts/transport";
+import { ringAreaBytes, ringLayoutAt } from "@virtio-ts/virtqueue";
 import { describe, expect, it } from "vitest";
 import {
   ConsoleDeviceFault,
   ConsoleDriver,
   type ConsoleDriverOptions,
   type ConsolePortEvent,
-  ringAreaBytes,
-  ringLayoutAt,
   SlabAllocator,
 } from "../src/index.js";
 
@@ -56,11 +55,7 @@ function setup(
   const memory: GuestMemory = createGuestMemory({ size: 0x400000 });
   const backend = new Backend();
   const model = new ConsoleDevice(backend, { queueSize: QS, ...devOptions });
-  const device = new MmioDevice(model, { memory });
-  const transport = new MmioDriverTransport({
-    read: (off, s) => device.read(off, s),
-    write: (off, s, v) => device.write(off, s, v),
-  });
+  const { device, transport } = new InThreadMmio(model, { memory, delivery: "none" });
   const slab = new SlabAllocator(0x200000, 512, 128);
   const events: ConsolePortEvent[] = [];
   const received: { port: number; text: string }[] = [];

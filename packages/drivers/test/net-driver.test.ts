@@ -13,7 +13,8 @@ import {
 import {
   type DeviceContext,
   type DeviceModel,
-  MmioDevice,
+  InThreadMmio,
+  type MmioDevice,
   MmioDriverTransport,
   RateLimitedLog,
 } from "@virtio-ts/transport";
@@ -90,13 +91,10 @@ function nic(mac: Uint8Array, wire: Wire, o: NicOptions = {}): Nic {
     queueSize: 64,
     ctrlQueueSize: 16,
   });
-  const device = new MmioDevice(model, {
+  const { device, transport } = new InThreadMmio(model, {
     memory,
     log: new RateLimitedLog({ sink: () => {} }),
-  });
-  const transport = new MmioDriverTransport({
-    read: (off, size) => device.read(off, size),
-    write: (off, size, v) => device.write(off, size, v),
+    delivery: "none",
   });
   const slab = new SlabAllocator(0x100000, o.slotSize ?? 2048, o.slots ?? 512);
   const driver = new NetDriver(transport, memory, slab, {
@@ -487,11 +485,7 @@ class EvilNetDevice implements DeviceModel {
 function evil(): { model: EvilNetDevice; driver: NetDriver; device: MmioDevice } {
   const memory = createGuestMemory({ size: 0x400000 });
   const model = new EvilNetDevice();
-  const device = new MmioDevice(model, { memory });
-  const transport = new MmioDriverTransport({
-    read: (off, size) => device.read(off, size),
-    write: (off, size, v) => device.write(off, size, v),
-  });
+  const { device, transport } = new InThreadMmio(model, { memory, delivery: "none" });
   const driver = new NetDriver(transport, memory, new SlabAllocator(0x100000, 512, 64), {
     ringBase: 0x10000,
     queueSize: 16,

@@ -1,9 +1,10 @@
 import { type EntropySource, RngDevice } from "@virtio-ts/devices";
 import { createGuestMemory, type GuestMemory } from "@virtio-ts/memory";
 import { Feature, hasFeature } from "@virtio-ts/spec";
-import { MmioDevice, MmioDriverTransport } from "@virtio-ts/transport";
+import { InThreadMmio, MmioDevice, MmioDriverTransport } from "@virtio-ts/transport";
+import { ringLayoutAt } from "@virtio-ts/virtqueue";
 import { describe, expect, it } from "vitest";
-import { RngDeviceFault, RngDriver, ringLayoutAt, SlabAllocator } from "../src/index.js";
+import { RngDeviceFault, RngDriver, SlabAllocator } from "../src/index.js";
 
 const RING = 0x10000;
 
@@ -22,11 +23,7 @@ function setup(o: { packed?: boolean; maxRequestBytes?: number; slots?: number }
     queueSize: 16,
     ...(o.maxRequestBytes === undefined ? {} : { maxRequestBytes: o.maxRequestBytes }),
   });
-  const device = new MmioDevice(model, { memory });
-  const transport = new MmioDriverTransport({
-    read: (off, s) => device.read(off, s),
-    write: (off, s, v) => device.write(off, s, v),
-  });
+  const { device, transport } = new InThreadMmio(model, { memory, delivery: "none" });
   const slab = new SlabAllocator(0x100000, 256, o.slots ?? 8);
   const driver = new RngDriver(transport, memory, slab, {
     ringBase: RING,

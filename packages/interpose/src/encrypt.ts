@@ -1,6 +1,6 @@
 import { createHmac, randomBytes, scrypt, timingSafeEqual } from "node:crypto";
 import { crc32 } from "node:zlib";
-import { BackendError, type BlockBackend, sectorRangeFits } from "@virtio-ts/devices";
+import { type BlockBackend, BlockGuard } from "@virtio-ts/devices";
 import { XTS_KEY_BYTES, XtsAes256, type XtsOptions } from "./xts.js";
 
 const SECTOR = 512;
@@ -75,6 +75,14 @@ export interface FormatEncryptedOptions extends XtsOptions {
 export interface OpenEncryptedOptions extends XtsOptions {
   /** The passphrase given to {@link formatEncrypted}. */
   readonly passphrase: string | Uint8Array;
+  /**
+   * Largest scrypt work N·r·p a header may ask for; a costlier one is refused before deriving
+   * (EncryptedDiskError "kdf-too-costly"). The header is read from the disk, so whoever wrote
+   * the image chooses the cost: within the memory cap, N = 2^20, r = 8, p = 16 is 128 times
+   * the default (about a minute of CPU and 1 GiB per open). Default 2^24, 16 times
+   * {@link DEFAULT_SCRYPT}'s work.
+   */
+  readonly maxScryptWork?: number;
 }
 
 /** Why an encrypted disk's header was refused, as a literal a caller can switch on. */
@@ -85,6 +93,8 @@ export type EncryptedDiskErrorCode =
   | "already-formatted"
   /** A version, cipher or KDF this code does not know. */
   | "unsupported"
+  /** The header's scrypt cost N·r·p is above `options.maxScryptWork`. */
+  | "kdf-too-costly"
   /** The header's CRC-32 does not match, or its fields are out of range. */
   | "corrupt-header"
   /** The passphrase does not derive the key the header's check value was made with. */
@@ -142,6 +152,7 @@ export class EncryptedDisk implements BlockBackend {
   readonly readOnly: boolean;
   readonly #xts: XtsAes256;
   readonly #pool: Uint8Array[] = [];
+  readonly #guard: BlockGuard;
 
   private constructor(inner: BlockBackend, xts: XtsAes256, dataOffset: number) {
     this.inner = inner;
@@ -150,6 +161,7 @@ export class EncryptedDisk implements BlockBackend {
     this.capacity = inner.capacity - dataOffset;
     this.blockSize = inner.blockSize;
     this.readOnly = inner.readOnly;
+    this.#guard = new BlockGuard("EncryptedDisk", this.capacity, this.readOnly);
   }
 
   /** @internal */
@@ -165,7 +177,7 @@ export class EncryptedDisk implements BlockBackend {
   /** Decrypts into `iovecs` (directly when there is one, else through a scratch buffer). */
   async read(sector: number, iovecs: readonly Uint8Array[]): Promise<void> {
     const len = total(iovecs);
-    this.#span(sector, len);
+    this.#guard.span(sector, len);
     const ct = this.#take(len);
     try {
       const view = ct.subarray(0, len);
@@ -187,9 +199,9 @@ export class EncryptedDisk implements BlockBackend {
 
   /** Encrypts `iovecs` into a scratch buffer, then writes that to the inner back-end. */
   async write(sector: number, iovecs: readonly Uint8Array[]): Promise<void> {
-    this.#writable();
+    this.#guard.writable();
     const len = total(iovecs);
-    this.#span(sector, len);
+    this.#guard.span(sector, len);
     const ct = this.#take(len);
     try {
       const view = ct.subarray(0, len);
@@ -219,14 +231,14 @@ export class EncryptedDisk implements BlockBackend {
    * sectors keep their contents; nothing about them reaches the inner back-end).
    */
   async discard(sector: number, count: number): Promise<void> {
-    this.#writable();
-    this.#span(sector, count * SECTOR);
+    this.#guard.writable();
+    this.#guard.span(sector, count * SECTOR);
   }
 
   /** Writes encrypted zeroes, 64 KiB at a time; `unmap` is ignored. */
   async writeZeroes(sector: number, count: number, _unmap: boolean): Promise<void> {
-    this.#writable();
-    this.#span(sector, count * SECTOR);
+    this.#guard.writable();
+    this.#guard.span(sector, count * SECTOR);
     const zero = new Uint8Array(Math.min(ZERO_CHUNK, count * SECTOR));
     const ct = new Uint8Array(zero.length);
     let s = sector;
@@ -249,19 +261,6 @@ export class EncryptedDisk implements BlockBackend {
 
   #give(buf: Uint8Array): void {
     if (buf.length === POOL_BYTES && this.#pool.length < POOL_MAX) this.#pool.push(buf);
-  }
-
-  #writable(): void {
-    if (this.readOnly) throw new BackendError("read-only", "EncryptedDisk: inner is read-only");
-  }
-
-  #span(sector: number, len: number): void {
-    if (!sectorRangeFits(sector, len, this.capacity)) {
-      throw new BackendError(
-        "out-of-range",
-        `EncryptedDisk: ${len} bytes at sector ${sector} pass capacity ${this.capacity}`,
-      );
-    }
   }
 }
 
@@ -358,15 +357,20 @@ export async function formatEncrypted(
  *
  * @param inner - the formatted back-end
  * @param options - passphrase, XTS engine
- * @throws EncryptedDiskError "not-formatted", "unsupported", "corrupt-header" or
- *   "wrong-passphrase" (naming `options.passphrase`); RangeError naming `options.passphrase`
- *   or `inner.capacity`; BackendError from the inner back-end
+ * @throws EncryptedDiskError "not-formatted", "unsupported", "corrupt-header",
+ *   "kdf-too-costly" (naming `options.maxScryptWork`) or "wrong-passphrase" (naming
+ *   `options.passphrase`); RangeError naming `options.passphrase`, `options.maxScryptWork` or
+ *   `inner.capacity`; BackendError from the inner back-end
  */
 export async function openEncrypted(
   inner: BlockBackend,
   options: OpenEncryptedOptions,
 ): Promise<EncryptedDisk> {
   const pass = passphraseBytes(options?.passphrase);
+  const maxWork = options.maxScryptWork ?? 2 ** 24;
+  if (!Number.isSafeInteger(maxWork) || maxWork < 1) {
+    throw new RangeError(`options.maxScryptWork must be a positive integer, got ${maxWork}`);
+  }
   checkInner(inner);
   const header = new Uint8Array(SECTOR);
   await inner.read(0, [header]);
@@ -403,6 +407,13 @@ export async function openEncrypted(
     throw new EncryptedDiskError(
       "corrupt-header",
       `inner: encrypted-disk header fields out of range (data offset ${dataSectors}, scrypt log2N ${params.log2N} r ${params.r} p ${params.p})`,
+    );
+  }
+  const work = 2 ** params.log2N * params.r * params.p;
+  if (work > maxWork) {
+    throw new EncryptedDiskError(
+      "kdf-too-costly",
+      `inner: the header asks for scrypt work N·r·p = ${work} (log2N ${params.log2N} r ${params.r} p ${params.p}), above options.maxScryptWork ${maxWork}`,
     );
   }
   const dk = await derive(pass, header.subarray(OFF_SALT, OFF_SALT + SALT_BYTES), params);

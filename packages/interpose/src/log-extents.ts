@@ -15,37 +15,111 @@ export interface Extent {
   seq: number;
 }
 
+/** One record as {@link ExtentMap.build} takes it. */
+export interface LogExtentRecord {
+  /** First sector. */
+  readonly sector: number;
+  /** Sectors (at least 1). */
+  readonly count: number;
+  /** Log byte offset of the data; −1 for zeroes. */
+  readonly off: number;
+  /** Sequence number (distinct per record; a higher one wins). */
+  readonly seq: number;
+}
+
+/** Extents per chunk, normally; a chunk is split when it passes twice this. */
+const CHUNK = 512;
+
 /**
  * Sorted extents with sequence-aware insertion: records can complete out of order (writes are
  * concurrent), so an insert only replaces the parts of older records and leaves any part a
  * newer record already covers. Memory is one small object per extent: at most 2 + (number of
  * records) extents, usually far fewer (overwrites merge away).
+ *
+ * The extents live in chunks of a few hundred (a two-level sorted list), so an insert costs
+ * O(log n + chunk size) rather than moving every later extent: with one flat array, a guest
+ * writing random sectors made each write O(n) and a long log quadratic to build.
  */
 export class ExtentMap {
-  /** The extents, sorted by `start`. */
-  readonly list: Extent[] = [];
+  /** Non-empty chunks; their concatenation is sorted by `start`. */
+  #chunks: Extent[][] = [];
+  #size = 0;
 
   /** Number of extents. */
   get size(): number {
-    return this.list.length;
+    return this.#size;
   }
 
   /** Forget everything. */
   clear(): void {
-    this.list.length = 0;
+    this.#chunks = [];
+    this.#size = 0;
   }
 
-  /** Index of the first extent whose `end` is past `sector` (list.length if none). */
-  first(sector: number): number {
-    const l = this.list;
-    let lo = 0;
-    let hi = l.length;
-    while (lo < hi) {
-      const mid = (lo + hi) >>> 1;
-      if (l[mid]!.end <= sector) lo = mid + 1;
-      else hi = mid;
+  /** Every extent, in order (a new array: for tests and for committing). */
+  toArray(): Extent[] {
+    return this.#chunks.flat();
+  }
+
+  /**
+   * The extents that overlap sectors `[from, to)`, in order: a snapshot, so a caller that
+   * awaits between them is not disturbed by inserts meanwhile.
+   */
+  overlapping(from: number, to: number): Extent[] {
+    const out: Extent[] = [];
+    const ch = this.#chunks;
+    let [c, i] = this.#find(from);
+    for (; c < ch.length; c++, i = 0) {
+      const chunk = ch[c]!;
+      for (; i < chunk.length; i++) {
+        const x = chunk[i]!;
+        if (x.start >= to) return out;
+        out.push(x);
+      }
     }
-    return lo;
+    return out;
+  }
+
+  /**
+   * Replace the contents with the extents of `records` (in any order; a higher `seq` wins where
+   * they overlap): the same result as inserting them one by one, in O(n log n). Used when
+   * opening a log, where every record is known at once.
+   *
+   * A sweep over the records sorted by start sector, with a max-heap (by `seq`) of the records
+   * covering the current sector; the heap's top owns each stretch until it ends or a record
+   * starts. Records that ended are popped lazily, when they reach the top.
+   */
+  build(records: readonly LogExtentRecord[]): void {
+    const l: Extent[] = [];
+    const n = records.length;
+    const order = new Uint32Array(n);
+    for (let i = 0; i < n; i++) order[i] = i;
+    order.sort((a, b) => records[a]!.sector - records[b]!.sector);
+    const heap = new RecordHeap(records);
+    const end = (r: number): number => records[r]!.sector + records[r]!.count;
+    let i = 0;
+    let pos = 0;
+    for (;;) {
+      while (heap.size > 0 && end(heap.top()) <= pos) heap.pop();
+      if (heap.size === 0) {
+        if (i >= n) break;
+        pos = Math.max(pos, records[order[i]!]!.sector);
+      }
+      while (i < n && records[order[i]!]!.sector <= pos) {
+        const r = order[i++]!;
+        if (end(r) > pos) heap.push(r);
+      }
+      while (heap.size > 0 && end(heap.top()) <= pos) heap.pop();
+      if (heap.size === 0) continue;
+      const r = records[heap.top()]!;
+      const next = Math.min(r.sector + r.count, i < n ? records[order[i]!]!.sector : Infinity);
+      const off = r.off < 0 ? -1 : r.off + (pos - r.sector) * 512;
+      push(l, { start: pos, end: next, off, seq: r.seq });
+      pos = next;
+    }
+    this.#chunks = [];
+    for (let at = 0; at < l.length; at += CHUNK) this.#chunks.push(l.slice(at, at + CHUNK));
+    this.#size = l.length;
   }
 
   /**
@@ -55,17 +129,38 @@ export class ExtentMap {
   insert(start: number, count: number, off: number, seq: number): void {
     if (count <= 0) return;
     const end = start + count;
-    const l = this.list;
-    const i = this.first(start);
-    let j = i;
+    const ch = this.#chunks;
+    let [c0, i0] = this.#find(start);
+    if (ch.length === 0) {
+      ch.push([]);
+      c0 = 0;
+    } else if (c0 === ch.length) {
+      // Past every extent: append to the last chunk.
+      c0 = ch.length - 1;
+      i0 = ch[c0]!.length;
+    }
     const pieces: Extent[] = [];
     let cursor = start;
     const fresh = (a: number, b: number): void => {
       if (b > a)
         push(pieces, { start: a, end: b, off: off < 0 ? -1 : off + (a - start) * 512, seq });
     };
-    while (j < l.length && l[j]!.start < end) {
-      const x = l[j]!;
+    // Walk the overlapped extents from (c0, i0) to (c1, i1), exclusive.
+    let c1 = c0;
+    let i1 = i0;
+    let removed = 0;
+    for (;;) {
+      const chunk = ch[c1]!;
+      if (i1 === chunk.length) {
+        if (c1 + 1 < ch.length && ch[c1 + 1]![0]!.start < end) {
+          c1++;
+          i1 = 0;
+          continue;
+        }
+        break;
+      }
+      const x = chunk[i1]!;
+      if (x.start >= end) break;
       if (x.start < start) push(pieces, { start: x.start, end: start, off: x.off, seq: x.seq });
       const a = Math.max(x.start, start);
       const b = Math.min(x.end, end);
@@ -74,18 +169,121 @@ export class ExtentMap {
       else fresh(a, b);
       cursor = b;
       if (x.end > end) push(pieces, { start: end, end: x.end, off: shift(x, end), seq: x.seq });
-      j++;
+      i1++;
+      removed++;
     }
     fresh(cursor, end);
-    if (pieces.length < 1024) {
-      l.splice(i, j - i, ...pieces);
-      return;
+    this.#size += pieces.length - removed;
+    const first = ch[c0]!;
+    if (c1 === c0 && pieces.length < 1024) {
+      first.splice(i0, i1 - i0, ...pieces);
+    } else {
+      // Spanning chunks (or very many pieces): rebuild the first chunk, drop the middle ones.
+      const rest = c1 === c0 ? first.slice(i1) : [];
+      first.length = i0;
+      for (const p of pieces) first.push(p);
+      for (const p of rest) first.push(p);
+      if (c1 > c0) {
+        const last = ch[c1]!.slice(i1);
+        ch.splice(c0 + 1, c1 - c0, ...(last.length > 0 ? [last] : []));
+      }
     }
-    // Spreading very many arguments can overflow the stack: rebuild the tail instead.
-    const rest = l.slice(j);
-    l.length = i;
-    for (const p of pieces) l.push(p);
-    for (const p of rest) l.push(p);
+    this.#rebalance(c0);
+  }
+
+  /**
+   * Split chunk `c` when oversized; merge it with the next one when both are small (so a long
+   * run of overwrites cannot leave many tiny chunks).
+   */
+  #rebalance(c: number): void {
+    const ch = this.#chunks;
+    const chunk = ch[c]!;
+    const next = ch[c + 1];
+    if (chunk.length > 2 * CHUNK) {
+      const parts: Extent[][] = [];
+      for (let at = 0; at < chunk.length; at += CHUNK) parts.push(chunk.slice(at, at + CHUNK));
+      ch.splice(c, 1, ...parts);
+    } else if (next !== undefined && chunk.length + next.length <= CHUNK) {
+      for (const x of next) chunk.push(x);
+      ch.splice(c + 1, 1);
+    }
+  }
+
+  /**
+   * Chunk and index of the first extent whose `end` is past `sector`; `[chunks.length, 0]` if
+   * there is none.
+   */
+  #find(sector: number): [number, number] {
+    const ch = this.#chunks;
+    let lo = 0;
+    let hi = ch.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      const c = ch[mid]!;
+      if (c[c.length - 1]!.end <= sector) lo = mid + 1;
+      else hi = mid;
+    }
+    if (lo === ch.length) return [lo, 0];
+    const c = ch[lo]!;
+    let a = 0;
+    let b = c.length;
+    while (a < b) {
+      const mid = (a + b) >>> 1;
+      if (c[mid]!.end <= sector) a = mid + 1;
+      else b = mid;
+    }
+    return [lo, a];
+  }
+}
+
+/** A binary max-heap of record indices ordered by the records' `seq`. */
+class RecordHeap {
+  readonly #records: readonly LogExtentRecord[];
+  readonly #a: number[] = [];
+
+  constructor(records: readonly LogExtentRecord[]) {
+    this.#records = records;
+  }
+
+  get size(): number {
+    return this.#a.length;
+  }
+
+  top(): number {
+    return this.#a[0]!;
+  }
+
+  push(r: number): void {
+    const a = this.#a;
+    const seq = this.#records[r]!.seq;
+    let i = a.length;
+    a.push(r);
+    while (i > 0) {
+      const p = (i - 1) >> 1;
+      if (this.#records[a[p]!]!.seq >= seq) break;
+      a[i] = a[p]!;
+      i = p;
+    }
+    a[i] = r;
+  }
+
+  pop(): void {
+    const a = this.#a;
+    const last = a.pop()!;
+    if (a.length === 0) return;
+    const recs = this.#records;
+    const seq = recs[last]!.seq;
+    let i = 0;
+    for (;;) {
+      const l = 2 * i + 1;
+      if (l >= a.length) break;
+      const r = l + 1;
+      const c = r < a.length && recs[a[r]!]!.seq > recs[a[l]!]!.seq ? r : l;
+      if (recs[a[c]!]!.seq <= seq) break;
+      a[i] = a[c]!;
+      i = c;
+    }
+    a[i] = last;
   }
 }
 

@@ -6,6 +6,7 @@ import {
   BackendError,
   type BackendErrorCode,
   type BlockBackend,
+  BlockGuard,
   sectorRangeFits,
 } from "@virtio-ts/devices";
 import { ExtentMap, shift } from "./log-extents.js";
@@ -15,8 +16,11 @@ const TWO_32 = 2 ** 32;
 
 /** Magic at byte 0 of a snapshot log file: ASCII `VTS-RLOG`. */
 export const LOG_FILE_MAGIC = "VTS-RLOG";
-/** Version of the log format written by {@link SnapshotLog}. */
-export const LOG_FILE_VERSION = 1;
+/**
+ * Version of the log format written by {@link SnapshotLog}. Version 2 added the durable marks
+ * in the header; version 1 logs are read, and upgraded by a writable open.
+ */
+export const LOG_FILE_VERSION = 2;
 /** Bytes of the log file header; the first record starts here. */
 export const LOG_HEADER_BYTES = 512;
 /** Bytes of a record header; a record's payload follows it. */
@@ -50,6 +54,14 @@ const H_HEADER_BYTES = 12;
 const H_CAPACITY = 16;
 const H_LOG_ID = 24;
 const H_CRC = 32;
+/** Two durable-mark slots (written alternately, so a torn write leaves the other intact). */
+const H_MARKS = 64;
+const MARK_BYTES = 32;
+// Mark slot offsets (little-endian).
+const M_GEN = 0;
+const M_END = 8;
+const M_SEQ = 16;
+const M_CRC = 24;
 
 /** Records read at once while scanning, and log data copied per step while committing. */
 const IO_CHUNK = 1 << 20;
@@ -68,6 +80,14 @@ export interface SnapshotLogOptions {
    * extent); {@link SnapshotLog.commit} empties it. Default 2^20.
    */
   readonly maxExtents?: number;
+  /**
+   * Open a log that lost flushed data (SnapshotLogError "truncated" or "corrupt") anyway, at its
+   * last valid record; {@link SnapshotLog.lostBytes} says how much acknowledged data is gone. A
+   * writable open then cuts the file there and records the new durable end, so the loss is
+   * reported once. The recovery path: copy the file aside first if the missing part may still
+   * be found. Default false.
+   */
+  readonly acceptLoss?: boolean;
 }
 
 /** A named snapshot in the log. */
@@ -88,8 +108,13 @@ export type SnapshotLogErrorCode =
   | "unsupported"
   /** The file header fails its CRC-32 or is inconsistent. */
   | "corrupt-header"
-  /** A record before the last flush marker fails its checksum: flushed data is damaged. */
+  /** A record before the durable end (or a flush marker) is damaged: flushed data is lost. */
   | "corrupt"
+  /**
+   * The file is shorter than its durable end (the header's mark): it was cut, and records that
+   * a completed flush had made durable are gone.
+   */
+  | "truncated"
   /** The log was made over a base of another capacity. */
   | "base-mismatch";
 
@@ -101,19 +126,32 @@ export class SnapshotLogError extends Error {
   readonly path: string;
   /** Byte offset of the damage in the file, when there is one. */
   readonly offset: number | undefined;
+  /**
+   * For "truncated" and "corrupt": the durable end the log had reached (every byte before it
+   * was flushed), so `durableBytes − offset` bytes of acknowledged data are missing or damaged.
+   */
+  readonly durableBytes: number | undefined;
 
   /**
    * @param code - what went wrong
    * @param message - text for humans, naming the argument at fault
    * @param path - the log file
    * @param offset - where in the file, if known
+   * @param durableBytes - the durable end recorded before the loss, if known
    */
-  constructor(code: SnapshotLogErrorCode, message: string, path: string, offset?: number) {
+  constructor(
+    code: SnapshotLogErrorCode,
+    message: string,
+    path: string,
+    offset?: number,
+    durableBytes?: number,
+  ) {
     super(message);
     this.name = "SnapshotLogError";
     this.code = code;
     this.path = path;
     this.offset = offset;
+    this.durableBytes = durableBytes;
   }
 }
 
@@ -131,18 +169,22 @@ export class SnapshotLogError extends Error {
  *
  * Durability and crashes:
  * - A write completes once its record is in the file (host page cache); `flush` waits for
- *   every record issued before it, then fdatasyncs the log, then appends a FLUSH marker
- *   saying "all bytes before offset X are durable".
+ *   every record issued before it, fdatasyncs the log, appends a FLUSH marker, then records
+ *   the durable end (offset and sequence number) in one of two checksummed slots of the file
+ *   header and fdatasyncs again: when `flush` resolves, the header says how far the file must
+ *   reach.
  * - Opening reads and checks every record in order, stopping at the first that is
- *   incomplete or fails its checksum or sequence. If a FLUSH marker after that point vouches
- *   for it, flushed data is damaged: SnapshotLogError "corrupt". Otherwise it is a torn tail
- *   (writes never flushed): it is ignored and truncated away, so nothing acknowledged before
- *   the last completed flush is lost and a torn record is never applied.
+ *   incomplete or fails its checksum or sequence. Stopping before the durable end means
+ *   flushed data is gone: SnapshotLogError "truncated" (the file was cut) or "corrupt" (a
+ *   record is damaged), never a silently shorter log; `options.acceptLoss` opens it anyway
+ *   and reports {@link SnapshotLog.lostBytes}. Stopping after it is a torn tail (writes never
+ *   flushed): it is ignored and truncated away, and a torn record is never applied.
  * - `discard` is a no-op (sectors keep their contents); `writeZeroes` appends a ZEROES record.
  * - A failed append leaves a hole: the log then refuses further writes (reopen it).
  *
  * Memory: one index entry per extent (see `maxExtents`), at most one per record plus two.
- * Opening reads the whole log once to check every checksum.
+ * Opening reads the whole log once to check every checksum and builds the index in
+ * O(n log n) for n records.
  */
 export class SnapshotLog implements BlockBackend {
   /** The base image (only {@link SnapshotLog.commit} writes it). */
@@ -157,6 +199,11 @@ export class SnapshotLog implements BlockBackend {
   readonly readOnly: boolean;
   /** Bytes of torn tail found (and, unless read-only, truncated) when the log was opened. */
   readonly tornBytes: number;
+  /**
+   * Bytes of acknowledged (flushed) data found missing or damaged when the log was opened with
+   * `options.acceptLoss`; 0 otherwise.
+   */
+  readonly lostBytes: number;
   readonly #fh: FileHandle;
   readonly #seed: number;
   readonly #maxExtents: number;
@@ -167,8 +214,11 @@ export class SnapshotLog implements BlockBackend {
   #tail = LOG_HEADER_BYTES;
   #seq = 0;
   #markedEnd = LOG_HEADER_BYTES;
+  /** The durable mark last written to the header (and fdatasynced). */
+  #mark: DurableMark = { gen: 0, end: LOG_HEADER_BYTES, seq: 0 };
+  #markChain: Promise<void> = Promise.resolve();
   #broken: BackendError | undefined = undefined;
-  #closed = false;
+  readonly #guard: BlockGuard;
   #active = 0;
   #exclusive: Promise<void> | undefined = undefined;
   #idle: (() => void) | undefined = undefined;
@@ -181,6 +231,7 @@ export class SnapshotLog implements BlockBackend {
     readOnly: boolean,
     maxExtents: number,
     tornBytes: number,
+    lostBytes: number,
   ) {
     this.base = base;
     this.path = path;
@@ -191,6 +242,8 @@ export class SnapshotLog implements BlockBackend {
     this.readOnly = readOnly;
     this.#maxExtents = maxExtents;
     this.tornBytes = tornBytes;
+    this.#guard = new BlockGuard(`snapshot log ${path}`, this.capacity, readOnly, path);
+    this.lostBytes = lostBytes;
   }
 
   /** @internal */
@@ -230,13 +283,42 @@ export class SnapshotLog implements BlockBackend {
     }
     try {
       const size = (await fh.stat()).size;
-      const logId = await readHeader(fh, path, size, base.capacity);
-      const scan = await scanLog(fh, path, size, crc32(logId), base.capacity);
-      if (scan.tornAt < size && !readOnly) {
-        await fh.truncate(scan.tornAt);
-        await fh.datasync();
+      const header = await readHeader(fh, path, size, base.capacity);
+      const seed = crc32(header.logId);
+      const scan = await scanLog(
+        fh,
+        path,
+        size,
+        seed,
+        base.capacity,
+        header.mark,
+        options.acceptLoss === true,
+      );
+      let mark = header.mark ?? { gen: 0, end: LOG_HEADER_BYTES, seq: 0 };
+      if (!readOnly) {
+        if (scan.tornAt < size) {
+          await fh.truncate(scan.tornAt);
+          await fh.datasync();
+        }
+        if (header.mark === undefined || scan.lostBytes > 0) {
+          // A version-1 log becomes version 2 (everything left in the file is durable now),
+          // and an accepted loss is recorded so the next open does not report it again.
+          mark = { gen: mark.gen + 1, end: scan.tornAt, seq: scan.lastSeq };
+          await writeAll(fh, encodeHeader(base.capacity, header.logId, mark, seed), 0);
+          await fh.datasync();
+        }
       }
-      const log = new SnapshotLog(base, path, fh, logId, readOnly, maxExtents, size - scan.tornAt);
+      const log = new SnapshotLog(
+        base,
+        path,
+        fh,
+        header.logId,
+        readOnly,
+        maxExtents,
+        size - scan.tornAt,
+        scan.lostBytes,
+      );
+      log.#mark = mark;
       log.#adopt(scan);
       return log;
     } catch (e) {
@@ -265,18 +347,26 @@ export class SnapshotLog implements BlockBackend {
     return this.#seq;
   }
 
+  /**
+   * The durable end recorded in the header: every byte of the log before it was made durable
+   * by a completed flush, and opening refuses a file that no longer reaches it.
+   */
+  get durableBytes(): number {
+    return this.#mark.end;
+  }
+
   /** @inheritdoc */
   async read(sector: number, iovecs: readonly Uint8Array[]): Promise<void> {
     const len = total(iovecs);
-    this.#span(sector, len);
+    this.#guard.span(sector, len);
     while (this.#exclusive !== undefined) await this.#exclusive;
     this.#active++;
     try {
       const end = sector + len / SECTOR;
-      const list = this.#index.list;
       let cursor = sector;
-      for (let i = this.#index.first(sector); i < list.length && list[i]!.start < end; i++) {
-        const x = list[i]!;
+      // A snapshot of the extents: writes completing during the awaits below must not shift
+      // what this loop walks.
+      for (const x of this.#index.overlapping(sector, end)) {
         const a = Math.max(x.start, sector);
         const b = Math.min(x.end, end);
         if (a > cursor) {
@@ -297,9 +387,9 @@ export class SnapshotLog implements BlockBackend {
 
   /** Appends a WRITE record (a private copy of the data: the guest may change `iovecs`). */
   async write(sector: number, iovecs: readonly Uint8Array[]): Promise<void> {
-    this.#writable();
+    this.#guard.writable();
     const len = total(iovecs);
-    this.#span(sector, len);
+    this.#guard.span(sector, len);
     while (this.#exclusive !== undefined) await this.#exclusive;
     this.#active++;
     try {
@@ -325,7 +415,7 @@ export class SnapshotLog implements BlockBackend {
    * (made durable by the next flush). The base is not touched.
    */
   async flush(): Promise<void> {
-    this.#open();
+    this.#guard.open();
     while (this.#exclusive !== undefined) await this.#exclusive;
     this.#active++;
     try {
@@ -337,14 +427,14 @@ export class SnapshotLog implements BlockBackend {
 
   /** A no-op after the checks: discarded sectors keep their contents (allowed by the contract). */
   async discard(sector: number, count: number): Promise<void> {
-    this.#writable();
-    this.#span(sector, count * SECTOR);
+    this.#guard.writable();
+    this.#guard.span(sector, count * SECTOR);
   }
 
   /** Appends a ZEROES record (no payload); `unmap` is ignored. */
   async writeZeroes(sector: number, count: number, _unmap: boolean): Promise<void> {
-    this.#writable();
-    this.#span(sector, count * SECTOR);
+    this.#guard.writable();
+    this.#guard.span(sector, count * SECTOR);
     while (this.#exclusive !== undefined) await this.#exclusive;
     this.#active++;
     try {
@@ -363,7 +453,7 @@ export class SnapshotLog implements BlockBackend {
    * @throws RangeError naming `name`; BackendError on I/O failure
    */
   async snapshot(name: string): Promise<SnapshotInfo> {
-    this.#writable();
+    this.#guard.writable();
     const bytes = typeof name === "string" ? Buffer.from(name, "utf8") : undefined;
     if (bytes === undefined || bytes.length === 0 || bytes.length > 255) {
       throw new RangeError(`name must be 1 to 255 bytes of UTF-8, got ${JSON.stringify(name)}`);
@@ -395,16 +485,29 @@ export class SnapshotLog implements BlockBackend {
    *   failure
    */
   async rollback(name: string): Promise<void> {
-    this.#writable();
+    this.#guard.writable();
     const target = this.#snapshots.find((s) => s.name === name);
     if (target === undefined) {
       throw new RangeError(`name: no snapshot called ${JSON.stringify(name)} in ${this.path}`);
     }
     await this.#lock(async () => {
       try {
+        // Lower the durable end first: a crash before the truncation then leaves later records
+        // as an unflushed tail (the rollback did not happen), never a "truncated" log.
+        if (this.#mark.end > target.logBytes) {
+          await this.#writeMark(target.logBytes, target.sequence);
+        }
         await this.#fh.truncate(target.logBytes);
         await this.#fh.datasync();
-        const scan = await scanLog(this.#fh, this.path, target.logBytes, this.#seed, this.capacity);
+        const scan = await scanLog(
+          this.#fh,
+          this.path,
+          target.logBytes,
+          this.#seed,
+          this.capacity,
+          this.#mark,
+          false,
+        );
         this.#adopt(scan);
       } catch (e) {
         throw this.#fail(e, "rollback");
@@ -422,7 +525,7 @@ export class SnapshotLog implements BlockBackend {
    *   failure
    */
   async commit(): Promise<void> {
-    this.#writable();
+    this.#guard.writable();
     if (this.base.readOnly) {
       throw new BackendError("read-only", `cannot commit ${this.path}: the base is read-only`, {
         path: this.path,
@@ -430,7 +533,7 @@ export class SnapshotLog implements BlockBackend {
     }
     await this.#lock(async () => {
       const chunk = new Uint8Array(Math.min(IO_CHUNK, Math.max(SECTOR, this.#tail)));
-      for (const x of this.#index.list) {
+      for (const x of this.#index.toArray()) {
         if (x.off < 0) {
           await this.base.writeZeroes(x.start, x.end - x.start, false);
           continue;
@@ -445,6 +548,8 @@ export class SnapshotLog implements BlockBackend {
       }
       await this.base.flush();
       try {
+        // The durable end goes back to the header before the records go (see rollback).
+        await this.#writeMark(LOG_HEADER_BYTES, 0);
         await this.#fh.truncate(LOG_HEADER_BYTES);
         await this.#fh.datasync();
       } catch (e) {
@@ -460,8 +565,8 @@ export class SnapshotLog implements BlockBackend {
 
   /** Wait for records in flight, then close the file. Later operations reject. Idempotent. */
   async close(): Promise<void> {
-    if (this.#closed) return;
-    this.#closed = true;
+    if (this.#guard.closed) return;
+    this.#guard.closed = true;
     await Promise.allSettled([...this.#pending]);
     await this.#fh.close();
   }
@@ -510,7 +615,10 @@ export class SnapshotLog implements BlockBackend {
 
   async #sync(): Promise<void> {
     if (this.#broken !== undefined) throw this.#broken;
+    // Sampled together: the record ending at `end` has sequence number `seq` (positions and
+    // sequence numbers are reserved together, in order).
     const end = this.#tail;
+    const seq = this.#seq;
     if (this.#pending.size > 0) await Promise.all([...this.#pending]);
     try {
       await this.#fh.datasync();
@@ -527,11 +635,41 @@ export class SnapshotLog implements BlockBackend {
       if (m.end - LOG_RECORD_HEADER_BYTES === end && this.#markedEnd === end)
         this.#markedEnd = m.end;
     }
+    if (!this.readOnly) await this.#publishMark(end, seq);
+  }
+
+  /**
+   * Record in the header that the log is durable up to `end` (the record ending there has
+   * sequence `seq`), unless an earlier or concurrent flush already recorded as much. Mark
+   * writes run one at a time, so the header's mark never moves backwards.
+   */
+  #publishMark(end: number, seq: number): Promise<void> {
+    const run = async (): Promise<void> => {
+      if (end <= this.#mark.end) return;
+      await this.#writeMark(end, seq);
+    };
+    const p = this.#markChain.then(run);
+    this.#markChain = p.catch(() => {});
+    return p;
+  }
+
+  /** Write the next mark slot (the other one keeps the previous mark) and fdatasync it. */
+  async #writeMark(end: number, seq: number): Promise<void> {
+    const mark: DurableMark = { gen: this.#mark.gen + 1, end, seq };
+    try {
+      await writeAll(this.#fh, encodeMark(mark, this.#seed), markSlot(mark.gen));
+      await this.#fh.datasync();
+    } catch (e) {
+      this.#broken = this.#fail(e, "recording the durable end");
+      throw this.#broken;
+    }
+    this.#mark = mark;
   }
 
   #adopt(scan: Scan): void {
-    this.#index.clear();
-    for (const r of scan.records) this.#index.insert(r.sector, r.count, r.off, r.seq);
+    // One bulk build, not one insert per record: inserting is O(extents) each, so replaying a
+    // long log was quadratic (113 s for 400k records).
+    this.#index.build(scan.records);
     this.#snapshots = scan.snapshots;
     this.#tail = scan.tornAt;
     this.#seq = scan.lastSeq;
@@ -586,32 +724,6 @@ export class SnapshotLog implements BlockBackend {
     if (buf.length === POOL_BYTES && this.#pool.length < POOL_MAX) this.#pool.push(buf);
   }
 
-  #open(): void {
-    if (this.#closed) {
-      throw new BackendError("closed", `snapshot log ${this.path} is closed`, { path: this.path });
-    }
-  }
-
-  #writable(): void {
-    this.#open();
-    if (this.readOnly) {
-      throw new BackendError("read-only", `snapshot log ${this.path} is read-only`, {
-        path: this.path,
-      });
-    }
-  }
-
-  #span(sector: number, len: number): void {
-    this.#open();
-    if (!sectorRangeFits(sector, len, this.capacity)) {
-      throw new BackendError(
-        "out-of-range",
-        `${len} bytes at sector ${sector} pass the capacity (${this.capacity} sectors)`,
-        { path: this.path },
-      );
-    }
-  }
-
   #fail(e: unknown, what: string): BackendError {
     return e instanceof BackendError ? e : hostError(e, `${this.path}: ${what} failed`, this.path);
   }
@@ -651,6 +763,68 @@ interface Scan {
   lastSeq: number;
   /** End of the last FLUSH marker: a flush with nothing appended after it writes no marker. */
   markedEnd: number;
+  /** Flushed bytes missing or damaged, dropped because the caller accepted the loss. */
+  lostBytes: number;
+}
+
+/** The durable end recorded in a header slot. */
+interface DurableMark {
+  /** Generation: the slot with the higher one is current. */
+  readonly gen: number;
+  /** Every byte of the log before this offset is durable. */
+  readonly end: number;
+  /** Sequence number of the record ending at `end` (0 when `end` is the header's end). */
+  readonly seq: number;
+}
+
+function markSlot(gen: number): number {
+  return H_MARKS + (gen % 2) * MARK_BYTES;
+}
+
+function encodeMark(mark: DurableMark, seed: number): Uint8Array {
+  const b = new Uint8Array(MARK_BYTES);
+  const dv = new DataView(b.buffer);
+  setU64(dv, M_GEN, mark.gen);
+  setU64(dv, M_END, mark.end);
+  setU64(dv, M_SEQ, mark.seq);
+  dv.setUint32(M_CRC, crc32(b.subarray(0, M_CRC), seed), true);
+  return b;
+}
+
+function decodeMark(h: Uint8Array, at: number, seed: number): DurableMark | undefined {
+  const b = h.subarray(at, at + MARK_BYTES);
+  const dv = new DataView(b.buffer, b.byteOffset, MARK_BYTES);
+  if (dv.getUint32(M_CRC, true) !== crc32(b.subarray(0, M_CRC), seed)) return undefined;
+  const mark = { gen: getU64(dv, M_GEN), end: getU64(dv, M_END), seq: getU64(dv, M_SEQ) };
+  if (
+    !Number.isSafeInteger(mark.gen) ||
+    !Number.isSafeInteger(mark.end) ||
+    !Number.isSafeInteger(mark.seq) ||
+    mark.gen < 1 ||
+    mark.end < LOG_HEADER_BYTES
+  ) {
+    return undefined;
+  }
+  return mark;
+}
+
+/** A version-2 file header: identity, its CRC, and `mark` in its slot. */
+function encodeHeader(
+  capacity: number,
+  logId: Uint8Array,
+  mark: DurableMark,
+  seed: number,
+): Uint8Array {
+  const h = new Uint8Array(LOG_HEADER_BYTES);
+  const dv = new DataView(h.buffer);
+  h.set(Buffer.from(LOG_FILE_MAGIC, "latin1"), 0);
+  dv.setUint32(H_VERSION, LOG_FILE_VERSION, true);
+  dv.setUint32(H_HEADER_BYTES, LOG_HEADER_BYTES, true);
+  setU64(dv, H_CAPACITY, capacity);
+  h.set(logId, H_LOG_ID);
+  dv.setUint32(H_CRC, crc32(h.subarray(0, H_CRC)), true);
+  h.set(encodeMark(mark, seed), markSlot(mark.gen));
+  return h;
 }
 
 async function createLog(path: string, capacity: number): Promise<FileHandle> {
@@ -661,14 +835,13 @@ async function createLog(path: string, capacity: number): Promise<FileHandle> {
     throw hostError(e, `cannot create logPath ${path}`, path);
   }
   try {
-    const h = new Uint8Array(LOG_HEADER_BYTES);
-    const dv = new DataView(h.buffer);
-    h.set(Buffer.from(LOG_FILE_MAGIC, "latin1"), 0);
-    dv.setUint32(H_VERSION, LOG_FILE_VERSION, true);
-    dv.setUint32(H_HEADER_BYTES, LOG_HEADER_BYTES, true);
-    setU64(dv, H_CAPACITY, capacity);
-    h.set(randomBytes(8), H_LOG_ID);
-    dv.setUint32(H_CRC, crc32(h.subarray(0, H_CRC)), true);
+    const logId = randomBytes(8);
+    const h = encodeHeader(
+      capacity,
+      logId,
+      { gen: 1, end: LOG_HEADER_BYTES, seq: 0 },
+      crc32(logId),
+    );
     await writeAll(fh, h, 0);
     await fh.datasync();
     // The new directory entry must be durable too, or a crash could lose the whole file.
@@ -685,12 +858,18 @@ async function createLog(path: string, capacity: number): Promise<FileHandle> {
   }
 }
 
+/** What the file header says: the log id, and the durable mark (version 2 only). */
+interface Header {
+  readonly logId: Uint8Array;
+  readonly mark: DurableMark | undefined;
+}
+
 async function readHeader(
   fh: FileHandle,
   path: string,
   size: number,
   capacity: number,
-): Promise<Uint8Array> {
+): Promise<Header> {
   const h = new Uint8Array(LOG_HEADER_BYTES);
   if (size >= LOG_HEADER_BYTES) await readAll(fh, [h], 0);
   if (
@@ -713,7 +892,10 @@ async function readHeader(
     );
   }
   const version = dv.getUint32(H_VERSION, true);
-  if (version !== LOG_FILE_VERSION || dv.getUint32(H_HEADER_BYTES, true) !== LOG_HEADER_BYTES) {
+  if (
+    (version !== 1 && version !== LOG_FILE_VERSION) ||
+    dv.getUint32(H_HEADER_BYTES, true) !== LOG_HEADER_BYTES
+  ) {
     throw new SnapshotLogError(
       "unsupported",
       `logPath ${path}: unsupported version ${version}`,
@@ -728,7 +910,21 @@ async function readHeader(
       path,
     );
   }
-  return h.slice(H_LOG_ID, H_LOG_ID + 8);
+  const logId = h.slice(H_LOG_ID, H_LOG_ID + 8);
+  if (version === 1) return { logId, mark: undefined };
+  const seed = crc32(logId);
+  const a = decodeMark(h, markSlot(0), seed);
+  const b = decodeMark(h, markSlot(1), seed);
+  const mark = a === undefined ? b : b === undefined || a.gen > b.gen ? a : b;
+  if (mark === undefined) {
+    throw new SnapshotLogError(
+      "corrupt-header",
+      `logPath ${path}: neither durable-end slot of the header is valid`,
+      path,
+      H_MARKS,
+    );
+  }
+  return { logId, mark };
 }
 
 /**
@@ -742,6 +938,8 @@ async function scanLog(
   size: number,
   seed: number,
   capacity: number,
+  mark: DurableMark | undefined,
+  acceptLoss: boolean,
 ): Promise<Scan> {
   const scan: Scan = {
     records: [],
@@ -749,7 +947,9 @@ async function scanLog(
     tornAt: LOG_HEADER_BYTES,
     lastSeq: 0,
     markedEnd: LOG_HEADER_BYTES,
+    lostBytes: 0,
   };
+  const durable = mark?.end ?? LOG_HEADER_BYTES;
   const buf = Buffer.alloc(IO_CHUNK);
   const dv = new DataView(buf.buffer, buf.byteOffset, buf.length);
   let winStart = 0;
@@ -784,6 +984,9 @@ async function scanLog(
     }
     const end = pos + LOG_RECORD_HEADER_BYTES + payload;
     if (end > size) break;
+    // The flushed records end exactly at the mark, the last with the mark's sequence number;
+    // anything else up to the mark is not what was flushed.
+    if (pos < durable && (end > durable || (end === durable && seq !== mark!.seq))) break;
     let crc = crc32(buf.subarray(o, o + R_CRC), seed);
     let name = "";
     if (payload <= IO_CHUNK - LOG_RECORD_HEADER_BYTES) {
@@ -813,27 +1016,52 @@ async function scanLog(
     pos = end;
   }
   scan.tornAt = pos;
-  if (pos < size) {
-    const vouched = await laterFlushMarker(fh, pos, size, seed);
-    if (vouched !== undefined) {
+  const recovery = "pass options.acceptLoss to open it at its last valid record";
+  if (pos < durable) {
+    scan.lostBytes = durable - pos;
+    if (!acceptLoss && size < durable) {
       throw new SnapshotLogError(
-        "corrupt",
-        `logPath ${path}: the record at byte ${pos} is damaged, but a flush marker at byte ${vouched} says it was durable; refusing to drop flushed data`,
+        "truncated",
+        `logPath ${path} was cut at byte ${size}, but flushes had made it durable up to byte ${durable}: ${durable - pos} bytes of acknowledged data are gone; ${recovery}`,
         path,
         pos,
+        durable,
       );
+    }
+    if (!acceptLoss) {
+      throw new SnapshotLogError(
+        "corrupt",
+        `logPath ${path}: the record at byte ${pos} is damaged, but flushes had made the log durable up to byte ${durable}; refusing to drop flushed data (${recovery})`,
+        path,
+        pos,
+        durable,
+      );
+    }
+  } else if (pos < size) {
+    const vouched = await laterFlushMarker(fh, pos, size, seed);
+    if (vouched !== undefined) {
+      scan.lostBytes = vouched.durableEnd - pos;
+      if (!acceptLoss) {
+        throw new SnapshotLogError(
+          "corrupt",
+          `logPath ${path}: the record at byte ${pos} is damaged, but a flush marker at byte ${vouched.at} says it was durable; refusing to drop flushed data (${recovery})`,
+          path,
+          pos,
+          vouched.durableEnd,
+        );
+      }
     }
   }
   return scan;
 }
 
-/** Position of a valid FLUSH record after `from` whose durable end passes `from`, if any. */
+/** A valid FLUSH record after `from` whose durable end passes `from`, if any. */
 async function laterFlushMarker(
   fh: FileHandle,
   from: number,
   size: number,
   seed: number,
-): Promise<number | undefined> {
+): Promise<{ at: number; durableEnd: number } | undefined> {
   const buf = Buffer.alloc(IO_CHUNK);
   const dv = new DataView(buf.buffer, buf.byteOffset, buf.length);
   // Windows overlap by a record header, so a marker straddling two windows is still seen.
@@ -851,7 +1079,7 @@ async function laterFlushMarker(
         crc32(buf.subarray(o, o + R_CRC), seed) === dv.getUint32(o + R_CRC, true) &&
         getU64(dv, o + R_SECTOR) > from
       ) {
-        return w + o;
+        return { at: w + o, durableEnd: getU64(dv, o + R_SECTOR) };
       }
       o = buf.indexOf(RECORD_MAGIC, o + 1);
     }

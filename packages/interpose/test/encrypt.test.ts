@@ -307,6 +307,36 @@ describe("formatEncrypted / openEncrypted (passphrase header)", () => {
     });
   });
 
+  it("a header asking for 128 times the default scrypt work is refused in milliseconds, before deriving", async () => {
+    const inner = new RamDisk(16);
+    await formatEncrypted(inner, { passphrase: "x", scrypt: FAST });
+    const dv = new DataView(inner.bytes.buffer);
+    // log2N 20, r 8, p 16: within the 1 GiB memory cap, but about a minute of CPU per open.
+    inner.bytes[16] = 20;
+    dv.setUint16(18, 8, true);
+    dv.setUint16(20, 16, true);
+    dv.setUint32(88, crc32(inner.bytes.subarray(0, 88)), true);
+    const t0 = performance.now();
+    const err = await openEncrypted(inner, { passphrase: "x" }).catch((e: unknown) => e);
+    expect(performance.now() - t0).toBeLessThan(1000);
+    expect(err).toBeInstanceOf(EncryptedDiskError);
+    expect(err).toMatchObject({
+      code: "kdf-too-costly",
+      message: expect.stringMatching(/options\.maxScryptWork/),
+    });
+    // A caller who trusts the image may raise the cap: then the cost is checked, not refused
+    // (a smaller header here, to keep the test fast).
+    dv.setUint16(20, 1, true);
+    inner.bytes[16] = 12;
+    dv.setUint32(88, crc32(inner.bytes.subarray(0, 88)), true);
+    await expect(
+      openEncrypted(inner, { passphrase: "x", maxScryptWork: 2 ** 12 * 8 - 1 }),
+    ).rejects.toMatchObject({ code: "kdf-too-costly" });
+    await expect(openEncrypted(inner, { passphrase: "x", maxScryptWork: 0 })).rejects.toThrow(
+      /^options\.maxScryptWork/,
+    );
+  });
+
   it("bad arguments are RangeErrors or TypeErrors naming them", async () => {
     await expect(formatEncrypted(new RamDisk(16), { passphrase: "" })).rejects.toThrow(
       /^options\.passphrase must be a non-empty/,

@@ -1,8 +1,9 @@
+import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { ExtentMap } from "../src/log-extents.js";
 
 function dump(m: ExtentMap): [number, number, number, number][] {
-  return m.list.map((x) => [x.start, x.end, x.off, x.seq]);
+  return m.toArray().map((x) => [x.start, x.end, x.off, x.seq]);
 }
 
 describe("ExtentMap", () => {
@@ -32,11 +33,11 @@ describe("ExtentMap", () => {
     const m = new ExtentMap();
     for (let i = 0; i < 10; i++) m.insert(i * 2, 1, i * 600, i + 1);
     m.insert(5, 3, -1, 11);
-    expect(m.list.find((x) => x.start === 5)).toEqual({ start: 5, end: 8, off: -1, seq: 11 });
+    expect(m.toArray().find((x) => x.start === 5)).toEqual({ start: 5, end: 8, off: -1, seq: 11 });
     m.insert(0, 30, 50_000, 12);
     expect(dump(m)).toEqual([[0, 30, 50_000, 12]]);
-    expect(m.first(29)).toBe(0);
-    expect(m.first(30)).toBe(1);
+    expect(m.overlapping(29, 31)).toEqual([{ start: 0, end: 30, off: 50_000, seq: 12 }]);
+    expect(m.overlapping(30, 40)).toEqual([]);
   });
 
   it("rebuilds correctly when one insert keeps more than a thousand newer pieces", () => {
@@ -44,9 +45,113 @@ describe("ExtentMap", () => {
     for (let i = 0; i < 1500; i++) m.insert(i * 2 + 1, 1, i * 1000, 10 + i);
     m.insert(0, 3000, 0, 1); // older than all of them: fills only the gaps
     expect(m.size).toBe(3000);
-    expect(m.list[0]).toEqual({ start: 0, end: 1, off: 0, seq: 1 });
-    expect(m.list[1]).toEqual({ start: 1, end: 2, off: 0, seq: 10 });
-    expect(m.list[2998]).toEqual({ start: 2998, end: 2999, off: 2998 * 512, seq: 1 });
-    expect(m.list[2999]).toEqual({ start: 2999, end: 3000, off: 1499 * 1000, seq: 1509 });
+    const l = m.toArray();
+    expect(l[0]).toEqual({ start: 0, end: 1, off: 0, seq: 1 });
+    expect(l[1]).toEqual({ start: 1, end: 2, off: 0, seq: 10 });
+    expect(l[2998]).toEqual({ start: 2998, end: 2999, off: 2998 * 512, seq: 1 });
+    expect(l[2999]).toEqual({ start: 2999, end: 3000, off: 1499 * 1000, seq: 1509 });
+  });
+});
+
+describe("ExtentMap over many extents (chunked)", () => {
+  it("matches a per-sector model over 6000 random inserts that split, span and merge chunks", () => {
+    const size = 20_000;
+    const model = new Float64Array(size).fill(-2); // -2: never written
+    const seqOf = new Float64Array(size);
+    const m = new ExtentMap();
+    let x = 99;
+    const rnd = (n: number) => {
+      x = (Math.imul(x, 1103515245) + 12345) >>> 0;
+      return x % n;
+    };
+    for (let seq = 1; seq <= 6000; seq++) {
+      // Mostly single sectors (many extents), sometimes a long write across many chunks.
+      const count = rnd(50) === 0 ? 1 + rnd(3000) : 1 + rnd(3);
+      const start = rnd(size - count);
+      const off = rnd(4) === 0 ? -1 : 512 + seq * 10_000;
+      m.insert(start, count, off, seq);
+      for (let s = start; s < start + count; s++) {
+        model[s] = off < 0 ? -1 : off + (s - start) * 512;
+        seqOf[s] = seq;
+      }
+    }
+    const got = new Float64Array(size).fill(-2);
+    let prevEnd = 0;
+    for (const e of m.toArray()) {
+      expect(e.start).toBeGreaterThanOrEqual(prevEnd);
+      prevEnd = e.end;
+      for (let s = e.start; s < e.end; s++) got[s] = e.off < 0 ? -1 : e.off + (s - e.start) * 512;
+    }
+    expect(got).toEqual(model);
+    expect(m.size).toBe(m.toArray().length);
+    // overlapping() returns exactly the extents touching the range.
+    for (let k = 0; k < 200; k++) {
+      const a = rnd(size);
+      const b = a + 1 + rnd(500);
+      const want = m.toArray().filter((e) => e.end > a && e.start < b);
+      expect(m.overlapping(a, b)).toEqual(want);
+    }
+  });
+});
+
+describe("ExtentMap.build (opening a log)", () => {
+  function perSector(m: ExtentMap, size: number): string[] {
+    const out: string[] = new Array(size).fill("base");
+    for (const x of m.toArray()) {
+      for (let s = x.start; s < x.end; s++) {
+        out[s] = `${x.off < 0 ? -1 : x.off + (s - x.start) * 512}@${x.seq}`;
+      }
+    }
+    return out;
+  }
+
+  it("gives exactly the extents of inserting the records one by one, in any order of completion", () => {
+    fc.assert(
+      fc.property(
+        fc.array(
+          fc.record({
+            sector: fc.integer({ min: 0, max: 200 }),
+            count: fc.integer({ min: 1, max: 40 }),
+            zero: fc.boolean(),
+          }),
+          { maxLength: 80 },
+        ),
+        fc.integer(),
+        (raw, seed) => {
+          const records = raw.map((r, i) => ({
+            sector: r.sector,
+            count: r.count,
+            off: r.zero ? -1 : 512 + i * 100_000,
+            seq: i + 1,
+          }));
+          const one = new ExtentMap();
+          for (const r of records) one.insert(r.sector, r.count, r.off, r.seq);
+          // Writes complete out of order: insert in a shuffled order too.
+          const shuffled = [...records];
+          let x = seed >>> 0;
+          for (let i = shuffled.length - 1; i > 0; i--) {
+            x = (Math.imul(x, 1103515245) + 12345) >>> 0;
+            const j = x % (i + 1);
+            [shuffled[i], shuffled[j]] = [shuffled[j]!, shuffled[i]!];
+          }
+          const two = new ExtentMap();
+          for (const r of shuffled) two.insert(r.sector, r.count, r.off, r.seq);
+          const built = new ExtentMap();
+          built.build(shuffled);
+          expect(dump(built)).toEqual(dump(one));
+          expect(perSector(built, 260)).toEqual(perSector(two, 260));
+        },
+      ),
+      { numRuns: 300 },
+    );
+  });
+
+  it("replaces what the map held and handles no records", () => {
+    const m = new ExtentMap();
+    m.insert(0, 4, 512, 1);
+    m.build([]);
+    expect(m.size).toBe(0);
+    m.build([{ sector: 10, count: 2, off: -1, seq: 3 }]);
+    expect(dump(m)).toEqual([[10, 12, -1, 3]]);
   });
 });

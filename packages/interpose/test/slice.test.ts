@@ -112,7 +112,7 @@ describe("slice", () => {
       () => undefined,
       (e: Error) => e.name,
     );
-    expect(["RangeError", "BlkRequestError"]).toContain(err);
+    expect(["RangeError", "BlkStatusError"]).toContain(err);
     expect(disk.bytes.subarray(64 * 512).every((x) => x === 0xb2)).toBe(true);
     expect(b.model.stats.ioErrors).toBe(0);
   });

@@ -4,6 +4,7 @@ import { mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { crc32 } from "node:zlib";
 import { BlkDevice } from "@virtio-ts/devices";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
@@ -430,5 +431,199 @@ describe("snapshotLog in a child process", () => {
     expect(got).toEqual(want);
     expect(log.sequence).toBeGreaterThanOrEqual(3);
     await log.close();
+  });
+});
+
+describe("snapshotLog detects lost flushed data (a file cut short)", () => {
+  /** A log with `rounds` flushed writes (and a snapshot every 10), as the child writes it. */
+  async function flushedLog(rounds: number): Promise<{
+    path: string;
+    bytes: Uint8Array;
+    /** logBytes after each round's flush, i.e. its durable end. */
+    ends: number[];
+    /** Record boundaries (offsets where a record starts or the file ends). */
+    boundaries: number[];
+  }> {
+    const path = logPath();
+    const log = await snapshotLog(new RamDisk(64, { fill: 0xee }), path, { create: true });
+    const ends: number[] = [];
+    const boundaries = [LOG_HEADER_BYTES];
+    for (let k = 0; k < rounds; k++) {
+      await log.write(k % 64, [new Uint8Array(512).fill(k & 0xff)]);
+      boundaries.push(log.logBytes);
+      if (k % 10 === 9) await log.snapshot(`s${k}`);
+      else await log.flush();
+      ends.push(log.durableBytes);
+      boundaries.push(log.logBytes); // after the snapshot and/or flush marker
+    }
+    await log.close();
+    return { path, bytes: await readFile(path), ends, boundaries };
+  }
+
+  it("a cut at any record boundary before the durable end is SnapshotLogError truncated, and the file is left as it was", async () => {
+    const h = await flushedLog(30);
+    const durable = h.ends.at(-1)!;
+    const cuts = [...new Set(h.boundaries)].filter((b) => b < durable);
+    expect(cuts.length).toBeGreaterThan(40);
+    const copy = `${h.path}.cut`;
+    for (const cut of cuts) {
+      await writeFile(copy, h.bytes.subarray(0, cut));
+      const err = await snapshotLog(new RamDisk(64, { fill: 0xee }), copy).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(SnapshotLogError);
+      expect(err).toMatchObject({ code: "truncated", offset: cut, durableBytes: durable });
+      // A writable open that fails never truncates the evidence away.
+      expect((await stat(copy)).size).toBe(cut);
+    }
+  });
+
+  it("acceptLoss opens a cut log at its last valid record, reports lostBytes once and records the new durable end", async () => {
+    const h = await flushedLog(30);
+    const durable = h.ends.at(-1)!;
+    // Past round 14's flush marker (32 bytes), inside round 15's write.
+    const cut = h.ends[14]! + 100;
+    const copy = `${h.path}.lossy`;
+    await writeFile(copy, h.bytes.subarray(0, cut));
+    const log = await snapshotLog(new RamDisk(64, { fill: 0xee }), copy, { acceptLoss: true });
+    expect(log.logBytes).toBe(h.ends[14]! + LOG_RECORD_HEADER_BYTES);
+    expect(log.lostBytes).toBe(durable - log.logBytes);
+    expect(log.durableBytes).toBe(log.logBytes);
+    expect(log.snapshots.map((s) => s.name)).toEqual(["s9"]); // s19 and s29 are gone
+    const b = new Uint8Array(512);
+    await log.read(14, [b]);
+    expect(b[0]).toBe(14);
+    await log.read(15, [b]);
+    expect(b[0]).toBe(0xee);
+    await log.close();
+    const again = await snapshotLog(new RamDisk(64, { fill: 0xee }), copy);
+    expect([again.lostBytes, again.tornBytes]).toEqual([0, 0]);
+    await again.close();
+  });
+
+  it("one damaged mark slot falls back to the other; two are SnapshotLogError corrupt-header", async () => {
+    const h = await flushedLog(4);
+    const copy = `${h.path}.slot`;
+    const bad = Uint8Array.from(h.bytes);
+    // The newest mark (generation 5: create, then four flushes) is in slot 5 mod 2 = 1.
+    bad[64 + 32 + 8]! ^= 0x40;
+    await writeFile(copy, bad);
+    const log = await snapshotLog(new RamDisk(64, { fill: 0xee }), copy, { readOnly: true });
+    expect(log.durableBytes).toBe(h.ends[2]);
+    await log.close();
+    bad[64 + 8]! ^= 0x40;
+    await writeFile(copy, bad);
+    await expect(snapshotLog(new RamDisk(64), copy)).rejects.toMatchObject({
+      code: "corrupt-header",
+      offset: 64,
+    });
+  });
+
+  it("a version-1 log (no durable end) still opens, and a writable open upgrades it to version 2", async () => {
+    const h = await flushedLog(3);
+    const v1 = Uint8Array.from(h.bytes);
+    const dv = new DataView(v1.buffer);
+    dv.setUint32(8, 1, true);
+    dv.setUint32(32, crc32(v1.subarray(0, 32)), true);
+    v1.fill(0, 64, 128);
+    const copy = `${h.path}.v1`;
+    await writeFile(copy, v1);
+    const ro = await snapshotLog(new RamDisk(64, { fill: 0xee }), copy, { readOnly: true });
+    expect(ro.sequence).toBeGreaterThan(3);
+    await ro.close();
+    const rw = await snapshotLog(new RamDisk(64, { fill: 0xee }), copy);
+    expect(rw.durableBytes).toBe(v1.length);
+    await rw.close();
+    const after = await readFile(copy);
+    expect(new DataView(after.buffer, after.byteOffset).getUint32(8, true)).toBe(2);
+    await writeFile(copy, after.subarray(0, after.length - 1));
+    await expect(snapshotLog(new RamDisk(64), copy)).rejects.toMatchObject({ code: "truncated" });
+  });
+
+  it("rollback and commit lower the durable end first, so the shorter file opens cleanly", async () => {
+    const path = logPath();
+    const base = new RamDisk(64, { fill: 0xee });
+    const log = await snapshotLog(base, path, { create: true });
+    await log.write(1, [new Uint8Array(512).fill(1)]);
+    const snap = await log.snapshot("one");
+    await log.write(2, [new Uint8Array(512).fill(2)]);
+    await log.flush();
+    expect(log.durableBytes).toBeGreaterThan(snap.logBytes);
+    await log.rollback("one");
+    expect(log.durableBytes).toBe(snap.logBytes);
+    await log.close();
+    const again = await snapshotLog(base, path);
+    expect(again.logBytes).toBe(snap.logBytes);
+    await again.commit();
+    expect(again.durableBytes).toBe(LOG_HEADER_BYTES);
+    await again.close();
+    const empty = await snapshotLog(base, path);
+    expect([empty.logBytes, empty.lostBytes]).toEqual([LOG_HEADER_BYTES, 0]);
+    await empty.close();
+  });
+});
+
+describe("snapshotLog cut after its writer is killed (child process)", () => {
+  beforeAll(() => buildInterpose());
+
+  it("200 random cuts of a SIGKILLed writer's log: every loss of flushed data is reported, every other cut keeps all of it", async () => {
+    const path = logPath();
+    const script = fileURLToPath(new URL("./fixtures/snapshot-flush-writer.mjs", import.meta.url));
+    const child = spawn(process.execPath, [script, path], { stdio: ["ignore", "pipe", "inherit"] });
+    const exited = new Promise<NodeJS.Signals | null>((resolve) =>
+      child.on("exit", (_code, signal) => resolve(signal)),
+    );
+    // The last flush the child reported complete: its round and durable end.
+    const last = await new Promise<{ round: number; durable: number }>((resolve, reject) => {
+      let buf = "";
+      child.stdout.on("data", (d: Buffer) => {
+        buf += d.toString();
+        const lines = buf.split("\n");
+        buf = lines.pop()!;
+        for (const l of lines) {
+          const r = JSON.parse(l) as { round: number; durable: number };
+          if (r.round >= 80) {
+            child.kill("SIGKILL");
+            resolve(r);
+            return;
+          }
+        }
+      });
+      child.on("exit", (code) => reject(new Error(`writer exited early with ${code}`)));
+    });
+    expect(await exited).toBe("SIGKILL");
+    const bytes = await readFile(path);
+    expect(bytes.length).toBeGreaterThanOrEqual(last.durable);
+    const copy = `${path}.cut`;
+    let reported = 0;
+    let intact = 0;
+    let x = 12345;
+    for (let i = 0; i < 200; i++) {
+      x = (Math.imul(x, 1103515245) + 12345) >>> 0;
+      const cut = LOG_HEADER_BYTES + (x % (bytes.length - LOG_HEADER_BYTES + 1));
+      await writeFile(copy, bytes.subarray(0, cut));
+      const opened = await snapshotLog(new RamDisk(64, { fill: 0xee }), copy).catch(
+        (e: unknown) => e,
+      );
+      if (cut < last.durable) {
+        // Before the fix: 198 of 200 such cuts opened as a clean, shorter log.
+        expect(opened).toMatchObject({ name: "SnapshotLogError", code: "truncated" });
+        reported++;
+        continue;
+      }
+      // Everything flushed is there: round k's pattern for the newest k writing each sector.
+      const log = opened as SnapshotLog;
+      const b = new Uint8Array(512);
+      for (let s = 0; s < 64; s++) {
+        await log.read(s, [b]);
+        let k = last.round - ((last.round - s + 64 * 4) % 64);
+        // An unflushed write of a later round may have survived too; it is newer, never older.
+        if (b[0] !== (k & 0xff)) k += 64;
+        expect(b[0]).toBe(k & 0xff);
+      }
+      expect(log.snapshots.length).toBeGreaterThanOrEqual(Math.floor((last.round + 1) / 10));
+      await log.close();
+      intact++;
+    }
+    expect(reported + intact).toBe(200);
+    expect(reported).toBeGreaterThan(100);
   });
 });

@@ -4,9 +4,29 @@
  *
  * @packageDocumentation
  */
-export * from "./errors.js";
-export * from "./guest-memory.js";
+export { GuestMemoryError, type GuestMemoryErrorCode, VirtioError } from "./errors.js";
+export {
+  type CreateGuestMemoryOptions,
+  createGuestMemory,
+  GuestMemoryMap,
+  type GuestRegion,
+  type GuestRegionOptions,
+  guestAddress,
+  u64ToAddress,
+} from "./guest-memory.js";
 export { ADDRESS_LIMIT, MAX_ACCESS_LENGTH } from "./limits.js";
-export * from "./translate.js";
-export type * from "./types.js";
-export * from "./wasm-memory.js";
+export {
+  type DmaWindow,
+  DmaWindows,
+  dmaWindows,
+  TranslatedMemory,
+  type TranslateFn,
+  type Translation,
+  type WindowAccess,
+} from "./translate.js";
+export type { AccessKind, GuestAddress, GuestMemory } from "./types.js";
+export {
+  WasmGuestMemory,
+  type WasmGuestMemoryOptions,
+  type WasmMemoryLike,
+} from "./wasm-memory.js";

@@ -84,3 +84,15 @@ export const ConsoleResize = {
   /** Size in bytes. */
   SIZE: 4,
 } as const;
+
+/**
+ * A console size as `struct virtio_console_config` (`cols`, `rows`, with VIRTIO_CONSOLE_F_SIZE)
+ * and the RESIZE control message (§5.3.6.2) carry it. The device model and the driver share
+ * this one type.
+ */
+export interface ConsoleSize {
+  /** Columns (0 to 65535). */
+  readonly cols: number;
+  /** Rows (0 to 65535). */
+  readonly rows: number;
+}

@@ -10,6 +10,14 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import {
+  BALLOON_PAGE_SIZE,
+  BALLOON_PFN_SHIFT,
+  BALLOON_STAT_TAGS,
+  BalloonCmdId,
+  BalloonConfig,
+  BalloonFeature,
+  BalloonStat,
+  BalloonStatTag,
   BLK_ID_BYTES,
   BLK_SECTOR_SIZE,
   BlkConfig,
@@ -24,6 +32,9 @@ import {
   ConsoleFeature,
   DeviceId,
   DeviceStatus,
+  ETH_ALEN,
+  ETH_HLEN,
+  EtherType,
   FEATURE_TRANSPORT_FIRST,
   FEATURE_TRANSPORT_LAST,
   Feature,
@@ -328,6 +339,33 @@ const groups: Group[] = [
     }),
   ),
   group(
+    "virtio-balloon feature bits, statistics tags, command IDs and the PFN shift match <linux/virtio_balloon.h>",
+    prefixed("BalloonFeature", "VIRTIO_BALLOON_F_", BalloonFeature, {
+      PAGE_REPORTING: "VIRTIO_BALLOON_F_REPORTING",
+    }),
+    prefixed("BalloonStatTag", "VIRTIO_BALLOON_S_", BalloonStatTag),
+    prefixed("BalloonCmdId", "VIRTIO_BALLOON_CMD_ID_", BalloonCmdId),
+    constants(
+      "balloon",
+      { BALLOON_PFN_SHIFT, BALLOON_PAGE_SIZE, BALLOON_STAT_TAGS },
+      {
+        BALLOON_PFN_SHIFT: "VIRTIO_BALLOON_PFN_SHIFT",
+        BALLOON_PAGE_SIZE: "(1 << VIRTIO_BALLOON_PFN_SHIFT)",
+        BALLOON_STAT_TAGS: "VIRTIO_BALLOON_S_NR",
+      },
+    ),
+  ),
+  group(
+    "virtio_balloon_config and the packed virtio_balloon_stat match <linux/virtio_balloon.h>",
+    layout("virtio_balloon_config", BalloonConfig, {
+      NUM_PAGES: "num_pages",
+      ACTUAL: "actual",
+      FREE_PAGE_HINT_CMD_ID: "free_page_hint_cmd_id",
+      POISON_VAL: "poison_val",
+    }),
+    layout("virtio_balloon_stat", BalloonStat, { TAG: "tag", VAL: "val" }),
+  ),
+  group(
     "virtio-net feature bits match <linux/virtio_net.h>",
     prefixed("NetFeature", "VIRTIO_NET_F_", NetFeature, {
       DEVICE_STATS: newer,
@@ -458,6 +496,11 @@ const groups: Group[] = [
     }),
     // The header documents the magic as the string "virt" read little-endian, not as a macro.
     constants("mmio", { MMIO_MAGIC }, { MMIO_MAGIC: "('v' | 'i' << 8 | 'r' << 16 | 't' << 24)" }),
+  ),
+  group(
+    "Ethernet header constants match <linux/if_ether.h>",
+    constants("ethernet", { ETH_ALEN, ETH_HLEN }, { ETH_ALEN: "ETH_ALEN", ETH_HLEN: "ETH_HLEN" }),
+    prefixed("EtherType", "ETH_P_", EtherType, { IPV4: "ETH_P_IP", VLAN: "ETH_P_8021Q" }),
   ),
   group(
     "virtio-pci IDs, capability types and ISR bits match <linux/virtio_pci.h> and <linux/virtio_ids.h>",

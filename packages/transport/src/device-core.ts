@@ -11,14 +11,19 @@ import {
   PACKED_QUEUE_MAX_SIZE,
 } from "@virtio-ts/spec";
 import {
+  createDeviceQueue,
   type DeviceQueue,
-  PackedDeviceQueue,
+  GatedDeviceQueue,
+  type PackedDeviceQueue,
   QueueConfigError,
   type QueueLayout,
-  ringFeatures,
-  SplitDeviceQueue,
+  type QueueState,
+  type SplitDeviceQueue,
 } from "@virtio-ts/virtqueue";
+import type { DeviceContext, DeviceModel } from "./device-model.js";
+import { type DeviceState, DeviceStateMismatchError, type QueueSnapshot } from "./device-state.js";
 import type { Doorbell } from "./doorbell.js";
+import { host } from "./host.js";
 import { decodeNotificationData, type NotificationData } from "./notification-data.js";
 import { RateLimitedLog } from "./rate-limit.js";
 
@@ -26,6 +31,8 @@ import { RateLimitedLog } from "./rate-limit.js";
 export const FEATURE_WORDS = 4;
 
 const ALL_FEATURES = (1n << BigInt(32 * FEATURE_WORDS)) - 1n;
+
+const ZERO_STATE: QueueState = { availIdx: 0, usedIdx: 0, availWrap: true, usedWrap: true };
 
 /** Status bits the driver may set (DEVICE_NEEDS_RESET is the device's; SUSPEND unsupported). */
 const DRIVER_STATUS_BITS =
@@ -70,175 +77,6 @@ export const LEGACY_TRANSPORT_FEATURES: bigint = [
 
 /** One of the three areas of a virtqueue. @see VIRTIO 1.3 §2.6 */
 export type QueueArea = "desc" | "driver" | "device";
-
-/**
- * What a device model sees of the device core: its queues, the negotiated features, guest
- * memory, and the notifications it may send. The core itself implements it.
- */
-export interface DeviceContext {
-  /** Guest memory (behind an IOMMU when VIRTIO_F_ACCESS_PLATFORM is in use). */
-  readonly memory: GuestMemory;
-  /**
-   * The negotiated features: what the driver accepted and the device kept (final from
-   * FEATURES_OK; legacy: from activation).
-   */
-  readonly features: bigint;
-  /** Number of virtqueues (`queueMaxSizes.length`). */
-  readonly numQueues: number;
-  /**
-   * Incremented by every device reset and queue reset. Asynchronous work (a back-end request)
-   * captures it when it starts and drops its result if it changed: that queue, or the whole
-   * device, has been reset meanwhile and the buffers belong to nobody.
-   */
-  readonly epoch: number;
-  /** Whether DEVICE_NEEDS_RESET is set (kicks are no longer delivered). */
-  readonly needsReset: boolean;
-  /**
-   * The device side of queue `index` while it is enabled, else undefined. Do not keep it across
-   * a queue reset: ask again (it is an array lookup).
-   */
-  queue(index: number): DeviceQueue | undefined;
-  /**
-   * Where queue `index` lives (size and the three area addresses) while it is enabled, else
-   * undefined. Optional: a model that hands its rings to another thread (vhost SET_VRING_NUM /
-   * SET_VRING_ADDR) needs it; the device core implements it.
-   */
-  queueLayout?(index: number): QueueLayout | undefined;
-  /**
-   * Send a used buffer notification for queue `index` unconditionally (MMIO: set
-   * InterruptStatus bit 0). Dropped before DRIVER_OK (§2.1.2) and after a reset.
-   * @returns whether the notification was sent
-   */
-  interrupt(index: number): boolean;
-  /**
-   * Send a used buffer notification for queue `index` if the driver wants one
-   * (`queue.needsInterrupt()`): call once after a batch of pushes.
-   * @returns whether the notification was sent
-   */
-  signalUsed(index: number): boolean;
-  /**
-   * The device changed its configuration space: bump the configuration generation and send a
-   * configuration change notification (after DRIVER_OK). §2.5, §3.2.1
-   */
-  notifyConfigChange(): void;
-  /**
-   * Enter DEVICE_NEEDS_RESET because of `error` (a hostile ring, a fatal back-end failure):
-   * count and log it (rate-limited), stop delivering kicks, and send a configuration change
-   * notification if DRIVER_OK is set (VIRTIO 1.3 §2.1.2). Register accesses keep working;
-   * only a reset clears the state. Idempotent apart from the counting.
-   */
-  fail(error: VirtioError): void;
-  /**
-   * Count and log (rate-limited) a guest fault that the model survived, for example a
-   * `ChainError` whose chain it returned with length 0.
-   */
-  noteFault(error: VirtioError): void;
-  /**
-   * Run `fn`; a `VirtioError` it throws becomes {@link DeviceContext.fail} and `guard` returns
-   * undefined. Other errors (bugs) propagate. Use it around queue work that does not run inside
-   * `onQueueNotify` (a back-end completion, a timer).
-   */
-  guard<T>(fn: () => T): T | undefined;
-}
-
-/**
- * A virtio device type (blk, net, console, rng…) as the device core drives it. The core does
- * status, features, configuration generation, queue setup and reset; the model does the
- * device-specific part.
- *
- * Implementer contract:
- * - `deviceId`, `features`, `queueMaxSizes` and `configSize` are constant for the model's life.
- *   `features` lists every bit the model handles, device-specific ones and the ring/transport
- *   bits it supports (INDIRECT_DESC, EVENT_IDX, RING_PACKED, IN_ORDER, NOTIFICATION_DATA,
- *   RING_RESET…); the core adds VERSION_1 itself (modern) and drops the bits the transport does
- *   not allow. Never offer a bit you would not handle if accepted (§2.2.2).
- * - `readConfig`/`writeConfig` get an in-range, naturally aligned access of 1, 2 or 4 bytes
- *   (little-endian values; a 64-bit field is read as two 32-bit halves). `readConfig` must work
- *   from construction on, before any feature is negotiated (§2.5.2). When the model changes its
- *   own configuration it calls `ctx.notifyConfigChange()`.
- * - `activate(ctx)` runs once per device life, when the driver sets DRIVER_OK (legacy: at the
- *   first of DRIVER_OK or a kick). Keep `ctx`; queues may already hold buffers.
- * - `onQueueNotify(index, data)` is a kick on an enabled queue of an active device. Process the
- *   queue (pop / push / `ctx.signalUsed`). A `VirtioError` thrown from it (a `ChainError` or
- *   `RingError` from `pop`) is caught by the core and turned into `ctx.fail(error)`; anything
- *   else propagates to the caller of the register access. `data` is the decoded
- *   VIRTIO_F_NOTIFICATION_DATA value (valid only during the call), or undefined.
- * - `onQueueEnable(index)` (optional): a queue became ready after activation (re-enabled after a
- *   queue reset).
- * - `onQueueReset(index)` (optional): the queue was reset (RING_RESET) or disabled; forget its
- *   in-flight requests, never touch its buffers again (§2.6.1.1.1).
- * - `reset()`: the device was reset; forget everything negotiated and in flight, keep what a
- *   device keeps across resets (disk contents, MAC address).
- * - `validateFeatures(features)` (optional): return false to refuse FEATURES_OK for a
- *   combination the model cannot serve (§2.2.2).
- */
-export interface DeviceModel {
-  /** Device type (§5), e.g. `DeviceId.BLOCK`. */
-  readonly deviceId: number;
-  /** Feature bits the model offers (see the contract above). */
-  readonly features: bigint;
-  /** Maximum size of each virtqueue (0 = not available); its length is the queue count. */
-  readonly queueMaxSizes: readonly number[];
-  /** Size in bytes of the device-specific configuration space. */
-  readonly configSize: number;
-  /**
-   * Read `size` bytes of configuration space at `offset`, little-endian.
-   * @returns the value, an unsigned integer below 2^(8·size)
-   */
-  readConfig(offset: number, size: 1 | 2 | 4): number;
-  /** Write `size` bytes of configuration space at `offset` (driver-writable fields only). */
-  writeConfig(offset: number, size: 1 | 2 | 4, value: number): void;
-  /** The driver set DRIVER_OK: start serving. */
-  activate(ctx: DeviceContext): void;
-  /** A kick on queue `index` (see the contract above). */
-  onQueueNotify(index: number, data: NotificationData | undefined): void;
-  /** Queue `index` was enabled after activation. */
-  onQueueEnable?(index: number): void;
-  /** Queue `index` was reset or disabled. */
-  onQueueReset?(index: number): void;
-  /** The device was reset. */
-  reset(): void;
-  /** Accept or refuse a feature set at FEATURES_OK. */
-  validateFeatures?(features: bigint): boolean;
-  /**
-   * Whether a configuration write at `offset` is allowed before FEATURES_OK (the core refuses
-   * such writes otherwise). For fields the spec makes writable on an unconfigured device, e.g.
-   * virtio-console `emerg_wr` (VIRTIO 1.3 §5.3.5.1).
-   */
-  acceptsEarlyConfigWrite?(offset: number, size: 1 | 2 | 4): boolean;
-  /**
-   * Notification channels served outside the VMM thread (a vhost data plane), read once by the
-   * core's constructor. Omit it for an ordinary in-thread model.
-   */
-  readonly notifiers?: DeviceNotifiers;
-}
-
-/**
- * Notification channels of a {@link DeviceModel} whose data plane runs elsewhere (vhost): the
- * analogues of KVM's ioeventfd (kick) and irqfd (interrupt), which let kicks and used buffer
- * notifications bypass the thread that runs the device core.
- *
- * Implementer contract: the objects are fixed for the model's life (a restarted data plane
- * reuses them). Whoever sets bits in `interruptStatus` uses `Atomics.or` and then signals the
- * interrupt itself (rings the doorbell the driver waits on); the core never calls its
- * `interrupt` option for those bits.
- */
-export interface DeviceNotifiers {
-  /**
-   * Per queue index: the kick doorbell that replaces `model.onQueueNotify` for that queue
-   * (installed with {@link VirtioDeviceCore.setKickDoorbell}); a missing entry keeps direct
-   * calls.
-   */
-  readonly kicks?: readonly (Doorbell | undefined)[];
-  /**
-   * A shared Int32 word (index 0) into which the data plane ORs interrupt status bits (bit 0:
-   * used buffer). The core's {@link VirtioDeviceCore.interruptStatus} (MMIO InterruptStatus)
-   * ORs it in, InterruptACK clears the acknowledged bits in it, and a device reset zeroes it.
-   * Written by the data plane thread and the core's thread, always with `Atomics`.
-   * @see VIRTIO 1.3 §4.2.2 (InterruptStatus, InterruptACK)
-   */
-  readonly interruptStatus?: Int32Array;
-}
 
 /** Options of a {@link VirtioDeviceCore}. */
 export interface DeviceCoreOptions {
@@ -294,12 +132,25 @@ export interface DeviceCoreStats {
   violations: number;
 }
 
+/** Options of {@link VirtioDeviceCore.suspend}. */
+export interface SuspendOptions {
+  /**
+   * Wait at most this long (ms) for the chains the model has in flight to complete before
+   * resolving (default 0: do not wait; they are saved with the state and served again after
+   * the move). A model with `stopRings` (vhost) always drains in its data plane.
+   */
+  readonly drainTimeoutMs?: number;
+}
+
 class QueueSlot {
   readonly maxSize: number;
   size: number;
   readonly addr = new Uint32Array(6); // desc lo/hi, driver lo/hi, device lo/hi
   ready = false;
-  queue: SplitDeviceQueue | PackedDeviceQueue | undefined = undefined;
+  /** The model's view of the ring: gated, so a suspend can stop it from outside the model. */
+  queue: GatedDeviceQueue | undefined = undefined;
+  /** The ring under the gate, remapped when the memory's backing buffer is replaced. */
+  ring: SplitDeviceQueue | PackedDeviceQueue | undefined = undefined;
   layout: QueueLayout | undefined = undefined;
   /** Legacy: page frame number (0 = not in use) and used ring alignment. */
   pfn = 0;
@@ -316,6 +167,7 @@ class QueueSlot {
     this.addr.fill(0);
     this.ready = false;
     this.queue = undefined;
+    this.ring = undefined;
     this.layout = undefined;
     this.pfn = 0;
     this.align = LEGACY_VRING_ALIGN;
@@ -389,6 +241,9 @@ export class VirtioDeviceCore implements DeviceContext {
   #epoch = 0;
   #active = false;
   #notificationData = false;
+  #suspended = false;
+  /** Ring states the model's data plane reported at suspend (`stopRings`), if it has one. */
+  #ringStates: readonly (QueueState | undefined)[] | undefined = undefined;
 
   /**
    * @param model - the device type
@@ -551,6 +406,8 @@ export class VirtioDeviceCore implements DeviceContext {
     if (this.#sharedIsr !== undefined) Atomics.store(this.#sharedIsr, 0, 0);
     this.#active = false;
     this.#notificationData = false;
+    this.#suspended = false;
+    this.#ringStates = undefined;
     this.featuresRefusal = undefined;
     this.#epoch++;
   }
@@ -777,10 +634,10 @@ export class VirtioDeviceCore implements DeviceContext {
           layout.size,
         );
       }
-      q.queue =
-        !this.legacy && hasFeature(f, Feature.RING_PACKED)
-          ? new PackedDeviceQueue(this.memory, layout, ringFeatures(f))
-          : new SplitDeviceQueue(this.memory, layout, ringFeatures(f));
+      // A legacy device has no bit 34 (RING_PACKED) to negotiate: its features stop at 31.
+      q.ring = createDeviceQueue(this.memory, layout, f);
+      q.queue = new GatedDeviceQueue(q.ring);
+      q.queue.stopping = this.#suspended;
     } catch (e) {
       if (!(e instanceof QueueConfigError)) throw e;
       this.fail(e);
@@ -797,6 +654,7 @@ export class VirtioDeviceCore implements DeviceContext {
     this.guard(() => this.model.onQueueReset?.(index));
     q.ready = false;
     q.queue = undefined;
+    q.ring = undefined;
     q.layout = undefined;
     q.pfn = 0;
   }
@@ -925,6 +783,16 @@ export class VirtioDeviceCore implements DeviceContext {
       this.#activate();
       if (this.needsReset) return;
     }
+    if (this.#suspended) {
+      // Held: the chains stay in the ring; resume (here or at the destination) kicks every
+      // queue once.
+      this.stats.ignoredNotifies++;
+      return;
+    }
+    this.#deliver(index, q, data);
+  }
+
+  #deliver(index: number, q: QueueSlot, data: NotificationData | undefined): void {
     if (q.kick !== undefined) {
       q.kick.ring();
       return;
@@ -942,7 +810,7 @@ export class VirtioDeviceCore implements DeviceContext {
    */
   remapMemory(): void {
     for (const q of this.#queues) {
-      const queue = q.queue;
+      const queue = q.ring;
       if (queue === undefined) continue;
       try {
         queue.remap();
@@ -1006,6 +874,280 @@ export class VirtioDeviceCore implements DeviceContext {
   #raise(bit: number, source: number): void {
     this.#isr |= bit;
     this.#irq?.(this.#isr, source);
+  }
+
+  // ---- suspend / resume: moving a device (a migration, a snapshot) ----
+
+  /** Whether the device is suspended (see {@link VirtioDeviceCore.suspend}). */
+  get suspended(): boolean {
+    return this.#suspended;
+  }
+
+  /** Chains the model popped and has not pushed yet, over every queue. */
+  get inFlight(): number {
+    let n = 0;
+    for (const q of this.#queues) n += q.queue?.inFlight ?? 0;
+    return n;
+  }
+
+  /**
+   * Stop serving, to save the device ({@link VirtioDeviceCore.saveState}) or to pause it: the
+   * model pops nothing more (its queues are gated from outside it), kicks are held, while
+   * requests already in its back-end still complete, push and interrupt. A model with
+   * `stopRings` (a vhost data plane) stops and drains its rings and reports where they stand.
+   * Otherwise, with `drainTimeoutMs`, waits that long at most for the chains in flight; those
+   * still in flight are saved with the state and served again after the move.
+   *
+   * Register accesses keep working; a reset ends the suspension. Idempotent.
+   * @param options - drain bound
+   * @throws RangeError naming `options.drainTimeoutMs`; whatever the model's `stopRings`
+   *   rejects with (the device is then not suspended)
+   */
+  async suspend(options: SuspendOptions = {}): Promise<void> {
+    const ms = options.drainTimeoutMs ?? 0;
+    if (!(ms >= 0 && ms <= 3_600_000)) {
+      throw new RangeError(`options.drainTimeoutMs must be in [0, 3600000], got ${ms}`);
+    }
+    if (this.#suspended) return;
+    this.#gate(true);
+    const model = this.model;
+    if (model.stopRings !== undefined && this.#active && !this.needsReset) {
+      try {
+        this.#ringStates = [...(await model.stopRings())];
+      } catch (e) {
+        this.#gate(false);
+        throw e;
+      }
+      return;
+    }
+    if (ms > 0) await this.#whenIdle(ms);
+  }
+
+  /**
+   * End a suspension in place (the move was cancelled): queues are ungated, a data plane
+   * stopped by `stopRings` restarts where it stood (`startRings`), and every enabled queue gets
+   * one kick for the buffers that arrived meanwhile. No-op unless suspended.
+   */
+  resume(): void {
+    if (!this.#suspended) return;
+    this.#gate(false);
+    const states = this.#ringStates;
+    this.#ringStates = undefined;
+    if (states !== undefined && this.#active) {
+      const model = this.model;
+      this.guard(() => model.startRings?.(states));
+    }
+    this.#kickAll();
+  }
+
+  /**
+   * After the state was saved and the device resumed elsewhere: reset this device (the model
+   * forgets its requests in flight, so what its back-end completes late is dropped instead of
+   * completing a second time) and resolve once the model's back-end is idle (its `whenIdle`,
+   * if it has one). Until then a late read may still write into this device's guest memory:
+   * when source and destination share memory or a back-end, resume the destination only
+   * after this resolves.
+   * @throws RangeError unless suspended
+   */
+  async abandon(): Promise<void> {
+    if (!this.#suspended) throw new RangeError("abandon needs a suspended device");
+    this.reset();
+    await this.model.whenIdle?.();
+  }
+
+  /**
+   * Capture the suspended device: status, features, configuration, every queue's addresses,
+   * ring position and chains in flight, the model's own state (`saveState`) and, opaque, the
+   * transport's registers. Encode it with {@link encodeDeviceState}.
+   * @param transport - the transport's state (e.g. `MmioDevice.saveTransportState()`), or none
+   * @returns a state {@link VirtioDeviceCore.restoreState} of a device of the same type takes
+   * @throws RangeError unless suspended; PackedOvercommitError if a hostile driver overcommitted
+   *   a packed ring so a chain in flight was not kept
+   */
+  saveState(transport: Uint8Array = new Uint8Array(0)): DeviceState {
+    if (!this.#suspended) {
+      throw new RangeError("saveState needs a suspended device (await core.suspend() first)");
+    }
+    const model = this.model;
+    const config = new Uint8Array(model.configSize);
+    for (let i = 0; i < config.length; i++) config[i] = model.readConfig(i, 1);
+    const rings = this.#ringStates;
+    const queues = this.#queues.map((q, i): QueueSnapshot => {
+      const l = q.layout;
+      const queue = q.queue;
+      return {
+        ready: q.ready,
+        size: q.size,
+        desc: l?.desc ?? this.queueAddress(i, "desc"),
+        driver: l?.driver ?? this.queueAddress(i, "driver"),
+        device: l?.device ?? this.queueAddress(i, "device"),
+        pfn: q.pfn,
+        align: q.align,
+        state: rings?.[i] ?? queue?.getState() ?? ZERO_STATE,
+        // A data plane elsewhere drained its rings; this core's queue objects never popped.
+        inFlight: queue === undefined || rings !== undefined ? [] : queue.saveInFlight(),
+      };
+    });
+    return {
+      deviceId: model.deviceId,
+      legacy: this.legacy,
+      active: this.#active,
+      status: this.#status,
+      interruptStatus: this.interruptStatus & (MmioInterrupt.USED_BUFFER | MmioInterrupt.CONFIG),
+      configGeneration: this.#generation,
+      offeredFeatures: this.offeredFeatures,
+      driverFeatures: this.#driverFeatures,
+      config,
+      queues,
+      model: model.saveState?.() ?? new Uint8Array(0),
+      transport: new Uint8Array(transport),
+    };
+  }
+
+  /**
+   * Bring a fresh device (status 0, nothing negotiated, model never activated) to a state
+   * saved by {@link VirtioDeviceCore.saveState} — on this thread, another, or another machine
+   * — and resume it: features, model state, configuration check, queues with their ring
+   * positions and the chains in flight (served again first), status, pending interrupt, model
+   * activation, then one kick per enabled queue for what arrived while it was suspended.
+   *
+   * The state is untrusted: it must fit this device exactly (device type, interface, offered
+   * features, queue count and sizes, configuration space byte for byte once the model state
+   * is restored), or nothing is resumed.
+   * @param state - from {@link decodeDeviceState} (or `saveState`)
+   * @throws RangeError unless this device is fresh; DeviceStateMismatchError naming the field
+   *   that does not fit; a `VirtioError` from the model's `restoreState`
+   */
+  restoreState(state: DeviceState): void {
+    if (this.#status !== 0 || this.#active || this.#driverFeatures !== 0n) {
+      throw new RangeError("restoreState needs a fresh device (status 0, nothing negotiated)");
+    }
+    const model = this.model;
+    const differs = (field: string, message: string, cause?: unknown): never => {
+      throw new DeviceStateMismatchError(field, message, cause);
+    };
+    if (state.deviceId !== model.deviceId) {
+      differs("deviceId", `saved ${state.deviceId}, this device ${model.deviceId}`);
+    }
+    if (state.legacy !== this.legacy) differs("legacy", `saved ${state.legacy}`);
+    if (state.offeredFeatures !== this.offeredFeatures) {
+      differs(
+        "offeredFeatures",
+        `saved 0x${state.offeredFeatures.toString(16)}, this device 0x${this.offeredFeatures.toString(16)}`,
+      );
+    }
+    if (state.queues.length !== this.#queues.length) {
+      differs("queues", `saved ${state.queues.length}, this device ${this.#queues.length}`);
+    }
+    if (state.config.length !== model.configSize) {
+      differs("config", `saved ${state.config.length} bytes, this device ${model.configSize}`);
+    }
+    const status = state.status & 0xff;
+    this.#driverFeatures = state.driverFeatures & ALL_FEATURES;
+    if (
+      !this.legacy &&
+      (status & DeviceStatus.FEATURES_OK) !== 0 &&
+      !this.#acceptFeatures(status)
+    ) {
+      differs("driverFeatures", this.featuresRefusal ?? "refused");
+    }
+    if (state.model.length > 0) {
+      if (model.restoreState === undefined) differs("model", "this model keeps no state");
+      model.restoreState!(state.model);
+    }
+    for (let i = 0; i < state.config.length; i++) {
+      const here = model.readConfig(i, 1);
+      if (here !== state.config[i]) {
+        differs(
+          `config[${i}]`,
+          `saved 0x${state.config[i]!.toString(16)}, here 0x${here.toString(16)}`,
+        );
+      }
+    }
+    state.queues.forEach((saved, i) => {
+      const q = this.#queues[i]!;
+      if (saved.size > q.maxSize || (saved.ready && saved.size < 1)) {
+        differs(`queues[${i}].size`, `saved ${saved.size}, this device's maximum ${q.maxSize}`);
+      }
+      q.size = saved.size;
+      q.align = saved.align;
+      const a = q.addr;
+      for (const [w, v] of [
+        [0, saved.desc],
+        [2, saved.driver],
+        [4, saved.device],
+      ] as const) {
+        a[w] = v % 0x100000000;
+        a[w + 1] = Math.floor(v / 0x100000000);
+      }
+      if (!saved.ready) return;
+      const layout = {
+        size: saved.size,
+        desc: saved.desc,
+        driver: saved.driver,
+        device: saved.device,
+      };
+      if (!this.#enable(i, q, layout)) {
+        differs(`queues[${i}]`, this.lastFault?.message ?? "refused", this.lastFault);
+      }
+      q.pfn = saved.pfn;
+      try {
+        q.queue!.setState(saved.state);
+        q.queue!.restoreInFlight(saved.inFlight);
+      } catch (e) {
+        if (!(e instanceof RangeError)) throw e;
+        differs(`queues[${i}].state`, e.message, e);
+      }
+    });
+    this.#generation = state.configGeneration >>> 0;
+    this.#status = status;
+    if (state.active && (status & (DeviceStatus.DEVICE_NEEDS_RESET | DeviceStatus.FAILED)) === 0) {
+      this.#activate();
+    }
+    // The driver has not acknowledged these yet: the (level-triggered) line is asserted again.
+    this.#isr = state.interruptStatus & (MmioInterrupt.USED_BUFFER | MmioInterrupt.CONFIG);
+    // Which queue an unacknowledged interrupt came from was not saved: with MSI-X (one vector
+    // per queue) every enabled queue signals once; a spurious interrupt costs the driver one
+    // empty reap, a lost one would stall it.
+    if ((this.#isr & MmioInterrupt.CONFIG) !== 0) this.#irq?.(this.#isr, CONFIG_CHANGE_SOURCE);
+    if ((this.#isr & MmioInterrupt.USED_BUFFER) !== 0) {
+      this.#queues.forEach((q, i) => {
+        if (q.queue !== undefined) this.#irq?.(this.#isr, i);
+      });
+    }
+    this.#kickAll();
+  }
+
+  #gate(on: boolean): void {
+    this.#suspended = on;
+    for (const q of this.#queues) if (q.queue !== undefined) q.queue.stopping = on;
+  }
+
+  /** One kick per enabled queue of a live device (buffers may have arrived unannounced). */
+  #kickAll(): void {
+    if (!this.#active || this.needsReset) return;
+    this.#queues.forEach((q, i) => {
+      if (q.queue !== undefined) this.#deliver(i, q, undefined);
+    });
+  }
+
+  /** Resolves true once nothing is in flight, false after `ms` (onIdle of every queue). */
+  #whenIdle(ms: number): Promise<boolean> {
+    if (this.inFlight === 0) return Promise.resolve(true);
+    const queues = this.#queues.flatMap((q) => (q.queue === undefined ? [] : [q.queue]));
+    return new Promise<boolean>((resolve) => {
+      const done = (drained: boolean): void => {
+        host.clearTimeout(timer);
+        for (const q of queues) q.onIdle = undefined;
+        resolve(drained);
+      };
+      const timer = host.setTimeout(() => done(false), ms);
+      for (const q of queues) {
+        q.onIdle = () => {
+          if (this.inFlight === 0) done(true);
+        };
+      }
+    });
   }
 
   // ---- faults ----

@@ -1,5 +1,6 @@
 import { MMIO_MAGIC, MmioReg, MmioVersion } from "@virtio-ts/spec";
-import { type DeviceCoreOptions, type DeviceModel, VirtioDeviceCore } from "./device-core.js";
+import { type DeviceCoreOptions, VirtioDeviceCore } from "./device-core.js";
+import type { DeviceModel } from "./device-model.js";
 
 /**
  * Names of the virtio-mmio registers, as the standard's register table spells them, plus
@@ -202,6 +203,42 @@ export class MmioDevice {
   reset(): void {
     this.core.reset();
     this.#clearSelectors();
+  }
+
+  /**
+   * The selector registers a driver may be in the middle of using (DeviceFeaturesSel,
+   * DriverFeaturesSel, QueueSel, legacy GuestPageSize), as 16 bytes to move with the core's
+   * state (`VirtioDeviceCore.saveState(mmio.saveTransportState())`): a guest stopped between
+   * writing QueueSel and using it finds the same queue selected after the move.
+   */
+  saveTransportState(): Uint8Array {
+    const out = new Uint8Array(16);
+    const v = new DataView(out.buffer);
+    v.setUint32(0, this.#deviceFeaturesSel, true);
+    v.setUint32(4, this.#driverFeaturesSel, true);
+    v.setUint32(8, this.#queueSel, true);
+    v.setUint32(12, this.#guestPageSize, true);
+    return out;
+  }
+
+  /**
+   * Take back the selector registers saved by {@link MmioDevice.saveTransportState} (an empty
+   * array leaves them as they are).
+   * @param state - 16 bytes from `saveTransportState`, or none
+   * @throws RangeError naming `state` unless it is 0 or 16 bytes
+   */
+  restoreTransportState(state: Uint8Array): void {
+    if (!(state instanceof Uint8Array) || (state.length !== 0 && state.length !== 16)) {
+      throw new RangeError("state must be the 16 bytes of saveTransportState (or empty)");
+    }
+    if (state.length === 0) return;
+    const v = new DataView(state.buffer, state.byteOffset, state.byteLength);
+    this.#deviceFeaturesSel = v.getUint32(0, true);
+    this.#driverFeaturesSel = v.getUint32(4, true);
+    this.#queueSel = v.getUint32(8, true);
+    // Untrusted: a page size the register itself would refuse is left alone.
+    const page = v.getUint32(12, true);
+    if (page !== 0 && (page & (page - 1)) === 0) this.#guestPageSize = page;
   }
 
   #clearSelectors(): void {

@@ -25,10 +25,10 @@ import { QueueConfigError } from "@virtio-ts/virtqueue";
 import {
   CONFIG_CHANGE_SOURCE,
   type DeviceCoreOptions,
-  type DeviceModel,
   MMIO_TRANSPORT_FEATURES,
   VirtioDeviceCore,
 } from "./device-core.js";
+import type { DeviceModel } from "./device-model.js";
 
 /**
  * The reserved transport/ring feature bits a {@link VirtioPciDevice} may offer: the same set as
@@ -131,7 +131,9 @@ export interface PciBarMapping {
  *   (firmware assigning addresses, an OS re-balancing). `undefined` means "not decoded any
  *   more": remove the handlers. Otherwise route guest accesses to
  *   `[mapping.address, mapping.address + mapping.size)` of `mapping.space` to
- *   `device.barRead(bar, addr - mapping.address, size)` / `barWrite`. Calls come from inside
+ *   `device.barRead(bar, addr - mapping.address, size)` / `barWrite`, with the guest's own
+ *   access width: virtio-pci registers take field-wide accesses only (§4.1.3.1), so a bus that
+ *   splits a 16- or 32-bit access into bytes (or merges bytes) breaks them. Calls come from inside
  *   `configWrite` (and `reset`); the host must not re-enter `configWrite` from it. A BAR is never
  *   reported mapped at address 0, across the top of the 32-bit space (the all-ones pattern of a
  *   BAR size probe), or for I/O above 0xffff.
@@ -449,6 +451,8 @@ export class VirtioPciDevice {
   #seenGeneration = 0;
   #intx = false;
   #exits = 0;
+  /** Whether VIRTIO_F_NOTIFICATION_DATA is negotiated (FEATURES_OK set with it). */
+  #notificationData = false;
 
   /**
    * @param model - the device type
@@ -710,6 +714,7 @@ export class VirtioPciDevice {
 
   #virtioReset(): void {
     // §4.1.5.1.2.1: every event is unmapped upon reset; the selectors return to 0.
+    this.#notificationData = false;
     this.#queueVectors.fill(VIRTIO_MSI_NO_VECTOR);
     this.#configVector = VIRTIO_MSI_NO_VECTOR;
     this.#deviceFeatureSel = 0;
@@ -987,10 +992,7 @@ export class VirtioPciDevice {
 
   /** An available buffer notification at `rel` in the notification area. §4.1.5.2 */
   #notify(rel: number, size: number, value: number): void {
-    const core = this.core;
-    const nd =
-      (core.status & DeviceStatus.FEATURES_OK) !== 0 &&
-      hasFeature(core.features, Feature.NOTIFICATION_DATA);
+    const nd = this.#notificationData;
     const mult = this.notifyOffMultiplier;
     // §4.1.5.2.1: a 16-bit notification, or 32-bit with VIRTIO_F_NOTIFICATION_DATA; at the
     // queue's address, with the queue index as value (vq_index in the low 16 bits).
@@ -1003,7 +1005,7 @@ export class VirtioPciDevice {
       this.invalidAccesses++;
       return;
     }
-    core.notify(nd ? v : index);
+    this.core.notify(nd ? v : index);
   }
 
   // ---- common configuration (§4.1.4.3) ----
@@ -1118,6 +1120,11 @@ export class VirtioPciDevice {
         core.writeStatus(v & 0xff);
         // §4.1.4.3.1: writing 0 resets the device; status then reads 0.
         if ((v & 0xff) === 0) this.#virtioReset();
+        // Decided once here (features are frozen from FEATURES_OK), not per notification: the
+        // kick path stays free of bigint work.
+        this.#notificationData =
+          (core.status & DeviceStatus.FEATURES_OK) !== 0 &&
+          hasFeature(core.features, Feature.NOTIFICATION_DATA);
         this.#updateIntx();
         return;
       case PciCommonCfg.QUEUE_SELECT:

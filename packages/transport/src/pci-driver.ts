@@ -152,6 +152,11 @@ export interface PciDriverOptions {
 
 const COMMON_RING_RESET_END = PciCommonCfg.QUEUE_RESET + 2;
 
+/** A value read from the device, cut to its width: a bus may return more bits than asked. */
+function fit(v: number, size: 1 | 2 | 4): number {
+  return size === 4 ? v >>> 0 : v & (size === 1 ? 0xff : 0xffff);
+}
+
 /**
  * The driver side of virtio over PCI (VIRTIO 1.3 §4.1), for modern devices, over any
  * {@link PciFunctionAccess}. It does what a guest's PCI core and virtio_pci driver do for one
@@ -237,7 +242,7 @@ export class PciDriverTransport implements DriverTransport {
   // ---- discovery (§4.1.2, §4.1.4, §4.1.5.1.1) ----
 
   #cfg(offset: number, size: 1 | 2 | 4): number {
-    return this.#bus.configRead(offset, size) >>> 0;
+    return fit(this.#bus.configRead(offset, size), size);
   }
 
   /**
@@ -452,8 +457,10 @@ export class PciDriverTransport implements DriverTransport {
   // ---- structure access ----
 
   #rd(s: PciStructureLocation, off: number, size: 1 | 2 | 4): number {
-    if (this.#viaCfg) return this.#window(s.bar, s.offset + off, size, undefined);
-    return this.#bus.barRead(s.bar, s.offset + off, size) >>> 0;
+    const v = this.#viaCfg
+      ? this.#window(s.bar, s.offset + off, size, undefined)
+      : this.#bus.barRead(s.bar, s.offset + off, size);
+    return fit(v, size);
   }
 
   #wr(s: PciStructureLocation, off: number, size: 1 | 2 | 4, value: number): void {
@@ -472,7 +479,7 @@ export class PciDriverTransport implements DriverTransport {
     bus.configWrite(cap + PciCap.LENGTH, 4, size);
     // §4.1.4.9.2: cap.offset is a multiple of cap.length (every field access is aligned).
     bus.configWrite(cap + PciCap.OFFSET, 4, offset);
-    if (value === undefined) return bus.configRead(cap + PciCfgCap.PCI_CFG_DATA, size) >>> 0;
+    if (value === undefined) return bus.configRead(cap + PciCfgCap.PCI_CFG_DATA, size);
     bus.configWrite(cap + PciCfgCap.PCI_CFG_DATA, size, value);
     return 0;
   }

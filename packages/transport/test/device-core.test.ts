@@ -1,6 +1,11 @@
 import { createGuestMemory, GuestMemoryError } from "@virtio-ts/memory";
 import { DeviceStatus, Feature, featureMask, MmioInterrupt } from "@virtio-ts/spec";
-import { PackedDeviceQueue, QueueConfigError, SplitDeviceQueue } from "@virtio-ts/virtqueue";
+import {
+  GatedDeviceQueue,
+  PackedDeviceQueue,
+  QueueConfigError,
+  SplitDeviceQueue,
+} from "@virtio-ts/virtqueue";
 import { describe, expect, it } from "vitest";
 import {
   LocalDoorbell,
@@ -254,9 +259,11 @@ describe("configuration space (VIRTIO 1.3 §2.5)", () => {
 describe("queues (VIRTIO 1.3 §2.6, §4.2.3.2)", () => {
   it("enables a split queue with the negotiated ring features", () => {
     const { core } = live(featureMask(Feature.RING_EVENT_IDX));
-    const q = core.queue(0);
-    expect(q).toBeInstanceOf(SplitDeviceQueue);
-    expect((q as SplitDeviceQueue).features.eventIdx).toBe(true);
+    // The model sees the ring through a gate the core can stop (suspend).
+    const q = core.queue(0) as GatedDeviceQueue;
+    expect(q).toBeInstanceOf(GatedDeviceQueue);
+    expect(q.inner).toBeInstanceOf(SplitDeviceQueue);
+    expect((q.inner as SplitDeviceQueue).features.eventIdx).toBe(true);
     expect(core.queueReady(0)).toBe(true);
     expect(core.queueAddress(0, "driver")).toBe(0x1080);
   });
@@ -266,7 +273,7 @@ describe("queues (VIRTIO 1.3 §2.6, §4.2.3.2)", () => {
     negotiate(core);
     setLayout(core, 0, { size: 5, desc: 0x1000, driver: 0x1100, device: 0x1104 });
     core.setQueueReady(0, 1);
-    expect(core.queue(0)).toBeInstanceOf(PackedDeviceQueue);
+    expect((core.queue(0) as GatedDeviceQueue).inner).toBeInstanceOf(PackedDeviceQueue);
     expect(core.queue(0)?.size).toBe(5);
   });
 
@@ -367,7 +374,7 @@ describe("queues (VIRTIO 1.3 §2.6, §4.2.3.2)", () => {
     core.setLegacyQueuePfn(0, 2, 4096);
     expect(core.queueReady(0)).toBe(true);
     expect(core.legacyQueuePfn(0)).toBe(2);
-    expect(core.queue(0)).toBeInstanceOf(SplitDeviceQueue);
+    expect((core.queue(0) as GatedDeviceQueue).inner).toBeInstanceOf(SplitDeviceQueue);
     core.setLegacyQueuePfn(0, 0, 4096);
     expect(core.legacyQueuePfn(0)).toBe(0);
     expect(model.queueResets).toEqual([0]);

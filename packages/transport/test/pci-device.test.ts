@@ -78,7 +78,7 @@ describe("VirtioPciDevice configuration header (VIRTIO 1.3 §4.1.2)", () => {
     expect(custom.dev.configRead(PciConfig.SUBSYSTEM_ID, 2)).toBe(0x1100);
   });
 
-  it("read-only header fields keep their value when written; the command register keeps only I/O, memory, master, INTx disable", () => {
+  it("§4.1.1: read-only header fields keep their value when written; the command register keeps only I/O, memory, master, INTx disable", () => {
     const { dev } = pciDevice();
     const before = dev.configSpace.slice();
     dev.configWrite(PciConfig.VENDOR_ID, 4, 0xdeadbeef);
@@ -113,7 +113,7 @@ describe("VirtioPciDevice configuration header (VIRTIO 1.3 §4.1.2)", () => {
 });
 
 describe("VirtioPciDevice BARs", () => {
-  it("a 32-bit memory BAR 0 answers the all-ones size probe with its size mask and keeps only address bits", () => {
+  it("§4.1.1: a 32-bit memory BAR 0 answers the all-ones size probe with its size mask and keeps only address bits", () => {
     const { dev } = pciDevice();
     const bar0 = PciConfig.BASE_ADDRESS_0;
     expect(dev.bars).toEqual([{ index: 0, kind: "memory32", size: 4096, purpose: "virtio" }]);
@@ -215,7 +215,7 @@ describe("VirtioPciDevice BARs", () => {
 });
 
 describe("VirtioPciDevice capabilities (VIRTIO 1.3 §4.1.4)", () => {
-  it("§4.1.4.2: the list at 0x40 holds common, notify, ISR, device, PCI cfg access; each cap_len covers its extra data", () => {
+  it("§4.1.4.2, §4.1.4.9.1: the list at 0x40 holds common, notify, ISR, device and PCI cfg access capabilities; each cap_len covers its extra data", () => {
     const { dev } = pciDevice();
     expect(dev.configRead(PciConfig.STATUS, 2) & PciStatus.CAP_LIST).toBe(PciStatus.CAP_LIST);
     const caps = capabilities(dev);
@@ -350,7 +350,7 @@ describe("VirtioPciDevice common configuration (VIRTIO 1.3 §4.1.4.3)", () => {
     expect(dev.core.configGeneration).toBe(257);
   });
 
-  it("§4.1.4.3.1: writing 0 to device_status resets the device, which then presents 0; vectors and selectors return to defaults", () => {
+  it("§4.1.4.3.1, §4.1.5.1.2.1: writing 0 to device_status resets the device, which then presents 0; every event is unmapped and the selectors return to 0", () => {
     const { dev, model } = pciDevice({ msi: true });
     negotiate(dev);
     enableQueue(dev);

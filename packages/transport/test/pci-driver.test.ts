@@ -100,7 +100,7 @@ function echo(
 }
 
 describe("PciDriverTransport against VirtioPciDevice (VIRTIO 1.3 §3.1.1, §4.1.5)", () => {
-  it("§3.1.1 over INTx: probes the IDs and structures, negotiates, sets up queues, and the echo queue answers through ISR interrupts", () => {
+  it("§3.1.1, §4.1.3.1, §4.1.4.3.2 over INTx: probes, negotiates and sets up queues with field-wide accesses only and no write to a read-only field; the echo queue answers through ISR interrupts", () => {
     const { dev, drv, memory, model, host } = pair({
       features: featureMask(Feature.RING_EVENT_IDX) | 0b1n,
     });
@@ -131,7 +131,7 @@ describe("PciDriverTransport against VirtioPciDevice (VIRTIO 1.3 §3.1.1, §4.1.
     expect(dev.core.stats.violations).toBe(0);
   });
 
-  it("§4.1.5.1.2: over MSI-X each queue gets its own vector and configuration changes vector 0", () => {
+  it("§4.1.5.1.2, §4.1.4.5.2: over MSI-X each queue gets its own vector and configuration changes vector 0; the ISR is never read", () => {
     const { dev, drv, memory, model, host } = pair({ driver: { interrupts: "msix" } });
     const q = (() => {
       drv.negotiate(0n);
@@ -157,6 +157,7 @@ describe("PciDriverTransport against VirtioPciDevice (VIRTIO 1.3 §3.1.1, §4.1.
     expect(host.msi).toEqual([[0xfee00000, 0x4002]]);
     expect(drv.receiveMsi(0xfee00000, 0x9999)).toBe(false);
     expect(drv.receiveMsi(0xfee01000, 0x4000)).toBe(false);
+    expect(dev.exitCounts().isr).toBeUndefined();
     expect(dev.invalidAccesses).toBe(0);
   });
 
@@ -174,7 +175,7 @@ describe("PciDriverTransport against VirtioPciDevice (VIRTIO 1.3 §3.1.1, §4.1.
     expect(drv.takeInterrupt()).toBe(PciIsr.QUEUE | PciIsr.CONFIG);
   });
 
-  it("with two vectors, the queues share vector 1", () => {
+  it("§4.1.5.1.2.2: with a table of two vectors, the queues share vector 1 and nothing maps past the table", () => {
     const { dev, drv, memory } = pair({
       device: { msixVectors: 2 },
       driver: { interrupts: "msix" },
@@ -346,7 +347,7 @@ describe("PciDriverTransport discovery (VIRTIO 1.3 §4.1.2.2, §4.1.4.1)", () =>
     }
   });
 
-  it("a missing notification capability, a structure outside its BAR and a looping list are refused", () => {
+  it("§4.1.5.1.1: a missing ISR capability or capability list is refused (no legacy fallback); so are a structure outside its BAR, misaligned or short, and a looping list", () => {
     const cases: [Map<number, number>, string][] = [
       // The ISR capability's cfg_type turned into a reserved one: no ISR structure.
       [new Map([[0x64 + 3, 0x0a]]), "missing-capability"],
@@ -519,6 +520,25 @@ describe("PciDriverTransport driver requirements (VIRTIO 1.3 §4.1.4.3.2, §4.1.
     drv.negotiate(0n);
     expect(() => drv.readConfig((c) => c.u32(12))).toThrow(/past the 12-byte device configuration/);
     expect(() => drv.readConfig((c) => c.u16(1))).toThrow(RangeError);
+    expect(dev.invalidAccesses).toBe(0);
+  });
+
+  it("cuts every value it reads to the field's width, so a bus returning stray high bits changes nothing", () => {
+    const { dev, memory, host } = pciDevice();
+    const base = tap(dev).bus;
+    const noisy: PciFunctionAccess = {
+      configRead: (o, s) => (s === 4 ? base.configRead(o, s) : base.configRead(o, s) | 0xabcd0000),
+      configWrite: base.configWrite,
+      barRead: (b, o, s) => (s === 4 ? base.barRead(b, o, s) : base.barRead(b, o, s) | 0x7f0000),
+      barWrite: base.barWrite,
+    };
+    const t = new PciDriverTransport(noisy);
+    expect(t.probe().deviceId).toBe(0x3e);
+    t.negotiate(0n);
+    const q = t.setupQueue<string>(0, memory, LAYOUT);
+    t.driverOk();
+    expect(t.status & 0xffffff00).toBe(0);
+    expect(echo(t, q, memory, "clean", () => host.intx.at(-1) === true)).toBe("clean");
     expect(dev.invalidAccesses).toBe(0);
   });
 

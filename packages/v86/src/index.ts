@@ -6,5 +6,23 @@
  * @packageDocumentation
  */
 
-export * from "./bus.js";
-export type * from "./internals.js";
+export {
+  type V86AttachOptions,
+  type V86BusOptions,
+  type V86BusStats,
+  V86VirtioBus,
+  V86VirtioDevice,
+} from "./bus.js";
+export type {
+  V86Cpu,
+  V86Devices,
+  V86IO,
+  V86Like,
+  V86Machine,
+  V86Pci,
+  V86PciBar,
+  V86PciDeviceRecord,
+  V86PortEntry,
+  V86Ram,
+  V86WasmMemory,
+} from "./internals.js";

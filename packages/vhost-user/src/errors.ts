@@ -56,3 +56,46 @@ export class VhostUserError extends VirtioError {
     this.value = value;
   }
 }
+
+/**
+ * Why the back-end closed a connection: the base {@link VhostUserError} code, plus a finer
+ * `reason` for what the front-end did wrong.
+ */
+export type VhostUserBackendReason =
+  /** A request that needs SET_OWNER (or other set-up) first, or one not allowed while the ring runs. */
+  | "bad-state"
+  /** SET_MEM_TABLE regions that overlap, are empty, exceed their fd, or cannot be mapped. */
+  | "bad-region"
+  /** A vring address outside every memory region, or a ring that does not fit in one. */
+  | "bad-address"
+  /** A number out of range: ring index, size, base, feature bits. */
+  | "bad-value"
+  /** A request or feature this back-end does not implement. */
+  | "unsupported"
+  /** Another connection is serving the device. */
+  | "busy"
+  /** The device model threw something other than a VirtioError (a bug), or a system call failed. */
+  | "internal";
+
+/** A front-end broke vhost-user.rst; the connection was closed with this error. */
+export class VhostUserBackendError extends VhostUserError {
+  /** What the front-end did wrong. */
+  readonly reason: VhostUserBackendReason;
+
+  /**
+   * @param reason - the finer reason
+   * @param message - human-readable detail
+   * @param request - message type involved
+   * @param value - offending value
+   */
+  constructor(reason: VhostUserBackendReason, message: string, request = 0, value = 0) {
+    const code: VhostUserErrorCode =
+      reason === "unsupported"
+        ? "unsupported"
+        : reason === "internal"
+          ? "io-error"
+          : "unexpected-message";
+    super(code, `${reason}: ${message}`, request, value);
+    this.reason = reason;
+  }
+}

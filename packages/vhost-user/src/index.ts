@@ -11,13 +11,66 @@
  *
  * @packageDocumentation
  */
-export * from "./backend.js";
-export * from "./connection.js";
-export * from "./driver-transport.js";
-export * from "./errors.js";
-export * from "./eventfd.js";
-export * from "./frontend.js";
-export * from "./messages.js";
+export { VhostUserBackend, type VhostUserBackendOptions, VhostUserBlkBackend } from "./backend.js";
+export { VhostUserConnection, type VhostUserConnectionHandlers } from "./connection.js";
+export {
+  VHOST_F_LOG_ALL,
+  VHOST_USER_DEFAULT_PROTOCOL_FEATURES,
+  VHOST_USER_DRIVER_TRANSPORT_FEATURES,
+  type VhostUserDriverOptions,
+  VhostUserDriverTransport,
+} from "./driver-transport.js";
+export {
+  VhostUserBackendError,
+  type VhostUserBackendReason,
+  VhostUserError,
+  type VhostUserErrorCode,
+} from "./errors.js";
+export { EventFd } from "./eventfd.js";
+export {
+  type MemoryRegionWithFd,
+  VhostUserFrontend,
+  type VhostUserFrontendOptions,
+} from "./frontend.js";
+export {
+  type ConfigSpace,
+  decodeConfig,
+  decodeHeader,
+  decodeMemoryTable,
+  decodeSingleMemoryRegion,
+  decodeU64,
+  decodeVringAddr,
+  decodeVringFd,
+  decodeVringState,
+  encodeConfig,
+  encodeMemoryTable,
+  encodeMessage,
+  encodeSingleMemoryRegion,
+  encodeU64,
+  encodeVringAddr,
+  encodeVringFd,
+  encodeVringState,
+  type MemoryRegion,
+  requestName,
+  VHOST_MEMORY_MAX_REGIONS,
+  VHOST_USER_F_PROTOCOL_FEATURES,
+  VHOST_USER_HEADER_SIZE,
+  VHOST_USER_MAX_CONFIG_SIZE,
+  VHOST_USER_MAX_FDS,
+  VHOST_USER_MAX_PAYLOAD,
+  VHOST_USER_VRING_IDX_MASK,
+  VHOST_USER_VRING_NOFD_MASK,
+  VHOST_VRING_F_LOG,
+  VhostUserFlag,
+  type VhostUserHeader,
+  type VhostUserMessage,
+  VhostUserPayloadSize,
+  VhostUserProtocolFeature,
+  VhostUserRequest,
+  type VringAddr,
+  type VringFd,
+  type VringState,
+} from "./messages.js";
 export {
   BUILD_NATIVE_COMMAND,
   loadNative,
@@ -26,4 +79,12 @@ export {
   nativeAvailable,
   type VhostUserNative,
 } from "./native.js";
-export * from "./shared-memory.js";
+export { VHOST_USER_BACKEND_PROTOCOL_FEATURES } from "./session.js";
+export {
+  createSharedMemory,
+  type MappedFd,
+  mapSharedFd,
+  type SharedGuestMemory,
+  type SharedMemoryOptions,
+  type SharedRegion,
+} from "./shared-memory.js";

@@ -76,6 +76,22 @@ async function startDaemon(): Promise<void> {
   await appeared;
 }
 
+/**
+ * The socket file appears when qemu-storage-daemon binds it, a moment before it listens: a
+ * connect in between is refused. Retry refused connects for a bounded time.
+ */
+async function connectWhenListening<T>(connect: () => Promise<T>, timeoutMs = 10_000): Promise<T> {
+  const deadline = performance.now() + timeoutMs;
+  for (;;) {
+    try {
+      return await connect();
+    } catch (e) {
+      if (!/Connection refused/.test((e as Error).message) || performance.now() > deadline) throw e;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+}
+
 async function stopDaemon(): Promise<void> {
   const d = daemon;
   daemon = undefined;
@@ -108,13 +124,15 @@ describe("BlkDriver over vhost-user against qemu-storage-daemon's vhost-user-blk
 
   it("connects, negotiates and reads the capacity from GET_CONFIG", async () => {
     shared = createSharedMemory({ size: 4 << 20 });
-    t = await VhostUserDriverTransport.connect(sock, {
-      deviceId: DeviceId.BLOCK,
-      memory: shared,
-      // qemu-storage-daemon 7.2 offers VIRTIO_BLK_F_SIZE_MAX with size_max = 0, which
-      // BlkDriver refuses (Linux clamps it to a page): withhold the bit.
-      hiddenFeatures: featureMask(BlkFeature.SIZE_MAX),
-    });
+    t = await connectWhenListening(() =>
+      VhostUserDriverTransport.connect(sock, {
+        deviceId: DeviceId.BLOCK,
+        memory: shared,
+        // qemu-storage-daemon 7.2 offers VIRTIO_BLK_F_SIZE_MAX with size_max = 0, which
+        // BlkDriver refuses (Linux clamps it to a page): withhold the bit.
+        hiddenFeatures: featureMask(BlkFeature.SIZE_MAX),
+      }),
+    );
     blk = new BlkDriver(t, shared.memory, new SlabAllocator(0x100000, 4096, 512), {
       ringBase: 0x10000,
       queueSize: 128,

@@ -8,7 +8,7 @@
  * @module
  */
 import { GuestMemoryMap, VirtioError } from "@virtio-ts/memory";
-import { DeviceStatus, Feature, featureMask, hasFeature, MmioInterrupt } from "@virtio-ts/spec";
+import { DeviceStatus, Feature, featureMask, MmioInterrupt } from "@virtio-ts/spec";
 import {
   type DeviceContext,
   type DeviceModel,
@@ -16,14 +16,12 @@ import {
   SharedDoorbell,
 } from "@virtio-ts/transport";
 import {
+  createDeviceQueue,
   type DeviceQueue,
   GatedDeviceQueue,
-  PackedDeviceQueue,
   QueueConfigError,
   type QueueLayout,
   type QueueState,
-  ringFeatures,
-  SplitDeviceQueue,
 } from "@virtio-ts/virtqueue";
 import {
   ControlWord,
@@ -366,9 +364,7 @@ export class VhostBackend implements DeviceContext {
     const layout = { ...r.layout, size: r.num };
     let q: DeviceQueue;
     try {
-      q = hasFeature(f, Feature.RING_PACKED)
-        ? new PackedDeviceQueue(mem, layout, ringFeatures(f))
-        : new SplitDeviceQueue(mem, layout, ringFeatures(f));
+      q = createDeviceQueue(mem, layout, f);
       q.setState(r.base);
     } catch (e) {
       if (e instanceof QueueConfigError || e instanceof RangeError) {

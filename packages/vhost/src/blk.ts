@@ -2,8 +2,6 @@
  * vhost-blk: a `BlkDevice` whose data plane (rings and disk I/O) runs in a worker.
  * @module
  */
-import { statSync } from "node:fs";
-import { FileDisk, MemoryDisk } from "@virtio-ts/backend-disk";
 import {
   BackendError,
   BlkDevice,
@@ -12,45 +10,65 @@ import {
 } from "@virtio-ts/devices";
 import { VhostDevice, type VhostDeviceOptions } from "./vhost-device.js";
 
-/** The disk a vhost-blk worker opens. */
-export type VhostBlkImage =
-  | {
-      /** A raw image file, opened in the worker with `FileDisk.open`. */
-      readonly kind: "file";
-      /** Path of the image. */
-      readonly path: string;
-      /** Open read-only (the device offers VIRTIO_BLK_F_RO). Default false. */
-      readonly readOnly?: boolean;
-    }
-  | {
-      /** A disk in memory shared with the VMM thread (a `MemoryDisk` over it). */
-      readonly kind: "memory";
-      /** The disk contents, a multiple of 512 bytes. */
-      readonly buffer: SharedArrayBuffer;
-      /** Refuse writes. Default false. */
-      readonly readOnly?: boolean;
-    };
+/**
+ * Where the worker gets its block back-end: a module it imports and the name of an export,
+ * a function `(args) => BlockBackend | Promise<BlockBackend>` (back-ends cannot cross threads,
+ * so the worker opens its own). The host knows no back-end: any `BlockBackend` works, e.g.
+ * `@virtio-ts/backend-disk`'s `openDisk` with a `DiskSpec`.
+ */
+export interface VhostBlkBackendSpec {
+  /** URL of the module, as a string (it is posted to the worker), e.g. `import.meta.resolve(...)`. */
+  readonly module: string;
+  /** Name of the factory export. */
+  readonly export: string;
+  /** Structured-cloneable argument of the factory. */
+  readonly args?: unknown;
+}
+
+/** The disk as the VMM-side description sees it; the worker's back-end must match it. */
+export interface VhostBlkDisk {
+  /** Size in 512-byte sectors. */
+  readonly capacity: number;
+  /** Whether writes are refused. Default false. */
+  readonly readOnly?: boolean;
+  /** Preferred block size (a power of 2, at least 512). Default 512. */
+  readonly blockSize?: number;
+}
 
 /** Arguments of {@link createBlkModel} and {@link blkDescription} (structured-cloneable). */
 export interface VhostBlkArgs {
-  /** The disk. */
-  readonly image: VhostBlkImage;
+  /** How the worker builds its back-end. */
+  readonly backend: VhostBlkBackendSpec;
+  /** The disk's geometry (e.g. backend-disk's `describeDisk(spec)`). */
+  readonly disk: VhostBlkDisk;
   /** BlkDevice options (queue size, serial, limits); identical on both sides. */
   readonly device?: BlkDeviceOptions;
 }
 
 /**
- * Worker-side factory: the data-plane `BlkDevice` over a `FileDisk` or `MemoryDisk`. Named in
- * a {@link VhostWorkerSpec} as `{ module: <this module>, export: "createBlkModel", args }`.
- * @throws BackendError if the file cannot be opened
+ * Worker-side factory: the data-plane `BlkDevice` over the back-end `args.backend` builds.
+ * Named in a {@link VhostWorkerSpec} as `{ module: <this module>, export: "createBlkModel", args }`.
+ * @throws TypeError if the backend factory is missing; RangeError if the back-end it built
+ *   does not match `args.disk`; whatever the factory throws
  */
 export async function createBlkModel(args: VhostBlkArgs): Promise<BlkDevice> {
-  const img = args.image;
-  const readOnly = img.readOnly === true;
-  const disk: BlockBackend =
-    img.kind === "file"
-      ? await FileDisk.open(img.path, { readOnly })
-      : new MemoryDisk(new Uint8Array(img.buffer), { readOnly });
+  const spec = args.backend;
+  const mod = (await import(spec.module)) as Record<string, unknown>;
+  const factory = mod[spec.export];
+  if (typeof factory !== "function") {
+    throw new TypeError(`args.backend: ${spec.module} has no function export ${spec.export}`);
+  }
+  const disk = (await factory(spec.args)) as BlockBackend;
+  const d = args.disk;
+  if (
+    disk?.capacity !== d.capacity ||
+    disk.readOnly !== (d.readOnly === true) ||
+    disk.blockSize !== (d.blockSize ?? 512)
+  ) {
+    throw new RangeError(
+      `args.disk (${d.capacity} sectors, readOnly ${d.readOnly === true}) does not describe the back-end the worker opened (${disk?.capacity} sectors, readOnly ${disk?.readOnly})`,
+    );
+  }
   return new BlkDevice(disk, args.device ?? {});
 }
 
@@ -101,18 +119,19 @@ export class DescriptionDisk implements BlockBackend {
 
 /**
  * VMM-side description of the device {@link createBlkModel} builds from the same `args`: a
- * `BlkDevice` over a {@link DescriptionDisk} of the same capacity, so features and configuration
- * space are identical.
- * @throws RangeError naming `args.image` if the image size is not a multiple of 512; the
- *   `statSync` error if the file does not exist
+ * `BlkDevice` over a {@link DescriptionDisk} of `args.disk`'s geometry, so features and
+ * configuration space are identical.
+ * @throws RangeError naming `args.disk` for a capacity that is not a safe integer
  */
 export function blkDescription(args: VhostBlkArgs): BlkDevice {
-  const img = args.image;
-  const bytes = img.kind === "file" ? statSync(img.path).size : img.buffer.byteLength;
-  if (bytes % 512 !== 0) {
-    throw new RangeError(`args.image must be a multiple of 512 bytes, got ${bytes}`);
+  const d = args.disk;
+  if (!Number.isSafeInteger(d?.capacity) || d.capacity < 0) {
+    throw new RangeError(`args.disk.capacity must be a number of sectors, got ${d?.capacity}`);
   }
-  return new BlkDevice(new DescriptionDisk(bytes / 512, img.readOnly === true), args.device ?? {});
+  return new BlkDevice(
+    new DescriptionDisk(d.capacity, d.readOnly === true, d.blockSize ?? 512),
+    args.device ?? {},
+  );
 }
 
 /**

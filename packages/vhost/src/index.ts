@@ -7,9 +7,49 @@
  *
  * @packageDocumentation
  */
-export * from "./backend.js";
-export * from "./blk.js";
-export * from "./net.js";
-export * from "./net-channel.js";
-export * from "./protocol.js";
-export * from "./vhost-device.js";
+export { VhostBackend, type VhostBackendOptions } from "./backend.js";
+export {
+  blkDescription,
+  createBlkModel,
+  createVhostBlk,
+  DescriptionDisk,
+  type VhostBlkArgs,
+  type VhostBlkBackendSpec,
+  type VhostBlkDisk,
+} from "./blk.js";
+export {
+  ChannelNetBackend,
+  createNetModel,
+  createVhostNet,
+  NetStateWord,
+  type VhostNetArgs,
+  VhostNetDevice,
+  VhostNetModel,
+  type VhostNetOptions,
+  type VhostNetPumpStats,
+  type VhostNetStats,
+} from "./net.js";
+export {
+  ChannelWord,
+  FrameChannel,
+  type FrameChannelHandle,
+  type FrameChannelStats,
+} from "./net-channel.js";
+export {
+  ControlWord,
+  type VhostControlBlock,
+  VhostError,
+  type VhostErrorCode,
+  type VhostEvent,
+  type VhostMemoryRegion,
+  type VhostMessage,
+  type VhostReply,
+  type VhostRequest,
+  type VhostRequestType,
+} from "./protocol.js";
+export {
+  VhostDevice,
+  type VhostDeviceOptions,
+  type VhostStats,
+  type VhostWorkerSpec,
+} from "./vhost-device.js";

@@ -13,10 +13,13 @@ import {
   type NetDeviceOptions,
   type NetFrameSink,
 } from "@virtio-ts/devices";
-import type { VirtioError } from "@virtio-ts/memory";
 import { hasFeature, NetConfig, NetFeature, NetStatus } from "@virtio-ts/spec";
-import type { DeviceContext, DeviceModel } from "@virtio-ts/transport";
-import type { DescriptorChain, DeviceQueue, QueueLayout, QueueState } from "@virtio-ts/virtqueue";
+import {
+  type DeviceContext,
+  type DeviceModel,
+  ForwardingDeviceContext,
+} from "@virtio-ts/transport";
+import { type DeviceQueue, ForwardingDeviceQueue } from "@virtio-ts/virtqueue";
 import { FrameChannel, type FrameChannelHandle, type FrameChannelStats } from "./net-channel.js";
 import { VhostDevice, type VhostDeviceOptions } from "./vhost-device.js";
 
@@ -145,101 +148,34 @@ export class ChannelNetBackend implements NetBackend {
 }
 
 /** The control queue as the worker's NetDevice sees it: `mac` / `status` are published before each ack. */
-class PublishingQueue implements DeviceQueue {
-  readonly size: number;
-  readonly inner: DeviceQueue;
+class PublishingQueue extends ForwardingDeviceQueue {
   readonly #publish: () => void;
   constructor(inner: DeviceQueue, publish: () => void) {
-    this.inner = inner;
-    this.size = inner.size;
+    super(inner);
     this.#publish = publish;
   }
-  pop(chain: DescriptorChain): boolean {
-    return this.inner.pop(chain);
-  }
-  push(head: number, written: number): void {
+  override push(head: number, written: number): void {
     // The command took effect; publish before the guest can see its ack (the used entry).
     this.#publish();
-    this.inner.push(head, written);
+    super.push(head, written);
   }
-  pushBatch(count: number, written: number): void {
+  override pushBatch(count: number, written: number): void {
     this.#publish();
-    this.inner.pushBatch(count, written);
-  }
-  needsInterrupt(): boolean {
-    return this.inner.needsInterrupt();
-  }
-  enableNotifications(): boolean {
-    return this.inner.enableNotifications();
-  }
-  disableNotifications(): void {
-    this.inner.disableNotifications();
-  }
-  getState(): QueueState {
-    return this.inner.getState();
-  }
-  setState(state: QueueState): void {
-    this.inner.setState(state);
+    super.pushBatch(count, written);
   }
 }
 
 /** The worker's DeviceContext, with the control queue wrapped in a {@link PublishingQueue}. */
-class NetWorkerContext implements DeviceContext {
-  readonly #ctx: DeviceContext;
+class NetWorkerContext extends ForwardingDeviceContext {
   readonly #ctrlIndex: number;
   readonly #publish: () => void;
-  #inner: DeviceQueue | undefined = undefined;
-  #wrapped: PublishingQueue | undefined = undefined;
   constructor(ctx: DeviceContext, ctrlIndex: number, publish: () => void) {
-    this.#ctx = ctx;
+    super(ctx);
     this.#ctrlIndex = ctrlIndex;
     this.#publish = publish;
   }
-  get memory(): DeviceContext["memory"] {
-    return this.#ctx.memory;
-  }
-  get features(): bigint {
-    return this.#ctx.features;
-  }
-  get numQueues(): number {
-    return this.#ctx.numQueues;
-  }
-  get epoch(): number {
-    return this.#ctx.epoch;
-  }
-  get needsReset(): boolean {
-    return this.#ctx.needsReset;
-  }
-  queue(index: number): DeviceQueue | undefined {
-    const q = this.#ctx.queue(index);
-    if (index !== this.#ctrlIndex || q === undefined) return q;
-    // One wrapper per ring instance (a restarted ring is a new queue object).
-    if (q !== this.#inner) {
-      this.#inner = q;
-      this.#wrapped = new PublishingQueue(q, this.#publish);
-    }
-    return this.#wrapped;
-  }
-  queueLayout(index: number): QueueLayout | undefined {
-    return this.#ctx.queueLayout?.(index);
-  }
-  interrupt(index: number): boolean {
-    return this.#ctx.interrupt(index);
-  }
-  signalUsed(index: number): boolean {
-    return this.#ctx.signalUsed(index);
-  }
-  notifyConfigChange(): void {
-    this.#ctx.notifyConfigChange();
-  }
-  fail(error: VirtioError): void {
-    this.#ctx.fail(error);
-  }
-  noteFault(error: VirtioError): void {
-    this.#ctx.noteFault(error);
-  }
-  guard<T>(fn: () => T): T | undefined {
-    return this.#ctx.guard(fn);
+  protected override wrapQueue(index: number, queue: DeviceQueue): DeviceQueue {
+    return index === this.#ctrlIndex ? new PublishingQueue(queue, this.#publish) : queue;
   }
 }
 

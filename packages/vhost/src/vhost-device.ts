@@ -258,7 +258,13 @@ export class VhostDevice implements DeviceModel {
       return;
     }
     this.#ensureWorker();
-    this.#start(ctx, regions, []);
+    // Each ring starts where the core's queue stands: 0 for a new device, the saved position
+    // for one the host restored (VirtioDeviceCore.restoreState).
+    this.#start(
+      ctx,
+      regions,
+      this.queueMaxSizes.map((_, i) => ctx.queue(i)?.getState()),
+    );
   }
 
   /**
@@ -317,6 +323,29 @@ export class VhostDevice implements DeviceModel {
       ),
     );
     return states;
+  }
+
+  /**
+   * Suspend hook of the device contract: stop the rings in the worker, draining what is in
+   * flight, and report where each stands (as {@link VhostDevice.stop}). The host saves these
+   * states; the worker keeps running, idle.
+   * @throws VhostError if the device is not active or a ring did not drain
+   */
+  stopRings(): Promise<(QueueState | undefined)[]> {
+    return this.stop();
+  }
+
+  /**
+   * Suspend hook of the device contract: a cancelled suspend restarts the rings in the same
+   * worker from the states {@link VhostDevice.stopRings} reported. A failure puts the device
+   * into DEVICE_NEEDS_RESET.
+   * @param states - per queue, where its ring stood
+   */
+  startRings(states: readonly (QueueState | undefined)[]): void {
+    const ctx = this.#ctx;
+    const regions = ctx === undefined ? undefined : sharedRegions(ctx.memory);
+    if (ctx === undefined || regions === undefined || this.#worker === undefined) return;
+    this.#start(ctx, regions, states).catch(() => {});
   }
 
   /**

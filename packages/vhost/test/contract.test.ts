@@ -4,6 +4,7 @@
 import { execFileSync } from "node:child_process";
 import { createRequire } from "node:module";
 import { fileURLToPath } from "node:url";
+import { type DiskSpec, describeDisk } from "@virtio-ts/backend-disk";
 import { type BlkDeviceAdapter, blkDeviceSuite } from "@virtio-ts/contract";
 import { describeContract } from "@virtio-ts/contract/vitest";
 import type { DeviceModel } from "@virtio-ts/transport";
@@ -12,10 +13,13 @@ import { blkDescription, type VhostBlkArgs, VhostDevice } from "../src/index.js"
 
 const WORKER = new URL("../dist/vhost-worker.js", import.meta.url);
 const BLK = new URL("../dist/blk.js", import.meta.url);
+/** backend-disk's built module: the worker opens its disk with its `openDisk`. */
+const BACKEND_DISK = new URL("../../backend-disk/dist/index.js", import.meta.url).href;
 
 beforeAll(() => {
   const tsc = createRequire(import.meta.url).resolve("typescript/bin/tsc");
-  execFileSync(process.execPath, [tsc, "-b", fileURLToPath(new URL("..", import.meta.url))], {
+  const here = (p: string) => fileURLToPath(new URL(p, import.meta.url));
+  execFileSync(process.execPath, [tsc, "-b", here(".."), here("../../backend-disk")], {
     stdio: "pipe",
   });
 }, 120_000);
@@ -29,8 +33,10 @@ const vhostBlk: BlkDeviceAdapter = {
   create: ({ image, readOnly }) => {
     const buffer = new SharedArrayBuffer(image.length);
     new Uint8Array(buffer).set(image);
+    const disk: DiskSpec = { kind: "memory", buffer, readOnly };
     const args: VhostBlkArgs = {
-      image: { kind: "memory", buffer, readOnly },
+      backend: { module: BACKEND_DISK, export: "openDisk", args: disk },
+      disk: describeDisk(disk),
       device: { serial: "vhost" },
     };
     const d = new VhostDevice({

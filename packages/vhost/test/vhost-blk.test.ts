@@ -8,6 +8,7 @@ import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { type DiskSpec, describeDisk } from "@virtio-ts/backend-disk";
 import { BlkDriver, SlabAllocator } from "@virtio-ts/drivers";
 import { createGuestMemory } from "@virtio-ts/memory";
 import { DeviceStatus, Feature, hasFeature } from "@virtio-ts/spec";
@@ -21,14 +22,26 @@ import {
 } from "../src/index.js";
 
 const packageDir = fileURLToPath(new URL("..", import.meta.url));
+const backendDiskDir = fileURLToPath(new URL("../../backend-disk", import.meta.url));
 const WORKER = new URL("../dist/vhost-worker.js", import.meta.url);
 const BLK = new URL("../dist/blk.js", import.meta.url);
 const CRASH = new URL("./fixtures/crash-model.mjs", import.meta.url);
 
+/** backend-disk's built module: the worker opens its disk with its `openDisk`. */
+const BACKEND_DISK = new URL("../../backend-disk/dist/index.js", import.meta.url).href;
+
+/** vhost-blk arguments for a disk the worker opens with backend-disk's `openDisk`. */
+function onDisk(spec: DiskSpec): Pick<VhostBlkArgs, "backend" | "disk"> {
+  return {
+    backend: { module: BACKEND_DISK, export: "openDisk", args: spec },
+    disk: describeDisk(spec),
+  };
+}
+
 function buildDist(): void {
   const tsc = createRequire(import.meta.url).resolve("typescript/bin/tsc");
   try {
-    execFileSync(process.execPath, [tsc, "-b", packageDir], { stdio: "pipe" });
+    execFileSync(process.execPath, [tsc, "-b", packageDir, backendDiskDir], { stdio: "pipe" });
   } catch (e) {
     const out = String((e as { stdout?: unknown }).stdout ?? "");
     if (!existsSync(fileURLToPath(WORKER))) throw new Error(`cannot build packages/vhost:\n${out}`);
@@ -74,7 +87,7 @@ function setup(o: Options = {}) {
   const sectors = o.sectors ?? 4096;
   const disk = new SharedArrayBuffer(sectors * 512);
   const args: VhostBlkArgs = o.args ?? {
-    image: { kind: "memory", buffer: disk },
+    ...onDisk({ kind: "memory", buffer: disk }),
     device: { queueSize: 256 },
   };
   const memory = createGuestMemory({ size: 0x800000 });
@@ -163,7 +176,9 @@ describe("vhost-blk: BlkDevice in a worker thread", () => {
     try {
       const path = join(dir, "disk.img");
       writeFileSync(path, new Uint8Array(512 * 1024));
-      const t = setup({ args: { image: { kind: "file", path }, device: { serial: "vhost0" } } });
+      const t = setup({
+        args: { ...onDisk({ kind: "file", path }), device: { serial: "vhost0" } },
+      });
       expect(t.driver.capacity).toBe(1024n);
       const data = random(16384, 99);
       await t.driver.write(100, data);
@@ -196,7 +211,7 @@ describe("vhost-blk: BlkDevice in a worker thread", () => {
       const buffer = new SharedArrayBuffer(256 * 512);
       const args = { buffer, sector: 8, how };
       const t = setup({
-        args: { image: { kind: "memory", buffer } },
+        args: onDisk({ kind: "memory", buffer }),
         worker: { module: CRASH, export: "createCrashingBlk", args },
       });
       await t.driver.write(0, random(512, 1));

@@ -308,28 +308,25 @@ export class PackedDescNotAvailableError extends RingError {
 }
 
 /**
- * Packed ring, device side: the descriptor at the device's next available position has AVAIL
- * and USED both equal to the avail wrap counter, so it looks used in the current lap although
- * the device has not reached it yet. A driver sets USED to the inverse of AVAIL (VIRTIO 1.3
- * §2.8.1), and every other stale state (used or available in the previous lap, zero) differs.
+ * Packed ring, found when saving the chains in flight: a buffer was popped while the driver
+ * had more descriptors outstanding than the queue size, so the device kept no copy of its list
+ * (VIRTIO 1.3 §2.8.10.1: Queue Size is the most descriptors the driver may have made available
+ * and not got back used). Only a driver that breaks that rule causes it.
  */
-export class PackedFlagsInconsistentError extends RingError {
+export class PackedOvercommitError extends RingError {
   /** @inheritdoc */
-  readonly code = "packed-flags-inconsistent" as const;
-  /** Ring position of the descriptor. */
-  readonly position: number;
-  /** Its `flags` as read. */
-  readonly flags: number;
-  /** The device's avail wrap counter. */
-  readonly wrap: boolean;
-  /** @param position ring position; @param flags flags as read; @param wrap the avail wrap counter. */
-  constructor(position: number, flags: number, wrap: boolean) {
+  readonly code = "packed-overcommit" as const;
+  /** The buffer ID whose list was not kept. */
+  readonly id: number;
+  /** The queue size. */
+  readonly queueSize: number;
+  /** @param id buffer ID; @param queueSize the queue size. */
+  constructor(id: number, queueSize: number) {
     super(
-      `packed descriptor ${position} has inconsistent AVAIL/USED flags 0x${flags.toString(16)} (wrap ${wrap ? 1 : 0})`,
+      `packed buffer ${id} was popped with more than ${queueSize} descriptors outstanding: its list was not kept`,
     );
-    this.position = position;
-    this.flags = flags;
-    this.wrap = wrap;
+    this.id = id;
+    this.queueSize = queueSize;
   }
 }
 

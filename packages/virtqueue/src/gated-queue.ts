@@ -1,5 +1,6 @@
 import type { DescriptorChain } from "./chain.js";
-import type { DeviceQueue, QueueState } from "./types.js";
+import { ForwardingDeviceQueue } from "./forwarding-queue.js";
+import type { DeviceQueue } from "./types.js";
 
 /** Options of a {@link GatedDeviceQueue}. */
 export interface GatedDeviceQueueOptions {
@@ -18,7 +19,7 @@ export interface GatedDeviceQueueOptions {
  * finds nothing, so the model starts no new request, while requests already in its back-end
  * still complete; {@link GatedDeviceQueue.inFlight} counts chains popped and not yet pushed, and
  * {@link GatedDeviceQueue.onIdle} runs when it drops to zero. Every other call goes to the
- * wrapped queue. Allocates nothing.
+ * wrapped queue ({@link ForwardingDeviceQueue}). Allocates nothing.
  *
  * @example
  * ```ts
@@ -29,11 +30,7 @@ export interface GatedDeviceQueueOptions {
  * const state = q.getState(); // nothing in flight: safe to hand over
  * ```
  */
-export class GatedDeviceQueue implements DeviceQueue {
-  /** @inheritdoc */
-  readonly size: number;
-  /** The wrapped queue. */
-  readonly inner: DeviceQueue;
+export class GatedDeviceQueue extends ForwardingDeviceQueue {
   /** While true, `pop` returns false without looking at the ring. */
   stopping = false;
   /**
@@ -55,13 +52,12 @@ export class GatedDeviceQueue implements DeviceQueue {
    * @param options - notification suppression
    */
   constructor(inner: DeviceQueue, options: GatedDeviceQueueOptions = {}) {
-    this.inner = inner;
-    this.size = inner.size;
+    super(inner);
     this.#suppress = options.suppressWhileBusy === true;
   }
 
   /** @inheritdoc */
-  pop(chain: DescriptorChain): boolean {
+  override pop(chain: DescriptorChain): boolean {
     if (this.stopping) return false;
     if (this.inner.pop(chain)) {
       this.inFlight++;
@@ -82,13 +78,13 @@ export class GatedDeviceQueue implements DeviceQueue {
   }
 
   /** @inheritdoc */
-  push(head: number, written: number): void {
+  override push(head: number, written: number): void {
     this.inner.push(head, written);
     this.#done(1);
   }
 
   /** @inheritdoc */
-  pushBatch(count: number, written: number): void {
+  override pushBatch(count: number, written: number): void {
     this.inner.pushBatch(count, written);
     this.#done(count);
   }
@@ -99,30 +95,20 @@ export class GatedDeviceQueue implements DeviceQueue {
     if (this.inFlight === 0 && this.onIdle !== undefined) this.onIdle();
   }
 
-  /** @inheritdoc */
-  needsInterrupt(): boolean {
-    return this.inner.needsInterrupt();
-  }
-
-  /** @inheritdoc */
-  enableNotifications(): boolean {
+  /**
+   * Ask the driver for notifications again. While {@link GatedDeviceQueue.stopping}, they are
+   * turned on but the answer is false: `pop` would find nothing, so a model's "pop until empty,
+   * re-enable, pop again if something arrived" loop must not go round again.
+   * @returns true if buffers became available meanwhile (and the queue is not stopping)
+   */
+  override enableNotifications(): boolean {
     this.#suppressed = false;
-    return this.inner.enableNotifications();
+    return this.inner.enableNotifications() && !this.stopping;
   }
 
   /** @inheritdoc */
-  disableNotifications(): void {
+  override disableNotifications(): void {
     if (this.#suppress) this.#suppressed = true;
     this.inner.disableNotifications();
-  }
-
-  /** @inheritdoc */
-  getState(): QueueState {
-    return this.inner.getState();
-  }
-
-  /** @inheritdoc */
-  setState(state: QueueState): void {
-    this.inner.setState(state);
   }
 }

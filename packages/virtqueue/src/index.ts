@@ -4,14 +4,55 @@
  *
  * @packageDocumentation
  */
-export * from "./chain.js";
-export * from "./errors.js";
-export * from "./gated-queue.js";
-export * from "./packed-device.js";
-export * from "./packed-driver.js";
-export * from "./packed-layout.js";
-export * from "./ring-features.js";
-export * from "./split-device.js";
-export * from "./split-driver.js";
-export * from "./split-layout.js";
-export type * from "./types.js";
+export { DescriptorChain } from "./chain.js";
+export { createDeviceQueue } from "./create-queue.js";
+export {
+  AvailIndexJumpError,
+  BufferOutOfBoundsError,
+  ChainError,
+  ChainTooLongError,
+  DescriptorLoopError,
+  EventOffsetOutOfRangeError,
+  HeadInFlightError,
+  HeadOutOfRangeError,
+  IndirectNotNegotiatedError,
+  IndirectTableLengthError,
+  IndirectTableOutOfBoundsError,
+  IndirectWithNextError,
+  NestedIndirectError,
+  NextOutOfRangeError,
+  PackedChainUnterminatedError,
+  PackedDescNotAvailableError,
+  PackedOvercommitError,
+  QueueConfigError,
+  ReadableAfterWritableError,
+  RingError,
+  TotalLengthOverflowError,
+  UsedIdNotInFlightError,
+  UsedIdOutOfRangeError,
+  UsedIndexJumpError,
+  UsedLenTooLargeError,
+  VirtqueueError,
+} from "./errors.js";
+export { ForwardingDeviceQueue } from "./forwarding-queue.js";
+export { GatedDeviceQueue, type GatedDeviceQueueOptions } from "./gated-queue.js";
+export { PackedDeviceQueue } from "./packed-device.js";
+export { type PackedDriverOptions, PackedDriverQueue } from "./packed-driver.js";
+export { NO_RING_FEATURES, ringFeatures } from "./ring-features.js";
+export { ringAreaBytes, ringLayoutAt } from "./ring-placement.js";
+export { type SplitDeviceOptions, SplitDeviceQueue } from "./split-device.js";
+export {
+  type IndirectArea,
+  indirectAreaSize,
+  type SplitDriverOptions,
+  SplitDriverQueue,
+} from "./split-driver.js";
+export type {
+  DeviceQueue,
+  DriverQueue,
+  InFlightChain,
+  QueueLayout,
+  QueueState,
+  RingFeatures,
+  Segment,
+} from "./types.js";

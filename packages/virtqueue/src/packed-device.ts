@@ -18,10 +18,10 @@ import {
   HeadOutOfRangeError,
   PackedChainUnterminatedError,
   PackedDescNotAvailableError,
-  PackedFlagsInconsistentError,
+  PackedOvercommitError,
 } from "./errors.js";
 import { mapPackedRing, packedNeedEvent, packedOffWrap } from "./packed-layout.js";
-import type { DeviceQueue, QueueLayout, QueueState, RingFeatures } from "./types.js";
+import type { DeviceQueue, InFlightChain, QueueLayout, QueueState, RingFeatures } from "./types.js";
 
 const F_NEXT = PackedDescFlags.NEXT;
 const F_WRITE = PackedDescFlags.WRITE;
@@ -32,6 +32,14 @@ const EV_ENABLE = PackedEventFlags.ENABLE;
 const EV_DISABLE = PackedEventFlags.DISABLE;
 const EV_DESC = PackedEventFlags.DESC;
 const TWO_32 = 4294967296;
+
+/**
+ * Whether a descriptor with `flags` is available to a device whose avail wrap counter is
+ * `wrap`: AVAIL matches the counter and USED does not (VIRTIO 1.3 §2.8.1).
+ */
+function isAvailable(flags: number, wrap: boolean): boolean {
+  return ((flags & F_AVAIL) !== 0) === wrap && ((flags & F_USED) !== 0) !== wrap;
+}
 
 // Numeric failure codes of the chain walk: the hot path returns one of these, and an Error is
 // built only on the cold path (#chainError) from the queue's scratch fields.
@@ -103,7 +111,29 @@ export class PackedDeviceQueue implements DeviceQueue {
   #usedSince = 0;
   #signalledValid = false;
   #notifyEnabled = true;
-  // Scratch fields describing the last walk failure (cold path only).
+  /**
+   * Copies of the ring descriptors of the buffers in flight, for {@link saveInFlight}: used
+   * descriptors overwrite a popped list in the ring once later buffers complete (§2.8.6), so
+   * the device keeps what it read. A pool of `size` records of 4 words, linked per buffer ID
+   * (`size` is the most descriptors a driver may have outstanding, §2.8.10.1).
+   */
+  readonly #pool: Uint32Array;
+  /** Next record of the same buffer, or -1. */
+  readonly #poolNext: Int32Array;
+  /** First free record, or -1 (then a list is not recorded: the driver overcommitted). */
+  #poolFree = 0;
+  /** First record of each buffer ID in flight (-1: none). */
+  readonly #idFirst: Int32Array;
+  /** 1 where a buffer in flight could not be recorded (the pool ran out). */
+  readonly #idLost: Uint8Array;
+  // Scratch of the walk in progress: its records and whether one was lost.
+  #recFirst = -1;
+  #recLast = -1;
+  #recLost = false;
+  #seenWritable = false;
+  /** Chains handed back by {@link restoreInFlight}, served by `pop` before the ring. */
+  #replay: readonly InFlightChain[] = [];
+  #replayNext = 0;
 
   /**
    * @param mem guest memory (possibly behind an IOMMU).
@@ -125,6 +155,11 @@ export class PackedDeviceQueue implements DeviceQueue {
     this.#descCount = new Uint16Array(layout.size);
     this.#writable = new Float64Array(layout.size);
     this.#order = new Uint16Array(features.inOrder ? layout.size : 0);
+    this.#pool = new Uint32Array(layout.size * 4);
+    this.#poolNext = new Int32Array(layout.size);
+    this.#idFirst = new Int32Array(layout.size);
+    this.#idLost = new Uint8Array(layout.size);
+    this.#resetPool();
   }
 
   /**
@@ -150,11 +185,12 @@ export class PackedDeviceQueue implements DeviceQueue {
    * @inheritdoc
    * @throws ChainError (head = buffer ID) for a malformed chain: its descriptors are consumed
    *   and its ID is in flight, so it may be pushed with 0.
-   * @throws RingError: {@link PackedFlagsInconsistentError}, {@link PackedDescNotAvailableError},
+   * @throws RingError: {@link PackedDescNotAvailableError},
    *   {@link PackedChainUnterminatedError}, {@link HeadOutOfRangeError} (buffer ID ≥ queue size),
    *   {@link HeadInFlightError} (buffer ID already in flight).
    */
   pop(chain: DescriptorChain): boolean {
+    if (this.#replayNext < this.#replay.length) return this.#popReplayed(chain);
     const desc = this.#desc;
     const size = this.size;
     const start = this.#nextAvail;
@@ -164,45 +200,36 @@ export class PackedDeviceQueue implements DeviceQueue {
     // chain (VIRTIO 1.3 §2.8.21.1), so the plain reads below see all of them.
     let word = Atomics.load(desc, (start << 2) + 3);
     let flags = word >>> 16;
-    // §2.8.1 / §2.8.15: available iff AVAIL matches our wrap counter and USED does not; a
-    // device MUST NOT use a descriptor before it observes AVAIL changed.
-    if (((flags & F_AVAIL) !== 0) !== wrap) return false;
-    if (((flags & F_USED) !== 0) === wrap)
-      throw new PackedFlagsInconsistentError(start, flags, wrap);
+    // §2.8.1: AVAIL and USED "are different for an available descriptor and equal for a used
+    // descriptor"; §2.8.15: a device MUST NOT use a descriptor before it observes AVAIL changed.
+    // So the head is available only if AVAIL matches our wrap counter and USED does not. AVAIL
+    // = USED = wrap counter is a used descriptor: nothing is available there (inside a list the
+    // same bits are an error, PackedDescNotAvailableError below).
+    if (!isAvailable(flags, wrap)) return false;
     // VIRTIO 1.3 §2.8.17: a list is never longer than the queue size (indirect entries included).
     const budget = Math.min(chain.capacity, size);
     chain.begin(0);
+    this.#beginRecord();
     let code = OK;
     let pos = start;
     let w = wrap;
     let n = 0;
-    let seenWritable = false;
     for (;;) {
       n++;
+      const base = pos << 2;
+      // Each descriptor is read exactly once; only these locals are used afterwards.
+      const lo = desc[base]!;
+      const hi = desc[base + 1]!;
+      const len = desc[base + 2]!;
+      this.#record(lo, hi, len, word);
       // After the first failure only the flags are followed, to find the buffer ID in the last
       // descriptor (§2.8.6) so that the chain can be completed and the ring stays in step.
-      if (code === OK) {
-        const base = pos << 2;
-        // Each descriptor is read exactly once; only these locals are used afterwards.
-        const addr = desc[base + 1]! * TWO_32 + desc[base]!;
-        const len = desc[base + 2]!;
-        if ((flags & F_INDIRECT) !== 0) {
-          // §2.8.19: INDIRECT only if negotiated, never in a list linked by NEXT. §2.8.7: WRITE
-          // on the descriptor that refers to the table is reserved and ignored.
-          if (!this.features.indirect) code = this.#check.fail(E_IND_NEG, pos, false, 0, 0);
-          else if (n > 1 || (flags & F_NEXT) !== 0)
-            code = this.#check.fail(E_IND_NEXT, pos, false, 0, 0);
-          else code = this.#walkIndirect(chain, pos, addr, len, budget);
-        } else {
-          const writable = (flags & F_WRITE) !== 0;
-          if (writable) seenWritable = true;
-          else if (seenWritable) code = this.#check.fail(E_R_AFTER_W, pos, false, 0, 0);
-          if (code === OK)
-            code = this.#check.segment(chain, pos, false, addr, len, writable, budget);
-        }
-      }
+      if (code === OK) code = this.#step(chain, pos, n, hi * TWO_32 + lo, len, flags, budget);
       if ((flags & F_NEXT) === 0) break;
-      if (n === size) throw new PackedChainUnterminatedError(start, size);
+      if (n === size) {
+        this.#dropRecord();
+        throw new PackedChainUnterminatedError(start, size);
+      }
       if (++pos === size) {
         pos = 0;
         w = !w;
@@ -211,28 +238,21 @@ export class PackedDeviceQueue implements DeviceQueue {
       word = desc[(pos << 2) + 3]!;
       flags = word >>> 16;
       // §2.8.6: every descriptor of the list carries correct AVAIL/USED bits for its lap.
-      if (((flags & F_AVAIL) !== 0) !== w || ((flags & F_USED) !== 0) === w) {
+      if (!isAvailable(flags, w)) {
+        this.#dropRecord();
         throw new PackedDescNotAvailableError(pos, flags, w);
       }
     }
     // §2.8.6: the buffer ID is in the last descriptor of the list.
     const id = word & 0xffff;
-    if (id >= size) throw new HeadOutOfRangeError(id, size);
-    if (this.#inFlight[id] === 1) throw new HeadInFlightError(id);
+    this.#take(id);
     if (++pos === size) {
       pos = 0;
       w = !w;
     }
     this.#nextAvail = pos;
     this.#availWrap = w;
-    this.#inFlight[id] = 1;
-    if (this.features.inOrder) {
-      // Fewer than `size` IDs are in flight here (this one was not), so the ring has room.
-      this.#order[(this.#orderFirst + this.#inFlightCount) % size] = id;
-    }
-    this.#inFlightCount++;
-    this.#descCount[id] = n;
-    this.#writable[id] = code === OK ? chain.writableBytes : 0;
+    this.#setInFlight(id, n, code === OK ? chain.writableBytes : 0);
     chain.head = id;
     chain.descCount = n;
     if (this.features.eventIdx && this.#notifyEnabled) {
@@ -242,6 +262,144 @@ export class PackedDeviceQueue implements DeviceQueue {
     }
     if (code !== OK) throw this.#check.error(code, id);
     return true;
+  }
+
+  /**
+   * Validate the `n`-th descriptor of a list (at ring position, or record index, `at`) into
+   * `chain`; returns the walk code. `#seenWritable` carries the readable-before-writable rule
+   * across the list.
+   */
+  #step(
+    chain: DescriptorChain,
+    at: number,
+    n: number,
+    addr: number,
+    len: number,
+    flags: number,
+    budget: number,
+  ): number {
+    if (n === 1) this.#seenWritable = false;
+    if ((flags & F_INDIRECT) !== 0) {
+      // §2.8.19: INDIRECT only if negotiated, never in a list linked by NEXT. §2.8.7: WRITE
+      // on the descriptor that refers to the table is reserved and ignored.
+      if (!this.features.indirect) return this.#check.fail(E_IND_NEG, at, false, 0, 0);
+      if (n > 1 || (flags & F_NEXT) !== 0) return this.#check.fail(E_IND_NEXT, at, false, 0, 0);
+      return this.#walkIndirect(chain, at, addr, len, budget);
+    }
+    const writable = (flags & F_WRITE) !== 0;
+    if (writable) this.#seenWritable = true;
+    else if (this.#seenWritable) return this.#check.fail(E_R_AFTER_W, at, false, 0, 0);
+    return this.#check.segment(chain, at, false, addr, len, writable, budget);
+  }
+
+  /** Refuse a buffer ID out of range or in flight (the walk's records are dropped first). */
+  #take(id: number): void {
+    if (id < this.size && this.#inFlight[id] !== 1) return;
+    this.#dropRecord();
+    if (id >= this.size) throw new HeadOutOfRangeError(id, this.size);
+    throw new HeadInFlightError(id);
+  }
+
+  /** Mark buffer `id` in flight with the list just walked (`n` descriptors, recorded). */
+  #setInFlight(id: number, n: number, writable: number): void {
+    this.#inFlight[id] = 1;
+    if (this.features.inOrder) {
+      // Fewer than `size` IDs are in flight here (this one was not), so the ring has room.
+      this.#order[(this.#orderFirst + this.#inFlightCount) % this.size] = id;
+    }
+    this.#inFlightCount++;
+    this.#descCount[id] = n;
+    this.#writable[id] = writable;
+    this.#idFirst[id] = this.#recFirst;
+    this.#idLost[id] = this.#recLost ? 1 : 0;
+  }
+
+  /** Serve the next chain handed back by {@link restoreInFlight}, validated like a ring pop. */
+  #popReplayed(chain: DescriptorChain): boolean {
+    const rec = this.#replay[this.#replayNext++]!;
+    const src = rec.descriptors;
+    const n = src.length >>> 2;
+    const budget = Math.min(chain.capacity, this.size);
+    chain.begin(0);
+    this.#beginRecord();
+    let code = OK;
+    for (let k = 0; k < n; k++) {
+      const base = k << 2;
+      const lo = src[base]!;
+      const hi = src[base + 1]!;
+      const len = src[base + 2]!;
+      const word = src[base + 3]!;
+      this.#record(lo, hi, len, word);
+      if (code === OK)
+        code = this.#step(chain, k, k + 1, hi * TWO_32 + lo, len, word >>> 16, budget);
+    }
+    const id = rec.id;
+    this.#take(id);
+    this.#setInFlight(id, n, code === OK ? chain.writableBytes : 0);
+    chain.head = id;
+    chain.descCount = n;
+    if (code !== OK) throw this.#check.error(code, id);
+    return true;
+  }
+
+  #beginRecord(): void {
+    this.#recFirst = -1;
+    this.#recLast = -1;
+    this.#recLost = false;
+  }
+
+  /** Keep a copy of one descriptor of the list being walked (no allocation). */
+  #record(lo: number, hi: number, len: number, word: number): void {
+    const e = this.#poolFree;
+    if (e < 0) {
+      this.#recLost = true;
+      return;
+    }
+    this.#poolFree = this.#poolNext[e]!;
+    const b = e << 2;
+    const pool = this.#pool;
+    pool[b] = lo;
+    pool[b + 1] = hi;
+    pool[b + 2] = len;
+    pool[b + 3] = word;
+    this.#poolNext[e] = -1;
+    if (this.#recLast < 0) this.#recFirst = e;
+    else this.#poolNext[this.#recLast] = e;
+    this.#recLast = e;
+  }
+
+  /** Return the walk's records to the pool (the walk failed as a ring error). */
+  #dropRecord(): void {
+    if (this.#recFirst >= 0) this.#release(this.#recFirst);
+    this.#beginRecord();
+  }
+
+  /** Return the list of records starting at `first` to the pool. */
+  #release(first: number): void {
+    let last = first;
+    const next = this.#poolNext;
+    // Terminates: the list holds at most `size` records and has no cycle (records are linked
+    // only when taken from the free list).
+    while (next[last]! >= 0) last = next[last]!;
+    next[last] = this.#poolFree;
+    this.#poolFree = first;
+  }
+
+  #resetPool(): void {
+    const next = this.#poolNext;
+    for (let i = 0; i < next.length; i++) next[i] = i + 1 < next.length ? i + 1 : -1;
+    this.#poolFree = next.length > 0 ? 0 : -1;
+    this.#idFirst.fill(-1);
+    this.#idLost.fill(0);
+    this.#beginRecord();
+  }
+
+  /** Forget the records of buffer `id` (it was used). */
+  #forget(id: number): void {
+    const first = this.#idFirst[id]!;
+    if (first >= 0) this.#release(first);
+    this.#idFirst[id] = -1;
+    this.#idLost[id] = 0;
   }
 
   #walkIndirect(
@@ -315,6 +473,7 @@ export class PackedDeviceQueue implements DeviceQueue {
     this.#inFlight[head] = 0;
     this.#inFlightCount--;
     if (inOrder) this.#orderFirst = (this.#orderFirst + 1) % this.size;
+    this.#forget(head);
     this.#writeUsed(head, written, this.#descCount[head]!);
   }
 
@@ -349,6 +508,7 @@ export class PackedDeviceQueue implements DeviceQueue {
     for (let i = 0; i < count; i++) {
       const id = this.#order[(this.#orderFirst + i) % size]!;
       this.#inFlight[id] = 0;
+      this.#forget(id);
       descs += this.#descCount[id]!;
     }
     this.#orderFirst = (this.#orderFirst + count) % size;
@@ -418,9 +578,10 @@ export class PackedDeviceQueue implements DeviceQueue {
       Atomics.store(ev, 1, EV_DESC);
     } else Atomics.store(ev, 1, EV_ENABLE);
     // Re-check after publishing our wish: a driver that made a buffer available just before
-    // seeing it did not notify, so the device must look again (the lost-wakeup race).
+    // seeing it did not notify, so the device must look again (the lost-wakeup race). The test
+    // is pop's (§2.8.1): a used descriptor at the head is nothing to pop.
     const flags = Atomics.load(this.#desc, (this.#nextAvail << 2) + 3) >>> 16;
-    return ((flags & F_AVAIL) !== 0) === this.#availWrap;
+    return isAvailable(flags, this.#availWrap) || this.#replayNext < this.#replay.length;
   }
 
   /** @inheritdoc */
@@ -465,6 +626,82 @@ export class PackedDeviceQueue implements DeviceQueue {
     this.#orderFirst = 0;
     this.#usedSince = 0;
     this.#signalledValid = false;
+    this.#resetPool();
+    this.#replay = [];
+    this.#replayNext = 0;
+  }
+
+  /**
+   * Suspend / resume: the chains popped and not yet pushed, for {@link DeviceQueue.restoreInFlight}
+   * of a queue over the same guest memory. The buffers in flight (in pop order with IN_ORDER, else by buffer ID), then those handed
+   * back by {@link restoreInFlight} and not popped again yet, each with a copy of the ring
+   * descriptors the device read when it popped the list.
+   * @throws PackedOvercommitError if the driver had more descriptors outstanding than the
+   *   queue size when a buffer still in flight was popped (its list was not recorded)
+   */
+  saveInFlight(): InFlightChain[] {
+    const out: InFlightChain[] = [];
+    const save = (id: number): void => {
+      if (this.#idLost[id] === 1) throw new PackedOvercommitError(id, this.size);
+      const n = this.#descCount[id]!;
+      const words = new Uint32Array(4 * n);
+      let e = this.#idFirst[id]!;
+      for (let k = 0; k < n && e >= 0; k++, e = this.#poolNext[e]!) {
+        words.set(this.#pool.subarray(e << 2, (e << 2) + 4), k << 2);
+      }
+      out.push({ id, descriptors: words });
+    };
+    if (this.features.inOrder) {
+      for (let i = 0; i < this.#inFlightCount; i++) {
+        save(this.#order[(this.#orderFirst + i) % this.size]!);
+      }
+    } else {
+      for (let id = 0; id < this.size; id++) if (this.#inFlight[id] === 1) save(id);
+    }
+    for (let i = this.#replayNext; i < this.#replay.length; i++) out.push(this.#replay[i]!);
+    return out;
+  }
+
+  /**
+   * Suspend / resume: after {@link PackedDeviceQueue.setState}, make the saved chains the first
+   * ones `pop` returns, validated again like any chain. Each entry needs 1 to `size` descriptors (4 words each, at most `size` in all), NEXT on
+   * all but the last and its `id` in the last one's ID field (§2.8.6), as `pop` read it; the
+   * buffers are then validated again (bounds, indirect rules) when popped.
+   */
+  restoreInFlight(chains: readonly InFlightChain[]): void {
+    if (!Array.isArray(chains) || chains.length > this.size) {
+      throw new RangeError(`chains must be an array of at most ${this.size} entries`);
+    }
+    const seen = new Uint8Array(this.size);
+    let total = 0;
+    chains.forEach((c, i) => {
+      const id = c?.id;
+      if (!Number.isInteger(id) || id < 0 || id >= this.size || seen[id] === 1) {
+        throw new RangeError(
+          `chains[${i}].id must be a buffer ID in [0, ${this.size}) not listed before, got ${id}`,
+        );
+      }
+      seen[id] = 1;
+      const d = c.descriptors;
+      const n = d instanceof Uint32Array ? d.length >>> 2 : 0;
+      total += n;
+      if (n === 0 || d.length !== 4 * n || total > this.size) {
+        throw new RangeError(
+          `chains[${i}].descriptors must hold 1 or more descriptors of 4 words, ${this.size} in all`,
+        );
+      }
+      for (let k = 0; k < n; k++) {
+        const word = d[4 * k + 3]!;
+        const next = ((word >>> 16) & F_NEXT) !== 0;
+        if (next !== k < n - 1 || (k === n - 1 && (word & 0xffff) !== id)) {
+          throw new RangeError(
+            `chains[${i}].descriptors[${k}]: NEXT on all but the last, buffer ID ${id} in the last`,
+          );
+        }
+      }
+    });
+    this.#replay = chains.map((c) => ({ id: c.id, descriptors: new Uint32Array(c.descriptors) }));
+    this.#replayNext = 0;
   }
 
   /** Forget everything (device or queue reset): positions 0, wrap counters 1, notifications on. */

@@ -26,7 +26,7 @@ import {
   HeadOutOfRangeError,
 } from "./errors.js";
 import { mapSplitRing, type SplitRingViews } from "./split-layout.js";
-import type { DeviceQueue, QueueLayout, QueueState, RingFeatures } from "./types.js";
+import type { DeviceQueue, InFlightChain, QueueLayout, QueueState, RingFeatures } from "./types.js";
 
 const F_NEXT = SplitDescFlags.NEXT;
 const F_WRITE = SplitDescFlags.WRITE;
@@ -114,6 +114,9 @@ export class SplitDeviceQueue implements DeviceQueue {
   #signalledUsed = 0;
   #signalledValid = false;
   #notifyEnabled = true;
+  /** Heads handed back by {@link SplitDeviceQueue.restoreInFlight}, served before the ring. */
+  #replay: readonly number[] = [];
+  #replayNext = 0;
   // Scratch fields describing the last walk failure (cold path only).
 
   /**
@@ -195,6 +198,9 @@ export class SplitDeviceQueue implements DeviceQueue {
    * @throws RingError or ChainError subclasses, as above.
    */
   pop(chain: DescriptorChain): boolean {
+    if (this.#replayNext < this.#replay.length) {
+      return this.#take(this.#replay[this.#replayNext++]!, chain);
+    }
     const v = this.#v;
     // Acquire: the driver writes descriptors and ring entries with plain stores, then stores
     // avail.idx (§2.7.13.3.1: with a memory barrier in between). This seq-cst load reads that store and
@@ -215,6 +221,11 @@ export class SplitDeviceQueue implements DeviceQueue {
       // publishes past it (as QEMU and vhost do on every pop while notifications are enabled).
       Atomics.store(v.used16, this.#availEventAt, this.#lastAvail);
     }
+    return this.#take(head, chain);
+  }
+
+  /** Mark `head` in flight and walk its chain into `chain` (a ring pop or a replayed head). */
+  #take(head: number, chain: DescriptorChain): boolean {
     if (head >= this.size) throw new HeadOutOfRangeError(head, this.size);
     if (this.#track) {
       if (this.#inFlight[head] === 1) throw new HeadInFlightError(head);
@@ -480,7 +491,7 @@ export class SplitDeviceQueue implements DeviceQueue {
     const v = this.#v;
     if (this.#eventIdx) Atomics.store(v.used16, this.#availEventAt, this.#lastAvail);
     else Atomics.store(v.used16, 0, 0); // §2.7.10.2: flags is 0 or 1, and only we write it.
-    return Atomics.load(v.avail, 1) !== this.#lastAvail;
+    return Atomics.load(v.avail, 1) !== this.#lastAvail || this.#replayNext < this.#replay.length;
   }
 
   /**
@@ -529,6 +540,59 @@ export class SplitDeviceQueue implements DeviceQueue {
     this.#inFlightCount = 0;
     this.#orderFirst = 0;
     this.#signalledValid = false;
+    this.#replay = [];
+    this.#replayNext = 0;
+  }
+
+  /**
+   * Suspend / resume: the chains popped and not yet pushed, for {@link DeviceQueue.restoreInFlight}
+   * of a queue over the same guest memory. The heads in flight (in pop order with IN_ORDER, else by index), then those handed back by
+   * {@link SplitDeviceQueue.restoreInFlight} and not popped again yet. `descriptors` is empty:
+   * the descriptor table still holds every chain in flight (§2.7.13: a buffer made available
+   * belongs to the device until it is used).
+   * @throws RangeError if the queue was built with `trackInFlight: false`
+   */
+  saveInFlight(): InFlightChain[] {
+    if (!this.#track) throw new RangeError("saveInFlight needs options.trackInFlight");
+    const none = new Uint32Array(0);
+    const out: InFlightChain[] = [];
+    if (this.features.inOrder) {
+      for (let i = 0; i < this.#inFlightCount; i++) {
+        out.push({ id: this.#order[(this.#orderFirst + i) & this.#mask]!, descriptors: none });
+      }
+    } else {
+      for (let h = 0; h < this.size; h++) {
+        if (this.#inFlight[h] === 1) out.push({ id: h, descriptors: none });
+      }
+    }
+    for (let i = this.#replayNext; i < this.#replay.length; i++) {
+      out.push({ id: this.#replay[i]!, descriptors: none });
+    }
+    return out;
+  }
+
+  /**
+   * Suspend / resume: after {@link SplitDeviceQueue.setState}, make the saved chains the first
+   * ones `pop` returns, validated again like any chain. Each `id` is a head in [0, size), listed once; `descriptors` is ignored (the chain is walked
+   * again from the descriptor table when popped, with every check of a ring pop).
+   */
+  restoreInFlight(chains: readonly InFlightChain[]): void {
+    if (!Array.isArray(chains) || chains.length > this.size) {
+      throw new RangeError(`chains must be an array of at most ${this.size} entries`);
+    }
+    const seen = new Uint8Array(this.size);
+    const heads = chains.map((c, i) => {
+      const id = c?.id;
+      if (!Number.isInteger(id) || id < 0 || id >= this.size || seen[id] === 1) {
+        throw new RangeError(
+          `chains[${i}].id must be a head in [0, ${this.size}) not listed before, got ${id}`,
+        );
+      }
+      seen[id] = 1;
+      return id;
+    });
+    this.#replay = heads;
+    this.#replayNext = 0;
   }
 
   /**

@@ -1,6 +1,8 @@
-// CONTRACT FILE (written by the lead). Split and packed rings implement these same interfaces,
-// so drivers and device models never care which layout was negotiated.
-
+/**
+ * The interfaces both ring layouts implement, so drivers and device models never care which
+ * layout was negotiated.
+ * @module
+ */
 import type { DescriptorChain } from "./chain.js";
 
 /**
@@ -97,6 +99,40 @@ export interface DeviceQueue {
   getState(): QueueState;
   /** Restore ring indices saved by {@link DeviceQueue.getState}. */
   setState(state: QueueState): void;
+  /**
+   * Optional (suspend / resume): the chains popped and not yet pushed, in a form
+   * {@link DeviceQueue.restoreInFlight} of a queue over the same guest memory takes back. Both
+   * ring layouts implement it.
+   * @throws PackedOvercommitError (packed ring) if the driver kept more descriptors outstanding
+   *   than the queue size, so a chain in flight was not recorded
+   */
+  saveInFlight?(): InFlightChain[];
+  /**
+   * Optional (suspend / resume): after {@link DeviceQueue.setState}, make the chains saved by
+   * {@link DeviceQueue.saveInFlight} the first ones `pop` returns, validated again like any
+   * chain, so the model serves them once more; they count as in flight from that `pop` on.
+   * Untrusted input (it crossed a process boundary).
+   * @throws RangeError naming the offending entry (an id out of range or twice, a malformed
+   *   descriptor list)
+   */
+  restoreInFlight?(chains: readonly InFlightChain[]): void;
+}
+
+/**
+ * One chain in flight (popped, not yet pushed) as a device queue saves it for a move: a
+ * suspend / resume or a migration that does not wait for every request to complete.
+ */
+export interface InFlightChain {
+  /** What the device pushes: split ring, the head descriptor index; packed ring, the buffer ID. */
+  readonly id: number;
+  /**
+   * Packed ring: the ring descriptors the chain occupied, 4 little-endian u32 words each (addr
+   * low, addr high, len, id | flags << 16), as the device read them when it popped the chain:
+   * used descriptors written since may have overwritten them in the ring (VIRTIO 1.3 §2.8.6).
+   * Split ring: empty, because a chain made available belongs to the device until it is used
+   * (§2.7.13), so the descriptor table still holds it.
+   */
+  readonly descriptors: Uint32Array;
 }
 
 /** One (address, length) buffer segment as the driver hands it to {@link DriverQueue.add}. */

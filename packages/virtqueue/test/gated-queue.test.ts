@@ -71,4 +71,14 @@ describe("GatedDeviceQueue", () => {
     expect(q.pop(chain)).toBe(false);
     expect(usedFlags() & VIRTQ_USED_F_NO_NOTIFY).toBe(VIRTQ_USED_F_NO_NOTIFY);
   });
+
+  it("while stopping, reports nothing to pop from enableNotifications, so a model's pop loop ends", () => {
+    const { drv, q, add } = pair();
+    add(1);
+    drv.publish();
+    q.stopping = true;
+    expect(q.enableNotifications()).toBe(false);
+    q.stopping = false;
+    expect(q.enableNotifications()).toBe(true);
+  });
 });

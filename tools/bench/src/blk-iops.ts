@@ -9,7 +9,7 @@ import { FileDisk } from "@virtio-ts/backend-disk";
 import { BlkDevice, type BlockBackend } from "@virtio-ts/devices";
 import { BlkDriver, SlabAllocator } from "@virtio-ts/drivers";
 import { createGuestMemory } from "@virtio-ts/memory";
-import { MmioDevice, MmioDriverTransport } from "@virtio-ts/transport";
+import { InThreadMmio } from "@virtio-ts/transport";
 
 /** Bytes per request. */
 export const IO = 4096;
@@ -77,32 +77,19 @@ export async function closedLoop(
  */
 export function blkRig(disk: BlockBackend, depth: number) {
   const memory = createGuestMemory({ size: 0x800000 });
-  const model = new BlkDevice(disk, { queueSize: 256 });
-  let driver: BlkDriver | undefined;
-  let pending = false;
-  let irqs = 0;
-  const handler = (): void => {
-    pending = false;
-    irqs++;
-    driver?.onInterrupt();
-  };
-  const mmio = new MmioDevice(model, {
+  const vm = new InThreadMmio(new BlkDevice(disk, { queueSize: 256 }), { memory });
+  const driver = new BlkDriver(
+    vm.transport,
     memory,
-    interrupt: () => {
-      if (pending) return;
-      pending = true;
-      setImmediate(handler);
+    new SlabAllocator(0x100000, IO, 4 * depth + 8),
+    {
+      ringBase: 0x10000,
+      queueSize: 128,
     },
-  });
-  const transport = new MmioDriverTransport({
-    read: (off, size) => mmio.read(off, size),
-    write: (off, size, v) => mmio.write(off, size, v),
-  });
-  driver = new BlkDriver(transport, memory, new SlabAllocator(0x100000, IO, 4 * depth + 8), {
-    ringBase: 0x10000,
-    queueSize: 128,
-  });
-  return { driver, mmio, irqs: () => irqs };
+  );
+  vm.line.handler = () => driver.onInterrupt();
+  const mmio = vm.device;
+  return { driver, mmio, irqs: () => vm.line.taken };
 }
 
 /** One run of `n` requests (the first fifth untimed) through the virtio stack. */

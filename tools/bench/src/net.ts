@@ -9,7 +9,7 @@ import { type NetBackend, NetDevice } from "@virtio-ts/devices";
 import { NetDriver, SlabAllocator } from "@virtio-ts/drivers";
 import { createGuestMemory } from "@virtio-ts/memory";
 import { Feature, hasFeature } from "@virtio-ts/spec";
-import { MmioDevice, MmioDriverTransport } from "@virtio-ts/transport";
+import { InThreadMmio, type MmioDevice } from "@virtio-ts/transport";
 
 /** Frame sizes measured (bytes, Ethernet header included, no FCS). */
 export const NET_FRAME_SIZES = [64, 1500] as const;
@@ -63,38 +63,34 @@ const getSeq = (f: Uint8Array) => ((f[14]! << 24) | (f[15]! << 16) | (f[16]! << 
 interface BenchGuest {
   readonly driver: NetDriver;
   readonly mmio: MmioDevice;
-  pending: boolean;
-  irqs: number;
+  /** The in-thread wiring; its line is polled (`take`), not delivered. */
+  readonly vm: InThreadMmio;
+  /** Interrupt handler runs. */
+  readonly irqs: number;
 }
 
 function guest(backend: NetBackend, mac: Uint8Array): BenchGuest {
   const memory = createGuestMemory({ size: 0x400000 });
   const model = new NetDevice(backend, { mac, queueSize: NET_QUEUE });
-  const g = { pending: false, irqs: 0 } as { -readonly [K in keyof BenchGuest]: BenchGuest[K] };
-  g.mmio = new MmioDevice(model, {
-    memory,
-    interrupt: () => {
-      g.pending = true;
-    },
-  });
-  const mmio = g.mmio;
-  const transport = new MmioDriverTransport({
-    read: (off, size) => mmio.read(off, size),
-    write: (off, size, v) => mmio.write(off, size, v),
-  });
-  g.driver = new NetDriver(transport, memory, new SlabAllocator(0x100000, 2048, 1024), {
+  const vm = new InThreadMmio(model, { memory, delivery: "none" });
+  const driver = new NetDriver(vm.transport, memory, new SlabAllocator(0x100000, 2048, 1024), {
     ringBase: 0x10000,
     queueSize: NET_QUEUE,
   });
-  return g;
+  vm.line.handler = () => driver.onInterrupt();
+  return {
+    driver,
+    mmio: vm.device,
+    vm,
+    get irqs() {
+      return vm.line.taken;
+    },
+  };
 }
 
 /** Run the interrupt handler if the line is up (level-triggered: one run per raise). */
 function service(g: BenchGuest): void {
-  if (!g.pending) return;
-  g.pending = false;
-  g.irqs++;
-  g.driver.onInterrupt();
+  g.vm.line.take();
 }
 
 function fail(path: NetPath, got: number, want: number): never {

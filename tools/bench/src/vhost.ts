@@ -9,14 +9,21 @@
 import { randomFillSync } from "node:crypto";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { open } from "node:fs/promises";
+import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { FileDisk } from "@virtio-ts/backend-disk";
+import { pathToFileURL } from "node:url";
+import { type DiskSpec, describeDisk, FileDisk } from "@virtio-ts/backend-disk";
 import { BlkDevice } from "@virtio-ts/devices";
 import { BlkDriver, SlabAllocator } from "@virtio-ts/drivers";
 import { createGuestMemory, type GuestMemoryMap } from "@virtio-ts/memory";
 import { type MmioBus, MmioDevice, MmioDriverTransport } from "@virtio-ts/transport";
 import { createVhostBlk } from "@virtio-ts/vhost";
+
+/** backend-disk's built module, which the vhost worker imports to open the image. */
+const BACKEND_DISK = pathToFileURL(
+  createRequire(import.meta.url).resolve("@virtio-ts/backend-disk"),
+).href;
 
 const BLOCK = 4096;
 const DEPTH = 32;
@@ -149,7 +156,14 @@ async function inThread(path: string, ops: number, seq: Uint32Array): Promise<Re
 }
 
 async function vhost(path: string, ops: number, seq: Uint32Array, pollUs: number): Promise<Result> {
-  const dev = createVhostBlk({ image: { kind: "file", path, readOnly: true } }, { pollUs });
+  const disk: DiskSpec = { kind: "file", path, readOnly: true };
+  const dev = createVhostBlk(
+    {
+      backend: { module: BACKEND_DISK, export: "openDisk", args: disk },
+      disk: describeDisk(disk),
+    },
+    { pollUs },
+  );
   const memory = createGuestMemory({ size: 0x400000 });
   let irqCalls = 0;
   const mmio = new MmioDevice(dev, {

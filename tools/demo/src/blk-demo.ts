@@ -12,7 +12,7 @@ import { BlkDevice, type BlockBackend } from "@virtio-ts/devices";
 import { BlkDriver, SlabAllocator } from "@virtio-ts/drivers";
 import { createGuestMemory } from "@virtio-ts/memory";
 import { Feature, featureMask } from "@virtio-ts/spec";
-import { MmioDevice, MmioDriverTransport, type MmioRegisterName } from "@virtio-ts/transport";
+import { InThreadMmio, type MmioDevice, type MmioRegisterName } from "@virtio-ts/transport";
 
 /** Bytes per request: one 4 KiB block. */
 export const BLOCK = 4096;
@@ -55,33 +55,18 @@ export function createBlkRig(
 ): BlkRig {
   const memory = createGuestMemory({ size: 0x400000 });
   const model = new BlkDevice(disk, { queueSize: 256, serial: "virtio-ts-demo" });
-  let driver: BlkDriver | undefined;
-  let pending = false;
-  let taken = 0;
-  const handler = (): void => {
-    pending = false;
-    taken++;
-    driver?.onInterrupt();
-  };
-  const mmio = new MmioDevice(model, {
+  const vm = new InThreadMmio(model, {
     memory,
-    interrupt: () => {
-      if (pending) return;
-      pending = true;
-      if (delivery === "immediate") queueMicrotask(handler);
-      else setImmediate(handler);
-    },
+    delivery: delivery === "immediate" ? "microtask" : "macrotask",
   });
-  const transport = new MmioDriverTransport({
-    read: (off, size) => mmio.read(off, size),
-    write: (off, size, v) => mmio.write(off, size, v),
-  });
-  driver = new BlkDriver(transport, memory, new SlabAllocator(0x100000, BLOCK, 256), {
+  const driver = new BlkDriver(vm.transport, memory, new SlabAllocator(0x100000, BLOCK, 256), {
     ringBase: 0x10000,
     queueSize: 128,
     eventIdx,
   });
-  return { driver, mmio, model, interrupts: () => taken };
+  vm.line.handler = () => driver.onInterrupt();
+  const mmio = vm.device;
+  return { driver, mmio, model, interrupts: () => vm.line.taken };
 }
 
 /** What one batch of requests cost in exits and interrupts. */

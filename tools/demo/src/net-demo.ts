@@ -15,7 +15,8 @@ import {
 import { type NetBackend, NetDevice } from "@virtio-ts/devices";
 import { NetDriver, SlabAllocator } from "@virtio-ts/drivers";
 import { createGuestMemory } from "@virtio-ts/memory";
-import { MmioDevice, MmioDriverTransport, type MmioRegisterName } from "@virtio-ts/transport";
+import { EtherType } from "@virtio-ts/spec";
+import { InThreadMmio, type MmioDevice, type MmioRegisterName } from "@virtio-ts/transport";
 
 /** Guest A's MAC address (locally administered unicast). */
 export const MAC_A: Uint8Array = Uint8Array.of(0x02, 0, 0, 0, 0, 0x0a);
@@ -30,8 +31,8 @@ export const PING_ID = 0x7674;
 /** Bytes of ICMP echo data after the 8-byte ICMP header (what `ping` sends by default). */
 export const PING_DATA = 56;
 
-const ETHERTYPE_IPV4 = 0x0800;
-const ETHERTYPE_ARP = 0x0806;
+const ETHERTYPE_IPV4 = EtherType.IPV4;
+const ETHERTYPE_ARP = EtherType.ARP;
 const BROADCAST = new Uint8Array(6).fill(0xff);
 
 // ---- frames, by hand ----
@@ -250,31 +251,13 @@ export interface NetGuest {
 export function createNetGuest(backend: NetBackend, mac: Uint8Array): NetGuest {
   const memory = createGuestMemory({ size: 0x400000 });
   const model = new NetDevice(backend, { mac, queueSize: 64 });
-  let driver: NetDriver | undefined;
-  let pending = false;
-  let taken = 0;
-  const handler = (): void => {
-    pending = false;
-    taken++;
-    driver?.onInterrupt();
-  };
-  const mmio = new MmioDevice(model, {
-    memory,
-    interrupt: () => {
-      if (pending) return;
-      pending = true;
-      setImmediate(handler);
-    },
-  });
-  const transport = new MmioDriverTransport({
-    read: (off, size) => mmio.read(off, size),
-    write: (off, size, v) => mmio.write(off, size, v),
-  });
-  const nic = new NetDriver(transport, memory, new SlabAllocator(0x100000, 2048, 256), {
+  const vm = new InThreadMmio(model, { memory });
+  const nic = new NetDriver(vm.transport, memory, new SlabAllocator(0x100000, 2048, 256), {
     ringBase: 0x10000,
     queueSize: 64,
   });
-  driver = nic;
+  vm.line.handler = () => nic.onInterrupt();
+  const mmio = vm.device;
   mmio.resetCounters();
   return {
     driver: nic,
@@ -284,7 +267,7 @@ export function createNetGuest(backend: NetBackend, mac: Uint8Array): NetGuest {
       txFrames: nic.stats.txFrames,
       rxFrames: nic.stats.rxFrames,
       exits: mmio.exits,
-      interrupts: taken,
+      interrupts: vm.line.taken,
       byRegister: mmio.exitCounts(),
     }),
   };

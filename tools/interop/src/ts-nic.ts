@@ -1,7 +1,7 @@
 import { type NetBackend, NetDevice } from "@virtio-ts/devices";
 import { NetDriver, SlabAllocator } from "@virtio-ts/drivers";
 import { createGuestMemory, type GuestMemory } from "@virtio-ts/memory";
-import { MmioDevice, MmioDriverTransport } from "@virtio-ts/transport";
+import { InThreadMmio, type MmioDevice } from "@virtio-ts/transport";
 
 /** Options of {@link createTsNic}. */
 export interface TsNicOptions {
@@ -42,12 +42,6 @@ export interface TsNic {
  * @returns the NIC, link up and receive buffers posted
  * @throws whatever NetDriver's initialisation throws (NetDeviceFault, TransportError)
  */
-/** The next turn of the event loop: Node's setImmediate, or a timer in a browser page. */
-const later: (fn: () => void) => void =
-  typeof globalThis.setImmediate === "function"
-    ? (fn) => setImmediate(fn)
-    : (fn) => setTimeout(fn, 0);
-
 export function createTsNic(backend: NetBackend, options: TsNicOptions = {}): TsNic {
   const memory = createGuestMemory({ size: 0x80_0000 });
   const model = new NetDevice(backend, {
@@ -55,35 +49,21 @@ export function createTsNic(backend: NetBackend, options: TsNicOptions = {}): Ts
     queueSize: 64,
     ctrlQueueSize: 16,
   });
-  let driver: NetDriver | undefined;
-  let scheduled = false;
+  const vm = new InThreadMmio(model, { memory });
+  const device = vm.device;
   let closed = false;
-  const handle = (): void => {
-    scheduled = false;
-    if (closed || driver === undefined) return;
+  const driver = new NetDriver(vm.transport, memory, new SlabAllocator(0x10_0000, 2048, 512), {
+    ringBase: 0x1_0000,
+    queueSize: 64,
+  });
+  vm.line.handler = () => {
+    if (closed) return;
     driver.onInterrupt();
     const onFrame = options.onFrame;
     for (let f = driver.tryReceive(); f !== undefined; f = driver.tryReceive()) {
       onFrame?.(f, nic);
     }
   };
-  const device = new MmioDevice(model, {
-    memory,
-    interrupt: () => {
-      if (!scheduled) {
-        scheduled = true;
-        later(handle);
-      }
-    },
-  });
-  const transport = new MmioDriverTransport({
-    read: (off, size) => device.read(off, size),
-    write: (off, size, v) => device.write(off, size, v),
-  });
-  driver = new NetDriver(transport, memory, new SlabAllocator(0x10_0000, 2048, 512), {
-    ringBase: 0x1_0000,
-    queueSize: 64,
-  });
   const nic: TsNic = {
     driver,
     model,

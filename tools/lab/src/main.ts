@@ -157,15 +157,17 @@ export async function runLab(options: LabOptions = {}): Promise<Run[][]> {
 
   log("");
   log("suspend / encode / resume (virtio-mmio v2, BlkDevice over the same image)");
-  const m = await migrationScenario(image);
-  log(
-    `  ${m.submitted} reads: ${m.inBackendAtStop} in the back-end and ${m.unpoppedAtStop} in the ring, ` +
-      `unpopped, at the stop; drain completed ${m.drainedUnreaped} into the used ring unreaped`,
-  );
-  log(
-    `  state: ${m.stateBytes} bytes; old device served ${m.oldServed}, new device ${m.newServed}; ` +
-      `completed exactly once: ${m.completedOnce}/${m.submitted}; anomalies: ${m.anomalies}`,
-  );
+  for (const mode of ["drain", "in-flight"] as const) {
+    const m = await migrationScenario(image, 24, 8, mode);
+    log(
+      `  ${mode}: ${m.submitted} reads: ${m.inBackendAtStop} in the back-end and ${m.unpoppedAtStop} in the ring, ` +
+        `unpopped, at the stop; ${m.drainedUnreaped} drained into the used ring, ${m.inFlightInState} saved in flight`,
+    );
+    log(
+      `    state: ${m.stateBytes} bytes; old device served ${m.oldServed}, new device ${m.newServed}; ` +
+        `completed exactly once: ${m.completedOnce}/${m.submitted}; anomalies: ${m.anomalies}`,
+    );
+  }
   return out;
 }
 

@@ -2,7 +2,7 @@
 // so the vhost worker sees the very same bytes), each exposing the same `read` and the same
 // counters: exits (trapped register accesses), interrupts the guest took (handler runs), and
 // bytes the VMM's own code copied between guest memory and its buffers.
-import { MemoryDisk } from "@virtio-ts/backend-disk";
+import { type DiskSpec, describeDisk, MemoryDisk } from "@virtio-ts/backend-disk";
 import { BlkDevice } from "@virtio-ts/devices";
 import { BlkDriver, SlabAllocator } from "@virtio-ts/drivers";
 import {
@@ -12,10 +12,16 @@ import {
   type GuestMemoryMap,
 } from "@virtio-ts/memory";
 import { MmioVersion } from "@virtio-ts/spec";
-import { MmioDevice, MmioDriverTransport } from "@virtio-ts/transport";
+import {
+  InThreadMmio,
+  InterruptLatch,
+  MmioDevice,
+  MmioDriverTransport,
+} from "@virtio-ts/transport";
 import { blkDescription, type VhostBlkArgs, VhostDevice } from "@virtio-ts/vhost";
 import { AtaPioDevice, AtaPioDriver } from "./ata.js";
 import { LegacyBlkDriver } from "./legacy-blk.js";
+
 import { AssignableDisk, PassthroughDriver, type PassthroughFunction } from "./passthrough.js";
 
 /** Bytes per request. */
@@ -71,35 +77,6 @@ export interface Rig {
   resetCounters(): void;
   /** Release workers and handles. */
   close(): Promise<void>;
-}
-
-/**
- * A level-triggered interrupt line whose guest handler runs on the next turn of the event loop
- * (after the host completions already ready), as in `tools/demo`: raising it while the handler
- * is pending makes no second interrupt.
- */
-export class IrqLine {
-  /** Handler runs. */
-  taken = 0;
-  #pending = false;
-  #handler: () => void = () => {};
-  readonly #run = (): void => {
-    this.#pending = false;
-    this.taken++;
-    this.#handler();
-  };
-
-  /** Install the guest's handler. */
-  set handler(fn: () => void) {
-    this.#handler = fn;
-  }
-
-  /** Assert the line. */
-  readonly raise = (): void => {
-    if (this.#pending) return;
-    this.#pending = true;
-    setImmediate(this.#run);
-  };
 }
 
 /**
@@ -212,7 +189,7 @@ export class CountingMemory implements GuestMemory {
 /** Mode 1: the ATA-PIO-like controller, every register access trapped. */
 export function ataRig(image: SharedArrayBuffer): Rig {
   const disk = new MemoryDisk(new Uint8Array(image));
-  const irq = new IrqLine();
+  const irq = new InterruptLatch();
   const dev = new AtaPioDevice(disk, { interrupt: irq.raise });
   const driver = new AtaPioDriver({
     read: (o, s) => dev.read(o, s),
@@ -256,12 +233,8 @@ export function virtioRig(image: SharedArrayBuffer, version: MmioVersion): Virti
   const memory = createGuestMemory({ size: GUEST_RAM });
   const deviceMemory = new CountingMemory(memory);
   const model = new BlkDevice(disk, { queueSize: 256 });
-  const irq = new IrqLine();
-  const mmio = new MmioDevice(model, { memory: deviceMemory, version, interrupt: irq.raise });
-  const transport = new MmioDriverTransport({
-    read: (o, s) => mmio.read(o, s),
-    write: (o, s, v) => mmio.write(o, s, v),
-  });
+  const vm = new InThreadMmio(model, { memory: deviceMemory, version });
+  const { device: mmio, transport, line: irq } = vm;
   const slab = new SlabAllocator(BUFFERS, BLOCK, SLOTS);
   let read: (sector: number, length: number) => Promise<Uint8Array>;
   if (version === MmioVersion.LEGACY) {
@@ -302,6 +275,8 @@ export interface VhostWorkerFiles {
   readonly script: URL;
   /** `blk.js` (exports `createBlkModel`). */
   readonly blkModule: URL;
+  /** `@virtio-ts/backend-disk`'s built entry (exports `openDisk`), which the worker imports. */
+  readonly backendDisk: URL;
 }
 
 /**
@@ -311,8 +286,15 @@ export interface VhostWorkerFiles {
  * @param files - where the worker's JavaScript is (needed when running from TypeScript sources)
  */
 export async function vhostRig(image: SharedArrayBuffer, files?: VhostWorkerFiles): Promise<Rig> {
+  const disk: DiskSpec = { kind: "memory", buffer: image };
   const args: VhostBlkArgs = {
-    image: { kind: "memory", buffer: image },
+    // The worker opens the disk itself, through backend-disk's built module.
+    backend: {
+      module: String(files?.backendDisk ?? import.meta.resolve("@virtio-ts/backend-disk")),
+      export: "openDisk",
+      args: disk,
+    },
+    disk: describeDisk(disk),
     device: { queueSize: 256 },
   };
   const dev = new VhostDevice({
@@ -400,7 +382,7 @@ export const PASSTHROUGH_WINDOW = {
 export function passthroughRig(image: SharedArrayBuffer): PassthroughRig {
   const disk = new AssignableDisk(new MemoryDisk(new Uint8Array(image)));
   const memory = createGuestMemory({ size: GUEST_RAM });
-  const irq = new IrqLine();
+  const irq = new InterruptLatch();
   const fn = disk.attach("guest0", memory, [PASSTHROUGH_WINDOW], irq.raise);
   const driver = new PassthroughDriver(
     fn,

@@ -4,17 +4,14 @@ import { MemoryDisk } from "@virtio-ts/backend-disk";
 import { BlkDevice, type BlockBackend } from "@virtio-ts/devices";
 import { BlkDriver, SlabAllocator } from "@virtio-ts/drivers";
 import { createGuestMemory } from "@virtio-ts/memory";
-import { MmioDevice, MmioDriverTransport } from "@virtio-ts/transport";
-import { encodeSnapshot, QueueGate, resumeFrom, snapshot } from "./migrate.js";
 import {
-  BLOCK,
-  BUFFERS,
-  GUEST_RAM,
-  IrqLine,
-  PASSTHROUGH_WINDOW,
-  passthroughRig,
-  SLOTS,
-} from "./rigs.js";
+  InterruptLatch,
+  MmioDevice,
+  MmioDriverTransport,
+  restoreMmioDevice,
+  saveMmioDevice,
+} from "@virtio-ts/transport";
+import { BLOCK, BUFFERS, GUEST_RAM, PASSTHROUGH_WINDOW, passthroughRig, SLOTS } from "./rigs.js";
 
 /** What {@link passthroughRefusals} saw. */
 export interface Refusals {
@@ -117,14 +114,18 @@ export class HeldDisk implements BlockBackend {
 
 /** What {@link migrationScenario} counted. */
 export interface MigrationResult {
+  /** How the requests in the back-end were handled: completed before the save, or saved. */
+  readonly mode: MigrationMode;
   /** Requests the guest submitted. */
   readonly submitted: number;
-  /** Requests in the back-end when the queue was stopped. */
+  /** Requests in the back-end when the device was suspended. */
   readonly inBackendAtStop: number;
-  /** Requests published in the ring but not popped when the queue was stopped. */
+  /** Requests published in the ring but not popped when the device was suspended. */
   readonly unpoppedAtStop: number;
   /** Completions the old device pushed while draining (the guest had not reaped them). */
   readonly drainedUnreaped: number;
+  /** Chains saved in flight with the state (served again by the new device). */
+  readonly inFlightInState: number;
   /** Size of the encoded state. */
   readonly stateBytes: number;
   /** Requests the old device served. */
@@ -138,29 +139,39 @@ export interface MigrationResult {
 }
 
 /**
- * Migration of a paravirtualized device with requests in flight: submit `a` reads (popped,
- * held in the back-end), stop the queue and pause the vCPU's interrupt, submit `b` more (in the
- * ring, never popped), release the back-end and drain, encode the device to bytes, build a fresh
- * MmioDevice + BlkDevice from them over the same memory and disk, resume, and count.
+ * How {@link migrationScenario} treats the requests in the back-end at the suspend: "drain"
+ * lets them complete before the save; "in-flight" saves them with the state, abandons the old
+ * device (their late results are dropped) and lets the new device serve them again.
+ */
+export type MigrationMode = "drain" | "in-flight";
+
+/**
+ * Migration of a paravirtualized device with requests in flight, with the library's suspend /
+ * save / restore (`@virtio-ts/transport`): submit `a` reads (popped, held in the back-end),
+ * suspend the device and pause the vCPU's interrupt, submit `b` more (in the ring, never
+ * popped), then either drain the back-end before the save or save the held requests in flight;
+ * encode the device, build a fresh MmioDevice + BlkDevice from the bytes over the same memory
+ * and disk, resume, and count.
  * @param image - the disk image
  * @param a - requests in flight in the back-end at the stop
  * @param b - requests published after the stop
+ * @param mode - drain the back-end, or move the requests in flight
  */
 export async function migrationScenario(
   image: SharedArrayBuffer,
   a = 24,
   b = 8,
+  mode: MigrationMode = "drain",
 ): Promise<MigrationResult> {
   const disk = new HeldDisk(new MemoryDisk(new Uint8Array(image)));
   const memory = createGuestMemory({ size: GUEST_RAM });
-  const irq = new IrqLine();
+  const irq = new InterruptLatch();
   let paused = false;
   const line = (): void => {
     if (!paused) irq.raise();
   };
   const oldModel = new BlkDevice(disk, { queueSize: 256 });
-  const oldGate = new QueueGate(oldModel);
-  const oldMmio = new MmioDevice(oldGate, { memory, interrupt: line });
+  const oldMmio = new MmioDevice(oldModel, { memory, interrupt: line });
   let mmio: MmioDevice = oldMmio;
   const driver = new BlkDriver(
     new MmioDriverTransport({
@@ -189,28 +200,38 @@ export async function migrationScenario(
   const inBackendAtStop = disk.held;
   // Suspend: the vCPU stops taking interrupts, the device stops popping.
   paused = true;
-  oldGate.stopped = true;
+  await oldMmio.core.suspend();
   for (let i = a; i < a + b; i++) submit(i);
   const unpoppedAtStop = a + b - oldModel.stats.requests;
-  // Drain: what is in the back-end completes into the used ring.
-  disk.release();
-  await oldModel.whenIdle();
-  const drainedUnreaped = driver.inFlight - unpoppedAtStop;
-  const bytes = encodeSnapshot(snapshot(oldMmio));
+  if (mode === "drain") {
+    // Drain: what is in the back-end completes into the used ring.
+    disk.release();
+    await oldModel.whenIdle();
+  }
+  const drainedUnreaped = driver.inFlight - unpoppedAtStop - oldMmio.core.inFlight;
+  const inFlightInState = oldMmio.core.inFlight;
+  const bytes = saveMmioDevice(oldMmio);
   const oldServed = oldModel.stats.ok;
+  // The old device lets go: its back-end's late results are dropped (same disk: wait for it).
+  disk.hold = false;
+  const abandoned = oldMmio.core.abandon();
+  disk.release();
+  await abandoned;
   // Resume elsewhere: a fresh device built from the bytes, same memory and disk.
   const newModel = new BlkDevice(disk, { queueSize: 256 });
   paused = false;
-  mmio = resumeFrom(bytes, new QueueGate(newModel), { memory, interrupt: line });
+  mmio = restoreMmioDevice(bytes, newModel, { memory, interrupt: line });
   await Promise.all(promises);
   await new Promise((r) => setImmediate(r));
   let once = 0;
   for (const n of settled) if (n === 1) once++;
   return {
+    mode,
     submitted: a + b,
     inBackendAtStop,
     unpoppedAtStop,
     drainedUnreaped,
+    inFlightInState,
     stateBytes: bytes.length,
     oldServed,
     newServed: newModel.stats.ok,

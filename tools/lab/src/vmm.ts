@@ -10,7 +10,7 @@
 //   QueueNotify (vhost) ── kick doorbell (ioeventfd) ─────────────────────────────► BlkDevice
 //   interrupt handler ◄── irq doorbell (irqfd) ◄─────────────────────────────────── call
 import { Worker } from "node:worker_threads";
-import { MemoryDisk } from "@virtio-ts/backend-disk";
+import { type DiskSpec, describeDisk, MemoryDisk } from "@virtio-ts/backend-disk";
 import { BlkDevice } from "@virtio-ts/devices";
 import { GuestMemoryMap } from "@virtio-ts/memory";
 import { MmioVersion } from "@virtio-ts/spec";
@@ -166,8 +166,15 @@ function vmmSide(
       const memory = new GuestMemoryMap([
         { guestBase: 0, size: GUEST_RAM, buffer: ram, byteOffset: 0 },
       ]);
+      const disk: DiskSpec = { kind: "memory", buffer: image };
       const args: VhostBlkArgs = {
-        image: { kind: "memory", buffer: image },
+        // The worker opens the disk itself, through backend-disk's built module.
+        backend: {
+          module: String(files?.backendDisk ?? import.meta.resolve("@virtio-ts/backend-disk")),
+          export: "openDisk",
+          args: disk,
+        },
+        disk: describeDisk(disk),
         device: { queueSize: 256 },
       };
       // The call doorbell is the vCPU's own interrupt line: irqfd, no VMM thread in between.

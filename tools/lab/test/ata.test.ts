@@ -1,4 +1,5 @@
 import { MemoryDisk } from "@virtio-ts/backend-disk";
+import { InterruptLatch } from "@virtio-ts/transport";
 import { describe, expect, it } from "vitest";
 import {
   AtaCommandError,
@@ -8,12 +9,11 @@ import {
   AtaReg,
   AtaStatus,
 } from "../src/ata.js";
-import { IrqLine } from "../src/rigs.js";
 
 function rig(sectors = 64) {
   const disk = MemoryDisk.ofSize(sectors * 512);
   for (let i = 0; i < disk.bytes.length; i++) disk.bytes[i] = (i * 7 + (i >> 9)) & 0xff;
-  const irq = new IrqLine();
+  const irq = new InterruptLatch();
   const dev = new AtaPioDevice(disk, { interrupt: irq.raise });
   const driver = new AtaPioDriver({
     read: (o, s) => dev.read(o, s),

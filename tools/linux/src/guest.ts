@@ -4,6 +4,7 @@ import { join } from "node:path";
 import { FileDisk } from "@virtio-ts/backend-disk";
 import { Switch } from "@virtio-ts/backend-net";
 import {
+  type BalloonDevice,
   BlkDevice,
   type BlockBackend,
   type ConsoleBackend,
@@ -13,6 +14,7 @@ import {
   NetDevice,
   RngDevice,
 } from "@virtio-ts/devices";
+import type { GuestMemory } from "@virtio-ts/memory";
 import { Feature, featureMask } from "@virtio-ts/spec";
 import { PCI_TRANSPORT_FEATURES } from "@virtio-ts/transport";
 import { V86VirtioBus, type V86VirtioDevice } from "@virtio-ts/v86";
@@ -54,11 +56,16 @@ export interface LinuxOptions {
   readonly onSerialLine?: (line: string, phase: "boot" | "command" | "after") => void;
   /** Each line the guest writes to /dev/hvc0. */
   readonly onConsoleLine?: (line: string) => void;
+  /**
+   * Memory balloons to attach after the four standard devices (none by default), reported as
+   * "balloon", "balloon2"…; the caller keeps them to steer them (`setTarget`, stats).
+   */
+  readonly balloons?: readonly BalloonDevice[];
 }
 
 /** Per-device figures of a run. */
 export interface DeviceReport {
-  /** blk, net, console or rng. */
+  /** blk, net, console, rng, balloon (balloon2…). */
   readonly name: string;
   /** PCI slot. */
   readonly slot: number;
@@ -117,6 +124,11 @@ export interface LinuxGuest {
   sendSerial(text: string): void;
   /** Write to the guest's /dev/hvc0. */
   sendConsole(text: string): void;
+  /**
+   * Guest RAM as the devices see it (undefined until v86 has loaded). Read it from a callback of
+   * the run (a console line, a device hook): the guest does not run meanwhile.
+   */
+  guestMemory(): GuestMemory | undefined;
   /** Stop the run. */
   stop(): void;
 }
@@ -206,6 +218,7 @@ export async function startLinux(options: LinuxOptions = {}): Promise<LinuxGuest
   });
   const con = new ConsoleDevice(hvc);
   const rng = new RngDevice();
+  const balloons = options.balloons ?? [];
 
   const buf = (p: string): ArrayBuffer => {
     const b = readFileSync(p);
@@ -232,24 +245,36 @@ export async function startLinux(options: LinuxOptions = {}): Promise<LinuxGuest
   let attached: { name: string; dev: V86VirtioDevice }[] = [];
   let bus: V86VirtioBus | undefined;
   emulator.add_listener("emulator-loaded", () => {
-    bus = V86VirtioBus.of(emulator as unknown as Parameters<typeof V86VirtioBus.of>[0]);
+    const b = V86VirtioBus.of(emulator as unknown as Parameters<typeof V86VirtioBus.of>[0]);
+    bus = b;
     attached = [
-      { name: "blk", dev: bus.attach(blk, { transportFeatures, name: "virtio-ts blk" }) },
-      { name: "net", dev: bus.attach(net, { transportFeatures, name: "virtio-ts net" }) },
-      { name: "console", dev: bus.attach(con, { transportFeatures, name: "virtio-ts console" }) },
-      { name: "rng", dev: bus.attach(rng, { transportFeatures, name: "virtio-ts rng" }) },
+      { name: "blk", dev: b.attach(blk, { transportFeatures, name: "virtio-ts blk" }) },
+      { name: "net", dev: b.attach(net, { transportFeatures, name: "virtio-ts net" }) },
+      { name: "console", dev: b.attach(con, { transportFeatures, name: "virtio-ts console" }) },
+      { name: "rng", dev: b.attach(rng, { transportFeatures, name: "virtio-ts rng" }) },
+      ...balloons.map((balloon, i) => {
+        const name = i === 0 ? "balloon" : `balloon${i + 1}`;
+        return { name, dev: b.attach(balloon, { transportFeatures, name: `virtio-ts ${name}` }) };
+      }),
     ];
     emulator.run();
   });
 
+  const balloonRequests = (name: string): number => {
+    const b = balloons[name === "balloon" ? 0 : Number(name.slice(7)) - 1]!;
+    const s = b.stats;
+    return s.inflateRequests + s.deflateRequests + s.reportRequests + s.statsBuffers;
+  };
   const requestsOf = (name: string): number =>
-    name === "blk"
-      ? blk.stats.requests
-      : name === "net"
-        ? net.stats.txFrames + net.stats.rxFrames
-        : name === "rng"
-          ? rng.stats.requests
-          : con.stats.txBytes + con.stats.rxBytes;
+    name.startsWith("balloon")
+      ? balloonRequests(name)
+      : name === "blk"
+        ? blk.stats.requests
+        : name === "net"
+          ? net.stats.txFrames + net.stats.rxFrames
+          : name === "rng"
+            ? rng.stats.requests
+            : con.stats.txBytes + con.stats.rxBytes;
   type Counts = { traps: number; interrupts: number; requests: number };
   const counts = (): Counts[] =>
     attached.map(({ name, dev }) => ({
@@ -368,5 +393,6 @@ export async function startLinux(options: LinuxOptions = {}): Promise<LinuxGuest
       hvc.sink?.input(0, new TextEncoder().encode(text));
     },
     stop: () => finish("stopped"),
+    guestMemory: () => bus?.memory,
   };
 }

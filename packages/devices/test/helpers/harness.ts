@@ -2,7 +2,7 @@
 // driver queue, building virtio-blk requests by hand (there is no blk driver yet).
 import { createGuestMemory, type GuestMemory } from "@virtio-ts/memory";
 import { Feature, featureMask } from "@virtio-ts/spec";
-import { MmioDevice, MmioDriverTransport } from "@virtio-ts/transport";
+import { InThreadMmio, type MmioDevice, type MmioDriverTransport } from "@virtio-ts/transport";
 import type { DriverQueue, Segment } from "@virtio-ts/virtqueue";
 import { BlkDevice, type BlkDeviceOptions } from "../../src/index.js";
 import { TestBackend } from "./test-backend.js";
@@ -43,11 +43,9 @@ export class Harness {
     this.memory = createGuestMemory({ size: 0x100000 });
     this.backend = backend;
     this.model = new BlkDevice(backend, options);
-    this.device = new MmioDevice(this.model, { memory: this.memory });
-    this.driver = new MmioDriverTransport({
-      read: (offset, size) => this.device.read(offset, size),
-      write: (offset, size, value) => this.device.write(offset, size, value),
-    });
+    const vm = new InThreadMmio(this.model, { memory: this.memory, delivery: "none" });
+    this.device = vm.device;
+    this.driver = vm.transport;
     this.negotiated = this.driver.negotiate(accept);
     this.q = this.driver.setupQueue<number>(0, this.memory, {
       size: 16,

@@ -1,0 +1,19 @@
+// The README opens with this example; it runs with Node against the built packages, the way a
+// user would run it, and must print what its comments say.
+import { describe, expect, it } from "vitest";
+import { runReadmeExample } from "../../../test-support/readme-example.js";
+
+const here = new URL("../", import.meta.url);
+
+describe("README example", () => {
+  it("reads, refuses and translates as its comments say", () => {
+    expect(runReadmeExample(here, 0)).toEqual([
+      "beef",
+      "false",
+      "out-of-bounds 32",
+      "7",
+      "42",
+      "false",
+    ]);
+  });
+});
