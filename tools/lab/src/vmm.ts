@@ -10,7 +10,8 @@
 //   QueueNotify (vhost) ── kick doorbell (ioeventfd) ─────────────────────────────► BlkDevice
 //   interrupt handler ◄── irq doorbell (irqfd) ◄─────────────────────────────────── call
 import { Worker } from "node:worker_threads";
-import { type DiskSpec, describeDisk, MemoryDisk } from "@virtio-ts/backend-disk";
+import { MemoryDisk } from "@virtio-ts/backend-disk";
+import { type DiskSpec, describeDisk } from "@virtio-ts/backend-disk/node";
 import { BlkDevice } from "@virtio-ts/devices";
 import { GuestMemoryMap } from "@virtio-ts/memory";
 import { MmioVersion } from "@virtio-ts/spec";
@@ -170,7 +171,7 @@ function vmmSide(
       const args: VhostBlkArgs = {
         // The worker opens the disk itself, through backend-disk's built module.
         backend: {
-          module: String(files?.backendDisk ?? import.meta.resolve("@virtio-ts/backend-disk")),
+          module: String(files?.backendDisk ?? import.meta.resolve("@virtio-ts/backend-disk/node")),
           export: "openDisk",
           args: disk,
         },

@@ -16,7 +16,7 @@ const options: VcpuRunOptions = {
   vhostFiles: {
     script: new URL("vhost-worker.js", vhostDist),
     blkModule: new URL("blk.js", vhostDist),
-    backendDisk: new URL("../../backend-disk/dist/index.js", vhostDist),
+    backendDisk: new URL("../../backend-disk/dist/node.js", vhostDist),
   },
 };
 

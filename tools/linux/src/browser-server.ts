@@ -65,17 +65,15 @@ const HTML = `<!doctype html>
 /**
  * The page's JavaScript: `src/browser/page.ts` bundled by esbuild for the browser. Packages
  * whose root entry also exports Node-only code are bundled from the one module the page uses:
- * `@virtio-ts/backend-disk` from `memory-disk.ts`, `@virtio-ts/backend-net` from `switch.ts`,
- * `@virtio-ts/interop` from `ts-nic.ts` (their roots import `node:fs` / `node:net`); everything
- * else resolves through the packages' `source` export condition.
+ * `@virtio-ts/interop` from `ts-nic.ts` (its root imports `node:fs` / `node:net`); everything
+ * else, the browser-safe roots of backend-disk and backend-net included, resolves through the
+ * packages' `source` export condition.
  */
 export async function bundlePage(): Promise<string> {
   const { build } = await import("esbuild");
   const here = dirname(fileURLToPath(import.meta.url));
   const root = join(here, "..", "..", "..");
   const narrow: Record<string, string> = {
-    "@virtio-ts/backend-disk": join(root, "packages/backend-disk/src/memory-disk.ts"),
-    "@virtio-ts/backend-net": join(root, "packages/backend-net/src/switch.ts"),
     "@virtio-ts/interop": join(root, "tools/interop/src/ts-nic.ts"),
   };
   const r = await build({
@@ -91,7 +89,7 @@ export async function bundlePage(): Promise<string> {
       {
         name: "narrow-entries",
         setup(b) {
-          b.onResolve({ filter: /^@virtio-ts\/(backend-disk|backend-net|interop)$/ }, (a) => ({
+          b.onResolve({ filter: /^@virtio-ts\/interop$/ }, (a) => ({
             path: narrow[a.path]!,
           }));
           b.onResolve({ filter: /^node:/ }, (a) => ({
