@@ -7,7 +7,8 @@
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { StreamTunnelServer, Switch } from "@virtio-ts/backend-net";
+import { Switch } from "@virtio-ts/backend-net";
+import { StreamTunnelServer } from "@virtio-ts/backend-net/node";
 import { NetDevice } from "@virtio-ts/devices";
 import {
   acquireGuestSlot,
@@ -20,7 +21,8 @@ import {
   startGuest,
   tsharkFields,
 } from "@virtio-ts/interop";
-import { PcapngWriter, sniff } from "@virtio-ts/interpose";
+import { sniff } from "@virtio-ts/interpose";
+import { PcapngWriter } from "@virtio-ts/interpose/node";
 import { type VhostUserError, VhostUserNetBackend } from "@virtio-ts/vhost-user";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { macText, Responder } from "./helpers/responder.js";
