@@ -1,6 +1,6 @@
 import { GuestMemoryError } from "./errors.js";
 import { ADDRESS_LIMIT, addressError, hex, isAddress, isLength, lengthError } from "./limits.js";
-import type { AccessKind, GuestAddress, GuestMemory } from "./types.js";
+import type { AccessKind, GuestAddress, GuestMemory, StableRange } from "./types.js";
 
 /** How to build one region of a {@link GuestMemoryMap}. */
 export interface GuestRegionOptions {
@@ -107,6 +107,11 @@ export class GuestMemoryMap implements GuestMemory {
   readonly regions: readonly GuestRegion[];
   /** Whether every region is backed by a SharedArrayBuffer. */
   readonly shared: boolean;
+  /**
+   * The largest writable region as a {@link StableRange} (regions never change), or undefined
+   * if every region is read-only.
+   */
+  readonly stableRange: StableRange | undefined;
   /** The region of the last successful lookup: ring accesses hit the same region repeatedly. */
   #last: GuestRegion;
 
@@ -132,6 +137,12 @@ export class GuestMemoryMap implements GuestMemory {
     }
     this.regions = Object.freeze(built.map((b) => b.region));
     this.shared = this.regions.every((r) => isShared(r.buffer));
+    let big: GuestRegion | undefined;
+    for (const r of this.regions) {
+      if (!r.readOnly && (big === undefined || r.size > big.size)) big = r;
+    }
+    this.stableRange =
+      big === undefined ? undefined : Object.freeze({ start: big.guestBase, end: big.guestEnd });
     this.#last = this.regions[0]!;
   }
 

@@ -447,6 +447,32 @@ describe("GuestMemoryMap regions", () => {
   });
 });
 
+describe("GuestMemoryMap stableRange", () => {
+  it("is the largest writable region, and every range inside it passes check for writing", () => {
+    const rom = new ArrayBuffer(0x4000);
+    const mem = new GuestMemoryMap([
+      { guestBase: 0, size: 0x1000, buffer: new ArrayBuffer(0x1000) },
+      { guestBase: 0x10000, size: 0x2000, buffer: new SharedArrayBuffer(0x2000) },
+      { guestBase: 0x20000, size: 0x4000, buffer: rom, readOnly: true },
+    ]);
+    expect(mem.stableRange).toEqual({ start: 0x10000, end: 0x12000 });
+    expect(Object.isFrozen(mem.stableRange)).toBe(true);
+    fc.assert(
+      fc.property(fc.nat(0x2000), fc.nat(0x2000), (off, n) => {
+        const len = Math.min(n, 0x2000 - off);
+        return mem.check(0x10000 + off, len, "write");
+      }),
+    );
+  });
+
+  it("is undefined when every region is read-only", () => {
+    const mem = new GuestMemoryMap([
+      { guestBase: 0, size: 0x1000, buffer: new ArrayBuffer(0x1000), readOnly: true },
+    ]);
+    expect(mem.stableRange).toBeUndefined();
+  });
+});
+
 describe("GuestMemoryMap read-only regions", () => {
   function romAndRam() {
     const rom = new ArrayBuffer(0x100);
