@@ -227,6 +227,8 @@ describe("BlkDriver distrusts the device", () => {
   it("rejects a completion whose used length does not cover the status byte", async () => {
     const s = setup();
     const p = s.driver.flush();
+    // The driver kicks at the end of the task (requests issued together share one kick).
+    await new Promise((r) => setImmediate(r));
     await s.model.whenIdle();
     // Overwrite the used element's len (used ring of a 128-entry queue at 0x10000).
     const used = 0x10000 + 128 * 16 + 6 + 2 * 128;
