@@ -142,6 +142,20 @@ describe("deferred kicks (the ioeventfd behaviour)", () => {
     expect(model.kicks).toHaveLength(0);
   });
 
+  it("a kick recorded before a suspend is served after resume, and the queue kicks again afterwards", async () => {
+    const { vm, model, send, reapAll } = rig(EVENT_IDX);
+    send(0);
+    await vm.device.core.suspend(); // before the deferred kick's turn
+    await turn();
+    expect(model.kicks).toHaveLength(0); // held while suspended
+    vm.device.core.resume(); // kicks every queue once
+    await turn();
+    expect(reapAll()).toEqual([0]);
+    expect(send(1)).toBe(true); // notifications were enabled again
+    await turn();
+    expect(reapAll()).toEqual([1]);
+  });
+
   it("refuses an unknown kicks mode with a RangeError naming it", () => {
     const memory = createGuestMemory({ size: 0x10000 });
     expect(() => new InThreadMmio(new EchoModel(), { memory, kicks: "later" as never })).toThrow(

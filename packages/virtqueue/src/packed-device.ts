@@ -265,7 +265,8 @@ export class PackedDeviceQueue implements DeviceQueue {
       // makes that one available (QEMU keeps this current while notifications are on). Skipped
       // while that descriptor already looks available (a plain read, a hint only): the driver
       // has published it, so naming it could bring a kick only for what this loop pops anyway.
-      // The pop that finds the ring empty has stored it, before the next pop's `Atomics.load`.
+      // The pop that takes the last available chain stores it, before the next pop's
+      // `Atomics.load` of that descriptor (the Dekker order of enableNotifications).
       Atomics.store(this.#deviceEvent, 0, packedOffWrap(pos, w));
     }
     if (code !== OK) throw this.#check.error(code, id);

@@ -331,8 +331,8 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
       // §2.8.10: ask for an interrupt when the device uses the descriptor we will look at next.
       // Skipped while that descriptor already looks used (a plain read, a hint only): the
       // event would name a descriptor the device has passed, which can bring no interrupt for
-      // anything this loop does not reap anyway; the reap that finds the ring empty stores it,
-      // before the next reap's `Atomics.load` (the Dekker order of enableInterrupts).
+      // anything this loop does not reap anyway; the reap that takes the last used descriptor
+      // stores it, before the next reap's `Atomics.load` (the Dekker order of enableInterrupts).
       Atomics.store(this.#v.driverEvent, 0, packedOffWrap(next, this.#usedWrap));
     }
     return token;
