@@ -76,9 +76,13 @@ function median<T extends Rate>(runs: T[]): T {
 }
 
 async function repeat<T extends Rate>(run: () => T | Promise<T>): Promise<T> {
+  return median(await repeatAll(run));
+}
+
+async function repeatAll<T extends Rate>(run: () => T | Promise<T>): Promise<T[]> {
   const runs: T[] = [];
   for (let i = 0; i < REPS; i++) runs.push(await run());
-  return median(runs);
+  return runs;
 }
 
 function mops(r: Rate | undefined): string {
@@ -89,8 +93,23 @@ function ratio(ts: Rate, c: Rate | undefined): string {
   return c === undefined ? "n/a" : (perSecond(ts) / perSecond(c)).toFixed(2);
 }
 
+/** CPU time per operation, ns: the median over the runs (least disturbed by descheduling). */
+function cpuPerOp(runs: readonly Rate[]): number | undefined {
+  const v = runs.filter((r) => r.cpuNs !== undefined).map((r) => r.cpuNs! / r.ops);
+  if (v.length === 0) return undefined;
+  v.sort((a, b) => a - b);
+  return v[Math.floor(v.length / 2)];
+}
+
+/** `of` runs at `base`'s CPU cost: base CPU per op / `of` CPU per op. */
+function cpuRatio(of: readonly Rate[], base: readonly Rate[] | undefined): string {
+  const a = cpuPerOp(of);
+  const b = base === undefined ? undefined : cpuPerOp(base);
+  return a === undefined || b === undefined ? "n/a" : (b / a).toFixed(2);
+}
+
 function row(cells: string[]): string {
-  const widths = [30, 13, 13, 6];
+  const widths = [30, 13, 13, 6, 9];
   return cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join("  ");
 }
 
@@ -111,8 +130,8 @@ function buildC(): { bin: string; dir: string } | string {
 
 function runC(bin: string, mode: "single" | "threads", ops: number): ThreadRate {
   const out = execFileSync(bin, [mode, `${ops}`, `${SIZE}`, `${BATCH}`], { encoding: "utf8" });
-  const [measured, ns, kicks, irqs] = out.trim().split(/\s+/).map(Number);
-  return { ops: measured!, ns: ns!, kicks: kicks!, irqs: irqs! };
+  const [measured, ns, kicks, irqs, cpuNs] = out.trim().split(/\s+/).map(Number);
+  return { ops: measured!, ns: ns!, kicks: kicks!, irqs: irqs!, cpuNs: cpuNs! };
 }
 
 /** Two workers (driver, device) over one SharedArrayBuffer, fresh for each run. */
@@ -147,23 +166,42 @@ async function splitBench(): Promise<void> {
   const c = buildC();
   const bin = typeof c === "string" ? undefined : c.bin;
   if (typeof c === "string") console.log(`  C baseline skipped: ${c}`);
-  const tsSingle = await repeat(() =>
+  const tsSingleRuns = await repeatAll(() =>
     runSingle(createGuestMemory({ size: MEM_SIZE }), OPS.tsSingle),
   );
-  const cSingle = bin ? await repeat(() => runC(bin, "single", OPS.cSingle)) : undefined;
+  const cSingleRuns = bin ? await repeatAll(() => runC(bin, "single", OPS.cSingle)) : undefined;
+  const tsSingle = median(tsSingleRuns);
+  const cSingle = cSingleRuns === undefined ? undefined : median(cSingleRuns);
   const tsThreads = await repeat(() => runThreads(OPS.tsThreads));
   const cThreads = bin ? await repeat(() => runC(bin, "threads", OPS.cThreads)) : undefined;
   if (typeof c !== "string") rmSync(c.dir, { recursive: true, force: true });
 
-  console.log(row(["", "virtio-ts", "C (gcc -O2)", "TS/C"]));
-  console.log(row(["one thread", mops(tsSingle), mops(cSingle), ratio(tsSingle, cSingle)]));
+  console.log(row(["", "virtio-ts", "C (gcc -O2)", "TS/C", "TS/C CPU"]));
+  console.log(
+    row([
+      "one thread",
+      mops(tsSingle),
+      mops(cSingle),
+      ratio(tsSingle, cSingle),
+      cpuRatio(tsSingleRuns, cSingleRuns),
+    ]),
+  );
   console.log(
     row([
       "two threads, Atomics doorbells",
       mops(tsThreads),
       mops(cThreads),
       ratio(tsThreads, cThreads),
+      "–",
     ]),
+  );
+  const cpuNs = (runs: readonly Rate[] | undefined) => {
+    const v = runs === undefined ? undefined : cpuPerOp(runs);
+    return v === undefined ? "n/a" : `${v.toFixed(1)} ns`;
+  };
+  console.log(
+    `  one thread, CPU per round trip (median of ${REPS}; TS/C CPU is their inverse ratio): ` +
+      `virtio-ts ${cpuNs(tsSingleRuns)}, C ${cpuNs(cSingleRuns)}`,
   );
   const per1k = (r: ThreadRate | undefined, n: number, k: "kicks" | "irqs") =>
     r === undefined ? "n/a" : ((1000 * r[k]) / n).toFixed(1);
@@ -287,14 +325,25 @@ async function packedBench(): Promise<void> {
     `packed vs split ring, one thread: same workload as above (queue ${SIZE}, batch ${BATCH}, ` +
       `2-descriptor chains, EVENT_IDX); median of ${REPS}`,
   );
-  const split = await repeat(() =>
-    runSingle(createGuestMemory({ size: MEM_SIZE }), OPS.tsSingle, "split"),
+  // Alternating, so load that comes and goes hits both alike.
+  const splitRuns: Rate[] = [];
+  const packedRuns: Rate[] = [];
+  for (let i = 0; i < REPS; i++) {
+    splitRuns.push(runSingle(createGuestMemory({ size: MEM_SIZE }), OPS.tsSingle, "split"));
+    packedRuns.push(runSingle(createGuestMemory({ size: MEM_SIZE }), OPS.tsSingle, "packed"));
+  }
+  const split = median(splitRuns);
+  const packed = median(packedRuns);
+  console.log(row(["", "split", "packed", "packed/split", "CPU"]));
+  console.log(
+    row([
+      "one thread",
+      mops(split),
+      mops(packed),
+      ratio(packed, split),
+      cpuRatio(packedRuns, splitRuns),
+    ]),
   );
-  const packed = await repeat(() =>
-    runSingle(createGuestMemory({ size: MEM_SIZE }), OPS.tsSingle, "packed"),
-  );
-  console.log(row(["", "split", "packed", "packed/split"]));
-  console.log(row(["one thread", mops(split), mops(packed), ratio(packed, split)]));
 }
 
 const benches: Record<string, () => Promise<void>> = {
