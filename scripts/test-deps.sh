@@ -23,6 +23,9 @@ ls /boot/vmlinuz-* >/dev/null 2>&1 || need+=(linux-image-amd64)
 command -v cpio >/dev/null 2>&1 || need+=(cpio)
 # e2fsck: the v86 Linux tests check the file system the guest made on our disk.
 command -v e2fsck >/dev/null 2>&1 || need+=(e2fsprogs)
+# Debian's Chromium: the browser test of tools/linux drives it headless with playwright-core
+# (no browser download works here).
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 # node-gyp builds the vhost-user addon against Node's own headers.
 command -v g++ >/dev/null 2>&1 || need+=(g++ make python3)
 if [ ${#need[@]} -gt 0 ] && { [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; }; then

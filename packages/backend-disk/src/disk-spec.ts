@@ -46,7 +46,7 @@ export interface DiskGeometry {
  * // vhost-blk: the worker opens the disk itself (back-ends cannot cross threads).
  * const spec: DiskSpec = { kind: "file", path: "disk.img" };
  * const vhost = createVhostBlk({
- *   backend: { module: import.meta.resolve("@virtio-ts/backend-disk"), export: "openDisk", args: spec },
+ *   backend: { module: import.meta.resolve("@virtio-ts/backend-disk/node"), export: "openDisk", args: spec },
  *   disk: describeDisk(spec),
  * });
  * ```

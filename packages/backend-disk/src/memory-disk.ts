@@ -8,12 +8,21 @@ export interface MemoryDiskOptions {
   readonly readOnly?: boolean;
   /** Preferred block size (a power of 2, at least 512). Default 512. */
   readonly blockSize?: number;
+  /**
+   * Offer `readSync` / `writeSync` (`BlockBackend`'s synchronous path): a `BlkDevice` then
+   * completes each read and write inside the guest's notification, with no event-loop turn in
+   * between — what an emulator's own in-memory disks do. Default false: operations complete
+   * in a microtask, so requests can be in flight.
+   */
+  readonly synchronous?: boolean;
 }
 
 /**
  * A disk held in memory: a `Uint8Array` whose length is a multiple of 512. `flush` does
  * nothing (there is no stable storage), `discard` zeroes the range (so discarded data never
- * leaks back), `writeZeroes` zeroes it. Operations complete in a microtask.
+ * leaks back), `writeZeroes` zeroes it. Operations complete in a microtask; with
+ * `synchronous: true` reads and writes can also be done before returning (`readSync`,
+ * `writeSync`).
  *
  * @example
  * ```ts
@@ -50,6 +59,9 @@ export class MemoryDisk implements BlockBackend {
     this.blockSize = bs;
     this.readOnly = options.readOnly ?? false;
     this.#guard = new BlockGuard("MemoryDisk", this.capacity, this.readOnly);
+    const sync = options.synchronous === true;
+    this.readSync = sync ? (sector, iovecs) => this.#copyOut(sector, iovecs) : undefined;
+    this.writeSync = sync ? (sector, iovecs) => this.#copyIn(sector, iovecs) : undefined;
   }
 
   /**
@@ -65,6 +77,29 @@ export class MemoryDisk implements BlockBackend {
 
   /** @inheritdoc */
   async read(sector: number, iovecs: readonly Uint8Array[]): Promise<void> {
+    this.#copyOut(sector, iovecs);
+  }
+
+  /** @inheritdoc */
+  async write(sector: number, iovecs: readonly Uint8Array[]): Promise<void> {
+    this.#copyIn(sector, iovecs);
+  }
+
+  /**
+   * With `synchronous: true`: {@link MemoryDisk.read} done before returning (a device completes
+   * the request inside the guest's notification). Undefined otherwise.
+   * @throws BackendError when the range is out of the disk
+   */
+  readonly readSync: ((sector: number, iovecs: readonly Uint8Array[]) => void) | undefined;
+
+  /**
+   * With `synchronous: true`: {@link MemoryDisk.write} done before returning. Undefined
+   * otherwise.
+   * @throws BackendError when read-only or the range is out of the disk
+   */
+  readonly writeSync: ((sector: number, iovecs: readonly Uint8Array[]) => void) | undefined;
+
+  #copyOut(sector: number, iovecs: readonly Uint8Array[]): void {
     let at = this.#guard.span(sector, total(iovecs));
     for (const v of iovecs) {
       v.set(this.bytes.subarray(at, at + v.length));
@@ -72,8 +107,7 @@ export class MemoryDisk implements BlockBackend {
     }
   }
 
-  /** @inheritdoc */
-  async write(sector: number, iovecs: readonly Uint8Array[]): Promise<void> {
+  #copyIn(sector: number, iovecs: readonly Uint8Array[]): void {
     this.#guard.writable();
     let at = this.#guard.span(sector, total(iovecs));
     for (const v of iovecs) {

@@ -3,7 +3,8 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { describeDisk, FileDisk, MemoryDisk, openDisk } from "../src/index.js";
+import { MemoryDisk } from "../src/index.js";
+import { describeDisk, FileDisk, openDisk } from "../src/node.js";
 
 describe("openDisk / describeDisk", () => {
   it("opens a memory spec as a MemoryDisk over the shared bytes, with the geometry describeDisk announced", async () => {

@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { BlkDevice } from "@virtio-ts/devices";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { FileDisk } from "../src/index.js";
+import { FileDisk } from "../src/node.js";
 import { buildPackage } from "./helpers/build.js";
 import { stageForOtherUser } from "./helpers/stage.js";
 

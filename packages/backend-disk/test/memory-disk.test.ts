@@ -52,3 +52,29 @@ describe("MemoryDisk", () => {
     expect(() => MemoryDisk.ofSize(512, { blockSize: 768 })).toThrow(/options\.blockSize/);
   });
 });
+
+describe("MemoryDisk's synchronous path", () => {
+  it("has no readSync / writeSync unless created with synchronous: true (operations stay asynchronous)", () => {
+    const d = MemoryDisk.ofSize(4096);
+    expect(d.readSync).toBeUndefined();
+    expect(d.writeSync).toBeUndefined();
+  });
+
+  it("with synchronous: true, readSync and writeSync move the bytes before returning, as read and write do", () => {
+    const d = MemoryDisk.ofSize(4096, { synchronous: true });
+    d.writeSync!(2, [Uint8Array.of(1, 2), new Uint8Array(510).fill(9)]);
+    const a = new Uint8Array(3);
+    const b = new Uint8Array(509);
+    d.readSync!(2, [a, b]);
+    expect([...a]).toEqual([1, 2, 9]);
+    expect(b.every((x) => x === 9)).toBe(true);
+  });
+
+  it("writeSync on a read-only disk throws BackendError read-only and changes nothing", () => {
+    const d = new MemoryDisk(new Uint8Array(1024), { readOnly: true, synchronous: true });
+    expect(() => d.writeSync!(0, [new Uint8Array(512).fill(1)])).toThrow(
+      expect.objectContaining({ code: "read-only" }),
+    );
+    expect(d.bytes.every((x) => x === 0)).toBe(true);
+  });
+});

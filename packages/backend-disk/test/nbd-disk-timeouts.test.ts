@@ -2,7 +2,7 @@
 // time, with a typed error. The servers are raw peers on real sockets (nbd-raw.ts).
 import { BackendError } from "@virtio-ts/devices";
 import { afterEach, describe, expect, it } from "vitest";
-import { NbdDisk, type NbdError } from "../src/index.js";
+import { NbdDisk, type NbdError } from "../src/node.js";
 import {
   be,
   cat,

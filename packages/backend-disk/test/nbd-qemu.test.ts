@@ -4,7 +4,8 @@ import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { FileDisk, MemoryDisk, NbdDisk, NbdServer } from "../src/index.js";
+import { MemoryDisk } from "../src/index.js";
+import { FileDisk, NbdDisk, NbdServer } from "../src/node.js";
 import { freePort, type QemuNbd, requireTool, run, startQemuNbd } from "./nbd-peers.js";
 
 let dir = "";

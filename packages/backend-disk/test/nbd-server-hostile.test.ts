@@ -3,7 +3,7 @@
 // attackers and a well-behaved client (helpers/honest-client.ts) use real TCP sockets.
 import type { Socket } from "node:net";
 import { afterEach, describe, expect, it } from "vitest";
-import { NbdDisk } from "../src/index.js";
+import { NbdDisk } from "../src/node.js";
 import { honestClient, sleep } from "./helpers/honest-client.js";
 import { alive, type ServerChild, startServerChild, statsWhen } from "./helpers/nbd-child.js";
 import { cat, greet, opt, type RawPeer, rawConnect, rawGo, request } from "./nbd-raw.js";
@@ -216,7 +216,7 @@ describe("NbdServer survives hostile clients (server in a child process)", () =>
   });
 
   it("bad limit options are RangeErrors naming them", async () => {
-    const { NbdServer } = await import("../src/index.js");
+    const { NbdServer } = await import("../src/node.js");
     for (const [name, value] of [
       ["maxConnections", 0],
       ["maxTotalBufferedBytes", 1024],

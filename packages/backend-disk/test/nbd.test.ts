@@ -4,7 +4,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { BackendError, type BlockBackend } from "@virtio-ts/devices";
 import { afterEach, describe, expect, it } from "vitest";
-import { MemoryDisk, NbdDisk, NbdError, NbdServer } from "../src/index.js";
+import { MemoryDisk } from "../src/index.js";
+import { NbdDisk, NbdError, NbdServer } from "../src/node.js";
 import {
   be,
   cat,

@@ -47,7 +47,8 @@ function checkDgramAddress(name: string, a: unknown, minPort: number): DgramAddr
  *
  * @example
  * ```ts
- * import { DgramTunnel, Switch } from "@virtio-ts/backend-net";
+ * import { Switch } from "@virtio-ts/backend-net";
+ * import { DgramTunnel } from "@virtio-ts/backend-net/node";
  *
  * const sw = new Switch();
  * const tunnel = await DgramTunnel.bind({
@@ -162,7 +163,7 @@ export class DgramTunnel {
 
   /**
    * Plug the tunnel into `port`: attach as its sink; received datagrams go to `port.transmit`.
-   * @param port - a back-end, e.g. a {@link SwitchPort}
+   * @param port - a back-end, e.g. a `SwitchPort`
    * @throws TypeError if `port` is not a NetBackend
    */
   connect(port: NetBackend): void {

@@ -8,16 +8,16 @@ import { checkCount, DEFAULT_MAX_FRAME_SIZE } from "./endpoint.js";
  *   error is in `cause`.
  * - `partial-frame`: the connection closed in the middle of a frame; `length` is the number of
  *   bytes of it (length header included) that were received and dropped.
- * - `timeout`: a {@link StreamTunnelServer} closed a connection that sent no complete frame
- *   within `handshakeTimeoutMs`, or none for `idleTimeoutMs`.
- * - `evicted`: a {@link StreamTunnelServer} with every slot taken gave this idle connection's
- *   slot to a new one (`evictIdleAfterMs`).
+ * - `timeout`: a `StreamTunnelServer` (the `./node` entry) closed a connection that sent no
+ *   complete frame within `handshakeTimeoutMs`, or none for `idleTimeoutMs`.
+ * - `evicted`: a `StreamTunnelServer` (the `./node` entry) with every slot taken gave this idle
+ *   connection's slot to a new one (`evictIdleAfterMs`).
  */
 export type TunnelErrorCode = "bad-length" | "socket" | "partial-frame" | "timeout" | "evicted";
 
 /**
  * A tunnel failure caused by the peer or the host network. Never thrown from a frame path: a
- * tunnel reports it through {@link StreamTunnel.closed} and closes only that connection.
+ * tunnel reports it through `StreamTunnel.closed` and closes only that connection.
  */
 export class TunnelError extends Error {
   /** What went wrong. */

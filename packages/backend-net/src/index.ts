@@ -1,13 +1,14 @@
 /**
- * Network back-ends for `@virtio-ts/devices`: a {@link Switch} (L2 learning switch whose
- * ports are `NetBackend`s), a {@link VethPair}, and socket tunnels that speak QEMU's
- * `-netdev stream` / `-netdev socket` ({@link StreamTunnel}, {@link StreamTunnelServer}) and
- * `-netdev dgram` ({@link DgramTunnel}) formats. They move plain Ethernet frames and never see
- * a ring.
+ * Network back-ends for `@virtio-ts/devices`. This entry is browser-safe (no `node:` import, no
+ * Node global): a {@link Switch} (L2 learning switch whose ports are `NetBackend`s), a
+ * {@link VethPair}, and the length-prefixed framing that QEMU's stream sockets use. The socket
+ * tunnels, which speak QEMU's `-netdev stream` / `-netdev socket` (`StreamTunnel`,
+ * `StreamTunnelServer`) and `-netdev dgram` (`DgramTunnel`) formats over `node:net` and
+ * `node:dgram`, are in the `@virtio-ts/backend-net/node` entry. They move plain Ethernet frames
+ * and never see a ring.
  *
  * @packageDocumentation
  */
-export { type DgramAddress, DgramTunnel, type DgramTunnelOptions } from "./dgram-tunnel.js";
 export {
   DEFAULT_MAX_FRAME_SIZE,
   DEFAULT_QUEUE_BYTES,
@@ -23,17 +24,6 @@ export {
   TunnelError,
   type TunnelErrorCode,
 } from "./framing.js";
-export {
-  type StreamAddress,
-  type StreamServerStats,
-  StreamTunnel,
-  type StreamTunnelOptions,
-  StreamTunnelServer,
-  type StreamTunnelServerOptions,
-  type TcpAddress,
-  type TunnelStats,
-  type UnixAddress,
-} from "./stream-tunnel.js";
 export {
   type MacTableEntry,
   Switch,

@@ -116,7 +116,7 @@ export function checkBackend(port: unknown): NetBackend {
  * sockets.
  *
  * **Plugging into a switch.** A tunnel plays the part a device plays: {@link StreamTunnel.connect}
- * takes a `NetBackend` (typically a {@link SwitchPort}), attaches to it as its sink, and
+ * takes a `NetBackend` (typically a `SwitchPort`), attaches to it as its sink, and
  * from then on frames read from the socket go to `port.transmit` and frames the port delivers go
  * to the socket.
  *
@@ -268,7 +268,7 @@ export class StreamTunnel {
   /**
    * Plug the tunnel into `port`: attach to it as its sink; frames read from the socket go to
    * `port.transmit`. Replaces an earlier port (which is detached).
-   * @param port - a back-end, e.g. a {@link SwitchPort}
+   * @param port - a back-end, e.g. a `SwitchPort`
    * @throws TypeError if `port` is not a NetBackend
    */
   connect(port: NetBackend): void {
@@ -396,7 +396,8 @@ export interface StreamTunnelServerOptions extends StreamTunnelOptions {
  *
  * @example
  * ```ts
- * import { StreamTunnelServer, Switch } from "@virtio-ts/backend-net";
+ * import { Switch } from "@virtio-ts/backend-net";
+ * import { StreamTunnelServer } from "@virtio-ts/backend-net/node";
  *
  * const sw = new Switch();
  * const server = await StreamTunnelServer.listen({ host: "127.0.0.1", port: 5555 }, {

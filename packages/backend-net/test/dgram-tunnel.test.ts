@@ -1,6 +1,7 @@
 import { createSocket } from "node:dgram";
 import { afterEach, describe, expect, it, vi } from "vitest";
-import { DgramTunnel, Switch } from "../src/index.js";
+import { Switch } from "../src/index.js";
+import { DgramTunnel } from "../src/node.js";
 import { BROADCAST, frame, RecordingSink } from "./helpers/frames.js";
 import { freeUdpPort } from "./helpers/ports.js";
 

@@ -7,7 +7,8 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { StreamTunnel, VethPair } from "../src/index.js";
+import { VethPair } from "../src/index.js";
+import { StreamTunnel } from "../src/node.js";
 import { buildPackage } from "./helpers/build.js";
 import { mac } from "./helpers/frames.js";
 

@@ -2,14 +2,12 @@
 // sockets: slots are won back, deadlines close the silent, a cut frame is reported.
 import { connect, type Socket } from "node:net";
 import { afterEach, describe, expect, it, vi } from "vitest";
+import { encodeLengthPrefixed, Switch, TunnelError } from "../src/index.js";
 import {
-  encodeLengthPrefixed,
   type StreamTunnel,
   StreamTunnelServer,
   type StreamTunnelServerOptions,
-  Switch,
-  TunnelError,
-} from "../src/index.js";
+} from "../src/node.js";
 import { BROADCAST, frame, RecordingSink } from "./helpers/frames.js";
 
 const A = "02:00:00:00:00:0a";

@@ -6,12 +6,11 @@ import { afterEach, describe, expect, it, vi } from "vitest";
 import {
   encodeLengthPrefixed,
   LengthPrefixedDecoder,
-  StreamTunnel,
-  StreamTunnelServer,
   Switch,
   type SwitchPort,
   TunnelError,
 } from "../src/index.js";
+import { StreamTunnel, StreamTunnelServer } from "../src/node.js";
 import { BROADCAST, frame, RecordingSink } from "./helpers/frames.js";
 
 const A = "02:00:00:00:00:0a";

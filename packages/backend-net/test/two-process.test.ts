@@ -3,7 +3,8 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { afterEach, beforeAll, describe, expect, it, vi } from "vitest";
-import { DgramTunnel, StreamTunnel, Switch } from "../src/index.js";
+import { Switch } from "../src/index.js";
+import { DgramTunnel, StreamTunnel } from "../src/node.js";
 import { buildPackage } from "./helpers/build.js";
 import { BROADCAST, frame, RecordingSink } from "./helpers/frames.js";
 import { freeUdpPort } from "./helpers/ports.js";

@@ -222,6 +222,24 @@ export class QueueRig {
     return { id, queue: qi, outSegs, inSegs };
   }
 
+  /**
+   * Publish one chain of segments the caller placed and filled itself (say page-aligned runs) on
+   * queue `qi`, and notify.
+   */
+  submitSegments(
+    qi: number,
+    outSegs: readonly Segment[],
+    inSegs: readonly Segment[],
+  ): QueuePending {
+    const q = this.queues.get(qi);
+    if (q === undefined) throw new Error(`queue ${qi} is not set up`);
+    const id = this.#nextId++;
+    this.#add(qi, q, [...outSegs], [...inSegs], id);
+    q.publish();
+    this.transport.notify(qi);
+    return { id, queue: qi, outSegs, inSegs };
+  }
+
   /** Add a chain and return its head (read back from the available ring). */
   #add(qi: number, q: DriverQueue<number>, out: Segment[], inn: Segment[], id: number): number {
     const av = this.availAddr(qi);

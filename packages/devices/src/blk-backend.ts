@@ -58,6 +58,17 @@ export interface BlockBackend {
    * @throws BackendError (as a rejection) on host I/O failure
    */
   writeZeroes(sector: number, count: number, unmap: boolean): Promise<void>;
+  /**
+   * Optional: {@link BlockBackend.read} done before returning, for back-ends whose bytes are at
+   * hand (memory). A device that finds it completes a read inside the guest's notification,
+   * with no event-loop turn in between: in an emulator the guest then sees the completion as
+   * soon as it takes interrupts again, as with a synchronous emulated controller, instead of
+   * going idle and being woken. Same rules as `read`; throws (a `BackendError`) instead of
+   * rejecting.
+   */
+  readonly readSync?: ((sector: number, iovecs: readonly Uint8Array[]) => void) | undefined;
+  /** Optional: {@link BlockBackend.write} done before returning (see `readSync`). */
+  readonly writeSync?: ((sector: number, iovecs: readonly Uint8Array[]) => void) | undefined;
 }
 
 /**

@@ -236,6 +236,11 @@ class Slot {
  * readable header bytes → IOERR. A hostile *ring* (a `ChainError` / `RingError` from `pop`)
  * puts the device into DEVICE_NEEDS_RESET through the core.
  *
+ * Suspend / resume: no `saveState` — the driver changes nothing in the device (no
+ * CONFIG_WCE) and the requests in flight move with the core's queue state, served again at
+ * the destination. What must move besides is the disk: the source's {@link BlkDevice.whenIdle}
+ * (awaited by `core.abandon()`), then the back-end flushed and copied or shared.
+ *
  * @example
  * ```ts
  * const device = new MmioDevice(new BlkDevice(backend, { serial: "disk0" }), { memory });
@@ -520,7 +525,7 @@ export class BlkDevice implements DeviceModel {
         if (!this.#rangeOk(sector, len)) return this.#finish(ctx, slot, BlkStatus.IOERR);
         gather(chain, mem, true, 0, len, slot);
         slot.written = len;
-        return this.#call(slot, OP_READ, sector);
+        return this.#call(ctx, slot, OP_READ, sector);
       }
       case "out": {
         // §5.2.6.2: a write on a device offering RO fails with IOERR and writes no data.
@@ -528,10 +533,10 @@ export class BlkDevice implements DeviceModel {
         const len = chain.readableBytes - HDR;
         if (!this.#rangeOk(sector, len)) return this.#finish(ctx, slot, BlkStatus.IOERR);
         gather(chain, mem, false, HDR, len, slot);
-        return this.#call(slot, OP_WRITE, sector);
+        return this.#call(ctx, slot, OP_WRITE, sector);
       }
       case "flush":
-        return this.#call(slot, OP_FLUSH, 0);
+        return this.#call(ctx, slot, OP_FLUSH, 0);
       case "get-id": {
         // §5.2.6: 20 bytes of ID string; a shorter buffer gets what fits.
         const n = Math.min(BLK_ID_BYTES, wb - 1);
@@ -634,11 +639,25 @@ export class BlkDevice implements DeviceModel {
    * Hand `slot` to the back-end: `op` (OP_READ / OP_WRITE with `slot.iov`, or OP_FLUSH) at
    * `sector`. An operation code rather than a callback, so a request allocates no closure.
    */
-  #call(slot: Slot, op: number, sector: number): boolean {
+  #call(ctx: DeviceContext, slot: Slot, op: number, sector: number): boolean {
+    const b = this.backend;
+    // A back-end with the bytes at hand completes inside the notification (pushed now,
+    // signalled by #drain after the batch): no event-loop turn between the guest's kick and
+    // its completion.
+    const sync = op === OP_READ ? b.readSync : op === OP_WRITE ? b.writeSync : undefined;
+    if (sync !== undefined) {
+      try {
+        sync.call(b, sector, slot.iov);
+      } catch (e) {
+        this.stats.backendErrors++;
+        this.lastBackendError = e;
+        return this.#finish(ctx, slot, BlkStatus.IOERR);
+      }
+      return this.#finish(ctx, slot, BlkStatus.OK);
+    }
     this.#inFlight++;
     let p: Promise<void>;
     try {
-      const b = this.backend;
       p =
         op === OP_READ
           ? b.read(sector, slot.iov)

@@ -11,7 +11,12 @@ import {
   featureMask,
   hasFeature,
 } from "@virtio-ts/spec";
-import type { DeviceContext, DeviceModel } from "@virtio-ts/transport";
+import {
+  type DeviceContext,
+  type DeviceModel,
+  DeviceStateFormatError,
+  DeviceStateMismatchError,
+} from "@virtio-ts/transport";
 import { DescriptorChain, type DeviceQueue } from "@virtio-ts/virtqueue";
 import type { ConsoleBackend, ConsoleInputSink } from "./console-backend.js";
 
@@ -185,6 +190,19 @@ class Port {
 const CTRL_RX = 2;
 const CTRL_TX = 3;
 
+const STATE_MAGIC = 0x4e435456; // "VTCN"
+const STATE_VERSION = 1;
+const STATE_HEADER = 16;
+const PORT_HEADER = 6;
+const P_EXISTS = 1;
+const P_CONSOLE = 2;
+const P_HOST_OPEN = 4;
+const P_READY = 8;
+const P_GUEST_OPEN = 16;
+const P_NAMED = 32;
+/** The longest control message the device sends: PORT_NAME with a 255-byte name. */
+const CONTROL_MAX = ConsoleControl.SIZE + 255;
+
 /**
  * The virtio-console device model (VIRTIO 1.3 §5.3): port 0 on queues 0/1 and, with
  * VIRTIO_CONSOLE_F_MULTIPORT, control queues 2/3 and ports 1… on queues 4/5, 6/7…, served by a
@@ -205,6 +223,10 @@ const CTRL_TX = 3;
  *
  * Output: each transmit buffer is passed to `backend.write` as zero-copy views of guest memory,
  * at most `maxTransmitBytes` per buffer. A back-end returning `false` pauses that port's queue.
+ *
+ * Suspend / resume: {@link ConsoleDevice.saveState} carries the host input not yet delivered,
+ * the multiport session, hot-plugged ports, waiting control messages and the size; requests
+ * in the rings move with the core's state.
  *
  * Hostile input (counted with `ctx.noteFault` as a {@link ConsoleFault}, buffer returned with
  * length 0, device keeps serving): readable descriptors in a receive queue, writable ones in a
@@ -559,6 +581,164 @@ export class ConsoleDevice implements DeviceModel, ConsoleInputSink {
       this.#sendControl(p.id, ConsoleEvent.DEVICE_REMOVE, 0);
       this.#ctx?.guard(() => this.#flushControl());
     }
+  }
+
+  // ---- suspend / resume ----
+
+  /**
+   * Suspend / resume: what the console holds that is neither in guest memory nor in the
+   * core's queues — host input not yet delivered (per port), the multiport handshake (the
+   * driver's DEVICE_READY, each port's PORT_READY and guest-side PORT_OPEN), the ports that
+   * exist with their names, console nomination and host-side state (hot-plugged ones
+   * included), control messages waiting for control receive buffers, and the console size.
+   * A back-end's paused output (`write` returned false) is the source back-end's state and does
+   * not move: the destination's back-end starts accepting.
+   *
+   * Layout (little-endian): magic "VTCN" u32, version u8, flags u8 (bit 0 DEVICE_READY
+   * received), max_nr_ports u16, cols u16, rows u16, outbox count u16, reserved u16; per
+   * port: flags u8 (exists, console, host open, ready, guest open, named), name length u8,
+   * pending length u32, the name, the pending bytes; per waiting control message: length u16,
+   * the bytes.
+   * @returns versioned bytes for {@link ConsoleDevice.restoreState}
+   */
+  saveState(): Uint8Array {
+    let len = STATE_HEADER;
+    for (const p of this.#ports) len += PORT_HEADER + (p.name?.length ?? 0) + p.len;
+    for (const m of this.#outbox) len += 2 + m.length;
+    const out = new Uint8Array(len);
+    const v = new DataView(out.buffer);
+    v.setUint32(0, STATE_MAGIC, true);
+    v.setUint8(4, STATE_VERSION);
+    v.setUint8(5, this.#driverReady ? 1 : 0);
+    v.setUint16(6, this.maxPorts, true);
+    v.setUint16(8, this.#cfg.getUint16(ConsoleConfig.COLS, true), true);
+    v.setUint16(10, this.#cfg.getUint16(ConsoleConfig.ROWS, true), true);
+    v.setUint16(12, this.#outbox.length, true);
+    let at = STATE_HEADER;
+    for (const p of this.#ports) {
+      const flags =
+        (p.exists ? P_EXISTS : 0) |
+        (p.console ? P_CONSOLE : 0) |
+        (p.hostOpen ? P_HOST_OPEN : 0) |
+        (p.ready ? P_READY : 0) |
+        (p.guestOpen ? P_GUEST_OPEN : 0) |
+        (p.name !== undefined ? P_NAMED : 0);
+      v.setUint8(at, flags);
+      v.setUint8(at + 1, p.name?.length ?? 0);
+      v.setUint32(at + 2, p.len, true);
+      at += PORT_HEADER;
+      if (p.name !== undefined) {
+        out.set(p.name, at);
+        at += p.name.length;
+      }
+      // The pending ring from its head, unwrapped.
+      const cap = p.pending.length;
+      const first = Math.min(p.len, cap - p.head);
+      out.set(p.pending.subarray(p.head, p.head + first), at);
+      out.set(p.pending.subarray(0, p.len - first), at + first);
+      at += p.len;
+    }
+    for (const m of this.#outbox) {
+      v.setUint16(at, m.length, true);
+      out.set(m, at + 2);
+      at += 2 + m.length;
+    }
+    return out;
+  }
+
+  /**
+   * Take back {@link ConsoleDevice.saveState}'s bytes, on a fresh device (before activation)
+   * built with the same `maxPorts` and a `pendingInputBytes` large enough for the input saved.
+   * The bytes are untrusted: everything is checked before anything changes.
+   * @param state - the bytes
+   * @throws DeviceStateMismatchError when the state was saved from a console with another
+   *   `maxPorts` or holds more pending input than this one keeps; DeviceStateFormatError
+   *   naming the offending byte for anything malformed
+   */
+  restoreState(state: Uint8Array): void {
+    const bad = (why: string, at: number): never => {
+      throw new DeviceStateFormatError(`virtio-console state: ${why}`, at);
+    };
+    if (state.length < STATE_HEADER) bad("shorter than its header", 0);
+    const v = new DataView(state.buffer, state.byteOffset, state.byteLength);
+    if (v.getUint32(0, true) !== STATE_MAGIC) bad("no VTCN magic", 0);
+    if (v.getUint8(4) !== STATE_VERSION) bad(`version ${v.getUint8(4)}`, 4);
+    const flags = v.getUint8(5);
+    if ((flags & ~1) !== 0 || v.getUint16(14, true) !== 0) bad("reserved bits set", 5);
+    const maxPorts = v.getUint16(6, true);
+    if (maxPorts !== this.maxPorts) {
+      throw new DeviceStateMismatchError(
+        "console.maxPorts",
+        `saved ${maxPorts} ports, this console has ${this.maxPorts}`,
+      );
+    }
+    const nOut = v.getUint16(12, true);
+    if (nOut > this.#outboxMax) bad(`${nOut} control messages waiting`, 12);
+    let at = STATE_HEADER;
+    const need = (n: number, what: string): void => {
+      if (at + n > state.length) bad(`truncated ${what}`, at);
+    };
+    const ports: { flags: number; name: Uint8Array | undefined; pending: Uint8Array }[] = [];
+    for (let i = 0; i < maxPorts; i++) {
+      need(PORT_HEADER, `port ${i}`);
+      const pf = v.getUint8(at);
+      const nameLen = v.getUint8(at + 1);
+      const pendingLen = v.getUint32(at + 2, true);
+      const exists = (pf & P_EXISTS) !== 0;
+      const session = pf & (P_READY | P_GUEST_OPEN);
+      if (
+        (pf & ~(P_EXISTS | P_CONSOLE | P_HOST_OPEN | P_READY | P_GUEST_OPEN | P_NAMED)) !== 0 ||
+        ((pf & P_NAMED) === 0 && nameLen !== 0) ||
+        (!exists && (session !== 0 || pendingLen !== 0)) ||
+        ((pf & P_GUEST_OPEN) !== 0 && (pf & P_READY) === 0)
+      ) {
+        bad(`port ${i} flags 0x${pf.toString(16)}`, at);
+      }
+      if (pendingLen > this.#pendingBytes) {
+        throw new DeviceStateMismatchError(
+          `console.ports[${i}].pendingInput`,
+          `${pendingLen} bytes saved, this console keeps ${this.#pendingBytes}`,
+        );
+      }
+      at += PORT_HEADER;
+      need(nameLen + pendingLen, `port ${i} name and input`);
+      const name = (pf & P_NAMED) !== 0 ? state.slice(at, at + nameLen) : undefined;
+      at += nameLen;
+      ports.push({ flags: pf, name, pending: state.subarray(at, at + pendingLen) });
+      at += pendingLen;
+    }
+    const outbox: Uint8Array[] = [];
+    for (let k = 0; k < nOut; k++) {
+      need(2, `control message ${k}`);
+      const n = v.getUint16(at, true);
+      if (n < ConsoleControl.SIZE || n > CONTROL_MAX) bad(`control message of ${n} bytes`, at);
+      at += 2;
+      need(n, `control message ${k}`);
+      outbox.push(state.slice(at, at + n));
+      at += n;
+    }
+    if (at !== state.length) bad(`${state.length - at} bytes after the state`, at);
+    // Checked: apply.
+    this.#driverReady = (flags & 1) !== 0;
+    this.#cfg.setUint16(ConsoleConfig.COLS, v.getUint16(8, true), true);
+    this.#cfg.setUint16(ConsoleConfig.ROWS, v.getUint16(10, true), true);
+    this.#outbox = outbox;
+    ports.forEach((s, i) => {
+      const p = this.#ports[i]!;
+      p.exists = (s.flags & P_EXISTS) !== 0;
+      p.console = (s.flags & P_CONSOLE) !== 0;
+      p.hostOpen = (s.flags & P_HOST_OPEN) !== 0;
+      p.ready = (s.flags & P_READY) !== 0;
+      p.guestOpen = (s.flags & P_GUEST_OPEN) !== 0;
+      p.name = s.name;
+      p.txBlocked = false;
+      p.txAgain = false;
+      if (p.exists && p.pending.length === 0) p.pending = new Uint8Array(this.#pendingBytes);
+      p.pending.set(s.pending, 0);
+      p.head = 0;
+      p.len = s.pending.length;
+      p.full = p.len > 0 && p.len === p.pending.length;
+    });
   }
 
   // ---- queues ----

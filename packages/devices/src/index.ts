@@ -6,6 +6,19 @@
  * @packageDocumentation
  */
 export { BackendError, type BackendErrorCode, BlockGuard } from "./backend-error.js";
+export {
+  BALLOON_STATS_MAX_BYTES,
+  BalloonDevice,
+  type BalloonDeviceOptions,
+  type BalloonDeviceStats,
+  type BalloonGuestStats,
+  type BalloonHost,
+  type BalloonRamRange,
+  BalloonRequestError,
+  type BalloonRequestErrorCode,
+  BalloonStateError,
+  type BalloonTimer,
+} from "./balloon-device.js";
 export { type BlockBackend, sectorRangeFits } from "./blk-backend.js";
 export {
   BlkDevice,

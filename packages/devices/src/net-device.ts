@@ -47,6 +47,14 @@ export interface NetDeviceOptions {
   readonly macTableEntries?: number;
   /** Initial link state (VIRTIO_NET_S_LINK_UP). Default true. */
   readonly linkUp?: boolean;
+  /**
+   * When a transmit queue's used buffer notification goes out (the device chooses, after the
+   * used index is written, VIRTIO 1.3 §2.7.7). "immediate" (default): at the end of each
+   * notification's batch. "coalesced": once per task, from a microtask, for every transmit of
+   * the task — interrupt moderation: an emulator that runs its guest in time slices (v86)
+   * then takes one interrupt per slice instead of one per frame. Frames still leave at once.
+   */
+  readonly txInterrupts?: "immediate" | "coalesced";
 }
 
 /**
@@ -169,6 +177,10 @@ export class NetDevice implements DeviceModel, NetFrameSink {
     ) {
       throw new TypeError("backend must implement NetBackend (transmit, attach, detach)");
     }
+    const txi = options.txInterrupts ?? "immediate";
+    if (txi !== "immediate" && txi !== "coalesced") {
+      throw new RangeError(`options.txInterrupts must be "immediate" or "coalesced", got ${txi}`);
+    }
     const mac = options.mac ?? DEFAULT_MAC;
     if (!(mac instanceof Uint8Array) || mac.length !== MAC_LEN) {
       throw new RangeError(`options.mac must be a Uint8Array of 6 bytes`);
@@ -203,7 +215,7 @@ export class NetDevice implements DeviceModel, NetFrameSink {
     st.mac.set(mac);
     this.#st = st;
     this.#rx = new NetReceiver(st, pairs);
-    this.#tx = new NetTransmitter(st, backend, pairs);
+    this.#tx = new NetTransmitter(st, backend, pairs, txi === "coalesced");
     this.#ctrl = new NetControl(st);
     const sizes: number[] = [];
     for (let i = 0; i < pairs; i++) sizes.push(qs, qs);

@@ -11,6 +11,9 @@ import type { NetBackend } from "./net-backend.js";
 import { MAX_SEGMENTS } from "./net-rx.js";
 import { NetGuestFault, type NetState } from "./net-state.js";
 
+/** `queueMicrotask` (Node and browsers; typed here without the DOM or Node libraries). */
+const hostGlobals = globalThis as unknown as { queueMicrotask(fn: () => void): void };
+
 /** Transmit views cached by length (a direct-mapped cache, see `#txView`). */
 const TX_VIEW_CACHE = 64;
 
@@ -24,13 +27,29 @@ export class NetTransmitter {
   readonly #txBuf: Uint8Array;
   readonly #txViews: (Uint8Array | undefined)[] = new Array(TX_VIEW_CACHE).fill(undefined);
   readonly #txHdr = new Uint8Array(NetHdr.SIZE);
+  readonly #coalesce: boolean;
+  /** Transmit queues with a notification due at the end of the task (bit per pair). */
+  #due = 0;
+  #dueCtx: DeviceContext | undefined = undefined;
+  readonly #flush = (): void => {
+    const ctx = this.#dueCtx;
+    const due = this.#due;
+    this.#due = 0;
+    this.#dueCtx = undefined;
+    // A reset in between made the context stale: its queues belong to nobody now.
+    if (ctx === undefined || ctx !== this.#st.ctx) return;
+    for (let p = 0; p < 32; p++) if ((due & (1 << p)) !== 0) ctx.signalUsed(2 * p + 1);
+  };
 
   /**
    * @param state - the device's shared state
    * @param backend - where frames go
    * @param pairs - transmit queues (one per queue pair)
+   * @param coalesce - one used buffer notification per task and queue (see
+   *   `NetDeviceOptions.txInterrupts`) instead of one per batch
    */
-  constructor(state: NetState, backend: NetBackend, pairs: number) {
+  constructor(state: NetState, backend: NetBackend, pairs: number, coalesce = false) {
+    this.#coalesce = coalesce;
     this.#st = state;
     this.#backend = backend;
     this.#txBuf = new Uint8Array(state.maxFrame);
@@ -53,7 +72,15 @@ export class NetTransmitter {
       }
       if (!q.enableNotifications()) break;
     }
-    if (pushed) ctx.signalUsed(qi);
+    if (!pushed) return;
+    const pair = qi >> 1;
+    if (!this.#coalesce || pair >= 32) {
+      ctx.signalUsed(qi);
+      return;
+    }
+    if (this.#due === 0) hostGlobals.queueMicrotask(this.#flush);
+    this.#due |= 1 << pair;
+    this.#dueCtx = ctx;
   }
 
   #transmitOne(ctx: DeviceContext, chain: DescriptorChain): void {

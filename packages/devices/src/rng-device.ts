@@ -132,6 +132,9 @@ const WAKE_TOKENS = 4096;
  * `maxRequestBytes` bytes of entropy; the optional token-bucket rate limit (`bytesPerSecond`)
  * bounds it over time, leaving the remaining requests on the ring until tokens accumulate.
  *
+ * Suspend / resume: no `saveState` — requests complete synchronously, so nothing is in flight
+ * at a suspend, and the rate limit's bucket starts full at the destination.
+ *
  * Hostile chains: §5.4.6.1 says the driver MUST NOT put device-readable buffers in the queue.
  * A chain that does is refused as a whole (used length 0, `RngRequestError`
  * "rng-readable-descriptor" counted with `ctx.noteFault`) rather than served: a driver that

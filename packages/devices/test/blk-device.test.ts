@@ -391,3 +391,77 @@ describe("BlkDevice asynchronous completion", () => {
     await expect(h.model.whenIdle()).resolves.toBeUndefined();
   });
 });
+
+describe("BlkDevice with a back-end that completes synchronously (readSync / writeSync)", () => {
+  class SyncBackend extends TestBackend {
+    syncCalls = 0;
+    failSync: Error | undefined = undefined;
+    readSync(sector: number, iovecs: readonly Uint8Array[]): void {
+      this.syncCalls++;
+      if (this.failSync !== undefined) throw this.failSync;
+      let at = sector * 512;
+      for (const v of iovecs) {
+        v.set(this.bytes.subarray(at, at + v.length));
+        at += v.length;
+      }
+    }
+    writeSync(sector: number, iovecs: readonly Uint8Array[]): void {
+      this.syncCalls++;
+      let at = sector * 512;
+      for (const v of iovecs) {
+        this.bytes.set(v, at);
+        at += v.length;
+      }
+    }
+  }
+
+  it("completes a read inside the notification: the used entry and the interrupt are there when the kick returns", () => {
+    const b = new SyncBackend(64);
+    const h = new Harness(b);
+    b.bytes.set(
+      sectorsOf(1, (i) => i + 3),
+      5 * 512,
+    );
+    const req = h.add(T.IN, 5, { inLens: [512] });
+    h.kick();
+    expect(h.device.core.interruptStatus & 1).toBe(1);
+    expect(h.q.reap()).toBe(req.token);
+    expect(h.q.lastLen).toBe(513);
+    expect(h.memory.readU8(req.status)).toBe(S.OK);
+    expect(h.memory.readU8(req.data + 1)).toBe(4);
+    expect(b.syncCalls).toBe(1);
+    expect(b.calls).toEqual([]);
+  });
+
+  it("completes a write inside the notification and the bytes are on the back-end", () => {
+    const b = new SyncBackend(64);
+    const h = new Harness(b);
+    const data = sectorsOf(2, (i) => i * 5);
+    const req = h.add(T.OUT, 7, { out: data });
+    h.kick();
+    expect(h.q.reap()).toBe(req.token);
+    expect(h.memory.readU8(req.status)).toBe(S.OK);
+    expect(b.bytes.subarray(7 * 512, 9 * 512)).toEqual(data);
+  });
+
+  it("answers IOERR with used length 1 when the synchronous read throws, and counts the back-end error", () => {
+    const b = new SyncBackend(64);
+    const h = new Harness(b);
+    b.failSync = new Error("disk gone");
+    const req = h.add(T.IN, 1, { inLens: [512] });
+    h.kick();
+    expect(h.q.reap()).toBe(req.token);
+    expect(h.q.lastLen).toBe(1);
+    expect(h.memory.readU8(req.status)).toBe(S.IOERR);
+    expect(h.model.stats.backendErrors).toBe(1);
+    expect(h.model.lastBackendError).toBe(b.failSync);
+  });
+
+  it("still sends FLUSH through the asynchronous flush()", async () => {
+    const b = new SyncBackend(64);
+    const h = new Harness(b);
+    const r = await h.run(T.FLUSH, 0);
+    expect(r.status).toBe(S.OK);
+    expect(b.calls).toEqual([{ op: "flush" }]);
+  });
+});

@@ -11,7 +11,14 @@ import {
   MmioInterrupt,
   MmioReg,
 } from "@virtio-ts/spec";
-import { InThreadMmio, MmioDevice, type MmioDriverTransport } from "@virtio-ts/transport";
+import {
+  DeviceStateFormatError,
+  DeviceStateMismatchError,
+  MmioDevice,
+  MmioDriverTransport,
+  restoreMmioDevice,
+  saveMmioDevice,
+} from "@virtio-ts/transport";
 import type { DriverQueue } from "@virtio-ts/virtqueue";
 import { describe, expect, it } from "vitest";
 import {
@@ -63,9 +70,10 @@ interface Msg {
 
 class Rig {
   readonly memory: GuestMemory = createGuestMemory({ size: 0x100000 });
-  readonly backend: ConsoleBackend;
-  readonly model: ConsoleDevice;
-  readonly device: MmioDevice;
+  backend: ConsoleBackend;
+  model: ConsoleDevice;
+  /** The device the driver reaches (replaced by {@link Rig.move}). */
+  device: MmioDevice;
   readonly t: MmioDriverTransport;
   readonly q: DriverQueue<number>[] = [];
   readonly negotiated: bigint;
@@ -78,9 +86,12 @@ class Rig {
   ) {
     this.backend = o.backend ?? new RecordingBackend();
     this.model = new ConsoleDevice(this.backend, { queueSize: QS, ...options });
-    const vm = new InThreadMmio(this.model, { memory: this.memory, delivery: "none" });
-    this.device = vm.device;
-    this.t = vm.transport;
+    this.device = new MmioDevice(this.model, { memory: this.memory });
+    // The driver reaches whichever device is current (a move re-routes the MMIO window).
+    this.t = new MmioDriverTransport({
+      read: (offset, size) => this.device.read(offset, size),
+      write: (offset, size, value) => this.device.write(offset, size, value),
+    });
     this.negotiated = this.t.negotiate((f) => {
       let a = o.accept?.(f) ?? f;
       if (!o.packed) a &= ~featureMask(Feature.RING_PACKED);
@@ -101,6 +112,20 @@ class Rig {
       );
     }
     this.t.driverOk();
+  }
+
+  /**
+   * Suspend the device, save it, abandon it and resume a fresh ConsoleDevice (built with
+   * `options`) over a fresh back-end from the bytes; the driver carries on with it.
+   */
+  async move(options: ConsoleDeviceOptions = {}): Promise<Uint8Array> {
+    await this.device.core.suspend();
+    const bytes = saveMmioDevice(this.device);
+    await this.device.core.abandon();
+    this.backend = new RecordingBackend();
+    this.model = new ConsoleDevice(this.backend, { queueSize: QS, ...options });
+    this.device = restoreMmioDevice(bytes, this.model, { memory: this.memory });
+    return bytes;
   }
 
   get rec(): RecordingBackend {
@@ -468,6 +493,119 @@ describe("ConsoleDevice, multiport (§5.3.6.2)", () => {
     r.tx(5, "ghost");
     expect(r.rec.out).toEqual([]);
     expect(r.model.stats.txDropped).toBe(5);
+  });
+});
+
+describe("ConsoleDevice suspend / resume", () => {
+  const ports = [{}, { name: "org.test.1" }];
+
+  it("moves input the guest has not taken yet, and the guest receives it from the new device", async () => {
+    const r = new Rig({ pendingInputBytes: 8 });
+    r.rec.sink!.input(0, new Uint8Array([1, 2, 3, 4, 5, 6]));
+    const a = r.postRx(0, 4);
+    r.rec.sink!.input(0, new Uint8Array([7, 8, 9, 10, 11, 12]));
+    expect(r.reap(0)).toEqual([{ token: a.token, len: 4 }]);
+    // 8 bytes wait, wrapped around the ring buffer.
+    expect(r.model.portState(0).pendingInput).toBe(8);
+    await r.move({ pendingInputBytes: 8 });
+    expect(r.model.portState(0).pendingInput).toBe(8);
+    expect(r.model.inputRoom(0)).toBe(0);
+    const b = r.postRx(0, 16);
+    expect(r.reap(0)).toEqual([{ token: b.token, len: 8 }]);
+    expect([...r.memory.slice(b.addr, 8)]).toEqual([5, 6, 7, 8, 9, 10, 11, 12]);
+    // The new back-end hears that there is room again.
+    expect(r.rec.spaces).toEqual([0]);
+    r.tx(1, "after");
+    expect(r.rec.text()).toBe("after");
+  });
+
+  it("§5.3.6.2: moves the multiport session (DEVICE_READY, PORT_READY, PORT_OPEN), a hot-plugged port, waiting control messages and the size", async () => {
+    const r = new Rig({ ports, maxPorts: 4, size: { cols: 80, rows: 24 } });
+    r.control(0, ConsoleEvent.DEVICE_READY, 1);
+    r.control(1, ConsoleEvent.PORT_READY, 1);
+    r.control(1, ConsoleEvent.PORT_OPEN, 1);
+    r.model.addPort(3, { name: "late" });
+    r.model.resize(100, 50);
+    r.rec.sink!.input(3, new Uint8Array([42]));
+    // No control receive buffer posted yet: every message the device sent waits.
+    expect(r.model.controlPending).toBe(5);
+    // The destination is built as the source was at first: port 3 and the size come from the state.
+    await r.move({ ports, maxPorts: 4, size: { cols: 80, rows: 24 } });
+    expect(r.model.size).toEqual({ cols: 100, rows: 50 });
+    expect(r.model.portState(1)).toMatchObject({ exists: true, ready: true, guestOpen: true });
+    expect(r.model.portState(3)).toMatchObject({ exists: true, ready: false, pendingInput: 1 });
+    const name1 = [...new TextEncoder().encode("org.test.1")];
+    expect(r.readControl()).toEqual([
+      { id: 0, event: ConsoleEvent.DEVICE_ADD, value: 0, extra: [] },
+      { id: 1, event: ConsoleEvent.DEVICE_ADD, value: 0, extra: [] },
+      { id: 1, event: ConsoleEvent.PORT_NAME, value: 0, extra: name1 },
+      { id: 1, event: ConsoleEvent.PORT_OPEN, value: 1, extra: [] },
+      { id: 3, event: ConsoleEvent.DEVICE_ADD, value: 0, extra: [] },
+    ]);
+    r.control(3, ConsoleEvent.PORT_READY, 1);
+    expect(r.readControl()).toEqual([
+      {
+        id: 3,
+        event: ConsoleEvent.PORT_NAME,
+        value: 0,
+        extra: [...new TextEncoder().encode("late")],
+      },
+      { id: 3, event: ConsoleEvent.PORT_OPEN, value: 1, extra: [] },
+    ]);
+    r.control(3, ConsoleEvent.PORT_OPEN, 1);
+    const buf = r.postRx(8, 4); // receiveq(port3)
+    expect(r.reap(8)).toEqual([{ token: buf.token, len: 1 }]);
+    expect(r.memory.slice(buf.addr, 1)[0]).toBe(42);
+    // A second DEVICE_READY is still out of sequence at the destination.
+    r.control(0, ConsoleEvent.DEVICE_READY, 1);
+    expect(r.device.core.faultCounts.get("console-bad-event")).toBe(1);
+  });
+
+  it("refuses a state from a console with another max_nr_ports, or more input than this one keeps, as a mismatch", () => {
+    const src = new ConsoleDevice(new RecordingBackend(), { ports, maxPorts: 4 });
+    expect(() =>
+      new ConsoleDevice(new RecordingBackend(), { ports, maxPorts: 3 }).restoreState(
+        src.saveState(),
+      ),
+    ).toThrow(DeviceStateMismatchError);
+    const one = new ConsoleDevice(new RecordingBackend());
+    one.input(0, new Uint8Array(100));
+    const small = new ConsoleDevice(new RecordingBackend(), { pendingInputBytes: 64 });
+    expect(() => small.restoreState(one.saveState())).toThrow(
+      expect.objectContaining({ field: "console.ports[0].pendingInput" }),
+    );
+  });
+
+  it("refuses hostile state bytes with DeviceStateFormatError and changes nothing", () => {
+    const r = new Rig({ ports, maxPorts: 2 });
+    r.control(0, ConsoleEvent.DEVICE_READY, 1);
+    r.rec.sink!.input(0, new Uint8Array([1, 2, 3]));
+    const good = r.model.saveState();
+    const edit = (at: number, value: number) => {
+      const b = good.slice();
+      b[at] = value;
+      return b;
+    };
+    // Header 16 bytes; port 0 at 16: flags, name length, pending length u32.
+    for (const b of [
+      good.subarray(0, 15),
+      edit(0, 0),
+      edit(4, 2),
+      edit(5, 2),
+      edit(16, 0x40), // an unknown port flag
+      edit(16, 0x10 | 1), // guest open without ready
+      edit(17, 3), // a name length on an unnamed port
+      edit(18, 0xff), // pending input past the end
+      edit(12, 1), // a control message that is not there
+      Uint8Array.of(...good, 0),
+    ]) {
+      const m = new ConsoleDevice(new RecordingBackend(), { ports, maxPorts: 2 });
+      expect(() => m.restoreState(b)).toThrow(DeviceStateFormatError);
+      expect(m.portState(0)).toEqual(
+        new ConsoleDevice(new RecordingBackend(), { ports, maxPorts: 2 }).portState(0),
+      );
+      expect(m.controlPending).toBe(0);
+    }
   });
 });
 

@@ -823,3 +823,47 @@ describe("NetDevice state for suspend / resume", () => {
     }
   });
 });
+
+describe("NetDevice transmit interrupts (options.txInterrupts)", () => {
+  const frame = () => ether(OTHER, MAC, 0x0800, pattern(60));
+
+  it("immediate (the default) raises the used buffer notification inside each kick", () => {
+    const nic = new Nic();
+    nic.tx(frame());
+    expect(nic.device.core.interruptStatus & MmioInterrupt.USED_BUFFER).toBe(
+      MmioInterrupt.USED_BUFFER,
+    );
+  });
+
+  it("coalesced sends the frames at once but one notification per task, from a microtask, for all of its kicks", async () => {
+    const nic = new Nic({ device: { txInterrupts: "coalesced" } });
+    const before = nic.device.core.stats.usedInterrupts;
+    expect(nic.tx(frame())).toHaveLength(1);
+    expect(nic.tx(frame())).toHaveLength(1);
+    expect(nic.tx(frame())).toHaveLength(1);
+    expect(nic.backend.sent).toHaveLength(3);
+    expect(nic.device.core.interruptStatus & MmioInterrupt.USED_BUFFER).toBe(0);
+    await Promise.resolve();
+    expect(nic.device.core.interruptStatus & MmioInterrupt.USED_BUFFER).toBe(
+      MmioInterrupt.USED_BUFFER,
+    );
+    expect(nic.device.core.stats.usedInterrupts - before).toBe(1);
+  });
+
+  it("coalesced drops a notification that a device reset made stale", async () => {
+    const nic = new Nic({ device: { txInterrupts: "coalesced" } });
+    nic.tx(frame());
+    nic.device.reset();
+    await Promise.resolve();
+    expect(nic.device.core.interruptStatus).toBe(0);
+  });
+
+  it("rejects an unknown mode with a RangeError naming options.txInterrupts", () => {
+    expect(
+      () =>
+        new NetDevice(new TestBackend(), {
+          txInterrupts: "sometimes" as unknown as "immediate",
+        }),
+    ).toThrow(/options\.txInterrupts/);
+  });
+});

@@ -27,6 +27,7 @@ import {
   ringLayoutAt,
   type Segment,
 } from "@virtio-ts/virtqueue";
+import { checkAllocatorPlacement, checkRingPlacement } from "./placement.js";
 import { reapAll } from "./reap.js";
 import type { SlabAllocator } from "./slab.js";
 
@@ -191,10 +192,12 @@ interface Request {
 }
 
 /**
- * Guest-side virtio-blk driver over a {@link DriverTransport} (virtio-mmio, vhost-user; VIRTIO 1.3
- * §5.2): negotiates features, reads the configuration, sets up request queue 0 (split ring), and
- * serves `read`, `write`, `flush`, `discard`, `writeZeroes` and `getId` as promises, many in
- * flight.
+ * Guest-side virtio-blk driver over a {@link DriverTransport} (virtio-mmio, virtio-pci,
+ * vhost-user; VIRTIO 1.3 §5.2): negotiates features, reads the configuration, sets up request
+ * queue 0 and serves `read`, `write`, `flush`, `discard`, `writeZeroes` and `getId` as promises,
+ * many in flight. The ring is packed when the device offers VIRTIO_F_RING_PACKED (accepted by
+ * default; `options.packed: false` declines it) and split otherwise (§2.7, §2.8); the ring area
+ * at `options.ringBase` has the same size either way.
  *
  * Memory: rings live at `options.ringBase`; request headers, status bytes, ranges and data
  * bounce through `allocator` slots (one header slot per request plus data slots). A request
@@ -267,7 +270,9 @@ export class BlkDriver {
    *   least 2 slots)
    * @param options - ring address, queue size, segment limit
    * @throws TransportError from negotiation / queue setup; BlkDeviceFault "blk-not-block" or
-   *   "blk-bad-config" (FAILED is then set); RangeError naming an invalid option
+   *   "blk-bad-config" (FAILED is then set); RangeError naming an invalid option, or naming
+   *   `allocator` / `options.ringBase` when the slots or the ring area are not inside guest
+   *   memory (or overlap), with the address the memory must reach
    */
   constructor(
     transport: DriverTransport,
@@ -278,6 +283,7 @@ export class BlkDriver {
     if (allocator.slots < 2) {
       throw new RangeError(`allocator must have at least 2 slots, got ${allocator.slots}`);
     }
+    checkAllocatorPlacement(memory, allocator);
     const maxSegOpt = options.maxSegments ?? 16;
     if (!Number.isInteger(maxSegOpt) || maxSegOpt < 1) {
       throw new RangeError(`options.maxSegments must be a positive integer, got ${maxSegOpt}`);
@@ -358,6 +364,13 @@ export class BlkDriver {
 
     const base = options.ringBase;
     const end = base + ringAreaBytes(size);
+    checkRingPlacement(
+      memory,
+      allocator,
+      base,
+      BlkDriver.ringBytes(size, segs, indirect),
+      `BlkDriver.ringBytes(${size}, ${segs}, ${indirect})`,
+    );
     this.#q = transport.setupQueue<Request>(
       0,
       memory,

@@ -19,6 +19,7 @@ import {
 } from "@virtio-ts/spec";
 import type { ConfigWritableTransport } from "@virtio-ts/transport";
 import { type DriverQueue, ringAreaBytes, ringLayoutAt, type Segment } from "@virtio-ts/virtqueue";
+import { checkAllocatorPlacement, checkRingPlacement } from "./placement.js";
 import { reapAll } from "./reap.js";
 import type { SlabAllocator } from "./slab.js";
 
@@ -301,7 +302,9 @@ export class ConsoleDriver {
    * @param options - ring area, queue size, buffers, ports
    * @throws TransportError from negotiation / queue setup; ConsoleDeviceFault
    *   "console-not-console" / "console-bad-config" (FAILED is then set); RangeError naming an
-   *   invalid option or argument
+   *   invalid option or argument, or naming
+   *   `allocator` / `options.ringBase` when the slots or the ring area are not inside guest
+   *   memory (or overlap), with the address the memory must reach
    */
   constructor(
     transport: ConfigWritableTransport,
@@ -320,6 +323,7 @@ export class ConsoleDriver {
     if (!Number.isInteger(maxPortsOpt) || maxPortsOpt < 1) {
       throw new RangeError(`options.maxPorts must be a positive integer, got ${maxPortsOpt}`);
     }
+    checkAllocatorPlacement(memory, allocator);
     this.#t = transport;
     this.#mem = memory;
     this.#slab = allocator;
@@ -357,6 +361,13 @@ export class ConsoleDriver {
     }
     const area = ringAreaBytes(size);
     const nQueues = this.#multiport ? 2 * (this.#nPorts + 1) : 2;
+    checkRingPlacement(
+      memory,
+      allocator,
+      options.ringBase,
+      nQueues * area,
+      `${nQueues} queues × ringAreaBytes(${size})`,
+    );
     for (let i = 0; i < nQueues; i++) {
       this.#queues[i] = transport.setupQueue<Buf>(
         i,

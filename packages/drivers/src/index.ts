@@ -5,6 +5,16 @@
  * @packageDocumentation
  */
 export {
+  BALLOON_PFNS_PER_REQUEST,
+  BalloonDeviceFault,
+  type BalloonDeviceFaultCode,
+  BalloonDriver,
+  type BalloonDriverOptions,
+  type BalloonDriverStats,
+  type BalloonPageAllocator,
+  type BalloonStatsSample,
+} from "./balloon-driver.js";
+export {
   BLK_DRIVER_FEATURES,
   BlkDeviceFault,
   type BlkDeviceFaultCode,

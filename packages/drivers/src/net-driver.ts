@@ -38,6 +38,7 @@ import {
   type NetSendOptions,
   RX_MODE_CMD,
 } from "./net-driver-types.js";
+import { checkAllocatorPlacement, checkRingPlacement } from "./placement.js";
 import { reapAll } from "./reap.js";
 import type { SlabAllocator } from "./slab.js";
 
@@ -130,7 +131,9 @@ export class NetDriver {
    * @param options - ring address, queue size, pairs, buffering and feature choices
    * @throws TransportError from negotiation / queue setup; NetDeviceFault "net-not-net" or
    *   "net-bad-config" (FAILED is then set); RangeError naming an invalid option or an
-   *   `allocator` whose slots cannot hold a frame
+   *   `allocator` whose slots cannot hold a frame, or naming
+   *   `allocator` / `options.ringBase` when the slots or the ring area are not inside guest
+   *   memory (or overlap), with the address the memory must reach
    */
   constructor(
     transport: DriverTransport,
@@ -151,6 +154,7 @@ export class NetDriver {
     if (options.mac !== undefined && options.mac.length !== MAC_LEN) {
       throw new RangeError(`options.mac must be 6 bytes, got ${options.mac.length}`);
     }
+    checkAllocatorPlacement(memory, allocator);
     this.#t = transport;
     this.#onAnnounce = options.onAnnounce;
     const info = transport.probe();
@@ -245,6 +249,14 @@ export class NetDriver {
       );
     }
     const area = ringAreaBytes(size);
+    const nQueues = 2 * pairs + (hasFeature(f, NetFeature.CTRL_VQ) ? 1 : 0);
+    checkRingPlacement(
+      memory,
+      allocator,
+      options.ringBase,
+      nQueues * area,
+      `${nQueues} queues × ringAreaBytes(${size})`,
+    );
     let at = options.ringBase;
     const setup = <T>(index: number): DriverQueue<T> => {
       const s = Math.min(size, transport.queueMaxSize(index));

@@ -7,6 +7,7 @@ import { type GuestMemory, VirtioError } from "@virtio-ts/memory";
 import { DeviceId, Feature, featureMask, RngQueue } from "@virtio-ts/spec";
 import type { DriverTransport } from "@virtio-ts/transport";
 import { type DriverQueue, ringAreaBytes, ringLayoutAt } from "@virtio-ts/virtqueue";
+import { checkAllocatorPlacement, checkRingPlacement } from "./placement.js";
 import { reapAll } from "./reap.js";
 import type { SlabAllocator } from "./slab.js";
 
@@ -136,7 +137,9 @@ export class RngDriver {
    * @param allocator - slots for request buffers (one per request in flight)
    * @param options - ring address, queue size, in-flight bound
    * @throws TransportError from negotiation / queue setup; RngDeviceFault "rng-not-entropy"
-   *   (FAILED is then set); RangeError naming an invalid option
+   *   (FAILED is then set); RangeError naming an invalid option, or naming
+   *   `allocator` / `options.ringBase` when the slots or the ring area are not inside guest
+   *   memory (or overlap), with the address the memory must reach
    */
   constructor(
     transport: DriverTransport,
@@ -144,6 +147,7 @@ export class RngDriver {
     allocator: SlabAllocator,
     options: RngDriverOptions,
   ) {
+    checkAllocatorPlacement(memory, allocator);
     this.#t = transport;
     this.#mem = memory;
     this.#slab = allocator;
@@ -165,6 +169,8 @@ export class RngDriver {
       throw new RangeError(`options.maxInFlight must be a positive integer, got ${mif}`);
     }
     this.#maxInFlight = Math.min(mif, size, allocator.slots);
+    const bytes = ringAreaBytes(size);
+    checkRingPlacement(memory, allocator, options.ringBase, bytes, `ringAreaBytes(${size})`);
     this.#q = transport.setupQueue<Req>(
       RngQueue.REQUEST,
       memory,

@@ -6,7 +6,7 @@ import { runReadmeExample } from "../../../test-support/readme-example.js";
 const here = new URL("../", import.meta.url);
 
 describe("README example", () => {
-  it("writes and reads back a sector through BlkDriver and BlkDevice in one thread", () => {
-    expect(runReadmeExample(here, 0)).toEqual(["2048n 90 90"]);
+  it("wires a BlkDriver to a BlkDevice by hand (memory map, MMIO registers, interrupt line) and reads back what it wrote", () => {
+    expect(runReadmeExample(here, 0)).toEqual(["9d10 140000", "2048n 90 90 true"]);
   });
 });

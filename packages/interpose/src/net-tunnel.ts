@@ -616,7 +616,7 @@ export class EncryptedLinkEnd implements NetBackend {
  *
  * @example
  * ```ts
- * import { encryptedLink } from "@virtio-ts/interpose";
+ * import { encryptedLink } from "@virtio-ts/interpose/node";
  * import type { NetBackend } from "@virtio-ts/devices";
  *
  * declare const carrierA: NetBackend, carrierB: NetBackend;

@@ -118,7 +118,7 @@ interface Chunk {
  *
  * @example
  * ```ts
- * import { PcapngWriter } from "@virtio-ts/interpose";
+ * import { PcapngWriter } from "@virtio-ts/interpose/node";
  *
  * const pcap = new PcapngWriter("/tmp/vm.pcapng", { interfaces: ["vm0"] });
  * pcap.record(0, new Uint8Array(60), "outbound");

@@ -2,7 +2,7 @@ import type { NetBackend, NetFrameSink } from "@virtio-ts/devices";
 import type { CaptureDirection } from "./pcap.js";
 
 /**
- * Where a {@link sniff} wrapper sends the frames it sees: a {@link PcapngWriter} or anything
+ * Where a {@link sniff} wrapper sends the frames it sees: a `PcapngWriter` (`@virtio-ts/interpose/node`) or anything
  * shaped like it.
  *
  * Implementer contract: `record` copies what it keeps before returning (the frame may be a view
@@ -45,7 +45,7 @@ export interface SniffOptions {
  * refused copy stays in the capture.
  *
  * @param inner - the back-end to observe
- * @param recorder - where records go, typically a {@link PcapngWriter}
+ * @param recorder - where records go, typically a `PcapngWriter` (`@virtio-ts/interpose/node`)
  * @param options - the capture interface index
  * @returns the wrapper, to hand to the device in place of `inner`
  * @throws TypeError if `inner` or `recorder` has the wrong shape; RangeError for a bad `options.iface` (negative, or not one of the
@@ -53,7 +53,8 @@ export interface SniffOptions {
  *
  * @example
  * ```ts
- * import { PcapngWriter, sniff } from "@virtio-ts/interpose";
+ * import { sniff } from "@virtio-ts/interpose";
+ * import { PcapngWriter } from "@virtio-ts/interpose/node";
  * import type { NetBackend } from "@virtio-ts/devices";
  *
  * declare const port: NetBackend;

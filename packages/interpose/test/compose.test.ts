@@ -1,7 +1,8 @@
 import { MemoryDisk } from "@virtio-ts/backend-disk";
 import type { BlockBackend } from "@virtio-ts/devices";
 import { describe, expect, it } from "vitest";
-import { compose, composeAsync, encrypt, layer, slice } from "../src/index.js";
+import { compose, composeAsync, layer, slice } from "../src/index.js";
+import { encrypt } from "../src/node.js";
 
 /** A wrapper that records, in `trace`, the order in which requests pass through it. */
 function tracer(name: string, trace: string[]): (inner: BlockBackend) => BlockBackend {

@@ -11,7 +11,7 @@ import {
   openEncrypted,
   XtsAes256,
   type XtsEngine,
-} from "../src/index.js";
+} from "../src/node.js";
 import { pseudoRandom, RamDisk, splitAt } from "./helpers/ram-disk.js";
 
 /** IEEE 1619-2007 Annex B vectors 10–14, transcribed in vectors/ (see its "source"). */

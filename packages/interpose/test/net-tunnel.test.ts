@@ -1,6 +1,7 @@
 import { Switch, VethPair } from "@virtio-ts/backend-net";
 import type { NetBackend, NetFrameSink } from "@virtio-ts/devices";
 import { describe, expect, it } from "vitest";
+import { sniff } from "../src/index.js";
 import {
   EncryptedLinkEnd,
   encryptedLink,
@@ -12,8 +13,7 @@ import {
   LINK_VERSION,
   LINK_VERSION_BATCH,
   patchBackends,
-  sniff,
-} from "../src/index.js";
+} from "../src/node.js";
 
 const KEY = new Uint8Array(32).map((_, i) => i * 7 + 1);
 const SECRET = new TextEncoder().encode("TOP-SECRET-PAYLOAD-0123456789abc");

@@ -3,14 +3,14 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import fc from "fast-check";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import type { CaptureDirection } from "../src/index.js";
 import {
-  type CaptureDirection,
   LINKTYPE_ETHERNET,
   PcapFormatError,
   PcapngWriter,
   readPcap,
   readPcapng,
-} from "../src/index.js";
+} from "../src/node.js";
 
 let dir: string;
 beforeEach(() => {

@@ -14,7 +14,7 @@ import {
   type SnapshotLog,
   SnapshotLogError,
   snapshotLog,
-} from "../src/index.js";
+} from "../src/node.js";
 import { buildInterpose } from "./helpers/build-for-child.js";
 import { pseudoRandom, RamDisk, splitAt } from "./helpers/ram-disk.js";
 

@@ -5,13 +5,8 @@ import { join } from "node:path";
 import { Switch, VethPair } from "@virtio-ts/backend-net";
 import type { NetBackend } from "@virtio-ts/devices";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import {
-  type CaptureDirection,
-  type FrameRecorder,
-  PcapngWriter,
-  readPcapng,
-  sniff,
-} from "../src/index.js";
+import { type CaptureDirection, type FrameRecorder, sniff } from "../src/index.js";
+import { PcapngWriter, readPcapng } from "../src/node.js";
 
 let dir: string;
 beforeEach(() => {

@@ -8,6 +8,18 @@
  * @packageDocumentation
  */
 export {
+  BALLOON_PAGE_SIZE,
+  BALLOON_PFN_SHIFT,
+  BALLOON_STAT_TAGS,
+  BalloonCmdId,
+  BalloonConfig,
+  BalloonFeature,
+  BalloonQueue,
+  BalloonStat,
+  BalloonStatTag,
+  balloonQueueIndex,
+} from "./balloon.js";
+export {
   BLK_ID_BYTES,
   BLK_SECTOR_SIZE,
   BlkConfig,

@@ -10,6 +10,14 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import {
+  BALLOON_PAGE_SIZE,
+  BALLOON_PFN_SHIFT,
+  BALLOON_STAT_TAGS,
+  BalloonCmdId,
+  BalloonConfig,
+  BalloonFeature,
+  BalloonStat,
+  BalloonStatTag,
   BLK_ID_BYTES,
   BLK_SECTOR_SIZE,
   BlkConfig,
@@ -329,6 +337,33 @@ const groups: Group[] = [
       MAX_SECURE_ERASE_SEG: "max_secure_erase_seg",
       SECURE_ERASE_SECTOR_ALIGNMENT: "secure_erase_sector_alignment",
     }),
+  ),
+  group(
+    "virtio-balloon feature bits, statistics tags, command IDs and the PFN shift match <linux/virtio_balloon.h>",
+    prefixed("BalloonFeature", "VIRTIO_BALLOON_F_", BalloonFeature, {
+      PAGE_REPORTING: "VIRTIO_BALLOON_F_REPORTING",
+    }),
+    prefixed("BalloonStatTag", "VIRTIO_BALLOON_S_", BalloonStatTag),
+    prefixed("BalloonCmdId", "VIRTIO_BALLOON_CMD_ID_", BalloonCmdId),
+    constants(
+      "balloon",
+      { BALLOON_PFN_SHIFT, BALLOON_PAGE_SIZE, BALLOON_STAT_TAGS },
+      {
+        BALLOON_PFN_SHIFT: "VIRTIO_BALLOON_PFN_SHIFT",
+        BALLOON_PAGE_SIZE: "(1 << VIRTIO_BALLOON_PFN_SHIFT)",
+        BALLOON_STAT_TAGS: "VIRTIO_BALLOON_S_NR",
+      },
+    ),
+  ),
+  group(
+    "virtio_balloon_config and the packed virtio_balloon_stat match <linux/virtio_balloon.h>",
+    layout("virtio_balloon_config", BalloonConfig, {
+      NUM_PAGES: "num_pages",
+      ACTUAL: "actual",
+      FREE_PAGE_HINT_CMD_ID: "free_page_hint_cmd_id",
+      POISON_VAL: "poison_val",
+    }),
+    layout("virtio_balloon_stat", BalloonStat, { TAG: "tag", VAL: "val" }),
   ),
   group(
     "virtio-net feature bits match <linux/virtio_net.h>",

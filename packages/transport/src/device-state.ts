@@ -188,24 +188,47 @@ const Q_READY = 1;
 const Q_AVAIL_WRAP = 2;
 const Q_USED_WRAP = 4;
 
+/** Slicing-by-8 tables: `CRC_TABLE[k·256 + b]` is the CRC of byte `b` followed by `k` zero bytes. */
 const CRC_TABLE = (() => {
-  const t = new Uint32Array(256);
+  const t = new Uint32Array(8 * 256);
   for (let n = 0; n < 256; n++) {
     let c = n;
     for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
     t[n] = c >>> 0;
   }
+  for (let n = 0; n < 256; n++) {
+    for (let k = 1; k < 8; k++) {
+      const p = t[(k - 1) * 256 + n]!;
+      t[k * 256 + n] = (p >>> 8) ^ t[p & 0xff]!;
+    }
+  }
   return t;
 })();
 
 /**
- * CRC-32 (IEEE 802.3, reflected, the zlib / PNG checksum) of `data`.
+ * CRC-32 (IEEE 802.3, reflected, the zlib / PNG checksum) of `data`, eight bytes a step
+ * (slicing-by-8: a guest's RAM image of tens of MiB is checked in about 100 ms).
  * @param data - the bytes
  * @returns the checksum, an unsigned 32-bit integer
  */
 export function crc32(data: Uint8Array): number {
+  const t = CRC_TABLE;
+  const n = data.length;
   let c = 0xffffffff;
-  for (let i = 0; i < data.length; i++) c = CRC_TABLE[(c ^ data[i]!) & 0xff]! ^ (c >>> 8);
+  let i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const a = (data[i]! | (data[i + 1]! << 8) | (data[i + 2]! << 16) | (data[i + 3]! << 24)) ^ c;
+    c =
+      t[1792 + (a & 0xff)]! ^
+      t[1536 + ((a >>> 8) & 0xff)]! ^
+      t[1280 + ((a >>> 16) & 0xff)]! ^
+      t[1024 + (a >>> 24)]! ^
+      t[768 + data[i + 4]!]! ^
+      t[512 + data[i + 5]!]! ^
+      t[256 + data[i + 6]!]! ^
+      t[data[i + 7]!]!;
+  }
+  for (; i < n; i++) c = t[(c ^ data[i]!) & 0xff]! ^ (c >>> 8);
   return (c ^ 0xffffffff) >>> 0;
 }
 

@@ -19,6 +19,7 @@ export {
 } from "./device-core.js";
 export type { DeviceContext, DeviceModel, DeviceNotifiers } from "./device-model.js";
 export {
+  crc32,
   DEVICE_STATE_VERSION,
   type DeviceState,
   DeviceStateChecksumError,
@@ -97,4 +98,5 @@ export {
   type PciNotifyLocation,
   type PciStructureLocation,
 } from "./pci-driver.js";
+export { restorePciDevice, savePciDevice } from "./pci-state.js";
 export { RateLimitedLog, type RateLimitedLogOptions } from "./rate-limit.js";

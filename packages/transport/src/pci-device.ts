@@ -29,6 +29,8 @@ import {
   VirtioDeviceCore,
 } from "./device-core.js";
 import type { DeviceModel } from "./device-model.js";
+import { type DeviceState, DeviceStateMismatchError } from "./device-state.js";
+import { decodePciTransportState, encodePciTransportState } from "./pci-transport-state.js";
 
 /**
  * The reserved transport/ring feature bits a {@link VirtioPciDevice} may offer: the same set as
@@ -710,6 +712,133 @@ export class VirtioPciDevice {
    */
   syncInterrupts(): void {
     this.#updateIntx();
+  }
+
+  // ---- suspend / resume: moving the function (a migration, a snapshot) ----
+
+  /**
+   * The function's own registers, for the transport section of the device state
+   * (`core.saveState(pci.saveTransportState())`, or {@link savePciDevice} in one call):
+   * configuration space (command register, BAR addresses, Interrupt Line, the `pci_cfg`
+   * capability, MSI-X control), the MSI-X table and pending bits, the vectors mapped to each
+   * queue and to configuration changes, the common configuration's selectors
+   * (`device_feature_select`, `driver_feature_select`, `queue_select`, §4.1.4.3) and the
+   * presented `config_generation`. The ISR status and the INTx level are the core's (its
+   * `interruptStatus`), saved by `core.saveState`.
+   * @returns versioned bytes for {@link VirtioPciDevice.restoreState}
+   */
+  saveTransportState(): Uint8Array {
+    return encodePciTransportState({
+      config: this.#cfg,
+      msixTable: this.#msixTable,
+      msixPba: this.#msixPba,
+      queueVectors: this.#queueVectors,
+      configVector: this.#configVector,
+      deviceFeatureSelect: this.#deviceFeatureSel,
+      driverFeatureSelect: this.#driverFeatureSel,
+      queueSelect: this.#queueSel,
+      generation: this.#generation,
+      seenGeneration: this.#seenGeneration,
+    });
+  }
+
+  /**
+   * Bring this fresh function (never configured: command register 0, no BAR decoded, device
+   * status 0) to a saved state and resume it: the registers of the transport section, then
+   * the core (`core.restoreState`: features, queues with their chains in flight, model state,
+   * pending interrupt), then the host hears of the restored placement: `mapBar` for every BAR
+   * the saved command register decodes, `setIntx(true)` when the ISR holds a bit the driver
+   * has not read (§4.1.4.5.1: INTx follows the ISR while MSI-X is off), and MSI-X messages for
+   * pending vectors that are unmasked (PCI 3.0 §6.8.3.3).
+   *
+   * The state is untrusted. It must have been saved from a function of the same shape: every
+   * read-only bit of configuration space (IDs, class, BAR types and sizes, capabilities,
+   * `notify_off_multiplier`, MSI-X table size) equal, the same queue and vector counts, and
+   * vectors inside the table. Otherwise nothing is applied and a typed error says which field
+   * differs; the function stays fresh. Values a guest could have written itself are taken as
+   * they are, so register accesses afterwards behave as for any guest and never throw.
+   * @param state - from `decodeDeviceState` (or `core.saveState(pci.saveTransportState())`)
+   * @throws RangeError unless this function is fresh; DeviceStateMismatchError naming the
+   *   field that does not fit (`transport`, `pci.config[0x..]`, `pci.queueVectors[i]`, …, or
+   *   one of the core's); DeviceStateFormatError for malformed registers; a `VirtioError`
+   *   from the model's `restoreState`
+   */
+  restoreState(state: DeviceState): void {
+    const core = this.core;
+    if (core.status !== 0 || this.command !== 0 || this.#mapped.some((m) => m !== undefined)) {
+      throw new RangeError(
+        "restoreState needs a fresh VirtioPciDevice (never configured by firmware or a driver)",
+      );
+    }
+    const r = decodePciTransportState(state.transport, this.#queueVectors.length, this.msixVectors);
+    const initial = this.#initial;
+    const wm = this.#wmask;
+    for (let i = 0; i < PciConfig.SIZE; i++) {
+      // The interrupt status bit is not configuration: it follows the ISR (§4.1.4.5.1).
+      const dynamic = i === PciConfig.STATUS ? PciStatus.INTERRUPT : 0;
+      const ro = ~(wm[i]! | dynamic) & 0xff;
+      if ((r.config[i]! & ro) !== (initial[i]! & ro)) {
+        throw new DeviceStateMismatchError(
+          `pci.config[0x${i.toString(16)}]`,
+          `read-only bits saved 0x${(r.config[i]! & ro).toString(16)}, this function 0x${(initial[i]! & ro).toString(16)}`,
+        );
+      }
+    }
+    // §4.1.5.1.2.1: a vector outside the table is never stored (it reads back NO_VECTOR).
+    const vectorOk = (v: number) => v === VIRTIO_MSI_NO_VECTOR || v < this.msixVectors;
+    if (!vectorOk(r.configVector)) {
+      throw new DeviceStateMismatchError("pci.configVector", `vector ${r.configVector}`);
+    }
+    r.queueVectors.forEach((v, i) => {
+      if (!vectorOk(v)) throw new DeviceStateMismatchError(`pci.queueVectors[${i}]`, `vector ${v}`);
+    });
+    for (let v = 0; v < this.msixVectors; v++) {
+      // What #msixWrite stores: a DWORD-aligned address, only the mask bit of vector control.
+      if (
+        (r.msixTable[4 * v]! & 3) !== 0 ||
+        (r.msixTable[4 * v + 3]! & ~PciMsix.ENTRY_CTRL_MASKBIT) !== 0
+      ) {
+        throw new DeviceStateMismatchError(`pci.msixTable[${v}]`, "bits the table never holds");
+      }
+    }
+    for (let w = 0; w < r.msixPba.length; w++) {
+      const valid = Math.min(32, this.msixVectors - 32 * w);
+      const mask = valid >= 32 ? 0xffffffff : valid <= 0 ? 0 : (1 << valid) - 1;
+      if ((r.msixPba[w]! & ~mask) !== 0) {
+        throw new DeviceStateMismatchError(`pci.msixPba[${w}]`, "pending bits past the table");
+      }
+    }
+    const cfg = this.#cfg;
+    for (let i = 0; i < PciConfig.SIZE; i++) {
+      cfg[i] = (initial[i]! & ~wm[i]!) | (r.config[i]! & wm[i]!);
+    }
+    this.#msixTable.set(r.msixTable);
+    this.#msixPba.set(r.msixPba);
+    this.#queueVectors.set(r.queueVectors);
+    this.#configVector = r.configVector;
+    this.#deviceFeatureSel = r.deviceFeatureSelect;
+    this.#driverFeatureSel = r.driverFeatureSelect;
+    this.#queueSel = r.queueSelect;
+    this.#generation = r.generation;
+    this.#seenGeneration = r.seenGeneration;
+    try {
+      core.restoreState(state);
+    } catch (e) {
+      // Nothing was resumed: back to power-on, the host having heard of nothing.
+      core.reset();
+      cfg.set(initial);
+      this.#resetMsix();
+      this.#virtioReset();
+      this.#generation = 0;
+      this.#seenGeneration = 0;
+      throw e;
+    }
+    this.#notificationData =
+      (core.status & DeviceStatus.FEATURES_OK) !== 0 &&
+      hasFeature(core.features, Feature.NOTIFICATION_DATA);
+    this.#updateMappings();
+    this.#updateIntx();
+    this.#msixFlushPending();
   }
 
   #virtioReset(): void {

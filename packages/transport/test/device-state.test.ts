@@ -89,6 +89,23 @@ describe("device state encoding", () => {
     expect(crc32(new TextEncoder().encode("123456789"))).toBe(0xcbf43926);
   });
 
+  it("computes, eight bytes a step, the same CRC-32 as the byte-at-a-time definition for any length and offset", () => {
+    const bytewise = (d: Uint8Array): number => {
+      let c = 0xffffffff;
+      for (const b of d) {
+        c ^= b;
+        for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+      }
+      return (c ^ 0xffffffff) >>> 0;
+    };
+    fc.assert(
+      fc.property(fc.uint8Array({ maxLength: 80 }), fc.nat(7), (bytes, skip) => {
+        const d = bytes.subarray(Math.min(skip, bytes.length));
+        expect(crc32(d)).toBe(bytewise(d));
+      }),
+    );
+  });
+
   it("refuses an unknown version with DeviceStateVersionError carrying both versions, before the checksum", () => {
     const bytes = encodeDeviceState(STATE);
     new DataView(bytes.buffer).setUint16(4, 2, true);

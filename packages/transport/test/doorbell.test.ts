@@ -124,7 +124,9 @@ describe("SharedDoorbell across threads", () => {
   it("a driver worker and a device worker ping-pong 20000 kicks and interrupts with no lost wakeup", async () => {
     const kick = new SharedDoorbell();
     const irq = new SharedDoorbell();
-    const common = { kick: kick.handle, irq: irq.handle, total: 20_000, timeoutMs: 10_000 };
+    // A lost wakeup hangs one side forever; the timeout only has to outlast the longest time a
+    // thread can go unscheduled on a loaded 2-core machine (10 s was seen to be too short).
+    const common = { kick: kick.handle, irq: irq.handle, total: 20_000, timeoutMs: 60_000 };
     const [driver, device] = await Promise.all([
       run({ ...common, role: "driver" }),
       run({ ...common, role: "device" }),
@@ -132,7 +134,7 @@ describe("SharedDoorbell across threads", () => {
     expect(driver).toEqual({ role: "driver", rounds: 20_000, rings: 20_000 });
     expect(device.rings).toBe(20_000);
     expect(device.rounds).toBe(20_000);
-  });
+  }, 150_000);
 
   it("the main thread waits with Atomics.waitAsync for a worker's interrupts", async () => {
     const kick = new SharedDoorbell();

@@ -83,8 +83,9 @@ const buses = new WeakMap<V86Cpu, V86VirtioBus>();
  * no PCI hot-plug and SeaBIOS assigns the BARs and IRQ lines at boot.
  *
  * Only I/O BARs and INTx: v86 cannot move memory BARs (`pci.js` resets them to their initial
- * value) and maps MMIO in 128 KiB blocks, and without an APIC setup it delivers no MSI. Saving
- * and restoring v86 state (`save_state`) does not include these devices.
+ * value) and maps MMIO in 128 KiB blocks, and without an APIC setup it delivers no MSI. v86's
+ * own `save_state` does not include these devices: `saveV86` / `restoreV86` save and restore
+ * both together.
  *
  * @example
  * ```ts

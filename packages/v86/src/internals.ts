@@ -63,6 +63,11 @@ export interface V86Devices {
 export interface V86Machine {
   /** The emulated CPU and its devices. */
   cpu: V86Cpu;
+  /**
+   * v86's state, taken synchronously (`src/main.js`; the public `V86.save_state` wraps it in
+   * a promise). Optional: only used when present.
+   */
+  save_state?(): ArrayBuffer;
 }
 
 /** A device as v86's PCI bus records it (`PCI.register_device`). */
@@ -128,4 +133,19 @@ export interface V86Cpu {
 export interface V86Like {
   /** The machine (`src/main.js`), undefined until the emulator is loaded. */
   v86?: V86Machine | undefined;
+}
+
+/**
+ * The public `V86` API a migration uses ({@link saveV86}, {@link restoreV86}): the methods of
+ * the object `new V86(options)` returns, as v86's own typings declare them.
+ */
+export interface V86Emulator extends V86Like {
+  /** Start (or continue) running the guest. */
+  run(): unknown;
+  /** Stop after the current time slice; resolves once v86 has stopped. */
+  stop(): Promise<void>;
+  /** v86's state: CPU, RAM and v86's own devices (not devices attached from outside). */
+  save_state(): Promise<ArrayBuffer>;
+  /** Take back a state of `save_state` (same memory size and devices). */
+  restore_state(state: ArrayBuffer): Promise<void>;
 }

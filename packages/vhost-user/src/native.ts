@@ -5,7 +5,9 @@
  * {@link NativeAddonMissingError} saying how to build it.
  * @module
  */
+import { readFileSync } from "node:fs";
 import { createRequire } from "node:module";
+import { fileURLToPath } from "node:url";
 
 /** An opaque uv_poll watcher handle returned by {@link VhostUserNative.watch}. */
 export interface NativeWatch {
@@ -51,8 +53,23 @@ export interface VhostUserNative {
   unwatch(handle: NativeWatch): void;
 }
 
-/** The command that builds the addon, as the error message and the README give it. */
-export const BUILD_NATIVE_COMMAND = "pnpm --filter @virtio-ts/vhost-user build:native";
+/**
+ * The command that builds the addon where this package is installed
+ * (`node <package directory>/scripts/build-native.mjs`, with the real path), as
+ * {@link NativeAddonMissingError} gives it. The package's `install` script runs the same script;
+ * it needs a C compiler, make, python3 and Node's headers.
+ */
+export const BUILD_NATIVE_COMMAND = `node ${fileURLToPath(new URL("../scripts/build-native.mjs", import.meta.url))}`;
+
+/** Why the install step could not build the addon (the first line it recorded), if it said. */
+function installFailure(): string {
+  try {
+    const why = readFileSync(new URL("../native/build-failure.txt", import.meta.url), "utf8");
+    return ` The install step said: ${why.split("\n")[0]}`;
+  } catch {
+    return "";
+  }
+}
 
 /**
  * The native addon is not built (or cannot be loaded here). Host misconfiguration, not a
@@ -65,7 +82,7 @@ export class NativeAddonMissingError extends Error {
   /** @param cause - why loading failed */
   constructor(cause: unknown) {
     super(
-      `@virtio-ts/vhost-user: native addon not built: run \`${BUILD_NATIVE_COMMAND}\` (needs a C compiler, make, python3 and Node's headers; Linux only). ${String(cause instanceof Error ? cause.message : cause).split("\n")[0]}`,
+      `@virtio-ts/vhost-user: native addon not built: run \`${BUILD_NATIVE_COMMAND}\` (needs a C compiler, make, python3 and Node's headers; Linux only).${installFailure()} ${String(cause instanceof Error ? cause.message : cause).split("\n")[0]}`,
       { cause },
     );
   }

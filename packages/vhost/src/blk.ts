@@ -14,7 +14,7 @@ import { VhostDevice, type VhostDeviceOptions } from "./vhost-device.js";
  * Where the worker gets its block back-end: a module it imports and the name of an export,
  * a function `(args) => BlockBackend | Promise<BlockBackend>` (back-ends cannot cross threads,
  * so the worker opens its own). The host knows no back-end: any `BlockBackend` works, e.g.
- * `@virtio-ts/backend-disk`'s `openDisk` with a `DiskSpec`.
+ * `@virtio-ts/backend-disk/node`'s `openDisk` with a `DiskSpec`.
  */
 export interface VhostBlkBackendSpec {
   /** URL of the module, as a string (it is posted to the worker), e.g. `import.meta.resolve(...)`. */

@@ -400,8 +400,9 @@ export class VhostDevice implements DeviceModel {
         pollUs: this.#pollUs,
         drainTimeoutMs: this.#drainMs,
       },
-      // The worker resolves @virtio-ts/* like any consumer (no test-runner loader flags).
-      execArgv: [],
+      // The worker resolves @virtio-ts/* like any consumer (no test-runner loader flags); under
+      // `node --cpu-prof` the data plane thread is profiled too.
+      execArgv: process.execArgv.filter((a) => a.startsWith("--cpu-prof")),
     });
     this.#worker = w;
     this.#started++;

@@ -4,7 +4,7 @@
 import { execFileSync } from "node:child_process";
 import { createRequire } from "node:module";
 import { fileURLToPath } from "node:url";
-import { type DiskSpec, describeDisk } from "@virtio-ts/backend-disk";
+import { type DiskSpec, describeDisk } from "@virtio-ts/backend-disk/node";
 import { type BlkDeviceAdapter, blkDeviceSuite } from "@virtio-ts/contract";
 import { describeContract } from "@virtio-ts/contract/vitest";
 import type { DeviceModel } from "@virtio-ts/transport";
@@ -14,7 +14,7 @@ import { blkDescription, type VhostBlkArgs, VhostDevice } from "../src/index.js"
 const WORKER = new URL("../dist/vhost-worker.js", import.meta.url);
 const BLK = new URL("../dist/blk.js", import.meta.url);
 /** backend-disk's built module: the worker opens its disk with its `openDisk`. */
-const BACKEND_DISK = new URL("../../backend-disk/dist/index.js", import.meta.url).href;
+const BACKEND_DISK = new URL("../../backend-disk/dist/node.js", import.meta.url).href;
 
 beforeAll(() => {
   const tsc = createRequire(import.meta.url).resolve("typescript/bin/tsc");

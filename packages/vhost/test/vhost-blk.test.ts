@@ -8,7 +8,7 @@ import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { type DiskSpec, describeDisk } from "@virtio-ts/backend-disk";
+import { type DiskSpec, describeDisk } from "@virtio-ts/backend-disk/node";
 import { BlkDriver, SlabAllocator } from "@virtio-ts/drivers";
 import { createGuestMemory } from "@virtio-ts/memory";
 import { DeviceStatus, Feature, hasFeature } from "@virtio-ts/spec";
@@ -28,7 +28,7 @@ const BLK = new URL("../dist/blk.js", import.meta.url);
 const CRASH = new URL("./fixtures/crash-model.mjs", import.meta.url);
 
 /** backend-disk's built module: the worker opens its disk with its `openDisk`. */
-const BACKEND_DISK = new URL("../../backend-disk/dist/index.js", import.meta.url).href;
+const BACKEND_DISK = new URL("../../backend-disk/dist/node.js", import.meta.url).href;
 
 /** vhost-blk arguments for a disk the worker opens with backend-disk's `openDisk`. */
 function onDisk(spec: DiskSpec): Pick<VhostBlkArgs, "backend" | "disk"> {

@@ -16,7 +16,7 @@ import { randomFillSync } from "node:crypto";
 import { copyFileSync, existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { FileDisk } from "@virtio-ts/backend-disk";
+import { FileDisk } from "@virtio-ts/backend-disk/node";
 import { BlkDevice } from "@virtio-ts/devices";
 import { chooseAccelerator, type GuestResult, requireTools, runGuest } from "@virtio-ts/interop";
 import { VhostUserBlkBackend } from "@virtio-ts/vhost-user";

@@ -21,19 +21,21 @@ import type { BlockBackend, NetBackend } from "@virtio-ts/devices";
 import type { BlkDriver } from "@virtio-ts/drivers";
 import {
   compose,
-  encrypt,
-  encryptedLink,
   layer,
   mirror,
-  PcapngWriter,
-  patchBackends,
   RateLimitGroup,
   rateLimit,
-  type SnapshotLog,
   slice,
-  snapshotLog,
   sniff,
 } from "@virtio-ts/interpose";
+import {
+  encrypt,
+  encryptedLink,
+  PcapngWriter,
+  patchBackends,
+  type SnapshotLog,
+  snapshotLog,
+} from "@virtio-ts/interpose/node";
 import { blkRig, closedLoop, IO, randomBlocks } from "./blk-iops.js";
 
 /** Bytes per block request (the blk bench's). */

@@ -14,7 +14,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { crc32 } from "node:zlib";
 import type { BlockBackend } from "@virtio-ts/devices";
-import { snapshotLog } from "@virtio-ts/interpose";
+import { snapshotLog } from "@virtio-ts/interpose/node";
 
 /** Records in the logs measured. */
 export const LOG_OPEN_SIZES = [100_000, 200_000, 400_000] as const;

@@ -1,6 +1,6 @@
 // virtio-ts benchmarks. Every figure is printed beside a baseline measured in the same run.
 //
-//   node [--expose-gc] tools/bench/dist/main.js [split] [packed] [heap] [blk] [vhost] [net] [vhost-net] [interpose] [log-open] [guest-dd] [--quick]
+//   node [--expose-gc] tools/bench/dist/main.js [split] [packed] [heap] [blk] [vhost] [net] [vhost-net] [interpose] [log-open] [guest-dd] [balloon] [--quick]
 //
 // split: split-ring round trips per second, one thread and two workers with Atomics doorbells,
 //        beside c/split_ring.c (same shape) compiled with gcc in this run; ratio TS / C.
@@ -22,6 +22,10 @@
 // guest-dd: a Linux guest under QEMU (TCG) runs sequential O_DIRECT dd (1 MiB, read and write)
 //        on our VhostUserBlkBackend vs qemu-storage-daemon on the same image; ratio ours / qsd.
 //        Not in the default set (needs QEMU, a kernel and the vhost-user addon): name it.
+// balloon: what a migration copies of a 256 MiB Linux guest in v86 after it wrote and freed
+//        100 MiB: no balloon vs free page reporting vs reporting + 64 MiB inflated (bytes to
+//        copy, encode time, ratio to the plain guest). Not in the default set (two v86 boots,
+//        about 2 minutes of one core): name it.
 import { execFileSync } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -33,6 +37,7 @@ import { runInNewContext } from "node:vm";
 import { Worker } from "node:worker_threads";
 import { MemoryDisk } from "@virtio-ts/backend-disk";
 import { createGuestMemory } from "@virtio-ts/memory";
+import { balloonBench } from "./balloon.js";
 import { blkBench, blkRig, closedLoop, IO, randomBlocks } from "./blk-iops.js";
 import { guestDdBench } from "./guest-dd.js";
 import { interposeBench } from "./interpose.js";
@@ -365,9 +370,10 @@ const benches: Record<string, () => Promise<void>> = {
     await logOpenBench(quick, REPS);
   },
   "guest-dd": () => guestDdBench(quick),
+  balloon: () => balloonBench(),
 };
-/** Benches run only when named: they need tools outside Node (QEMU, a kernel, the addon). */
-const optIn = new Set(["guest-dd"]);
+/** Benches run only when named: they need tools outside Node (QEMU, a kernel, the addon, v86). */
+const optIn = new Set(["guest-dd", "balloon"]);
 const names = args.filter((a) => !a.startsWith("--"));
 const unknown = names.filter((n) => !(n in benches));
 if (unknown.length > 0) {

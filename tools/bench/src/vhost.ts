@@ -15,7 +15,7 @@ import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
-import { type DiskSpec, describeDisk, FileDisk } from "@virtio-ts/backend-disk";
+import { type DiskSpec, describeDisk, FileDisk } from "@virtio-ts/backend-disk/node";
 import { BlkDevice } from "@virtio-ts/devices";
 import { BlkDriver, SlabAllocator } from "@virtio-ts/drivers";
 import { createGuestMemory, type GuestMemoryMap } from "@virtio-ts/memory";
@@ -24,7 +24,7 @@ import { createVhostBlk } from "@virtio-ts/vhost";
 
 /** backend-disk's built module, which the vhost worker imports to open the image. */
 const BACKEND_DISK = pathToFileURL(
-  createRequire(import.meta.url).resolve("@virtio-ts/backend-disk"),
+  createRequire(import.meta.url).resolve("@virtio-ts/backend-disk/node"),
 ).href;
 
 const BLOCK = 4096;

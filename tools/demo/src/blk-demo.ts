@@ -7,7 +7,7 @@
 import { mkdtemp, open, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { FileDisk } from "@virtio-ts/backend-disk";
+import { FileDisk } from "@virtio-ts/backend-disk/node";
 import { BlkDevice, type BlockBackend } from "@virtio-ts/devices";
 import { BlkDriver, SlabAllocator } from "@virtio-ts/drivers";
 import { createGuestMemory } from "@virtio-ts/memory";

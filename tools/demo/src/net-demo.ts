@@ -6,12 +6,12 @@
 // `-netdev stream` framing over TCP loopback).
 import { spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
+import { Switch } from "@virtio-ts/backend-net";
 import {
   type StreamTunnel,
   StreamTunnelServer,
-  Switch,
   type TunnelStats,
-} from "@virtio-ts/backend-net";
+} from "@virtio-ts/backend-net/node";
 import { type NetBackend, NetDevice } from "@virtio-ts/devices";
 import { NetDriver, SlabAllocator } from "@virtio-ts/drivers";
 import { createGuestMemory } from "@virtio-ts/memory";

@@ -4,7 +4,8 @@
 // StreamTunnelServer, plugged into its switch). It answers ARP and ping for 10.0.0.2, prints
 // "ready" once it can, and when the tunnel closes prints "stats <json>" (its NIC's counters and
 // pid) and exits.
-import { StreamTunnel, VethPair } from "@virtio-ts/backend-net";
+import { VethPair } from "@virtio-ts/backend-net";
+import { StreamTunnel } from "@virtio-ts/backend-net/node";
 import { createNetGuest, IP_B, MAC_B, serveGuest } from "./net-demo.js";
 
 const port = Number(process.argv[2]);

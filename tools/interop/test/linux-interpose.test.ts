@@ -8,7 +8,7 @@ import { createDecipheriv, createHash, randomBytes } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { FileDisk } from "@virtio-ts/backend-disk";
+import { FileDisk } from "@virtio-ts/backend-disk/node";
 import { BlkDevice, type BlockBackend } from "@virtio-ts/devices";
 import {
   explainGuest,
@@ -17,7 +17,7 @@ import {
   requireTools,
   runGuest,
 } from "@virtio-ts/interop";
-import { encrypt, snapshotLog } from "@virtio-ts/interpose";
+import { encrypt, snapshotLog } from "@virtio-ts/interpose/node";
 import { VhostUserBlkBackend, type VhostUserError } from "@virtio-ts/vhost-user";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 

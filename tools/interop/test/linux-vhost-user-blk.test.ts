@@ -5,7 +5,7 @@ import { createHash } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { FileDisk } from "@virtio-ts/backend-disk";
+import { FileDisk } from "@virtio-ts/backend-disk/node";
 import { BlkDevice } from "@virtio-ts/devices";
 import {
   explainGuest,

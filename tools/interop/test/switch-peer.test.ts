@@ -2,8 +2,10 @@ import { createSocket } from "node:dgram";
 import { mkdtempSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { DgramTunnel, StreamTunnelServer, Switch } from "@virtio-ts/backend-net";
-import { PcapngWriter, sniff } from "@virtio-ts/interpose";
+import { Switch } from "@virtio-ts/backend-net";
+import { DgramTunnel, StreamTunnelServer } from "@virtio-ts/backend-net/node";
+import { sniff } from "@virtio-ts/interpose";
+import { PcapngWriter } from "@virtio-ts/interpose/node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   createTsNic,

@@ -38,19 +38,32 @@ export function blockSequence(n: number, blocks: number, seed = 0x9e3779b9): Uin
   return out;
 }
 
-async function lanes(n: number, depth: number, op: (i: number) => Promise<unknown>): Promise<void> {
+/** Run `op(0..n-1)` with `depth` in flight, issuing no new one after `deadline` (ms); returns how many ran. */
+async function lanes(
+  n: number,
+  depth: number,
+  op: (i: number) => Promise<unknown>,
+  deadline = Number.POSITIVE_INFINITY,
+): Promise<number> {
   let next = 0;
   const lane = async (): Promise<void> => {
-    while (next < n) await op(next++);
+    while (next < n && performance.now() < deadline) await op(next++);
   };
   await Promise.all(Array.from({ length: Math.min(depth, n) }, lane));
+  return next;
 }
 
 /**
  * Run the workload on `rig`: `seq.length` reads of 4 KiB, `depth` in flight, the first fifth
- * as warm-up; every read is checked by its first word.
+ * as warm-up; every read is checked by its first word. With `budgetMs`, no new request starts
+ * after a fifth of it in the warm-up or after it in the timed part (a slow mode runs fewer).
  */
-export async function measure(rig: Rig, seq: Uint32Array, depth: number): Promise<Run> {
+export async function measure(
+  rig: Rig,
+  seq: Uint32Array,
+  depth: number,
+  budgetMs = Number.POSITIVE_INFINITY,
+): Promise<Run> {
   let bad = 0;
   const op = async (i: number): Promise<void> => {
     const b = seq[i]!;
@@ -58,18 +71,23 @@ export async function measure(rig: Rig, seq: Uint32Array, depth: number): Promis
     if ((d[0]! | (d[1]! << 8) | (d[2]! << 16) | (d[3]! << 24)) >>> 0 !== b) bad++;
   };
   const warm = Math.floor(seq.length / 5);
-  await lanes(warm, depth, op);
+  await lanes(warm, depth, op, performance.now() + budgetMs / 5);
   // Settle a late interrupt before the counters start.
   await new Promise((r) => setImmediate(r));
   rig.resetCounters();
   const t0 = process.hrtime.bigint();
-  await lanes(seq.length - warm, depth, (i) => op(warm + i));
+  const ran = await lanes(
+    seq.length - warm,
+    depth,
+    (i) => op(warm + i),
+    performance.now() + budgetMs,
+  );
   const ns = Number(process.hrtime.bigint() - t0);
   await new Promise((r) => setImmediate(r));
   return {
     name: rig.name,
     depth,
-    requests: seq.length - warm,
+    requests: ran,
     ns,
     counters: rig.counters(),
     mismatches: bad,

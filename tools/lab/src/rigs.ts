@@ -2,7 +2,8 @@
 // so the vhost worker sees the very same bytes), each exposing the same `read` and the same
 // counters: exits (trapped register accesses), interrupts the guest took (handler runs), and
 // bytes the VMM's own code copied between guest memory and its buffers.
-import { type DiskSpec, describeDisk, MemoryDisk } from "@virtio-ts/backend-disk";
+import { MemoryDisk } from "@virtio-ts/backend-disk";
+import { type DiskSpec, describeDisk } from "@virtio-ts/backend-disk/node";
 import { BlkDevice } from "@virtio-ts/devices";
 import { BlkDriver, SlabAllocator } from "@virtio-ts/drivers";
 import {
@@ -275,7 +276,7 @@ export interface VhostWorkerFiles {
   readonly script: URL;
   /** `blk.js` (exports `createBlkModel`). */
   readonly blkModule: URL;
-  /** `@virtio-ts/backend-disk`'s built entry (exports `openDisk`), which the worker imports. */
+  /** `@virtio-ts/backend-disk/node`'s built entry (exports `openDisk`), which the worker imports. */
   readonly backendDisk: URL;
 }
 
@@ -290,7 +291,7 @@ export async function vhostRig(image: SharedArrayBuffer, files?: VhostWorkerFile
   const args: VhostBlkArgs = {
     // The worker opens the disk itself, through backend-disk's built module.
     backend: {
-      module: String(files?.backendDisk ?? import.meta.resolve("@virtio-ts/backend-disk")),
+      module: String(files?.backendDisk ?? import.meta.resolve("@virtio-ts/backend-disk/node")),
       export: "openDisk",
       args: disk,
     },

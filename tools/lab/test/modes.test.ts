@@ -57,7 +57,7 @@ describe("the modes side by side at queue depth 1", () => {
     const rig = await vhostRig(image, {
       script: new URL("vhost-worker.js", vhostDist),
       blkModule: new URL("blk.js", vhostDist),
-      backendDisk: new URL("../../backend-disk/dist/index.js", vhostDist),
+      backendDisk: new URL("../../backend-disk/dist/node.js", vhostDist),
     });
     try {
       const r = await measure(rig, seq, 1);

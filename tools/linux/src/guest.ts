@@ -1,9 +1,10 @@
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { FileDisk } from "@virtio-ts/backend-disk";
+import { FileDisk } from "@virtio-ts/backend-disk/node";
 import { Switch } from "@virtio-ts/backend-net";
 import {
+  type BalloonDevice,
   BlkDevice,
   type BlockBackend,
   type ConsoleBackend,
@@ -13,12 +14,21 @@ import {
   NetDevice,
   RngDevice,
 } from "@virtio-ts/devices";
+import type { GuestMemory } from "@virtio-ts/memory";
 import { Feature, featureMask } from "@virtio-ts/spec";
 import { PCI_TRANSPORT_FEATURES } from "@virtio-ts/transport";
-import { V86VirtioBus, type V86VirtioDevice } from "@virtio-ts/v86";
+import {
+  restoreV86,
+  type SaveV86Options,
+  saveV86,
+  type V86Emulator as V86MigrationApi,
+  type V86Snapshot,
+  V86VirtioBus,
+  type V86VirtioDevice,
+} from "@virtio-ts/v86";
 import { findGuestAssets, type GuestAssets } from "./assets.js";
 import { buildGuestInitramfs, EXIT_MARKER, READY_MARKER } from "./initramfs.js";
-import { PingPeer } from "./peer.js";
+import { PingPeer, type PingPeerStats } from "./peer.js";
 
 /** What the default disk's first sector starts with. */
 export const DEFAULT_DISK_TEXT = "virtio-ts: hello from the host's disk image\n";
@@ -54,11 +64,24 @@ export interface LinuxOptions {
   readonly onSerialLine?: (line: string, phase: "boot" | "command" | "after") => void;
   /** Each line the guest writes to /dev/hvc0. */
   readonly onConsoleLine?: (line: string) => void;
+  /**
+   * Memory balloons to attach after the four standard devices (none by default), reported as
+   * "balloon", "balloon2"…; the caller keeps them to steer them (`setTarget`, stats).
+   */
+  readonly balloons?: readonly BalloonDevice[];
+  /**
+   * Resume a guest moved from another run ({@link LinuxGuest.migrate}) instead of booting:
+   * the emulator is created and the devices attached as for a boot (the same options give the
+   * same slots), then, once this snapshot is there, its state is restored and it runs. The
+   * disk given in `disk` must hold the source's image (flushed after the migrate). Output
+   * counts as the command's from the start.
+   */
+  readonly resumeFrom?: V86Snapshot | Promise<V86Snapshot>;
 }
 
 /** Per-device figures of a run. */
 export interface DeviceReport {
-  /** blk, net, console or rng. */
+  /** blk, net, console, rng, balloon (balloon2…). */
   readonly name: string;
   /** PCI slot. */
   readonly slot: number;
@@ -83,7 +106,7 @@ export interface DeviceReport {
 }
 
 /** How a run ended. */
-export type LinuxEnd = "exit" | "poweroff" | "panic" | "timeout" | "stopped";
+export type LinuxEnd = "exit" | "poweroff" | "panic" | "timeout" | "stopped" | "migrated";
 
 /** What {@link startLinux} reports at the end. */
 export interface LinuxResult {
@@ -107,6 +130,8 @@ export interface LinuxResult {
   readonly diskPath: string;
   /** Times v86's wasm memory grew under guest RAM during the run. */
   readonly memoryReplacements: number;
+  /** What the ping peer at 10.0.2.2 answered during the run. */
+  readonly peer: Readonly<PingPeerStats>;
 }
 
 /** A running guest. */
@@ -117,8 +142,26 @@ export interface LinuxGuest {
   sendSerial(text: string): void;
   /** Write to the guest's /dev/hvc0. */
   sendConsole(text: string): void;
+  /**
+   * Guest RAM as the devices see it (undefined until v86 has loaded). Read it from a callback of
+   * the run (a console line, a device hook): the guest does not run meanwhile.
+   */
+  guestMemory(): GuestMemory | undefined;
   /** Stop the run. */
   stop(): void;
+  /**
+   * Settles when the guest runs: after the boot started, or after `resumeFrom` was restored
+   * (rejecting with the restore's error, the run then ends "stopped").
+   */
+  readonly resumed: Promise<void>;
+  /**
+   * Move the guest away: stop it and save v86 with the devices (`saveV86`), flush the disk
+   * (its image is then complete and nothing writes to it any more), end this run
+   * ("migrated"). Give the snapshot and a copy of the disk image to a run with `resumeFrom`.
+   * Pass your own `disk` to a run you migrate: the default temporary image is removed when
+   * the run ends.
+   */
+  migrate(options?: SaveV86Options): Promise<V86Snapshot>;
 }
 
 /** Minimal typing of the parts of the `V86` class used here. */
@@ -206,6 +249,7 @@ export async function startLinux(options: LinuxOptions = {}): Promise<LinuxGuest
   });
   const con = new ConsoleDevice(hvc);
   const rng = new RngDevice();
+  const balloons = options.balloons ?? [];
 
   const buf = (p: string): ArrayBuffer => {
     const b = readFileSync(p);
@@ -231,25 +275,55 @@ export async function startLinux(options: LinuxOptions = {}): Promise<LinuxGuest
 
   let attached: { name: string; dev: V86VirtioDevice }[] = [];
   let bus: V86VirtioBus | undefined;
+  let markResumed: () => void = () => {};
+  let failResumed: (e: unknown) => void = () => {};
+  const resumed = new Promise<void>((resolve, reject) => {
+    markResumed = resolve;
+    failResumed = reject;
+  });
+  resumed.catch(() => {}); // the run's result reports it too
   emulator.add_listener("emulator-loaded", () => {
-    bus = V86VirtioBus.of(emulator as unknown as Parameters<typeof V86VirtioBus.of>[0]);
+    const b = V86VirtioBus.of(emulator as unknown as Parameters<typeof V86VirtioBus.of>[0]);
+    bus = b;
     attached = [
-      { name: "blk", dev: bus.attach(blk, { transportFeatures, name: "virtio-ts blk" }) },
-      { name: "net", dev: bus.attach(net, { transportFeatures, name: "virtio-ts net" }) },
-      { name: "console", dev: bus.attach(con, { transportFeatures, name: "virtio-ts console" }) },
-      { name: "rng", dev: bus.attach(rng, { transportFeatures, name: "virtio-ts rng" }) },
+      { name: "blk", dev: b.attach(blk, { transportFeatures, name: "virtio-ts blk" }) },
+      { name: "net", dev: b.attach(net, { transportFeatures, name: "virtio-ts net" }) },
+      { name: "console", dev: b.attach(con, { transportFeatures, name: "virtio-ts console" }) },
+      { name: "rng", dev: b.attach(rng, { transportFeatures, name: "virtio-ts rng" }) },
+      ...balloons.map((balloon, i) => {
+        const name = i === 0 ? "balloon" : `balloon${i + 1}`;
+        return { name, dev: b.attach(balloon, { transportFeatures, name: `virtio-ts ${name}` }) };
+      }),
     ];
-    emulator.run();
+    const from = options.resumeFrom;
+    if (from === undefined) {
+      emulator.run();
+      markResumed();
+      return;
+    }
+    Promise.resolve(from)
+      .then((snapshot) => restoreV86(emulator as unknown as V86MigrationApi, snapshot))
+      .then(markResumed, (e: unknown) => {
+        failResumed(e);
+        finish("stopped");
+      });
   });
 
+  const balloonRequests = (name: string): number => {
+    const b = balloons[name === "balloon" ? 0 : Number(name.slice(7)) - 1]!;
+    const s = b.stats;
+    return s.inflateRequests + s.deflateRequests + s.reportRequests + s.statsBuffers;
+  };
   const requestsOf = (name: string): number =>
-    name === "blk"
-      ? blk.stats.requests
-      : name === "net"
-        ? net.stats.txFrames + net.stats.rxFrames
-        : name === "rng"
-          ? rng.stats.requests
-          : con.stats.txBytes + con.stats.rxBytes;
+    name.startsWith("balloon")
+      ? balloonRequests(name)
+      : name === "blk"
+        ? blk.stats.requests
+        : name === "net"
+          ? net.stats.txFrames + net.stats.rxFrames
+          : name === "rng"
+            ? rng.stats.requests
+            : con.stats.txBytes + con.stats.rxBytes;
   type Counts = { traps: number; interrupts: number; requests: number };
   const counts = (): Counts[] =>
     attached.map(({ name, dev }) => ({
@@ -262,7 +336,7 @@ export async function startLinux(options: LinuxOptions = {}): Promise<LinuxGuest
   const lines: string[] = [];
   const output: string[] = [];
   let partial = "";
-  let phase: "boot" | "command" | "after" = "boot";
+  let phase: "boot" | "command" | "after" = options.resumeFrom === undefined ? "boot" : "command";
   let bootMs: number | undefined;
   let exitCode: number | undefined;
   let finish: (end: LinuxEnd) => void = () => {};
@@ -316,6 +390,7 @@ export async function startLinux(options: LinuxOptions = {}): Promise<LinuxGuest
     for (
       let i = 0;
       i < 100 &&
+      end !== "migrated" &&
       blk.stats.requests >
         blk.stats.ok +
           blk.stats.ioErrors +
@@ -358,6 +433,7 @@ export async function startLinux(options: LinuxOptions = {}): Promise<LinuxGuest
       devices,
       diskPath,
       memoryReplacements: bus?.stats.memoryReplacements ?? 0,
+      peer: { ...peer.stats },
     };
   });
 
@@ -368,5 +444,13 @@ export async function startLinux(options: LinuxOptions = {}): Promise<LinuxGuest
       hvc.sink?.input(0, new TextEncoder().encode(text));
     },
     stop: () => finish("stopped"),
+    resumed,
+    migrate: async (o) => {
+      const snapshot = await saveV86(emulator as unknown as V86MigrationApi, o);
+      await file.flush();
+      finish("migrated");
+      return snapshot;
+    },
+    guestMemory: () => bus?.memory,
   };
 }

@@ -5,6 +5,9 @@
  * @packageDocumentation
  */
 export * from "./assets.js";
+export * from "./browser-server.js";
 export * from "./guest.js";
 export * from "./initramfs.js";
+export * from "./lab-rig.js";
+export * from "./migrate.js";
 export * from "./peer.js";

@@ -10,6 +10,7 @@ export const GUEST_MODULES: readonly string[] = [
   "virtio_net",
   "virtio_console",
   "virtio-rng",
+  "virtio_balloon",
   "ext4",
   // ext4 asks the crypto API for crc32c when it mounts (even ext2 without metadata_csum).
   "crc32c_generic",

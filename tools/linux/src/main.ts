@@ -123,4 +123,10 @@ async function main(): Promise<void> {
   }
 }
 
-await main();
+if (process.argv.includes("--browser")) {
+  // pnpm linux --browser [--port N]: the same guest in a browser tab (browser-server.ts).
+  const { serveBrowser } = await import("./browser-main.js");
+  await serveBrowser(process.argv.slice(2));
+} else {
+  await main();
+}

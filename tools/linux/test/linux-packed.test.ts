@@ -6,7 +6,8 @@ import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { tsharkFields } from "@virtio-ts/interop";
-import { PcapngWriter, sniff } from "@virtio-ts/interpose";
+import { sniff } from "@virtio-ts/interpose";
+import { PcapngWriter } from "@virtio-ts/interpose/node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { LinuxResult } from "../src/index.js";
 import {

@@ -4,8 +4,8 @@ import { createHash, randomBytes } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { FileDisk } from "@virtio-ts/backend-disk";
-import { encrypt } from "@virtio-ts/interpose";
+import { FileDisk } from "@virtio-ts/backend-disk/node";
+import { encrypt } from "@virtio-ts/interpose/node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { LinuxResult } from "../src/index.js";
 import {

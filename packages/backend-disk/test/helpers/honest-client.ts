@@ -1,6 +1,6 @@
 // A well-behaved NBD client for the hostile-client tests: it writes a pattern, flushes, reads
 // it back and checks every byte, over and over, and records how long each operation took.
-import { NbdDisk } from "../../src/index.js";
+import { NbdDisk } from "../../src/node.js";
 
 export interface HonestResult {
   /** Write + flush + read-back rounds completed and verified. */

@@ -3,7 +3,7 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
-import type { NbdServerOptions, NbdServerStats } from "../../src/index.js";
+import type { NbdServerOptions, NbdServerStats } from "../../src/node.js";
 import { buildPackage } from "./build.js";
 
 /** What the child reports on a "stats" line. */

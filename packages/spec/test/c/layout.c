@@ -14,6 +14,7 @@
 #include <stddef.h>
 #include <stdio.h>
 
+#include <linux/virtio_balloon.h>
 #include <linux/if_ether.h>
 #include <linux/virtio_blk.h>
 #include <linux/virtio_config.h>

@@ -14,7 +14,7 @@ class BadModelState extends VirtioError {
 }
 
 export class HeldModel implements DeviceModel {
-  readonly deviceId = HELD_ID;
+  readonly deviceId: number = HELD_ID;
   readonly features: bigint;
   readonly queueMaxSizes: readonly number[] = [32];
   readonly configSize = 4;
