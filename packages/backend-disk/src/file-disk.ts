@@ -1,3 +1,4 @@
+import { readv, writev } from "node:fs";
 import { constants, type FileHandle, open } from "node:fs/promises";
 import {
   BackendError,
@@ -29,6 +30,12 @@ export interface FileDiskOptions {
  * and run concurrently. The file's size, fixed at open, is the capacity; it must be a
  * multiple of 512.
  *
+ * Reads and writes go to `fs.readv` / `fs.writev` on the file descriptor with a callback, one
+ * promise per request: the `FileHandle` methods wrap each call in several promises, an
+ * allocated result and stat arrays, which cost about as much main-thread time as the I/O
+ * submission itself (see tools/bench). `close` waits for the requests in flight before closing
+ * the descriptor, so none can reach a file opened later under the same number.
+ *
  * Durability: a completed `write` is in the host page cache; `flush` (`fdatasync`, or `fsync`
  * with `fullSync`) makes every write completed before it durable, which is what a guest's
  * VIRTIO_BLK_T_FLUSH asks for. Data survives the death of this process as soon as the write
@@ -59,10 +66,15 @@ export class FileDisk implements BlockBackend {
   readonly #fullSync: boolean;
   #zeroes: Uint8Array | undefined = undefined;
   readonly #guard: BlockGuard;
+  readonly #fd: number;
+  /** Reads and writes submitted and not yet settled; `close` waits for 0. */
+  #inFlight = 0;
+  #onIdle: (() => void) | undefined = undefined;
 
   private constructor(path: string, fh: FileHandle, size: number, options: FileDiskOptions) {
     this.path = path;
     this.#fh = fh;
+    this.#fd = fh.fd;
     this.capacity = size / SECTOR;
     this.blockSize = options.blockSize ?? SECTOR;
     this.readOnly = options.readOnly ?? false;
@@ -109,24 +121,71 @@ export class FileDisk implements BlockBackend {
   }
 
   /** @inheritdoc */
-  async read(sector: number, iovecs: readonly Uint8Array[]): Promise<void> {
-    const pos = this.#guard.span(sector, total(iovecs));
+  read(sector: number, iovecs: readonly Uint8Array[]): Promise<void> {
+    let pos: number;
     try {
-      await transfer(this.#fh, iovecs, pos, false);
+      pos = this.#guard.span(sector, total(iovecs));
     } catch (e) {
-      throw this.#wrap(e, `read at sector ${sector}`);
+      return Promise.reject(e);
     }
+    return this.#io(iovecs, pos, false, sector);
   }
 
   /** @inheritdoc */
-  async write(sector: number, iovecs: readonly Uint8Array[]): Promise<void> {
-    this.#guard.writable();
-    const pos = this.#guard.span(sector, total(iovecs));
+  write(sector: number, iovecs: readonly Uint8Array[]): Promise<void> {
+    let pos: number;
     try {
-      await transfer(this.#fh, iovecs, pos, true);
+      this.#guard.writable();
+      pos = this.#guard.span(sector, total(iovecs));
     } catch (e) {
-      throw this.#wrap(e, `write at sector ${sector}`);
+      return Promise.reject(e);
     }
+    return this.#io(iovecs, pos, true, sector);
+  }
+
+  /**
+   * `readv` / `writev` all of `iovecs` at `pos` through the callback API, resuming after short
+   * transfers (the kernel may transfer less than asked, e.g. for more than 2 GiB or across a
+   * signal). Counted in flight until it settles.
+   */
+  #io(iovecs: readonly Uint8Array[], pos: number, write: boolean, sector: number): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      this.#inFlight++;
+      const settle = (e: unknown): void => {
+        if (--this.#inFlight === 0 && this.#onIdle !== undefined) this.#onIdle();
+        if (e === undefined) resolve();
+        else reject(this.#wrap(e, `${write ? "write" : "read"} at sector ${sector}`));
+      };
+      let bufs = iovecs as Uint8Array[];
+      let at = pos;
+      let want = total(bufs);
+      const step = (err: NodeJS.ErrnoException | null, done: number): void => {
+        if (err !== null) settle(err);
+        else if (done === want) settle(undefined);
+        else if (done === 0) {
+          // Only a read can hit end of file (the file shrank under us).
+          settle(new BackendError("io", `unexpected end of file at byte ${at}`));
+        } else {
+          at += done;
+          bufs = dropPrefix(bufs, done);
+          want -= done;
+          submit();
+        }
+      };
+      const submit = (): void => {
+        if (want === 0) {
+          settle(undefined);
+          return;
+        }
+        try {
+          if (write) writev(this.#fd, bufs, at, step);
+          else readv(this.#fd, bufs, at, step);
+        } catch (e) {
+          settle(e);
+        }
+      };
+      submit();
+    });
   }
 
   /** `fdatasync` (or `fsync` with `fullSync`): completed writes become durable. */
@@ -156,7 +215,7 @@ export class FileDisk implements BlockBackend {
     try {
       while (left > 0) {
         const n = Math.min(left, ZERO_CHUNK);
-        await transfer(this.#fh, [n === ZERO_CHUNK ? z : z.subarray(0, n)], pos, true);
+        await this.#io([n === ZERO_CHUNK ? z : z.subarray(0, n)], pos, true, sector);
         pos += n;
         left -= n;
       }
@@ -169,6 +228,13 @@ export class FileDisk implements BlockBackend {
   async close(): Promise<void> {
     if (this.#guard.closed) return;
     this.#guard.closed = true;
+    // The guard refuses new requests now; the descriptor stays open until those in flight
+    // settle, so none of them can reach a file opened later under the same number.
+    if (this.#inFlight > 0) {
+      await new Promise<void>((resolve) => {
+        this.#onIdle = resolve;
+      });
+    }
     await this.#fh.close();
   }
 
@@ -194,42 +260,17 @@ function total(iovecs: readonly Uint8Array[]): number {
   return n;
 }
 
-/**
- * `readv` / `writev` all of `iovecs` at `pos`, resuming after short transfers (the kernel may
- * transfer less than asked, e.g. for more than 2 GiB or across a signal).
- */
-async function transfer(
-  fh: FileHandle,
-  iovecs: readonly Uint8Array[],
-  pos: number,
-  write: boolean,
-): Promise<void> {
-  let bufs: readonly Uint8Array[] = iovecs;
-  let at = pos;
-  for (;;) {
-    let want = 0;
-    for (const b of bufs) want += b.length;
-    if (want === 0) return;
-    const done = write
-      ? (await fh.writev(bufs as Uint8Array[], at)).bytesWritten
-      : (await fh.readv(bufs as Uint8Array[], at)).bytesRead;
-    if (done === want) return;
-    if (done === 0) {
-      // Only a read can hit end of file (the file shrank under us).
-      throw new BackendError("io", `unexpected end of file at byte ${at}`);
+/** `bufs` without its first `n` bytes (whole buffers dropped, the next one cut). */
+function dropPrefix(bufs: readonly Uint8Array[], n: number): Uint8Array[] {
+  let skip = n;
+  const rest: Uint8Array[] = [];
+  for (const b of bufs) {
+    if (skip >= b.length) {
+      skip -= b.length;
+      continue;
     }
-    at += done;
-    // Drop the buffers (and part of one) already transferred.
-    let skip = done;
-    const rest: Uint8Array[] = [];
-    for (const b of bufs) {
-      if (skip >= b.length) {
-        skip -= b.length;
-        continue;
-      }
-      rest.push(skip > 0 ? b.subarray(skip) : b);
-      skip = 0;
-    }
-    bufs = rest;
+    rest.push(skip > 0 ? b.subarray(skip) : b);
+    skip = 0;
   }
+  return rest;
 }

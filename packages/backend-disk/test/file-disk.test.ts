@@ -110,6 +110,25 @@ describe("FileDisk", () => {
     await expect(disk.flush()).rejects.toMatchObject({ code: "closed" });
   });
 
+  it("close waits for the reads and writes in flight, then refuses new ones", async () => {
+    const path = await image("inflight.img", 256 * 512, 0x5a);
+    const disk = await FileDisk.open(path);
+    const bufs = Array.from({ length: 64 }, () => new Uint8Array(2048));
+    const reads = bufs.map((b, i) => disk.read(i * 4, [b]));
+    const writes = bufs.map((_, i) => disk.write(i * 4, [new Uint8Array(512).fill(i)]));
+    const closed = disk.close();
+    await expect(disk.read(0, [new Uint8Array(512)])).rejects.toMatchObject({ code: "closed" });
+    await Promise.all([...reads, ...writes]);
+    await closed;
+    // Every read completed on this file (0x5a, or a byte an earlier write of it left).
+    for (const [i, b] of bufs.entries()) {
+      expect(b.subarray(512).every((x) => x === 0x5a)).toBe(true);
+      expect(b[0] === 0x5a || b[0] === i).toBe(true);
+    }
+    const onDisk = await readFile(path);
+    for (let i = 0; i < 64; i++) expect(onDisk[i * 4 * 512]).toBe(i);
+  });
+
   it("serves a BlkDevice (the back-end interface is satisfied)", async () => {
     const path = await image("blk.img", 64 * 512);
     const disk = await FileDisk.open(path);

@@ -157,6 +157,20 @@ export const BLK_DRIVER_FEATURES: bigint = [
 ].reduce((m, bit) => m | featureMask(bit), 0n);
 
 const HDR_STATUS = 16;
+const TWO_32 = 0x1_0000_0000;
+
+/** A {@link Segment} the driver refills for each request (the queue copies it at `add`). */
+interface MutableSegment {
+  addr: number;
+  len: number;
+}
+
+function noop(): void {}
+
+/** `queueMicrotask` (in every browser and in Node; the ES2022 library does not declare it). */
+const queueTask: (fn: () => void) => void = (
+  globalThis as unknown as { queueMicrotask(fn: () => void): void }
+).queueMicrotask.bind(globalThis);
 const HDR_EXTRA = 32;
 
 interface Request {
@@ -168,10 +182,13 @@ interface Request {
   readonly into: Uint8Array | undefined;
   /** Bytes of data (IN/OUT) or of the GET_ID response. */
   readonly length: number;
-  readonly resolve: () => void;
+  /** Settles the caller's promise: with `into` for a single-part read, else undefined. */
+  readonly resolve: (value: Uint8Array | undefined) => void;
   readonly reject: (e: unknown) => void;
   hdr: number;
   readonly slots: number[];
+  /** Index in the driver's list of requests on the ring, -1 when not on it. */
+  live: number;
 }
 
 /**
@@ -211,11 +228,20 @@ export class BlkDriver {
   /** `#complete` bound once, for `reapAll`. */
   readonly #onUsed = (req: Request, len: number): void => this.#complete(req, len);
   /** Requests on the ring, so a broken ring can reject them all (tokens are opaque to us). */
-  readonly #live = new Set<Request>();
+  readonly #live: Request[] = [];
   #broken: BlkDeviceFault | undefined;
   #waitHead = 0;
   #inFlight = 0;
-  #capacity: bigint;
+  #capacity = 0n;
+  /** `capacity` as a number when it is a safe integer (always, in practice), else -1. */
+  #capacitySectors = -1;
+  /** Scratch segment lists for `add` (it copies them into descriptors): no arrays per request. */
+  readonly #readable: MutableSegment[] = [];
+  readonly #writable: MutableSegment[] = [];
+  readonly #segs: MutableSegment[] = [];
+  #nSeg = 0;
+  /** A kick is queued for the end of this task (see `#kick`). */
+  #kickQueued = false;
   /** `max_discard_sectors` / `max_write_zeroes_sectors` (0 when not negotiated). */
   readonly #maxDiscard: number;
   readonly #maxZeroes: number;
@@ -310,7 +336,7 @@ export class BlkDriver {
     if (hasFeature(f, BlkFeature.WRITE_ZEROES) && cfg.maxZeroes === 0) {
       bad("max_write_zeroes_sectors is 0 with VIRTIO_BLK_F_WRITE_ZEROES", 0);
     }
-    this.#capacity = cfg.capacity;
+    this.#setCapacity(cfg.capacity);
     this.#blockSize = cfg.blkSize;
     this.#maxDiscard = cfg.maxDiscard;
     this.#maxZeroes = cfg.maxZeroes;
@@ -397,12 +423,46 @@ export class BlkDriver {
    * @throws BlkStatusError (rejection) for IOERR / UNSUPP; BlkDeviceFault for a malformed
    *   completion; RangeError naming `sector` or `length`
    */
-  async read(sector: number, length: number): Promise<Uint8Array> {
-    checkSector(sector);
-    checkLength(length, "length");
-    this.#checkCapacity(sector, length / BLK_SECTOR_SIZE);
-    const out = new Uint8Array(length);
-    const parts: Promise<void>[] = [];
+  read(sector: number, length: number): Promise<Uint8Array> {
+    try {
+      checkSector(sector);
+      checkLength(length, "length");
+      this.#checkCapacity(sector, length / BLK_SECTOR_SIZE);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    return this.#readParts(sector, new Uint8Array(length));
+  }
+
+  /**
+   * Read `dst.length` bytes starting at `sector` into `dst` (the caller's buffer, reused across
+   * requests: no allocation for the data). `dst` must not be read or written until the
+   * promise settles; it is filled when the request completes.
+   * @param sector - first 512-byte sector
+   * @param dst - where the data goes: a positive multiple of 512 bytes
+   * @returns `dst`
+   * @throws BlkStatusError (rejection) for IOERR / UNSUPP; BlkDeviceFault for a malformed
+   *   completion; RangeError (rejection) naming `sector` or `dst.length`
+   */
+  readInto(sector: number, dst: Uint8Array): Promise<Uint8Array> {
+    try {
+      checkSector(sector);
+      checkLength(dst.length, "dst.length");
+      this.#checkCapacity(sector, dst.length / BLK_SECTOR_SIZE);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    return this.#readParts(sector, dst);
+  }
+
+  /** Submit the reads of `out` (one device request per `maxTransferBytes`); settles with `out`. */
+  #readParts(sector: number, out: Uint8Array): Promise<Uint8Array> {
+    const length = out.length;
+    // One device request (the usual case): its promise settles with `out` itself.
+    if (length <= this.#maxBytes) {
+      return this.#submit(BlkRequestType.IN, sector, undefined, out, length) as Promise<Uint8Array>;
+    }
+    const parts: Promise<unknown>[] = [];
     for (let off = 0; off < length; off += this.#maxBytes) {
       const n = Math.min(this.#maxBytes, length - off);
       parts.push(
@@ -415,8 +475,7 @@ export class BlkDriver {
         ),
       );
     }
-    await Promise.all(parts);
-    return out;
+    return Promise.all(parts).then(() => out);
   }
 
   /**
@@ -427,11 +486,24 @@ export class BlkDriver {
    * @throws BlkStatusError (rejection) for IOERR (e.g. read-only disk) / UNSUPP; RangeError
    *   naming `sector` or `data`
    */
-  async write(sector: number, data: Uint8Array): Promise<void> {
-    checkSector(sector);
-    checkLength(data.length, "data.length");
-    this.#checkCapacity(sector, data.length / BLK_SECTOR_SIZE);
-    const parts: Promise<void>[] = [];
+  write(sector: number, data: Uint8Array): Promise<void> {
+    try {
+      checkSector(sector);
+      checkLength(data.length, "data.length");
+      this.#checkCapacity(sector, data.length / BLK_SECTOR_SIZE);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    if (data.length <= this.#maxBytes) {
+      return this.#submit(
+        BlkRequestType.OUT,
+        sector,
+        data,
+        undefined,
+        data.length,
+      ) as Promise<void>;
+    }
+    const parts: Promise<unknown>[] = [];
     for (let off = 0; off < data.length; off += this.#maxBytes) {
       const n = Math.min(this.#maxBytes, data.length - off);
       parts.push(
@@ -444,7 +516,7 @@ export class BlkDriver {
         ),
       );
     }
-    await Promise.all(parts);
+    return Promise.all(parts).then(noop);
   }
 
   /**
@@ -533,19 +605,27 @@ export class BlkDriver {
    * @throws RangeError naming `sector` when `sector + sectors` passes the capacity
    */
   #checkCapacity(sector: number, sectors: number): void {
-    const cap = this.#capacity;
-    if (BigInt(sector) + BigInt(sectors) > cap) {
+    const n = this.#capacitySectors;
+    // Exact: sector and n are safe integers, so n - sector is too.
+    if (n >= 0 ? sectors <= n - sector : BigInt(sector) + BigInt(sectors) <= this.#capacity) return;
+    {
+      const cap = this.#capacity;
       throw new RangeError(
         `sector ${sector} + ${sectors} sectors passes the disk's capacity of ${cap} sectors (§5.2.6.1)`,
       );
     }
   }
 
+  #setCapacity(cap: bigint): void {
+    this.#capacity = cap;
+    this.#capacitySectors = cap <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(cap) : -1;
+  }
+
   /** Reject every request on the ring or waiting for it with `fault`, and every later one. */
   #fail(fault: BlkDeviceFault): void {
     this.#broken = fault;
     const victims = [...this.#live, ...this.#waiting.slice(this.#waitHead)];
-    this.#live.clear();
+    this.#live.length = 0;
     this.#waiting.length = 0;
     this.#waitHead = 0;
     this.#inFlight = 0;
@@ -578,7 +658,7 @@ export class BlkDriver {
           ? c.u8(BlkConfig.WRITE_ZEROES_MAY_UNMAP) !== 0
           : false,
       }));
-      this.#capacity = c.capacity;
+      this.#setCapacity(c.capacity);
       this.#mayUnmap = c.mayUnmap;
     }
     return this.poll();
@@ -615,12 +695,13 @@ export class BlkDriver {
 
   /** One single-range DISCARD / WRITE_ZEROES request (§5.2.6: `virtio_blk_discard_write_zeroes`). */
   #range(type: number, sector: number, count: number, flags: number): Promise<void> {
+    // Settles with undefined (only reads settle with their buffer).
     const r = new Uint8Array(BlkDiscardWriteZeroes.SIZE);
     const v = new DataView(r.buffer);
     v.setBigUint64(BlkDiscardWriteZeroes.SECTOR, BigInt(sector), true);
     v.setUint32(BlkDiscardWriteZeroes.NUM_SECTORS, count, true);
     v.setUint32(BlkDiscardWriteZeroes.FLAGS, flags, true);
-    return this.#submit(type, sector, r, undefined, 0);
+    return this.#submit(type, sector, r, undefined, 0) as Promise<void>;
   }
 
   #submit(
@@ -629,10 +710,21 @@ export class BlkDriver {
     out: Uint8Array | undefined,
     into: Uint8Array | undefined,
     length: number,
-  ): Promise<void> {
+  ): Promise<Uint8Array | undefined> {
     if (this.#broken !== undefined) return Promise.reject(this.#broken);
-    return new Promise<void>((resolve, reject) => {
-      const req: Request = { type, sector, out, into, length, resolve, reject, hdr: -1, slots: [] };
+    return new Promise<Uint8Array | undefined>((resolve, reject) => {
+      const req: Request = {
+        type,
+        sector,
+        out,
+        into,
+        length,
+        resolve,
+        reject,
+        hdr: -1,
+        slots: [],
+        live: -1,
+      };
       // Strict FIFO: nothing overtakes a waiting request.
       if (this.waiting > 0 || !this.#start(req)) this.#waiting.push(req);
       else this.#kick();
@@ -648,11 +740,17 @@ export class BlkDriver {
     const hdr = this.#slab.alloc() as number;
     mem.writeU32(hdr + BlkOutHdr.TYPE, req.type);
     mem.writeU32(hdr + BlkOutHdr.IOPRIO, 0);
-    mem.writeU64(hdr + BlkOutHdr.SECTOR, BigInt(req.sector));
+    // le64 sector as two le32 halves (sector is a safe integer): no BigInt per request.
+    mem.writeU32(hdr + BlkOutHdr.SECTOR, req.sector % TWO_32);
+    mem.writeU32(hdr + BlkOutHdr.SECTOR + 4, Math.floor(req.sector / TWO_32));
     // A value the device must overwrite: a completion that leaves it is caught in #complete.
     mem.writeU8(hdr + HDR_STATUS, 0xff);
-    const readable: Segment[] = [{ addr: hdr, len: BlkOutHdr.SIZE }];
-    const writable: Segment[] = [];
+    const readable = this.#readable;
+    const writable = this.#writable;
+    readable.length = 0;
+    writable.length = 0;
+    this.#nSeg = 0;
+    this.#seg(readable, hdr, BlkOutHdr.SIZE);
     if (dataBased) {
       const data = req.type === BlkRequestType.OUT ? readable : writable;
       let left = req.length;
@@ -661,29 +759,49 @@ export class BlkDriver {
         const slot = this.#slab.alloc() as number;
         req.slots.push(slot);
         const inSlot = Math.min(left, this.#slab.slotSize);
-        if (req.out !== undefined) mem.write(slot, req.out.subarray(off, off + inSlot));
+        if (req.out !== undefined) {
+          mem.write(
+            slot,
+            inSlot === req.out.length ? req.out : req.out.subarray(off, off + inSlot),
+          );
+        }
         for (let s = 0; s < inSlot; s += this.#segLen) {
-          data.push({ addr: slot + s, len: Math.min(this.#segLen, inSlot - s) });
+          this.#seg(data, slot + s, Math.min(this.#segLen, inSlot - s));
         }
         left -= inSlot;
         off += inSlot;
       }
     } else if (req.out !== undefined) {
       mem.write(hdr + HDR_EXTRA, req.out);
-      readable.push({ addr: hdr + HDR_EXTRA, len: req.out.length });
+      this.#seg(readable, hdr + HDR_EXTRA, req.out.length);
     } else if (req.length > 0) {
-      writable.push({ addr: hdr + HDR_EXTRA, len: req.length });
+      this.#seg(writable, hdr + HDR_EXTRA, req.length);
     }
     // §5.2.6: the status byte is the last device-writable byte.
-    writable.push({ addr: hdr + HDR_STATUS, len: 1 });
+    this.#seg(writable, hdr + HDR_STATUS, 1);
     req.hdr = hdr;
     if (!this.#q.add(readable, writable, req)) {
       this.#release(req);
       return false;
     }
     this.#inFlight++;
-    this.#live.add(req);
+    // Swap-remove list (no hashing per request): req.live is its index.
+    req.live = this.#live.length;
+    this.#live.push(req);
     return true;
+  }
+
+  /** Append a segment to `list`, reusing the driver's scratch objects. */
+  #seg(list: MutableSegment[], addr: number, len: number): void {
+    let s = this.#segs[this.#nSeg];
+    if (s === undefined) {
+      s = { addr: 0, len: 0 };
+      this.#segs.push(s);
+    }
+    this.#nSeg++;
+    s.addr = addr;
+    s.len = len;
+    list.push(s);
   }
 
   #release(req: Request): void {
@@ -693,9 +811,26 @@ export class BlkDriver {
     req.slots.length = 0;
   }
 
+  /**
+   * Publish at once (the request is on the ring when `read` / `write` returns), but notify the
+   * device once for every request started in this task: the first publish that needs a kick
+   * queues a microtask that runs after the others (Linux's block plug). With EVENT_IDX the
+   * requests published after it need none (§2.7.10: the device has not moved avail_event yet),
+   * so a queue of requests issued together (32 lanes continuing after one interrupt) costs one
+   * kick. A late kick after a reset is a spurious notification, which a device tolerates
+   * (§2.3).
+   */
   #kick(): void {
-    if (this.#q.publish()) this.#t.notify(0);
+    if (!this.#q.publish() || this.#kickQueued) return;
+    this.#kickQueued = true;
+    queueTask(this.#notify);
   }
+
+  readonly #notify = (): void => {
+    this.#kickQueued = false;
+    if (this.#broken !== undefined) return;
+    this.#t.notify(0);
+  };
 
   #drain(): void {
     let started = false;
@@ -718,7 +853,13 @@ export class BlkDriver {
 
   #complete(req: Request, len: number): void {
     this.#inFlight--;
-    this.#live.delete(req);
+    const live = this.#live;
+    const last = live.pop()!;
+    if (last !== req) {
+      live[req.live] = last;
+      last.live = req.live;
+    }
+    req.live = -1;
     const mem = this.#mem;
     try {
       // Distrust the device: the used length must reach the status byte (§5.2.6 layout).
@@ -739,6 +880,8 @@ export class BlkDriver {
       if (req.into !== undefined) {
         if (req.type === BlkRequestType.GET_ID) {
           mem.read(req.hdr + HDR_EXTRA, req.into);
+        } else if (req.slots.length === 1 && req.into.length === req.length) {
+          mem.read(req.slots[0]!, req.into);
         } else {
           let off = 0;
           for (const slot of req.slots) {
@@ -749,7 +892,8 @@ export class BlkDriver {
         }
       }
       this.#release(req);
-      req.resolve();
+      // A single-part read settles with its buffer (BlkDriver.read returns it as is).
+      req.resolve(req.type === BlkRequestType.IN ? req.into : undefined);
     } catch (e) {
       this.#release(req);
       req.reject(e);

@@ -32,6 +32,14 @@ export class NetDriverCore {
   readonly mrg: boolean;
   /** `mtu + 14`. */
   readonly maxFrame: number;
+  /**
+   * Bytes skipped at the start of each slot before the `virtio_net_hdr`, so the frame after
+   * it starts 8-aligned in guest memory (4 for the 12-byte header). V8 copies to and from
+   * shared memory byte by byte when the two sides differ in alignment modulo 8; an aligned
+   * frame is copied as words. 0 when a slot has no room to spare (without MRG_RXBUF a slot
+   * must hold a whole frame).
+   */
+  readonly lead: number;
   readonly rxQ: DriverQueue<number>[] = [];
   readonly txQ: DriverQueue<number>[] = [];
   ctrlQ: DriverQueue<CtrlReq> | undefined = undefined;
@@ -59,6 +67,8 @@ export class NetDriverCore {
     this.hdrLen = hdrLen;
     this.mrg = mrg;
     this.maxFrame = maxFrame;
+    const lead = (8 - (hdrLen & 7)) & 7;
+    this.lead = mrg || slab.slotSize >= lead + hdrLen + maxFrame ? lead : 0;
   }
 
   /** Whether feature bit `bit` was negotiated. */

@@ -1,8 +1,9 @@
 /**
  * The receive path of the virtio-net driver (VIRTIO 1.3 §5.1.6.3, §5.1.6.4): receive buffers
  * are posted and refilled, frames spread over `num_buffers` buffers are reassembled, and what
- * the device wrote is distrusted. Received frames wait in a bounded queue; when it is full the
- * driver stops reaping (back-pressure).
+ * the device wrote is distrusted. Received frames wait in a bounded queue, their bytes in one
+ * preallocated byte ring (no allocation per frame); when either is full the driver stops
+ * reaping (back-pressure). `takeView` lends a frame's bytes in place; `take` copies them.
  * @module
  */
 import { completeChecksum, ETH_HLEN, NetFeature, NetHdr, NetHdrFlags } from "@virtio-ts/spec";
@@ -46,8 +47,21 @@ export class NetDriverRx {
   }[] = [];
   readonly #c: NetDriverCore;
   readonly #rx: RxState[] = [];
-  readonly #frames: Uint8Array[] = [];
-  #frameHead = 0;
+  /**
+   * Received frames, oldest first: a ring of `limit` entries (offset and length in `#store`).
+   * The bytes live in `#store`, a byte ring: each frame contiguous and 8-aligned, a frame that
+   * does not fit before the end starts again at 0 (the tail is skipped).
+   */
+  #offs: Uint32Array = new Uint32Array(0);
+  #lens: Uint32Array = new Uint32Array(0);
+  #first = 0;
+  #count = 0;
+  #store: Uint8Array = new Uint8Array(0);
+  /** Start of the oldest frame's bytes, and where the next frame's bytes go. */
+  #head = 0;
+  #tail = 0;
+  /** A frame lent by `takeView`: its bytes stay untouched until the next take or reap. */
+  #lent = false;
   readonly #noSegs: MutSegment[] = [];
   readonly #rxSeg: MutSegment[] = [{ addr: 0, len: 1 }];
   readonly #rxBuffers: number;
@@ -73,23 +87,84 @@ export class NetDriverRx {
     this.#rxBuffers = rxBuffers;
     this.#limit = limit;
     this.#reserve = reserve;
+    this.#offs = new Uint32Array(limit);
+    this.#lens = new Uint32Array(limit);
+    // Room for the queue limit of 2 KiB frames (up to 1024 of them), and two largest frames.
+    const bytes = Math.max(2 * core.maxFrame, Math.min(limit, 1024) * 2048);
+    this.#store = new Uint8Array((bytes + 7) & ~7);
   }
 
   /** Received frames waiting to be taken. */
   get pending(): number {
-    return this.#frames.length - this.#frameHead;
+    return this.#count;
   }
 
-  /** Take one received frame, or undefined. */
+  /** The oldest frame, copied into a new array (the caller owns it), or undefined. */
   take(): Uint8Array | undefined {
-    if (this.#frameHead === this.#frames.length) return undefined;
-    const f = this.#frames[this.#frameHead]!;
-    this.#frames[this.#frameHead++] = undefined as unknown as Uint8Array;
-    if (this.#frameHead === this.#frames.length) {
-      this.#frames.length = 0;
-      this.#frameHead = 0;
-    }
+    this.release();
+    if (this.#count === 0) return undefined;
+    const at = this.#offs[this.#first]!;
+    const f = this.#store.slice(at, at + this.#lens[this.#first]!);
+    this.#drop();
     return f;
+  }
+
+  /**
+   * The oldest frame, lent: a view of the driver's frame store, valid until the next
+   * `take`, `takeView` or reap (`release` gives the bytes back), or undefined.
+   */
+  takeView(): Uint8Array | undefined {
+    this.release();
+    if (this.#count === 0) return undefined;
+    const at = this.#offs[this.#first]!;
+    this.#lent = true;
+    return this.#store.subarray(at, at + this.#lens[this.#first]!);
+  }
+
+  /** Give back the frame lent by `takeView`, if any. */
+  release(): void {
+    if (!this.#lent) return;
+    this.#lent = false;
+    this.#drop();
+  }
+
+  /** Forget the oldest frame. */
+  #drop(): void {
+    this.#first = this.#first + 1 === this.#limit ? 0 : this.#first + 1;
+    if (--this.#count === 0) {
+      this.#first = 0;
+      this.#head = 0;
+      this.#tail = 0;
+    } else this.#head = this.#offs[this.#first]!;
+  }
+
+  /** Where `n` contiguous bytes can go in the store, or -1 if there is no room now. */
+  #room(n: number): number {
+    const cap = this.#store.length;
+    if (this.#count === 0) return n <= cap ? 0 : -1;
+    const head = this.#head;
+    const tail = this.#tail;
+    if (tail > head) {
+      // Used: [head, tail). Free: [tail, cap), then [0, head).
+      if (n <= cap - tail) return tail;
+      return n < head ? 0 : -1;
+    }
+    // Wrapped (full when tail === head): free is [tail, head). Strictly less, so that a full
+    // ring never looks empty.
+    return n < head - tail ? tail : -1;
+  }
+
+  /** Queue a frame of `n` bytes stored at `at` (a place `#room` gave). */
+  #commit(at: number, n: number): void {
+    const i = this.#first + this.#count;
+    const slot = i >= this.#limit ? i - this.#limit : i;
+    this.#offs[slot] = at;
+    this.#lens[slot] = n;
+    if (this.#count === 0) this.#head = at;
+    this.#count++;
+    // Frames start 8-aligned, as in guest memory (see NetDriverCore.lead): copies between
+    // them run as words, not bytes.
+    this.#tail = Math.min(at + ((n + 7) & ~7), this.#store.length);
   }
 
   /** Post receive buffers on pair `p` until `rxBuffers` are posted or slots run out. */
@@ -101,8 +176,9 @@ export class NetDriverRx {
     const seg = this.#rxSeg[0]!;
     while (rx.posted < this.#rxBuffers && q.numFree > 0 && c.slab.available > this.#reserve) {
       const slot = c.slab.alloc() as number;
-      seg.addr = slot;
-      seg.len = c.slab.slotSize;
+      // The buffer starts `lead` bytes into the slot, so the frame after the header is 8-aligned.
+      seg.addr = slot + c.lead;
+      seg.len = c.slab.slotSize - c.lead;
       if (!q.add(this.#noSegs, this.#rxSeg, slot)) {
         c.slab.free(slot);
         break;
@@ -117,9 +193,11 @@ export class NetDriverRx {
     const q = c.rxQ[p]!;
     const rx = this.#rx[p]!;
     let n = 0;
+    // Reaping may reuse the bytes of a lent frame: its loan ends here.
+    this.release();
     for (;;) {
       q.disableInterrupts();
-      while (this.pending < this.#limit) {
+      while (this.#count < this.#limit && this.#room(c.maxFrame) >= 0) {
         const slot = q.reap();
         if (slot === undefined) break;
         rx.posted--;
@@ -127,7 +205,7 @@ export class NetDriverRx {
         this.#rxBuffer(rx, slot, q.lastLen);
         c.slab.free(slot);
       }
-      if (this.pending >= this.#limit) {
+      if (this.#count >= this.#limit || this.#room(c.maxFrame) < 0) {
         // Back-pressure: leave used buffers on the ring until a frame is taken.
         this.stalled = true;
         break;
@@ -149,7 +227,8 @@ export class NetDriverRx {
     const c = this.#c;
     const mem = c.mem;
     const h = c.hdrLen;
-    if (len > c.slab.slotSize) {
+    const buf = slot + c.lead;
+    if (len > c.slab.slotSize - c.lead) {
       // Longer than the buffer: the device wrote past it or lies; drop the whole frame.
       this.#fault("net-bad-used-len", `used length ${len} exceeds the buffer`, len);
       if (rx.left > 0) rx.discard = true;
@@ -161,9 +240,9 @@ export class NetDriverRx {
         this.#fault("net-bad-used-len", `used length ${len} is shorter than the header`, len);
         return;
       }
-      const flags = mem.readU8(slot + NetHdr.FLAGS);
-      const gso = mem.readU8(slot + NetHdr.GSO_TYPE);
-      let nb = h === NetHdr.SIZE ? mem.readU16(slot + NetHdr.NUM_BUFFERS) : 1;
+      const flags = mem.readU8(buf + NetHdr.FLAGS);
+      const gso = mem.readU8(buf + NetHdr.GSO_TYPE);
+      let nb = h === NetHdr.SIZE ? mem.readU16(buf + NetHdr.NUM_BUFFERS) : 1;
       if (!c.mrg && nb !== 1) {
         // §5.1.6.4: without MRG_RXBUF the device sets num_buffers to 1.
         this.#fault("net-bad-num-buffers", `num_buffers ${nb} without MRG_RXBUF`, nb);
@@ -181,13 +260,19 @@ export class NetDriverRx {
         rx.discard = true;
       }
       rx.flags = flags;
-      rx.csumStart = mem.readU16(slot + NetHdr.CSUM_START);
-      rx.csumOffset = mem.readU16(slot + NetHdr.CSUM_OFFSET);
+      rx.csumStart = mem.readU16(buf + NetHdr.CSUM_START);
+      rx.csumOffset = mem.readU16(buf + NetHdr.CSUM_OFFSET);
       rx.got = 0;
       rx.left = nb;
-      this.#append(rx, slot + h, len - h);
+      if (nb === 1 && !rx.discard) {
+        // The whole frame is in this buffer: copy it straight into the store.
+        rx.left = 0;
+        this.#storeFrame(rx, undefined, buf + h, len - h);
+        return;
+      }
+      this.#append(rx, buf + h, len - h);
     } else {
-      this.#append(rx, slot, len);
+      this.#append(rx, buf, len);
     }
     rx.left--;
     if (rx.left === 0) this.#finishFrame(rx);
@@ -206,16 +291,32 @@ export class NetDriverRx {
   }
 
   #finishFrame(rx: RxState): void {
-    const c = this.#c;
     if (rx.discard) {
       rx.discard = false;
       return;
     }
-    if (rx.got < ETH_HLEN) {
-      this.#fault("net-bad-frame", `frame of ${rx.got} bytes`, rx.got);
+    this.#storeFrame(rx, rx.buf, 0, rx.got);
+  }
+
+  /**
+   * Check a received frame of `n` bytes (in guest memory at `addr`, or in `from` when it was
+   * reassembled there) and queue it in the store. Reaping goes on only while the store has
+   * room for a largest frame, so there is room.
+   */
+  #storeFrame(rx: RxState, from: Uint8Array | undefined, addr: number, n: number): void {
+    const c = this.#c;
+    if (n < ETH_HLEN) {
+      this.#fault("net-bad-frame", `frame of ${n} bytes`, n);
       return;
     }
-    const frame = rx.buf.slice(0, rx.got);
+    if (n > c.maxFrame) {
+      this.#fault("net-bad-frame", `frame longer than ${c.maxFrame} bytes`, n);
+      return;
+    }
+    const at = this.#room(n);
+    const frame = this.#store.subarray(at, at + n);
+    if (from === undefined) c.mem.read(addr, frame);
+    else frame.set(from.subarray(0, n));
     if ((rx.flags & NetHdrFlags.NEEDS_CSUM) !== 0) {
       // §5.1.6.4: a partial checksum on receive is only allowed with GUEST_CSUM; complete it.
       if (!c.has(NetFeature.GUEST_CSUM) || !completeChecksum(frame, rx.csumStart, rx.csumOffset)) {
@@ -224,9 +325,10 @@ export class NetDriverRx {
       }
     }
     c.stats.rxFrames++;
-    c.stats.rxBytes += frame.length;
+    c.stats.rxBytes += n;
     const w = this.waiters.shift();
-    if (w !== undefined) w.resolve({ value: frame, done: false });
-    else this.#frames.push(frame);
+    // A waiting `frames()` reader owns what it gets: a copy.
+    if (w !== undefined) w.resolve({ value: frame.slice(), done: false });
+    else this.#commit(at, n);
   }
 }

@@ -85,8 +85,10 @@ export class NetDriverTx {
     const q = c.txQ[pair]!;
     const slotSize = c.slab.slotSize;
     const h = c.hdrLen;
+    const lead = c.lead;
     const total = h + frame.length;
-    const nSlots = Math.ceil(total / slotSize);
+    // The first slot starts `lead` bytes in (the frame then starts 8-aligned).
+    const nSlots = Math.ceil((lead + total) / slotSize);
     if (c.slab.available < nSlots || q.numFree < nSlots) return false;
     const mem = c.mem;
     const hdr = this.#hdrScratch;
@@ -121,8 +123,9 @@ export class NetDriverTx {
       else first = slot;
       this.#txNext[idx] = -1;
       prev = idx;
-      const n = Math.min(slotSize, total - off);
-      let dst = slot;
+      const skip = i === 0 ? lead : 0;
+      const n = Math.min(slotSize - skip, total - off);
+      let dst = slot + skip;
       let left = n;
       if (off < h) {
         const k = Math.min(h - off, left);
@@ -138,7 +141,7 @@ export class NetDriverTx {
         off += left;
       }
       const s = segs[i]!;
-      s.addr = slot;
+      s.addr = slot + skip;
       s.len = n;
     }
     if (!q.add(segs, this.#noSegs, first)) {

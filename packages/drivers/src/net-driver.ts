@@ -337,6 +337,48 @@ export class NetDriver {
   }
 
   /**
+   * Post frames `frames[start]`, `frames[start + 1]`, … for transmission while there is room,
+   * then notify the device once (one `QueueNotify` per batch instead of one per frame; with
+   * VIRTIO_F_EVENT_IDX often none, §2.7.10). Each frame is copied, behind a `virtio_net_hdr`,
+   * into allocator slots, as {@link NetDriver.trySend} does; `options` applies to every frame.
+   * @param frames - Ethernet frames (no FCS) of 14 to `mtu + 14` bytes each
+   * @param start - index of the first frame to post (default 0)
+   * @param end - index after the last frame to post (default `frames.length`)
+   * @param options - checksum offload request for every frame
+   * @returns how many frames were posted, in order from `start` (fewer than `end - start` when
+   *   descriptors or slots ran short: wait for {@link NetDriver.whenWritable})
+   * @throws RangeError naming `frames`, `start`, `end` or the bad frame (`frames[i]`), before
+   *   anything is posted; NetDeviceFault if the driver stopped
+   */
+  trySendBatch(
+    frames: readonly Uint8Array[],
+    start = 0,
+    end: number = frames?.length,
+    options?: NetSendOptions,
+  ): number {
+    if (!Array.isArray(frames)) throw new TypeError("frames must be an array of Uint8Array");
+    if (!Number.isInteger(start) || !Number.isInteger(end) || start < 0 || end > frames.length) {
+      throw new RangeError(
+        `start and end must be integers with 0 <= start <= end <= frames.length (${frames.length}), got ${start} and ${end}`,
+      );
+    }
+    const tx = this.#tx;
+    for (let i = start; i < end; i++) {
+      try {
+        tx.checkFrame(frames[i]!, options);
+      } catch (e) {
+        throw new RangeError(`frames[${i}]: ${(e as Error).message}`);
+      }
+    }
+    const c = this.#c;
+    if (c.broken !== undefined) throw c.broken;
+    let i = start;
+    while (i < end && tx.post(frames[i]!, options)) i++;
+    if (i > start) c.kick();
+    return i - start;
+  }
+
+  /**
    * Send one frame, waiting (in FIFO order with other waiting `send` calls) for room on the
    * transmit queue. Resolves when the frame is on the ring; the bytes are copied then, so keep
    * `frame` unchanged until the promise settles.
@@ -380,6 +422,27 @@ export class NetDriver {
       this.poll();
     }
     return f;
+  }
+
+  /**
+   * Take one received frame without waiting and without a copy: a view of the driver's frame
+   * store (the bytes were copied there from the receive buffer when it was reaped).
+   *
+   * Ownership: the view is lent. It stays valid, and its bytes unchanged, until the next call
+   * of `tryReceiveView`, {@link NetDriver.tryReceive}, {@link NetDriver.poll},
+   * {@link NetDriver.onInterrupt} or a `frames()` iterator's `next()`; after that its bytes
+   * belong to later frames. Use it synchronously, or copy what you keep (`view.slice()`).
+   * @returns the frame, or undefined if none is buffered
+   */
+  tryReceiveView(): Uint8Array | undefined {
+    const rx = this.#rx;
+    // The previous loan ends here; if reaping stopped for lack of room, there is room again.
+    rx.release();
+    if (rx.stalled) {
+      rx.stalled = false;
+      this.poll();
+    }
+    return rx.takeView();
   }
 
   /**

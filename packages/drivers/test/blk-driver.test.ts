@@ -122,6 +122,20 @@ describe("BlkDriver", () => {
     }
   });
 
+  it("readInto fills the caller's buffer and settles with that same buffer, split or not", async () => {
+    const s = setup({ slots: 8 });
+    const data = random(s.driver.maxTransferBytes * 2 + 1024, 11);
+    await s.settle(s.driver.write(20, data));
+    const small = new Uint8Array(1024);
+    expect(await s.settle(s.driver.readInto(20, small))).toBe(small);
+    expect(small).toEqual(data.subarray(0, 1024));
+    const big = new Uint8Array(data.length);
+    expect(await s.settle(s.driver.readInto(20, big))).toBe(big);
+    expect(big).toEqual(data);
+    await expect(s.driver.readInto(0, new Uint8Array(100))).rejects.toThrow(/dst\.length/);
+    await expect(s.driver.readInto(4096, new Uint8Array(512))).rejects.toThrow(/capacity/);
+  });
+
   it("splits transfers longer than maxTransferBytes into several requests", async () => {
     const s = setup({ slots: 8 });
     const data = random(s.driver.maxTransferBytes * 3, 3);
@@ -213,6 +227,8 @@ describe("BlkDriver distrusts the device", () => {
   it("rejects a completion whose used length does not cover the status byte", async () => {
     const s = setup();
     const p = s.driver.flush();
+    // The driver kicks at the end of the task (requests issued together share one kick).
+    await new Promise((r) => setImmediate(r));
     await s.model.whenIdle();
     // Overwrite the used element's len (used ring of a 128-entry queue at 0x10000).
     const used = 0x10000 + 128 * 16 + 6 + 2 * 128;

@@ -35,6 +35,9 @@ const ZERO_CHUNK = 64 * 1024;
 /** Scratch buffers kept for reuse (each {@link POOL_BYTES}); larger requests allocate. */
 const POOL_MAX = 8;
 const POOL_BYTES = 128 * 1024;
+/** Scratch buffers for requests of up to 16 KiB: enough for a queue of 64 in flight. */
+const SMALL_POOL_MAX = 64;
+const SMALL_POOL_BYTES = 16 * 1024;
 
 /**
  * scrypt cost parameters (RFC 7914) for deriving the XTS key from a passphrase. Memory is
@@ -152,6 +155,7 @@ export class EncryptedDisk implements BlockBackend {
   readonly readOnly: boolean;
   readonly #xts: XtsAes256;
   readonly #pool: Uint8Array[] = [];
+  readonly #smallPool: Uint8Array[] = [];
   readonly #guard: BlockGuard;
 
   private constructor(inner: BlockBackend, xts: XtsAes256, dataOffset: number) {
@@ -255,12 +259,15 @@ export class EncryptedDisk implements BlockBackend {
   }
 
   #take(len: number): Uint8Array {
+    if (len <= SMALL_POOL_BYTES) return this.#smallPool.pop() ?? new Uint8Array(SMALL_POOL_BYTES);
     if (len > POOL_BYTES) return new Uint8Array(len);
     return this.#pool.pop() ?? new Uint8Array(POOL_BYTES);
   }
 
   #give(buf: Uint8Array): void {
-    if (buf.length === POOL_BYTES && this.#pool.length < POOL_MAX) this.#pool.push(buf);
+    if (buf.length === SMALL_POOL_BYTES) {
+      if (this.#smallPool.length < SMALL_POOL_MAX) this.#smallPool.push(buf);
+    } else if (buf.length === POOL_BYTES && this.#pool.length < POOL_MAX) this.#pool.push(buf);
   }
 }
 

@@ -90,6 +90,33 @@ class Epoch {
   }
 }
 
+/**
+ * The state of one write-type request (or flush) in flight across the members, pooled: its
+ * per-member settlement callbacks are made once, when the object is, so a request allocates
+ * no closure (only its promise).
+ */
+class MirrorOp {
+  /** `onOk[i]` / `onErr[i]`: member `i` settled this request. */
+  readonly onOk: (() => void)[] = [];
+  readonly onErr: ((e: unknown) => void)[] = [];
+  /** The epoch of member `i` this request was counted in. */
+  readonly epochs: (Epoch | undefined)[] = [];
+  /** Whether member `i` was healthy (its success counts toward the policy) at issue. */
+  readonly counts: boolean[] = [];
+  op = 0;
+  sector = 0;
+  count = 0;
+  pending = 0;
+  okMask = 0;
+  okHealthy = 0;
+  settled = false;
+  early = false;
+  firstError: unknown = undefined;
+  scratch: Uint8Array | undefined = undefined;
+  resolve: () => void = noop;
+  reject: (e: unknown) => void = noop;
+}
+
 /** Write-type operation kinds. */
 const OP_WRITE = 0;
 const OP_DISCARD = 1;
@@ -149,6 +176,12 @@ export class MirrorBackend implements BlockBackend {
   readonly #dirtyCount: Uint32Array;
   readonly #extents: number;
   readonly #epochs: Epoch[];
+
+  /** Free request states (see MirrorOp), and the promise executor bound once. */
+  readonly #ops: MirrorOp[] = [];
+  readonly #opNew: (resolve: () => void, reject: (e: unknown) => void) => void;
+  /** The request state the executor fills (set just before `new Promise`). */
+  #opNext: MirrorOp | undefined = undefined;
   readonly #maxLag: number;
   #lag = 0;
   readonly #pool = new Map<number, Uint8Array[]>();
@@ -208,6 +241,7 @@ export class MirrorBackend implements BlockBackend {
     this.#state = new Uint8Array(n);
     this.#dirty = backends.map(() => new Uint8Array(Math.ceil(this.#extents / 8)));
     this.#dirtyCount = new Uint32Array(n);
+    this.#opNew = (resolve, reject) => this.#opStart(resolve, reject);
     this.#epochs = backends.map(() => new Epoch(undefined));
     this.lastErrors = backends.map(() => undefined);
   }
@@ -455,79 +489,118 @@ export class MirrorBackend implements BlockBackend {
         data = [scratch];
       }
     }
-    return new Promise<void>((resolve, reject) => {
-      let pending = targets;
-      let okMask = 0;
-      let okHealthy = 0;
-      let settled = false;
-      let firstError: unknown;
-      const settle = (): void => {
-        const src = this.#source;
-        const srcOk = src >= 0 && (okMask & (1 << src)) !== 0;
-        if (!settled && (early || pending === 0)) {
-          if (okHealthy >= k && srcOk) {
-            settled = true;
-            if (pending > 0) this.stats.earlyAcks++;
-            resolve();
-          } else if (pending === 0 || this.#source < 0) {
-            settled = true;
-            this.stats.rejected++;
-            reject(
-              new BackendError("io", "mirror: too few members completed the request", {
-                cause: firstError,
-              }),
-            );
-          }
+    const o = this.#ops.pop() ?? this.#makeOp();
+    o.op = op;
+    o.sector = sector;
+    o.count = count;
+    o.pending = targets;
+    o.okMask = 0;
+    o.okHealthy = 0;
+    o.settled = false;
+    o.early = early;
+    o.firstError = undefined;
+    o.scratch = scratch;
+    this.#opNext = o;
+    const promise = new Promise<void>(this.#opNew);
+    for (let i = 0; i < n; i++) {
+      const state = this.#state[i];
+      o.epochs[i] = undefined;
+      if (state === FAILED) continue;
+      o.counts[i] = state === HEALTHY;
+      // A flush waits for the operations issued to this member before it (not for itself).
+      const before = op === OP_FLUSH && this.#epochs[i]!.pending > 0 ? this.#barrier(i) : undefined;
+      const epoch = this.#epochs[i]!;
+      epoch.pending++;
+      o.epochs[i] = epoch;
+      let p: Promise<void>;
+      try {
+        const m = this.members[i]!;
+        if (op === OP_WRITE) p = m.write(sector, data!);
+        else if (op === OP_DISCARD) p = m.discard(sector, count);
+        else if (op === OP_ZEROES) p = m.writeZeroes(sector, count, unmap);
+        else {
+          p =
+            before === undefined
+              ? m.flush()
+              : before.then(() => {
+                  if (this.#state[i] === FAILED) throw this.lastErrors[i];
+                  return m.flush();
+                });
         }
-        if (pending === 0 && scratch !== undefined) this.#giveScratch(scratch);
-      };
-      for (let i = 0; i < n; i++) {
-        const state = this.#state[i];
-        if (state === FAILED) continue;
-        const counts = state === HEALTHY;
-        // A flush waits for the operations issued to this member before it (not for itself).
-        const before =
-          op === OP_FLUSH && this.#epochs[i]!.pending > 0 ? this.#barrier(i) : undefined;
-        const epoch = this.#epochs[i]!;
-        epoch.pending++;
-        const onOk = (): void => {
-          epoch.done();
-          pending--;
-          // A member that failed meanwhile (another request) still completed this one.
-          okMask |= 1 << i;
-          if (counts) okHealthy++;
-          settle();
-        };
-        const onErr = (e: unknown): void => {
-          epoch.done();
-          pending--;
-          firstError ??= e;
-          if (op === OP_FLUSH) this.#markAll(i);
-          else this.#markDirty(i, sector, count);
-          this.#fail(i, e);
-          settle();
-        };
-        let p: Promise<void>;
-        try {
-          const m = this.members[i]!;
-          if (op === OP_WRITE) p = m.write(sector, data!);
-          else if (op === OP_DISCARD) p = m.discard(sector, count);
-          else if (op === OP_ZEROES) p = m.writeZeroes(sector, count, unmap);
-          else {
-            p =
-              before === undefined
-                ? m.flush()
-                : before.then(() => {
-                    if (this.#state[i] === FAILED) throw this.lastErrors[i];
-                    return m.flush();
-                  });
-          }
-        } catch (e) {
-          p = Promise.reject(e);
-        }
-        p.then(onOk, onErr);
+      } catch (e) {
+        p = Promise.reject(e);
       }
-    });
+      p.then(o.onOk[i], o.onErr[i]);
+    }
+    return promise;
+  }
+
+  /** The `new Promise` executor of `#run`: keeps the settlers in the op being started. */
+  #opStart(resolve: () => void, reject: (e: unknown) => void): void {
+    const o = this.#opNext!;
+    this.#opNext = undefined;
+    o.resolve = resolve;
+    o.reject = reject;
+  }
+
+  /** A request state with its per-member callbacks (made once, then pooled). */
+  #makeOp(): MirrorOp {
+    const o = new MirrorOp();
+    for (let i = 0; i < this.members.length; i++) {
+      o.onOk.push(() => this.#memberOk(o, i));
+      o.onErr.push((e) => this.#memberErr(o, i, e));
+      o.epochs.push(undefined);
+      o.counts.push(false);
+    }
+    return o;
+  }
+
+  #memberOk(o: MirrorOp, i: number): void {
+    o.epochs[i]!.done();
+    o.pending--;
+    // A member that failed meanwhile (another request) still completed this one.
+    o.okMask |= 1 << i;
+    if (o.counts[i]) o.okHealthy++;
+    this.#settle(o);
+  }
+
+  #memberErr(o: MirrorOp, i: number, e: unknown): void {
+    o.epochs[i]!.done();
+    o.pending--;
+    o.firstError ??= e;
+    if (o.op === OP_FLUSH) this.#markAll(i);
+    else this.#markDirty(i, o.sector, o.count);
+    this.#fail(i, e);
+    this.#settle(o);
+  }
+
+  /** Settle `o` by the policy once it can be; recycle it when every member has answered. */
+  #settle(o: MirrorOp): void {
+    const src = this.#source;
+    const srcOk = src >= 0 && (o.okMask & (1 << src)) !== 0;
+    if (!o.settled && (o.early || o.pending === 0)) {
+      if (o.okHealthy >= this.ackCount && srcOk) {
+        o.settled = true;
+        if (o.pending > 0) this.stats.earlyAcks++;
+        o.resolve();
+      } else if (o.pending === 0 || this.#source < 0) {
+        o.settled = true;
+        this.stats.rejected++;
+        o.reject(
+          new BackendError("io", "mirror: too few members completed the request", {
+            cause: o.firstError,
+          }),
+        );
+      }
+    }
+    if (o.pending === 0) {
+      if (o.scratch !== undefined) this.#giveScratch(o.scratch);
+      o.scratch = undefined;
+      o.resolve = noop;
+      o.reject = noop;
+      o.firstError = undefined;
+      this.#ops.push(o);
+    }
   }
 
   /** Close member `i`'s epoch: resolves when everything issued to it so far has settled. */

@@ -1,4 +1,5 @@
 import { randomBytes } from "node:crypto";
+import { readv, writev } from "node:fs";
 import { constants, type FileHandle, open } from "node:fs/promises";
 import { dirname } from "node:path";
 import { crc32 } from "node:zlib";
@@ -68,6 +69,23 @@ const IO_CHUNK = 1 << 20;
 /** Write scratch buffers kept for reuse; larger writes allocate. */
 const POOL_MAX = 8;
 const POOL_BYTES = LOG_RECORD_HEADER_BYTES + 128 * 1024;
+/** Record buffers of up to 16 KiB of data: one per request in flight at a deep queue. */
+const SMALL_POOL_MAX = 64;
+const SMALL_POOL_BYTES = LOG_RECORD_HEADER_BYTES + 16 * 1024;
+/** Records appended in one `pwritev` at most (Linux IOV_MAX is 1024). */
+const BATCH_MAX = 256;
+
+// Appends issued in one turn of the event loop are written together on the next one.
+const nextTurn: (fn: () => void) => void =
+  typeof setImmediate === "function" ? (fn) => setImmediate(fn) : (fn) => setTimeout(fn, 0);
+
+/** Records whose positions follow each other, written with one `pwritev`. */
+interface AppendBatch {
+  readonly pos: number;
+  bytes: number;
+  readonly recs: Uint8Array[];
+  readonly settle: ((e: unknown) => void)[];
+}
 
 /** Options of {@link snapshotLog}. */
 export interface SnapshotLogOptions {
@@ -168,7 +186,10 @@ export class SnapshotLogError extends Error {
  * from another log, stale bytes and guest data that imitates a record do not verify.
  *
  * Durability and crashes:
- * - A write completes once its record is in the file (host page cache); `flush` waits for
+ * - A write completes once its record is in the file (host page cache). Records issued in
+ *   one turn of the event loop are written together on the next turn, with one `pwritev`
+ *   (positions are reserved in issue order, so the batch is contiguous): a deep queue costs
+ *   one write and one thread-pool job per batch, not per record. `flush` waits for
  *   every record issued before it, fdatasyncs the log, appends a FLUSH marker, then records
  *   the durable end (offset and sequence number) in one of two checksummed slots of the file
  *   header and fdatasyncs again: when `flush` resolves, the header says how far the file must
@@ -210,6 +231,10 @@ export class SnapshotLog implements BlockBackend {
   readonly #index = new ExtentMap();
   readonly #pending = new Set<Promise<void>>();
   readonly #pool: Uint8Array[] = [];
+  readonly #smallPool: Uint8Array[] = [];
+  /** The append batch still open for records (written on the next turn). */
+  #batch: AppendBatch | undefined = undefined;
+  readonly #fd: number;
   #snapshots: SnapshotInfo[] = [];
   #tail = LOG_HEADER_BYTES;
   #seq = 0;
@@ -236,6 +261,7 @@ export class SnapshotLog implements BlockBackend {
     this.base = base;
     this.path = path;
     this.#fh = fh;
+    this.#fd = fh.fd;
     this.#seed = crc32(logId);
     this.capacity = base.capacity;
     this.blockSize = base.blockSize;
@@ -593,7 +619,7 @@ export class SnapshotLog implements BlockBackend {
     const pos = this.#tail;
     this.#tail += rec.length;
     encodeRecord(rec, type, seq, sector, count, this.#seed);
-    const p = writeAll(this.#fh, rec, pos);
+    const p = this.#write(rec, pos);
     this.#pending.add(p);
     try {
       await p;
@@ -611,6 +637,54 @@ export class SnapshotLog implements BlockBackend {
       this.#index.insert(sector, count, -1, seq);
     }
     return { seq, end: pos + rec.length };
+  }
+
+  /**
+   * Append `rec` at `pos` (the current end: positions are reserved in order) as part of the
+   * open batch; the batch is written with one `pwritev` on the next turn of the event loop, so
+   * the records of a deep queue cost one write between them instead of one each. Settles when
+   * the batch is written (all of it, short writes resumed) or failed.
+   */
+  #write(rec: Uint8Array, pos: number): Promise<void> {
+    let b = this.#batch;
+    if (b === undefined || b.pos + b.bytes !== pos || b.recs.length >= BATCH_MAX) {
+      b = { pos, bytes: 0, recs: [], settle: [] };
+      this.#batch = b;
+      const batch = b;
+      nextTurn(() => this.#writeBatch(batch));
+    }
+    b.recs.push(rec);
+    b.bytes += rec.length;
+    const settle = b.settle;
+    return new Promise<void>((resolve, reject) => {
+      settle.push((e) => (e === undefined ? resolve() : reject(e)));
+    });
+  }
+
+  #writeBatch(b: AppendBatch): void {
+    if (this.#batch === b) this.#batch = undefined;
+    const done = (e: unknown): void => {
+      for (const s of b.settle) s(e);
+    };
+    let bufs = b.recs;
+    let at = b.pos;
+    let left = b.bytes;
+    const step = (err: NodeJS.ErrnoException | null, n: number): void => {
+      if (err !== null) done(err);
+      else if (n === left) done(undefined);
+      else if (n === 0) done(new BackendError("io", `wrote 0 bytes at ${at}`));
+      else {
+        at += n;
+        left -= n;
+        bufs = dropPrefix(bufs, n);
+        writev(this.#fd, bufs, at, step);
+      }
+    };
+    try {
+      writev(this.#fd, bufs, at, step);
+    } catch (e) {
+      done(e);
+    }
   }
 
   async #sync(): Promise<void> {
@@ -677,10 +751,15 @@ export class SnapshotLog implements BlockBackend {
   }
 
   async #readLog(parts: Uint8Array[], pos: number): Promise<void> {
+    // In #pending too: close() waits for it before the descriptor goes.
+    const p = readvAll(this.#fd, parts, pos);
+    this.#pending.add(p);
     try {
-      await readAll(this.#fh, parts, pos);
+      await p;
     } catch (e) {
       throw this.#fail(e, `read at byte ${pos}`);
+    } finally {
+      this.#pending.delete(p);
     }
   }
 
@@ -716,12 +795,15 @@ export class SnapshotLog implements BlockBackend {
   }
 
   #take(len: number): Uint8Array {
+    if (len <= SMALL_POOL_BYTES) return this.#smallPool.pop() ?? new Uint8Array(SMALL_POOL_BYTES);
     if (len > POOL_BYTES) return new Uint8Array(len);
     return this.#pool.pop() ?? new Uint8Array(POOL_BYTES);
   }
 
   #give(buf: Uint8Array): void {
-    if (buf.length === POOL_BYTES && this.#pool.length < POOL_MAX) this.#pool.push(buf);
+    if (buf.length === SMALL_POOL_BYTES) {
+      if (this.#smallPool.length < SMALL_POOL_MAX) this.#smallPool.push(buf);
+    } else if (buf.length === POOL_BYTES && this.#pool.length < POOL_MAX) this.#pool.push(buf);
   }
 
   #fail(e: unknown, what: string): BackendError {
@@ -1164,6 +1246,44 @@ async function writeAll(fh: FileHandle, buf: Uint8Array, pos: number): Promise<v
     if (bytesWritten === 0) throw new BackendError("io", `wrote 0 bytes at ${pos + at}`);
     at += bytesWritten;
   }
+}
+
+/** `preadv` all of `bufs` at `pos` through the callback API, resuming after short reads. */
+function readvAll(fd: number, bufs: Uint8Array[], pos: number): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    let rest = bufs;
+    let at = pos;
+    let left = 0;
+    for (const b of bufs) left += b.length;
+    const step = (err: NodeJS.ErrnoException | null, n: number): void => {
+      if (err !== null) reject(err);
+      else if (n === left) resolve();
+      else if (n === 0) reject(new BackendError("io", `unexpected end of log at byte ${at}`));
+      else {
+        at += n;
+        left -= n;
+        rest = dropPrefix(rest, n);
+        readv(fd, rest, at, step);
+      }
+    };
+    if (left === 0) resolve();
+    else readv(fd, rest, at, step);
+  });
+}
+
+/** `bufs` without its first `n` bytes (whole buffers dropped, the next one cut). */
+function dropPrefix(bufs: readonly Uint8Array[], n: number): Uint8Array[] {
+  let skip = n;
+  const rest: Uint8Array[] = [];
+  for (const b of bufs) {
+    if (skip >= b.length) {
+      skip -= b.length;
+      continue;
+    }
+    rest.push(skip > 0 ? b.subarray(skip) : b);
+    skip = 0;
+  }
+  return rest;
 }
 
 async function readAll(fh: FileHandle, bufs: Uint8Array[], pos: number): Promise<void> {

@@ -63,6 +63,22 @@ const LITTLE_ENDIAN_HOST = endianness() === "LE";
  * ```
  * @see IEEE Std 1619-2007 §5 "XTS-AES transform"
  */
+/** A Uint32Array over `words` words of `b` from byte `at`, if that is 4-aligned. */
+function words32(b: Uint8Array, at: number, words: number): Uint32Array | undefined {
+  const off = b.byteOffset + at;
+  return (off & 3) === 0 ? new Uint32Array(b.buffer, off, words) : undefined;
+}
+
+/** `out[k] = a[k] ^ b[k]` for `words` words (a multiple of 4: whole AES blocks). */
+function xorWords(out: Uint32Array, a: Uint32Array, b: Uint32Array, words: number): void {
+  for (let k = 0; k < words; k += 4) {
+    out[k] = a[k]! ^ b[k]!;
+    out[k + 1] = a[k + 1]! ^ b[k + 1]!;
+    out[k + 2] = a[k + 2]! ^ b[k + 2]!;
+    out[k + 3] = a[k + 3]! ^ b[k + 3]!;
+  }
+}
+
 export class XtsAes256 {
   /** The engine in use (see {@link XtsEngine}). */
   readonly engine: XtsEngine;
@@ -214,15 +230,27 @@ export class XtsAes256 {
       }
     }
     // PP = P ⊕ T; CC = E_K1(PP); C = CC ⊕ T (§5.3.1 steps 2-4; decryption mirrors it, §5.4.1).
+    // Each XOR is one pass over words, reading the source and writing the target directly
+    // when they are 4-aligned (guest memory and node:crypto's output are), else through pp.
+    const words = len >>> 2;
     const pp = this.#pp;
     const pp32 = this.#pp32;
-    const words = len >>> 2;
-    pp.set(src.subarray(from, from + len));
-    for (let k = 0; k < words; k++) pp32[k] = pp32[k]! ^ tw32[k]!;
+    const s32 = words32(src, from, words);
+    if (s32 !== undefined) xorWords(pp32, s32, tw32, words);
+    else {
+      pp.set(src.subarray(from, from + len));
+      xorWords(pp32, pp32, tw32, words);
+    }
     const view = pp.subarray(0, len);
     const cc = enc ? this.#enc1!.update(view) : this.#dec1!.update(view);
+    const c32 = words32(cc, 0, words);
+    const d32 = words32(dst, from, words);
+    if (c32 !== undefined && d32 !== undefined) {
+      xorWords(d32, c32, tw32, words);
+      return;
+    }
     pp.set(cc);
-    for (let k = 0; k < words; k++) pp32[k] = pp32[k]! ^ tw32[k]!;
+    xorWords(pp32, pp32, tw32, words);
     dst.set(view, from);
   }
 

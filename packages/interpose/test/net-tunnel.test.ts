@@ -5,10 +5,13 @@ import { sniff } from "../src/index.js";
 import {
   EncryptedLinkEnd,
   encryptedLink,
+  LINK_BATCH_ENTRY_LEN,
   LINK_ETHERTYPE,
   LINK_HEADER_LEN,
   LINK_MAX_FRAMES,
   LINK_OVERHEAD,
+  LINK_VERSION,
+  LINK_VERSION_BATCH,
   patchBackends,
 } from "../src/node.js";
 
@@ -236,5 +239,96 @@ describe("encryptedLink", () => {
     const [a] = encryptedLink(KEY, [veth.a, veth.b], { maxFrameSize: 1514 });
     expect(a.transmit(new Uint8Array(1515))).toBe(false);
     expect(a.stats).toMatchObject({ txOversize: 1, txDropped: 1, txFrames: 0 });
+  });
+});
+
+describe("encryptedLink with batchBytes (one AES-GCM seal per burst)", () => {
+  const tick = () => new Promise<void>((r) => queueMicrotask(r));
+
+  it("seals a burst into one carrier frame of version 2 and delivers every frame intact, in order", async () => {
+    const veth = new VethPair();
+    const carried: Uint8Array[] = [];
+    const tap = sniff(veth.a, { record: (_i, f) => carried.push(f.slice()), retract: () => false });
+    const [a, b] = encryptedLink(KEY, [tap, veth.b], { batchBytes: 8192 });
+    collect(a);
+    const atB = collect(b);
+    const sizes = [14, 60, 1514, 92, 300];
+    for (const [i, n] of sizes.entries()) expect(a.transmit(frame(i, n))).toBe(true);
+    expect(atB).toHaveLength(0); // gathered until the end of this task
+    await tick();
+    expect(atB).toEqual(sizes.map((n, i) => frame(i, n)));
+    expect(carried).toHaveLength(1);
+    expect(carried[0]![14]).toBe(LINK_VERSION_BATCH);
+    const plainBytes = sizes.reduce((t, n) => t + n + LINK_BATCH_ENTRY_LEN, 0);
+    expect(carried[0]!.length).toBe(plainBytes + LINK_OVERHEAD);
+    expect(a.stats.txFrames).toBe(5);
+    expect(b.stats.rxFrames).toBe(5);
+  });
+
+  it("starts a new carrier frame when the next frame would pass batchBytes, and seals a larger frame alone", async () => {
+    const r = receiver();
+    const a = new EncryptedLinkEnd(tapeCarrier(), KEY, {
+      role: "a",
+      batchBytes: 2000,
+    });
+    const tape = (a.carrier as ReturnType<typeof tapeCarrier>).tape;
+    a.transmit(frame(1, 900));
+    a.transmit(frame(2, 900)); // 2 × 904 fits
+    a.transmit(frame(3, 900)); // would pass 2000: the first two are sealed first
+    a.transmit(frame(4, 5000)); // alone, version 1, after frame 3's batch
+    await tick();
+    expect(tape.map((f) => f[14])).toEqual([LINK_VERSION_BATCH, LINK_VERSION_BATCH, LINK_VERSION]);
+    for (const f of tape) r.inject(f);
+    expect(ids(r.got)).toEqual([1, 2, 3, 4]);
+  });
+
+  it("a replayed or tampered batch is dropped whole, counted once", async () => {
+    const r = receiver();
+    const a = new EncryptedLinkEnd(tapeCarrier(), KEY, { role: "a", batchBytes: 4096 });
+    const tape = (a.carrier as ReturnType<typeof tapeCarrier>).tape;
+    for (let i = 0; i < 3; i++) a.transmit(frame(i));
+    await tick();
+    const sealed = tape[0]!;
+    const bad = sealed.slice();
+    bad[LINK_HEADER_LEN + 5]! ^= 1;
+    r.inject(bad);
+    r.inject(sealed);
+    r.inject(sealed);
+    expect(ids(r.got)).toEqual([0, 1, 2]);
+    expect(r.b.stats).toMatchObject({ tampered: 1, replayed: 1, rxFrames: 3 });
+  });
+
+  it("holds the rest of a batch when the device is full and delivers it, then later frames, on rxReady", async () => {
+    const veth = new VethPair();
+    const [a, b] = encryptedLink(KEY, [veth.a, veth.b], { batchBytes: 8192 });
+    collect(a);
+    const got: number[] = [];
+    let room = 2;
+    b.attach({
+      deliver: (f) => {
+        if (room === 0) return false;
+        room--;
+        got.push(f[14]!);
+        return true;
+      },
+    });
+    for (let i = 0; i < 5; i++) a.transmit(frame(i));
+    await tick();
+    for (let i = 5; i < 7; i++) a.transmit(frame(i));
+    await tick();
+    expect(got).toEqual([0, 1]);
+    room = 3;
+    b.rxReady();
+    expect(got).toEqual([0, 1, 2, 3, 4]);
+    room = 10;
+    b.rxReady();
+    expect(got).toEqual([0, 1, 2, 3, 4, 5, 6]);
+    expect(b.stats.rxFrames).toBe(7);
+  });
+
+  it("refuses a bad batchBytes with a RangeError naming it", () => {
+    expect(() => new EncryptedLinkEnd(tapeCarrier(), KEY, { role: "a", batchBytes: -1 })).toThrow(
+      /options\.batchBytes/,
+    );
   });
 });

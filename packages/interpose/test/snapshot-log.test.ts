@@ -109,6 +109,28 @@ describe("snapshotLog", () => {
     await again.close();
   });
 
+  it("64 writes issued together are appended as one batch, in order, and close waits for them and for reads in flight", async () => {
+    const base = new RamDisk(256, { fill: 0x22 });
+    const path = logPath();
+    const log = await snapshotLog(base, path, { create: true });
+    const writes = Array.from({ length: 64 }, (_, i) =>
+      log.write(i * 2, [pseudoRandom(1024, i + 40)]),
+    );
+    // Nothing is in the file before the next turn: the records wait in one batch.
+    expect(statSync(path).size).toBe(LOG_HEADER_BYTES);
+    await Promise.all(writes);
+    expect(log.logBytes).toBe(LOG_HEADER_BYTES + 64 * (LOG_RECORD_HEADER_BYTES + 1024));
+    const outs = Array.from({ length: 64 }, () => new Uint8Array(1024));
+    const reads = outs.map((o, i) => log.read(i * 2, [o]));
+    const closed = log.close();
+    await Promise.all(reads);
+    await closed;
+    for (const [i, o] of outs.entries()) expect(o).toEqual(pseudoRandom(1024, i + 40));
+    const again = await snapshotLog(base, path);
+    expect(again.sequence).toBe(64);
+    await again.close();
+  });
+
   it("discard leaves the data; flush fdatasyncs and appends one flush marker per flushed batch", async () => {
     const log = await snapshotLog(new RamDisk(8), logPath(), { create: true });
     await log.write(0, [new Uint8Array(512).fill(7)]);
@@ -184,7 +206,7 @@ describe("snapshotLog", () => {
     };
     await log.commit();
     expect(logSizeAtBaseFlush).toBeGreaterThan(LOG_HEADER_BYTES);
-    expect((await stat(path)).size).toBe(LOG_HEADER_BYTES);
+    expect(statSync(path).size).toBe(LOG_HEADER_BYTES);
     expect([log.logBytes, log.extentCount, log.sequence, log.snapshots.length]).toEqual([
       512, 0, 0, 0,
     ]);

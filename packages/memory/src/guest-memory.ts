@@ -1,6 +1,6 @@
 import { GuestMemoryError } from "./errors.js";
 import { ADDRESS_LIMIT, addressError, hex, isAddress, isLength, lengthError } from "./limits.js";
-import type { AccessKind, GuestAddress, GuestMemory } from "./types.js";
+import type { AccessKind, GuestAddress, GuestMemory, StableRange } from "./types.js";
 
 /** How to build one region of a {@link GuestMemoryMap}. */
 export interface GuestRegionOptions {
@@ -43,6 +43,8 @@ export interface GuestRegion {
   readonly byteOffset: number;
   /** Whether guest-facing writes are refused (code "read-only"). */
   readonly readOnly: boolean;
+  /** Whether `buffer` is a SharedArrayBuffer. */
+  readonly shared: boolean;
   /** Byte view of the whole region: index 0 is guest address `guestBase`. */
   readonly bytes: Uint8Array;
   /** DataView of the whole region: offset 0 is guest address `guestBase`. */
@@ -69,6 +71,14 @@ const SAB: SharedArrayBufferConstructor | undefined =
 function isShared(buffer: unknown): buffer is SharedArrayBuffer {
   return SAB !== undefined && buffer instanceof SAB;
 }
+
+/**
+ * Copies of at least this many bytes between shared memory and a buffer whose alignment
+ * differs modulo 8 go through {@link GuestMemoryMap}'s bounce buffer (see `#copyIn`).
+ */
+const BOUNCE_MIN = 128;
+/** Bytes of the bounce buffer; longer copies go through it in pieces. */
+const BOUNCE_BYTES = 64 * 1024;
 
 /**
  * Guest memory made of one or more regions over ArrayBuffers or SharedArrayBuffers.
@@ -107,8 +117,15 @@ export class GuestMemoryMap implements GuestMemory {
   readonly regions: readonly GuestRegion[];
   /** Whether every region is backed by a SharedArrayBuffer. */
   readonly shared: boolean;
+  /**
+   * The largest writable region as a {@link StableRange} (regions never change), or undefined
+   * if every region is read-only.
+   */
+  readonly stableRange: StableRange | undefined;
   /** The region of the last successful lookup: ring accesses hit the same region repeatedly. */
   #last: GuestRegion;
+  /** Bounce buffer for misaligned copies to and from shared regions, made on first use. */
+  #bounce: Uint8Array | undefined = undefined;
 
   /**
    * @param regions - the regions, in any order; they are sorted and must not overlap.
@@ -132,6 +149,12 @@ export class GuestMemoryMap implements GuestMemory {
     }
     this.regions = Object.freeze(built.map((b) => b.region));
     this.shared = this.regions.every((r) => isShared(r.buffer));
+    let big: GuestRegion | undefined;
+    for (const r of this.regions) {
+      if (!r.readOnly && (big === undefined || r.size > big.size)) big = r;
+    }
+    this.stableRange =
+      big === undefined ? undefined : Object.freeze({ start: big.guestBase, end: big.guestEnd });
     this.#last = this.regions[0]!;
   }
 
@@ -151,7 +174,14 @@ export class GuestMemoryMap implements GuestMemory {
     // `len <= guestEnd - addr` is exact (both operands below 2^53 when addr is in the region);
     // `addr + len <= guestEnd` could round down to guestEnd near 2^53.
     const last = this.#last;
-    if (addr >= last.guestBase && len <= last.guestEnd - addr && Number.isInteger(addr)) {
+    // A zero-length range exactly at the cached region's end is looked up: an adjacent region
+    // starting there owns it (as #find says), whichever region was used last.
+    if (
+      addr >= last.guestBase &&
+      len <= last.guestEnd - addr &&
+      (len > 0 || addr < last.guestEnd) &&
+      Number.isInteger(addr)
+    ) {
       return last;
     }
     const r = this.#find(addr);
@@ -285,8 +315,7 @@ export class GuestMemoryMap implements GuestMemory {
     const len = dst.length;
     const r = this.#within(addr, len);
     if (r !== undefined) {
-      const off = addr - r.guestBase;
-      dst.set(r.bytes.subarray(off, off + len));
+      this.#copy(r, addr - r.guestBase, dst, 0, len, false);
       return;
     }
     this.#copySlow(addr, len, "read", dst, 0);
@@ -295,10 +324,55 @@ export class GuestMemoryMap implements GuestMemory {
   write(addr: number, src: Uint8Array): void {
     const r = this.#within(addr, src.length);
     if (r !== undefined && !r.readOnly) {
-      r.bytes.set(src, addr - r.guestBase);
+      this.#copy(r, addr - r.guestBase, src, 0, src.length, true);
       return;
     }
     this.#copySlow(addr, src.length, "write", src, 0);
+  }
+
+  /**
+   * Copy `len` bytes between region `r` at byte `off` and `buf` at `at` (`toGuest`: into the
+   * region). V8 copies to or from a SharedArrayBuffer with a relaxed-atomic memmove that goes
+   * byte by byte unless source and destination have the same alignment modulo 8 (a
+   * virtio-net frame after its 12-byte header: about 6× slower than a memmove). Such a copy
+   * goes through a non-shared bounce buffer placed at the region's alignment: a plain memmove
+   * into (or out of) it, then an aligned relaxed copy.
+   */
+  #copy(
+    r: GuestRegion,
+    off: number,
+    buf: Uint8Array,
+    at: number,
+    len: number,
+    toGuest: boolean,
+  ): void {
+    const shift = (r.byteOffset + off) & 7;
+    if (len < BOUNCE_MIN || ((buf.byteOffset + at) & 7) === shift || !r.shared) {
+      if (toGuest) {
+        r.bytes.set(at === 0 && len === buf.length ? buf : buf.subarray(at, at + len), off);
+      } else if (at === 0 && len === buf.length) buf.set(r.bytes.subarray(off, off + len));
+      else buf.set(r.bytes.subarray(off, off + len), at);
+      return;
+    }
+    let b = this.#bounce;
+    if (b === undefined) {
+      b = new Uint8Array(BOUNCE_BYTES + 8);
+      this.#bounce = b;
+    }
+    for (let done = 0; done < len; ) {
+      const n = Math.min(len - done, BOUNCE_BYTES);
+      // The bounce buffer's bytes start 8-aligned, so `shift` puts them at the region's
+      // alignment; `done` stays a multiple of 8 (BOUNCE_BYTES is).
+      const tmp = b.subarray(shift, shift + n);
+      if (toGuest) {
+        tmp.set(buf.subarray(at + done, at + done + n));
+        r.bytes.set(tmp, off + done);
+      } else {
+        tmp.set(r.bytes.subarray(off + done, off + done + n));
+        buf.set(tmp, at + done);
+      }
+      done += n;
+    }
   }
   /** {@inheritDoc GuestMemory.fill} */
   fill(addr: number, len: number, byte: number): void {
@@ -330,8 +404,7 @@ export class GuestMemoryMap implements GuestMemory {
       const off = a - r.guestBase;
       const n = Math.min(len - done, r.size - off);
       if (data === undefined) r.bytes.fill(byte, off, off + n);
-      else if (access === "read") data.set(r.bytes.subarray(off, off + n), done);
-      else r.bytes.set(data.subarray(done, done + n), off);
+      else this.#copy(r, off, data, done, n, access === "write");
       done += n;
       a += n;
     }
@@ -442,6 +515,7 @@ function buildRegion(r: GuestRegionOptions, i: number): GuestRegion {
     buffer,
     byteOffset,
     readOnly: r.readOnly === true,
+    shared: isShared(buffer),
     bytes: new Uint8Array(buffer, byteOffset, size),
     view: new DataView(buffer, byteOffset, size),
   });

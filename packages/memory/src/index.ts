@@ -24,7 +24,7 @@ export {
   type Translation,
   type WindowAccess,
 } from "./translate.js";
-export type { AccessKind, GuestAddress, GuestMemory } from "./types.js";
+export type { AccessKind, GuestAddress, GuestMemory, StableRange } from "./types.js";
 export {
   WasmGuestMemory,
   type WasmGuestMemoryOptions,

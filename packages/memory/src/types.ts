@@ -29,6 +29,16 @@ export type GuestAddress = number & {
 export type AccessKind = "read" | "write";
 
 /**
+ * A half-open range of guest addresses `[start, end)`, see {@link GuestMemory.stableRange}.
+ */
+export interface StableRange {
+  /** First address of the range: an integer ≥ 0. */
+  readonly start: number;
+  /** One past the last address: an integer with `start ≤ end ≤ 2^53`. */
+  readonly end: number;
+}
+
+/**
  * The consumer-side interface every device and driver uses to reach guest memory; it hides how
  * memory is provided. Implementations: {@link GuestMemoryMap} (regions over
  * (Shared)ArrayBuffers) and {@link TranslatedMemory} (IOMMU / DMA windows in front of another
@@ -53,6 +63,17 @@ export type AccessKind = "read" | "write";
 export interface GuestMemory {
   /** Whether every byte reachable through this memory is backed by a SharedArrayBuffer. */
   readonly shared: boolean;
+  /**
+   * Optional fast path for hot bounds checks (the virtqueue chain walk does one per descriptor):
+   * a range of addresses inside which every `[addr, addr + len)` is accessible for reads and
+   * writes, for as long as this object lives. A caller may accept a range that lies inside it
+   * without calling {@link GuestMemory.check}, and must call `check` for anything else.
+   *
+   * Implementer contract: set it only if the whole range stays mapped and writable (never
+   * unmapped, shrunk or made read-only: so not in front of an IOMMU whose mappings change), and
+   * never change it. Leave it undefined when unsure; `check` alone is always correct.
+   */
+  readonly stableRange?: StableRange | undefined;
   /**
    * Is `[addr, addr + len)` accessible for `access`? Never throws, never allocates; invalid
    * numbers answer false.

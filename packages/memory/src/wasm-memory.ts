@@ -1,6 +1,6 @@
 import { GuestMemoryMap } from "./guest-memory.js";
 import { hex } from "./limits.js";
-import type { AccessKind, GuestMemory } from "./types.js";
+import type { AccessKind, GuestMemory, StableRange } from "./types.js";
 
 /**
  * The part of a `WebAssembly.Memory` that {@link WasmGuestMemory} needs: its current buffer.
@@ -60,6 +60,11 @@ export class WasmGuestMemory implements GuestMemory {
   readonly size: number;
   /** Where guest RAM starts inside the wasm memory. */
   readonly byteOffset: number;
+  /**
+   * Guest RAM, `[guestBase, guestBase + size)`: it stays mapped and writable when the wasm
+   * memory grows (its buffer is replaced, the addresses are not).
+   */
+  readonly stableRange: StableRange;
   /** Times the buffer was found replaced since construction. */
   replacements = 0;
   readonly #memory: WasmMemoryLike;
@@ -90,6 +95,7 @@ export class WasmGuestMemory implements GuestMemory {
     this.#onReplaced = options.onReplaced;
     this.#map = this.#build();
     this.shared = this.#map.shared;
+    this.stableRange = Object.freeze({ start: this.guestBase, end: this.guestBase + size });
   }
 
   #build(): GuestMemoryMap {

@@ -447,6 +447,71 @@ describe("GuestMemoryMap regions", () => {
   });
 });
 
+describe("GuestMemoryMap copies to and from shared memory at any alignment", () => {
+  it("reads and writes correctly when guest address and buffer differ in alignment, across the 64 KiB bounce size", () => {
+    const mem = createGuestMemory({ size: 0x40000 });
+    for (const len of [1, 127, 128, 1500, 4096, 65536 + 300]) {
+      for (const [guestShift, bufShift] of [
+        [12, 0],
+        [0, 4],
+        [3, 5],
+        [8, 0],
+      ] as const) {
+        const addr = 0x1000 + guestShift;
+        const backing = new Uint8Array(len + 16);
+        const src = backing.subarray(bufShift, bufShift + len);
+        for (let i = 0; i < len; i++) src[i] = (i * 31 + len) & 0xff;
+        mem.fill(addr - 8, len + 16, 0xee);
+        mem.write(addr, src);
+        expect(mem.readU8(addr - 1)).toBe(0xee);
+        expect(mem.readU8(addr + len)).toBe(0xee);
+        const out = new Uint8Array(len + 16).subarray(bufShift ^ 1, (bufShift ^ 1) + len);
+        mem.read(addr, out);
+        expect(out).toEqual(src);
+      }
+    }
+  });
+});
+
+describe("GuestMemoryMap zero-length ranges at a boundary", () => {
+  it("belong to the region that starts there, whichever region was used last", () => {
+    const mem = new GuestMemoryMap([
+      { guestBase: 0, size: 8, buffer: new ArrayBuffer(8) },
+      { guestBase: 8, size: 8, buffer: new ArrayBuffer(8), readOnly: true },
+    ]);
+    mem.readU8(0); // the writable region is the cached one
+    expect(codeOf(() => mem.write(8, new Uint8Array(0)))).toBe("read-only");
+    expect(mem.check(8, 0, "write")).toBe(false);
+    expect(mem.check(8, 0, "read")).toBe(true);
+  });
+});
+
+describe("GuestMemoryMap stableRange", () => {
+  it("is the largest writable region, and every range inside it passes check for writing", () => {
+    const rom = new ArrayBuffer(0x4000);
+    const mem = new GuestMemoryMap([
+      { guestBase: 0, size: 0x1000, buffer: new ArrayBuffer(0x1000) },
+      { guestBase: 0x10000, size: 0x2000, buffer: new SharedArrayBuffer(0x2000) },
+      { guestBase: 0x20000, size: 0x4000, buffer: rom, readOnly: true },
+    ]);
+    expect(mem.stableRange).toEqual({ start: 0x10000, end: 0x12000 });
+    expect(Object.isFrozen(mem.stableRange)).toBe(true);
+    fc.assert(
+      fc.property(fc.nat(0x2000), fc.nat(0x2000), (off, n) => {
+        const len = Math.min(n, 0x2000 - off);
+        return mem.check(0x10000 + off, len, "write");
+      }),
+    );
+  });
+
+  it("is undefined when every region is read-only", () => {
+    const mem = new GuestMemoryMap([
+      { guestBase: 0, size: 0x1000, buffer: new ArrayBuffer(0x1000), readOnly: true },
+    ]);
+    expect(mem.stableRange).toBeUndefined();
+  });
+});
+
 describe("GuestMemoryMap read-only regions", () => {
   function romAndRam() {
     const rom = new ArrayBuffer(0x100);

@@ -3,6 +3,7 @@ import {
   type DmaWindow,
   DmaWindows,
   dmaWindows,
+  type GuestMemory,
   GuestMemoryError,
   type GuestMemoryErrorCode,
   GuestMemoryMap,
@@ -150,6 +151,18 @@ describe("TranslatedMemory permissions", () => {
     const { ram, dev } = setup();
     expectFault(() => dev.write(0x0ffe, Uint8Array.of(1, 2, 3, 4)), "translation-fault", 0x0ffe, 4);
     expect(ram.readU16(0x8ffe)).toBe(0);
+  });
+});
+
+describe("TranslatedMemory stableRange", () => {
+  it("offers none, even over RAM that has one: its windows are mapped and unmapped at run time", () => {
+    const ram = createGuestMemory({ size: 0x10000 });
+    const dev = new TranslatedMemory(
+      ram,
+      dmaWindows([{ iova: 0, gpa: 0x8000, size: 0x1000, access: "rw" }]),
+    );
+    expect(ram.stableRange).toEqual({ start: 0, end: 0x10000 });
+    expect((dev as GuestMemory).stableRange).toBeUndefined();
   });
 });
 

@@ -22,6 +22,20 @@ describe("WasmGuestMemory", () => {
     expect(() => mem.readU8(0x8000)).toThrow(GuestMemoryError);
   });
 
+  it("keeps guest RAM as its stableRange across a grow", () => {
+    const wasm = new WebAssembly.Memory({ initial: 1, maximum: 8 });
+    const mem = new WasmGuestMemory({
+      memory: wasm,
+      byteOffset: 0x100,
+      size: 0x1000,
+      guestBase: 0x8000,
+    });
+    expect(mem.stableRange).toEqual({ start: 0x8000, end: 0x9000 });
+    wasm.grow(1);
+    expect(mem.check(0x8000, 0x1000, "write")).toBe(true);
+    expect(mem.stableRange).toEqual({ start: 0x8000, end: 0x9000 });
+  });
+
   it("follows the buffer a grow puts in place, calling onReplaced once, so data written before stays readable", () => {
     const wasm = new WebAssembly.Memory({ initial: 1, maximum: 8 });
     let replaced = 0;

@@ -104,6 +104,19 @@ export interface DeviceCoreOptions {
   readonly interrupt?: (status: number, source: number) => void;
   /** Where guest faults are logged (rate-limited). Default: a `RateLimitedLog` on console.warn. */
   readonly log?: RateLimitedLog;
+  /**
+   * When a kick (an available buffer notification, §2.9) reaches the model:
+   * - `"sync"` (default): inside the exit that wrote it (`onQueueNotify` runs before
+   *   `QueueNotify` returns), so the ring is empty whenever the driver publishes again and every
+   *   request costs a kick, EVENT_IDX or not.
+   * - `"deferred"`: the ioeventfd behaviour. The exit only records the kick and disables the
+   *   queue's notifications (§2.7.10 / §2.8.10: avail_event stops moving, or NO_NOTIFY /
+   *   DISABLE); the model is called on a later turn of the event loop (`setImmediate`, or
+   *   `setTimeout(0)` where there is none), once per queue however many kicks came, and
+   *   notifications are enabled again when it has taken what it could. A driver that publishes
+   *   more before then does not kick, so a deep queue costs few kicks. Costs a turn of latency.
+   */
+  readonly kicks?: "sync" | "deferred";
 }
 
 /**
@@ -156,6 +169,10 @@ class QueueSlot {
   pfn = 0;
   align = LEGACY_VRING_ALIGN;
   kick: Doorbell | undefined = undefined;
+  /** Deferred kicks: a kick is recorded and the model not called yet (notifications off). */
+  kickPending = false;
+  /** The notification data of the last recorded kick (VIRTIO_F_NOTIFICATION_DATA). */
+  kickData: NotificationData | undefined = undefined;
 
   constructor(maxSize: number) {
     this.maxSize = maxSize;
@@ -171,8 +188,17 @@ class QueueSlot {
     this.layout = undefined;
     this.pfn = 0;
     this.align = LEGACY_VRING_ALIGN;
+    this.kickPending = false;
+    this.kickData = undefined;
   }
 }
+
+// Deferred kicks run on the next turn of the event loop: setImmediate where it exists (Node),
+// else a zero timeout.
+const nextTurn: (fn: () => void) => void =
+  typeof (globalThis as { setImmediate?: unknown }).setImmediate === "function"
+    ? (fn) => (globalThis as unknown as { setImmediate(f: () => void): void }).setImmediate(fn)
+    : (fn) => host.setTimeout(fn, 0);
 
 const AREA_WORD: Readonly<Record<QueueArea, number>> = { desc: 0, driver: 2, device: 4 };
 
@@ -244,6 +270,17 @@ export class VirtioDeviceCore implements DeviceContext {
   #suspended = false;
   /** Ring states the model's data plane reported at suspend (`stopRings`), if it has one. */
   #ringStates: readonly (QueueState | undefined)[] | undefined = undefined;
+  /** `options.kicks === "deferred"`. */
+  readonly #deferKicks: boolean;
+  /** A run of {@link VirtioDeviceCore.#serveKicks} is scheduled. */
+  #kicksScheduled = false;
+  /** Arguments of `#notifyModel` (fields, so a notification allocates no closure). */
+  #notifyIndex = 0;
+  #notifyData: NotificationData | undefined = undefined;
+  readonly #notifyModel = (): void => {
+    this.model.onQueueNotify(this.#notifyIndex, this.#notifyData);
+  };
+  readonly #serveKicks = (): void => this.#serveDeferred();
 
   /**
    * @param model - the device type
@@ -274,6 +311,11 @@ export class VirtioDeviceCore implements DeviceContext {
     this.legacy = options.legacy === true;
     this.#irq = options.interrupt;
     this.#log = options.log ?? new RateLimitedLog();
+    const kicks = options.kicks ?? "sync";
+    if (kicks !== "sync" && kicks !== "deferred") {
+      throw new RangeError(`options.kicks must be "sync" or "deferred", got ${String(kicks)}`);
+    }
+    this.#deferKicks = kicks === "deferred";
     const allowed =
       options.transportFeatures ??
       (this.legacy ? LEGACY_TRANSPORT_FEATURES : MMIO_TRANSPORT_FEATURES);
@@ -797,7 +839,76 @@ export class VirtioDeviceCore implements DeviceContext {
       q.kick.ring();
       return;
     }
-    this.guard(() => this.model.onQueueNotify(index, data));
+    if (this.#deferKicks) {
+      // The ioeventfd behaviour: record the kick, stop further ones until the model has
+      // drained the queue (§2.7.10 / §2.8.10), serve on a later turn.
+      if (!q.kickPending) {
+        q.kickPending = true;
+        q.queue?.disableNotifications();
+      }
+      q.kickData = data;
+      if (!this.#kicksScheduled) {
+        this.#kicksScheduled = true;
+        nextTurn(this.#serveKicks);
+      }
+      return;
+    }
+    this.#notifyIndex = index;
+    this.#notifyData = data;
+    this.guard(this.#notifyModel);
+  }
+
+  /** Whether a deferred kick may reach the model now (as `notify` checks for a sync one). */
+  #servable(): boolean {
+    return (
+      this.#active &&
+      !this.#suspended &&
+      (this.#status & (DeviceStatus.DEVICE_NEEDS_RESET | DeviceStatus.FAILED)) === 0
+    );
+  }
+
+  /**
+   * Deferred kicks: call the model once for each queue kicked since the last run, then enable
+   * its notifications again. If the driver published meanwhile (it could not kick), the model
+   * is called again, as long as it keeps taking chains (a model that took none is busy and
+   * pops when it can, like BlkDevice on a completion).
+   */
+  #serveDeferred(): void {
+    this.#kicksScheduled = false;
+    const queues = this.#queues;
+    for (let i = 0; i < queues.length; i++) {
+      const q = queues[i]!;
+      if (!q.kickPending) continue;
+      q.kickPending = false;
+      const data = q.kickData;
+      q.kickData = undefined;
+      const g = q.queue;
+      // Disabled or reset since the kick: a new ring starts with notifications on.
+      if (g === undefined) continue;
+      // Each further round needs the model to have taken a chain; a driver that keeps
+      // publishing from another thread is served again on the next turn after 16 rounds.
+      for (let round = 0; ; round++) {
+        if (round === 16) {
+          q.kickPending = true;
+          q.kickData = data;
+          if (!this.#kicksScheduled) {
+            this.#kicksScheduled = true;
+            nextTurn(this.#serveKicks);
+          }
+          break;
+        }
+        const pops = g.pops;
+        const live = this.#servable();
+        if (live) {
+          this.#notifyIndex = i;
+          this.#notifyData = data;
+          this.guard(this.#notifyModel);
+        }
+        if (q.queue !== g) break;
+        if (!g.enableNotifications() || !live || g.pops === pops) break;
+        g.disableNotifications();
+      }
+    }
   }
 
   /**

@@ -68,6 +68,8 @@ class Ring {
   /** Bumped whenever the ring stops: a serving loop of an older generation exits. */
   gen = 0;
   serving = false;
+  /** `signalUsed` was called this turn; the decision waits for the end of the turn. */
+  signalPending = false;
 
   /** Stop serving: the loop of this generation exits at its next wake-up. */
   stop(): void {
@@ -104,6 +106,9 @@ export class VhostBackend implements DeviceContext {
   #localEpoch = 0;
   #depth = 0;
   #queueChain: Promise<void> = Promise.resolve();
+  /** Rings whose used notification is decided at the end of this turn (see `signalUsed`). */
+  readonly #signals: number[] = [];
+  readonly #flushSignals = (): void => this.#decideSignals();
 
   /**
    * @param model - the model, or a promise of it (a factory still opening its back-end)
@@ -580,11 +585,40 @@ export class VhostBackend implements DeviceContext {
     return true;
   }
 
-  /** @inheritdoc */
+  /**
+   * Decide the used buffer notification of ring `index` at the end of this turn of the
+   * worker's event loop, once for every completion of the turn (interrupt moderation: the
+   * back-end's completions of one poll phase arrive together, and each `needsInterrupt` with
+   * EVENT_IDX would otherwise interrupt as soon as the guest re-armed). The driver sees the
+   * interrupt one turn later, microseconds, and the VMM thread wakes once per batch.
+   * @returns true if the decision is scheduled (false for a ring that is not running)
+   */
   signalUsed(index: number): boolean {
-    const q = this.#rings[index]?.queue;
-    if (q === undefined || !q.needsInterrupt()) return false;
-    return this.interrupt(index);
+    const r = this.#rings[index];
+    if (r?.queue === undefined) return false;
+    if (!r.signalPending) {
+      r.signalPending = true;
+      if (this.#signals.length === 0) setImmediate(this.#flushSignals);
+      this.#signals.push(index);
+    }
+    return true;
+  }
+
+  #decideSignals(): void {
+    const list = this.#signals;
+    for (let k = 0; k < list.length; k++) {
+      const index = list[k]!;
+      const r = this.#rings[index];
+      if (r === undefined) continue;
+      r.signalPending = false;
+      const q = r.queue;
+      // Stopped or reset since: a new ring starts from scratch (§2.6.1).
+      if (q === undefined) continue;
+      this.#guard(() => {
+        if (q.needsInterrupt()) this.interrupt(index);
+      }, false);
+    }
+    list.length = 0;
   }
 
   /** @inheritdoc */

@@ -52,6 +52,9 @@ const U32_MAX = 0xffffffff;
  */
 export class ChainCheck {
   readonly #mem: GuestMemory;
+  /** `mem.stableRange` (empty if none): a buffer inside it needs no `mem.check` call. */
+  readonly #rangeStart: number;
+  readonly #rangeEnd: number;
   readonly #indirectWithNext: string;
   #index = 0;
   #indirect = false;
@@ -61,6 +64,9 @@ export class ChainCheck {
   /** @param mem guest memory; @param indirectWithNext the message for E_IND_NEXT in this layout. */
   constructor(mem: GuestMemory, indirectWithNext: string) {
     this.#mem = mem;
+    const r = mem.stableRange;
+    this.#rangeStart = r === undefined ? 1 : r.start;
+    this.#rangeEnd = r === undefined ? 0 : r.end;
     this.#indirectWithNext = indirectWithNext;
   }
 
@@ -84,13 +90,7 @@ export class ChainCheck {
     budget: number,
   ): number {
     if (chain.count >= budget) return this.fail(E_TOO_LONG, index, indirect, budget, 0);
-    // The range check is an exact `len ≤ end − addr` inside GuestMemory, so addr + len cannot
-    // wrap 2^64 back into memory; addr ≥ 2^53 never passes. Writable buffers need write access
-    // (read-only regions, IOMMU permissions). Zero-length buffers are accepted (the spec sets no
-    // lower bound) but must still start inside guest memory.
-    if (!this.#mem.check(addr, len, writable ? "write" : "read")) {
-      return this.fail(E_OOB, index, indirect, addr, len);
-    }
+    if (!this.accessible(addr, len, writable)) return this.fail(E_OOB, index, indirect, addr, len);
     chain.append(addr, len, writable);
     // §2.7.5.2: a chain is at most 2^32 bytes in total; we stop one byte earlier, as our drivers
     // do, so every total (and the used `len`) fits a le32. Exact: at most 32768 lengths < 2^32.
@@ -98,6 +98,22 @@ export class ChainCheck {
       return this.fail(E_TOTAL, index, indirect, 0, 0);
     }
     return OK;
+  }
+
+  /**
+   * Whether a buffer lies inside guest memory with the access it needs: writable buffers need
+   * "write" (read-only regions, IOMMU permissions).
+   *
+   * The range check is an exact `len ≤ end − addr` inside GuestMemory, so addr + len cannot
+   * wrap 2^64 back into memory; addr ≥ 2^53 never passes. Zero-length buffers are accepted (the
+   * spec sets no lower bound) but must still start inside guest memory. Inside the memory's
+   * stable range (the same exact comparison) the call to `check` is skipped.
+   */
+  accessible(addr: number, len: number, writable: boolean): boolean {
+    return (
+      (addr >= this.#rangeStart && len <= this.#rangeEnd - addr) ||
+      this.#mem.check(addr, len, writable ? "write" : "read")
+    );
   }
 
   /** Cold path: the typed error for the last failure, for the chain identified by `head`. */

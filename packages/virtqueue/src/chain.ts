@@ -187,6 +187,21 @@ export class DescriptorChain {
   }
 
   /**
+   * Set the segment count and totals after the caller wrote `addrs` / `lens` itself (used by
+   * the device queues' chain walks, which keep them in locals; not for device models).
+   * @param count segments written.
+   * @param readableCount leading readable segments.
+   * @param readableBytes their total bytes.
+   * @param writableBytes total bytes of the writable segments.
+   */
+  setTotals(count: number, readableCount: number, readableBytes: number, writableBytes: number) {
+    this.count = count;
+    this.readableCount = readableCount;
+    this.readableBytes = readableBytes;
+    this.writableBytes = writableBytes;
+  }
+
+  /**
    * Append a segment (used by the device queues, which have checked capacity, ordering and
    * bounds; not for device models).
    * @param addr guest address.

@@ -90,6 +90,9 @@ export class PackedDeviceQueue implements DeviceQueue {
   readonly #mem: GuestMemory;
   readonly #check: ChainCheck;
   readonly #layout: QueueLayout;
+  /** `features.inOrder` / `features.eventIdx`, as own fields for the hot paths. */
+  readonly #inOrder: boolean;
+  readonly #eventIdx: boolean;
   #desc: Uint32Array;
   #driverEvent: Uint16Array;
   #deviceEvent: Uint16Array;
@@ -151,6 +154,8 @@ export class PackedDeviceQueue implements DeviceQueue {
     this.#deviceEvent = v.deviceEvent;
     this.size = layout.size;
     this.features = features;
+    this.#inOrder = features.inOrder === true;
+    this.#eventIdx = features.eventIdx === true;
     this.#inFlight = new Uint8Array(layout.size);
     this.#descCount = new Uint16Array(layout.size);
     this.#writable = new Float64Array(layout.size);
@@ -255,9 +260,13 @@ export class PackedDeviceQueue implements DeviceQueue {
     this.#setInFlight(id, n, code === OK ? chain.writableBytes : 0);
     chain.head = id;
     chain.descCount = n;
-    if (this.features.eventIdx && this.#notifyEnabled) {
+    if (this.#eventIdx && this.#notifyEnabled && !isAvailable(desc[(pos << 2) + 3]! >>> 16, w)) {
       // §2.8.10: name the descriptor we will look at next, so the driver notifies only when it
-      // makes that one available (QEMU and vhost keep this current while notifications are on).
+      // makes that one available (QEMU keeps this current while notifications are on). Skipped
+      // while that descriptor already looks available (a plain read, a hint only): the driver
+      // has published it, so naming it could bring a kick only for what this loop pops anyway.
+      // The pop that takes the last available chain stores it, before the next pop's
+      // `Atomics.load` of that descriptor (the Dekker order of enableNotifications).
       Atomics.store(this.#deviceEvent, 0, packedOffWrap(pos, w));
     }
     if (code !== OK) throw this.#check.error(code, id);
@@ -303,7 +312,7 @@ export class PackedDeviceQueue implements DeviceQueue {
   /** Mark buffer `id` in flight with the list just walked (`n` descriptors, recorded). */
   #setInFlight(id: number, n: number, writable: number): void {
     this.#inFlight[id] = 1;
-    if (this.features.inOrder) {
+    if (this.#inOrder) {
       // Fewer than `size` IDs are in flight here (this one was not), so the ring has room.
       this.#order[(this.#orderFirst + this.#inFlightCount) % this.size] = id;
     }
@@ -459,7 +468,7 @@ export class PackedDeviceQueue implements DeviceQueue {
     if (!(head >= 0 && head < this.size) || this.#inFlight[head] !== 1) {
       throw new RangeError(`head ${head} is not a buffer ID in flight on this queue`);
     }
-    const inOrder = this.features.inOrder;
+    const inOrder = this.#inOrder;
     if (inOrder && this.#order[this.#orderFirst] !== head) {
       throw new RangeError(
         `head ${head} is not the oldest buffer in flight (${this.#order[this.#orderFirst]}): VIRTIO_F_IN_ORDER needs buffers used in order`,

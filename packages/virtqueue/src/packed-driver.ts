@@ -74,6 +74,9 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
   readonly #mem: GuestMemory;
   readonly #v: PackedRingViews;
   readonly #desc: Uint32Array;
+  /** `features.inOrder` / `features.eventIdx`, as own fields for the hot paths. */
+  readonly #inOrder: boolean;
+  readonly #eventIdx: boolean;
   readonly #indirect: IndirectArea | undefined;
   /** Stack of free buffer IDs: `[0, #idTop)`. */
   readonly #freeIds: Uint16Array;
@@ -123,6 +126,8 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
     this.#mem = mem;
     this.size = layout.size;
     this.features = features;
+    this.#inOrder = features.inOrder === true;
+    this.#eventIdx = features.eventIdx === true;
     const ind = options.indirect;
     if (ind !== undefined) {
       if (!Number.isInteger(ind.maxEntries) || ind.maxEntries < 2 || ind.maxEntries > layout.size) {
@@ -259,11 +264,19 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
     const k = this.#pendingCount;
     if (k === 0) return false;
     const desc = this.#desc;
-    for (let j = 0; j < k; j++) {
-      // Release (§2.8.21.1.1): the first descriptor's flags are stored after every other field
-      // of its list, so a device whose Atomics.load sees AVAIL flip sees the whole list.
-      Atomics.store(desc, (this.#pendingPos[j]! << 2) + 3, this.#pendingWord[j]!);
-    }
+    // The lists are made available in reverse ring order: every head but the first with a
+    // plain store, the first one last with an `Atomics.store` (a release). A device processes
+    // descriptors in ring order (§2.8.12), so it reaches any of these heads only after its
+    // `Atomics.load` of the first one has seen that store, which makes every write before it
+    // (the later heads and every list's body) visible to it: §2.8.21.1, "the device MAY access
+    // the descriptor and any following descriptors the driver created". Each list is still
+    // complete before its own head (§2.8.17), and the batch costs one `Atomics` call (in V8
+    // each is a builtin call, not an instruction).
+    const pos = this.#pendingPos;
+    const word = this.#pendingWord;
+    for (let j = k - 1; j > 0; j--) desc[(pos[j]! << 2) + 3] = word[j]!;
+    // Release (§2.8.21.1.1): the first descriptor's flags are stored after every other field.
+    Atomics.store(desc, (pos[0]! << 2) + 3, word[0]!);
     this.#pendingCount = 0;
     const added = this.#addedSincePublish;
     this.#addedSincePublish = 0;
@@ -285,7 +298,7 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
    * @throws UsedIdNotInFlightError or UsedLenTooLargeError (both `RingError`s).
    */
   reap(): T | undefined {
-    if (this.features.inOrder) return this.#reapInOrder();
+    if (this.#inOrder) return this.#reapInOrder();
     const desc = this.#desc;
     const pos = this.#nextUsed;
     const w = this.#usedWrap;
@@ -314,11 +327,21 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
     this.#freeIds[this.#idTop++] = id;
     this.#numFree += n;
     this.#lastLen = len;
-    if (this.features.eventIdx && this.#interruptsEnabled) {
+    if (this.#eventIdx && this.#interruptsEnabled && !this.#seenUsed(next, this.#usedWrap)) {
       // §2.8.10: ask for an interrupt when the device uses the descriptor we will look at next.
+      // Skipped while that descriptor already looks used (a plain read, a hint only): the
+      // event would name a descriptor the device has passed, which can bring no interrupt for
+      // anything this loop does not reap anyway; the reap that takes the last used descriptor
+      // stores it, before the next reap's `Atomics.load` (the Dekker order of enableInterrupts).
       Atomics.store(this.#v.driverEvent, 0, packedOffWrap(next, this.#usedWrap));
     }
     return token;
+  }
+
+  /** Whether the descriptor at `pos` looks used in lap `w` (plain read: a hint, not an acquire). */
+  #seenUsed(pos: number, w: boolean): boolean {
+    const flags = this.#desc[(pos << 2) + 3]! >>> 16;
+    return ((flags & F_USED) !== 0) === w && ((flags & F_AVAIL) !== 0) === w;
   }
 
   /** `reap` with VIRTIO_F_IN_ORDER: buffers come back in the order added, possibly batched. */
@@ -449,7 +472,8 @@ function descWord(id: number, flags: number): number {
 
 function writeBody(desc: Uint32Array, pos: number, addr: number, len: number): void {
   const w = pos << 2;
-  desc[w] = addr % TWO_32;
-  desc[w + 1] = Math.floor(addr / TWO_32);
+  // ToUint32 keeps the low 32 bits of the safe-integer addr; below 2^32 the high word is 0.
+  desc[w] = addr;
+  desc[w + 1] = addr > 0xffffffff ? Math.floor(addr / TWO_32) : 0;
   desc[w + 2] = len;
 }

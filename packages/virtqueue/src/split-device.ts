@@ -15,8 +15,10 @@ import {
   E_IND_OOB,
   E_LOOP,
   E_NEXT,
+  E_OOB,
   E_R_AFTER_W,
   E_TOO_LONG,
+  E_TOTAL,
   OK,
 } from "./chain-check.js";
 import {
@@ -91,6 +93,7 @@ export class SplitDeviceQueue implements DeviceQueue {
   readonly #eventIdx: boolean;
   readonly #indirect: boolean;
   readonly #track: boolean;
+  readonly #inOrder: boolean;
   /** Word index of `used_event` in the avail view. */
   readonly #usedEventAt: number;
   /** Word index of `avail_event` in the used16 view. */
@@ -108,6 +111,14 @@ export class SplitDeviceQueue implements DeviceQueue {
   #inFlightCount = 0;
   /** Next avail ring index to consume (free-running, 16 bits). */
   #lastAvail = 0;
+  /**
+   * `avail.idx` as last loaded (and validated) by {@link SplitDeviceQueue.pop}: entries before
+   * it are published, so `pop` loads the shared index again only once it has consumed them
+   * (Linux vhost's `avail_idx`, QEMU's `shadow_avail_idx`). One `Atomics.load` per batch
+   * instead of one per chain: V8 compiles each `Atomics` call to a builtin call, not an
+   * instruction.
+   */
+  #shadowAvail = 0;
   /** Next used ring index to fill (free-running, 16 bits). */
   #usedIdx = 0;
   /** `used.idx` at the previous needsInterrupt() (Linux/QEMU: signalled_used). */
@@ -144,6 +155,7 @@ export class SplitDeviceQueue implements DeviceQueue {
     this.#eventIdx = features.eventIdx === true;
     this.#indirect = features.indirect === true;
     this.#track = options.trackInFlight !== false;
+    this.#inOrder = features.inOrder === true;
     if (features.inOrder && !this.#track) {
       throw new RangeError("options.trackInFlight cannot be false with features.inOrder");
     }
@@ -170,6 +182,7 @@ export class SplitDeviceQueue implements DeviceQueue {
     const availIdx = Atomics.load(this.#v.avail, 1);
     const pending = (availIdx - this.#lastAvail) & 0xffff;
     if (pending > this.size) throw new AvailIndexJumpError(availIdx, this.#lastAvail, this.size);
+    this.#shadowAvail = availIdx;
     return pending;
   }
 
@@ -202,24 +215,34 @@ export class SplitDeviceQueue implements DeviceQueue {
       return this.#take(this.#replay[this.#replayNext++]!, chain);
     }
     const v = this.#v;
-    // Acquire: the driver writes descriptors and ring entries with plain stores, then stores
-    // avail.idx (§2.7.13.3.1: with a memory barrier in between). This seq-cst load reads that store and
-    // synchronises with it, so every plain read below (ring entry, descriptors, indirect table)
-    // sees what the driver wrote before publishing. Reading the ring before this load could see
-    // a stale entry.
-    const availIdx = Atomics.load(v.avail, 1);
     const last = this.#lastAvail;
-    const pending = (availIdx - last) & 0xffff;
-    if (pending === 0) return false;
-    // §2.7.13: the ring is the size of the table, so a driver never has more than queue size
-    // entries outstanding; a larger distance (or a decrement, §2.7.6.1) is a corrupt index.
-    if (pending > this.size) throw new AvailIndexJumpError(availIdx, last, this.size);
+    if (last === this.#shadowAvail) {
+      // Acquire: the driver writes descriptors and ring entries with plain stores, then stores
+      // avail.idx (§2.7.13.3.1: with a memory barrier in between). This seq-cst load reads that
+      // store and synchronises with it, so every plain read below (ring entries, descriptors,
+      // indirect tables) of the entries before it sees what the driver wrote before publishing.
+      // Reading the ring before this load could see a stale entry. Until `pop` has consumed
+      // those entries it needs no further load: they stay published.
+      const availIdx = Atomics.load(v.avail, 1);
+      const pending = (availIdx - last) & 0xffff;
+      if (pending === 0) return false;
+      // §2.7.13: the ring is the size of the table, so a driver never has more than queue size
+      // entries outstanding; a larger distance (or a decrement, §2.7.6.1) is a corrupt index.
+      if (pending > this.size) throw new AvailIndexJumpError(availIdx, last, this.size);
+      this.#shadowAvail = availIdx;
+    }
     const head = v.avail[2 + (last & this.#mask)]!;
-    this.#lastAvail = (last + 1) & 0xffff;
-    if (this.#eventIdx && this.#notifyEnabled) {
+    const next = (last + 1) & 0xffff;
+    this.#lastAvail = next;
+    if (this.#eventIdx && this.#notifyEnabled && next === this.#shadowAvail) {
       // §2.7.10: tell the driver which index we will look at next, so it kicks only when it
-      // publishes past it (as QEMU and vhost do on every pop while notifications are enabled).
-      Atomics.store(v.used16, this.#availEventAt, this.#lastAvail);
+      // publishes past it (as QEMU does on every pop while notifications are enabled). Written
+      // only when this pop consumed the last entry known to be published: an index before that
+      // names an entry the driver has already published, so it could only bring a kick for
+      // entries this loop consumes anyway (vring_need_event fires for an event index inside
+      // the entries being published). Whoever sleeps after this pop has the last value stored,
+      // and the next `pop` loads avail.idx after it: the Dekker order of enableNotifications.
+      Atomics.store(v.used16, this.#availEventAt, next);
     }
     return this.#take(head, chain);
   }
@@ -233,7 +256,7 @@ export class SplitDeviceQueue implements DeviceQueue {
       this.#inFlight[head] = 1;
       // The in-flight count is below the queue size here (the head was not in flight), so the
       // order ring has room.
-      if (this.features.inOrder) {
+      if (this.#inOrder) {
         this.#order[(this.#orderFirst + this.#inFlightCount) & this.#mask] = head;
       }
     }
@@ -245,22 +268,37 @@ export class SplitDeviceQueue implements DeviceQueue {
     return true;
   }
 
-  /** Walk and validate the chain at `head` into `chain`; returns OK or an error code. */
+  /**
+   * Walk and validate the chain at `head` into `chain`; returns OK or an error code. The
+   * segment count and byte totals live in locals and are stored into the cursor once, at the
+   * end (or before an indirect table, whose walk appends through ChainCheck.segment).
+   */
   #walk(head: number, chain: DescriptorChain): number {
     const desc = this.#v.desc;
     const size = this.size;
+    const check = this.#check;
     // §2.7.5.3.1: a chain is never longer than the queue size (indirect entries included);
     // §2.7.4.1: the device may set a lower limit, here the cursor's capacity.
     const budget = Math.min(chain.capacity, size);
     const visited = this.#visited;
     const epoch = this.#nextEpoch();
     chain.begin(head);
+    const addrs = chain.addrs;
+    const lens = chain.lens;
+    let count = 0;
+    let readableCount = 0;
+    let readableBytes = 0;
+    let writableBytes = 0;
+    let code = OK;
     let idx = head;
     let seenWritable = false;
-    // Terminates: each turn marks a new descriptor (idx < size) or returns, so at most `size`
+    // Terminates: each turn marks a new descriptor (idx < size) or leaves, so at most `size`
     // descriptors are read.
     for (;;) {
-      if (visited[idx] === epoch) return this.#check.fail(E_LOOP, idx, false, 0, 0);
+      if (visited[idx] === epoch) {
+        code = check.fail(E_LOOP, idx, false, 0, 0);
+        break;
+      }
       visited[idx] = epoch;
       const w = idx << 2;
       // Each descriptor is read exactly once; only these locals are used afterwards.
@@ -270,24 +308,58 @@ export class SplitDeviceQueue implements DeviceQueue {
       const flags = fn & 0xffff;
       const next = fn >>> 16;
       if ((flags & F_INDIRECT) !== 0) {
-        if (!this.#indirect) return this.#check.fail(E_IND_NEG, idx, false, 0, 0);
+        if (!this.#indirect) {
+          code = check.fail(E_IND_NEG, idx, false, 0, 0);
+          break;
+        }
         // §2.7.5.3.1 makes INDIRECT with NEXT a driver MUST NOT and gives the device no rule
         // for it. Continuing after the table (as Linux vhost does) would guess at the driver's
         // intent, so the chain is refused. §2.7.5.3.2: zero or more direct descriptors followed
         // by one INDIRECT descriptor is valid, and its WRITE flag is ignored.
-        if ((flags & F_NEXT) !== 0) return this.#check.fail(E_IND_NEXT, idx, false, 0, 0);
+        if ((flags & F_NEXT) !== 0) {
+          code = check.fail(E_IND_NEXT, idx, false, 0, 0);
+          break;
+        }
+        chain.setTotals(count, readableCount, readableBytes, writableBytes);
         return this.#walkIndirect(chain, idx, addr, len, budget, seenWritable);
       }
       const writable = (flags & F_WRITE) !== 0;
       // §2.7.4.2: device-writable descriptors come after all device-readable ones.
       if (writable) seenWritable = true;
-      else if (seenWritable) return this.#check.fail(E_R_AFTER_W, idx, false, 0, 0);
-      const code = this.#check.segment(chain, idx, false, addr, len, writable, budget);
-      if (code !== OK) return code;
-      if ((flags & F_NEXT) === 0) return OK;
-      if (next >= size) return this.#check.fail(E_NEXT, idx, false, next, size);
+      else if (seenWritable) {
+        code = check.fail(E_R_AFTER_W, idx, false, 0, 0);
+        break;
+      }
+      if (count >= budget) {
+        code = check.fail(E_TOO_LONG, idx, false, budget, 0);
+        break;
+      }
+      if (!check.accessible(addr, len, writable)) {
+        code = check.fail(E_OOB, idx, false, addr, len);
+        break;
+      }
+      addrs[count] = addr;
+      lens[count] = len;
+      count++;
+      if (writable) writableBytes += len;
+      else {
+        readableCount++;
+        readableBytes += len;
+      }
+      // §2.7.5.2: at most 2^32 bytes in total (see ChainCheck.segment).
+      if (readableBytes + writableBytes > U32_MAX) {
+        code = check.fail(E_TOTAL, idx, false, 0, 0);
+        break;
+      }
+      if ((flags & F_NEXT) === 0) break;
+      if (next >= size) {
+        code = check.fail(E_NEXT, idx, false, next, size);
+        break;
+      }
       idx = next;
     }
+    chain.setTotals(count, readableCount, readableBytes, writableBytes);
+    return code;
   }
 
   #walkIndirect(
@@ -379,7 +451,7 @@ export class SplitDeviceQueue implements DeviceQueue {
     if (track && this.#inFlight[head] !== 1) {
       throw new RangeError(`head ${head} is not a chain in flight on this queue`);
     }
-    if (this.features.inOrder && this.#order[this.#orderFirst]! !== head) {
+    if (this.#inOrder && this.#order[this.#orderFirst]! !== head) {
       throw new RangeError(
         `head ${head} is not the oldest chain in flight (${this.#order[this.#orderFirst]}): VIRTIO_F_IN_ORDER needs buffers used in order`,
       );
@@ -392,7 +464,7 @@ export class SplitDeviceQueue implements DeviceQueue {
     }
     if (track) this.#inFlight[head] = 0;
     if (this.#inFlightCount > 0) this.#inFlightCount--;
-    if (this.features.inOrder) this.#orderFirst = (this.#orderFirst + 1) & this.#mask;
+    if (this.#inOrder) this.#orderFirst = (this.#orderFirst + 1) & this.#mask;
     this.#publishUsed(head, written, 1);
   }
 
@@ -534,6 +606,7 @@ export class SplitDeviceQueue implements DeviceQueue {
     checkIndex("availIdx", state.availIdx);
     checkIndex("usedIdx", state.usedIdx);
     this.#lastAvail = state.availIdx;
+    this.#shadowAvail = state.availIdx;
     this.#usedIdx = state.usedIdx;
     this.#signalledUsed = state.usedIdx;
     this.#inFlight.fill(0);

@@ -112,6 +112,9 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
   /** The negotiated ring features. */
   readonly features: RingFeatures;
   readonly #v: SplitRingViews;
+  /** `features.inOrder` / `features.eventIdx`, as own fields for the hot paths. */
+  readonly #inOrder: boolean;
+  readonly #eventIdx: boolean;
   readonly #mask: number;
   readonly #usedEventAt: number;
   readonly #availEventAt: number;
@@ -142,6 +145,12 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
   #publishedIdx = 0;
   /** Next used index to reap. */
   #lastUsed = 0;
+  /**
+   * `used.idx` as last loaded (and validated) by `reap`: the elements before it are published,
+   * so `reap` loads the shared index again only after it has taken them (one `Atomics.load`
+   * per batch rather than per buffer; in V8 every `Atomics` call is a builtin call).
+   */
+  #shadowUsed = 0;
   #interruptsEnabled = true;
   #lastLen = 0;
   /** IN_ORDER: avail position of the oldest buffer in flight. */
@@ -171,6 +180,8 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
     const size = layout.size;
     this.size = size;
     this.features = features;
+    this.#inOrder = features.inOrder === true;
+    this.#eventIdx = features.eventIdx === true;
     this.#mask = size - 1;
     this.#usedEventAt = 2 + size;
     this.#availEventAt = 2 + 4 * size;
@@ -276,22 +287,31 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
       writeDesc(desc, head, this.#indAddr + base * 16, n * 16, F_INDIRECT, 0);
       this.#freeHead = next[head]!;
     } else {
+      // The shadow link is what the free list already holds: the chain keeps it, so freeing
+      // walks the same links without reading the shared table. Two loops (readable, then
+      // writable) rather than one with a choice per segment.
       let idx = head;
-      for (let i = 0; i < n; i++) {
-        const s = i < nr ? readable[i]! : writable[i - nr]!;
-        const last = i === n - 1;
-        // The shadow link is what the free list already holds: the chain keeps it, so freeing
-        // walks the same links without reading the shared table.
+      const lastR = nr - 1;
+      for (let i = 0; i < nr; i++) {
+        const s = readable[i]!;
         const nx = next[idx]!;
-        writeDesc(
-          desc,
-          idx,
-          s.addr,
-          s.len,
-          (last ? 0 : F_NEXT) | (i >= nr ? F_WRITE : 0),
-          last ? 0 : nx,
-        );
-        if (!last) idx = nx;
+        if (i === lastR && n === nr) {
+          writeDesc(desc, idx, s.addr, s.len, 0, 0);
+        } else {
+          writeDesc(desc, idx, s.addr, s.len, F_NEXT, nx);
+          idx = nx;
+        }
+      }
+      const nw = n - nr;
+      for (let i = 0; i < nw; i++) {
+        const s = writable[i]!;
+        const nx = next[idx]!;
+        if (i === nw - 1) {
+          writeDesc(desc, idx, s.addr, s.len, F_WRITE, 0);
+        } else {
+          writeDesc(desc, idx, s.addr, s.len, F_WRITE | F_NEXT, nx);
+          idx = nx;
+        }
       }
       this.#freeHead = next[idx]!;
     }
@@ -340,7 +360,7 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
     // Seq-cst Atomics give the same: all of them fall into one total order consistent with each
     // agent's program order, so this load cannot be ordered before the store above, and one of
     // the two sides is bound to see the other's write.
-    if (this.features.eventIdx) {
+    if (this.#eventIdx) {
       return vringNeedEvent(Atomics.load(v.used16, this.#availEventAt), newIdx, old);
     }
     return (Atomics.load(v.used16, 0) & VIRTQ_USED_F_NO_NOTIFY) === 0;
@@ -354,15 +374,18 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
    * @throws UsedLenTooLargeError if the used length exceeds the chain's writable bytes.
    */
   reap(): T | undefined {
-    if (this.features.inOrder) return this.#reapInOrder();
+    if (this.#inOrder) return this.#reapInOrder();
     const v = this.#v;
-    // Acquire: pairs with the device's store of used.idx after it wrote the element, so the
-    // plain reads of the element below see what the device wrote (§2.7.8.2).
-    const usedIdx = Atomics.load(v.used16, 1);
     const last = this.#lastUsed;
-    const pending = (usedIdx - last) & 0xffff;
-    if (pending === 0) return undefined;
-    if (pending > this.size) throw new UsedIndexJumpError(usedIdx, last, this.size);
+    if (last === this.#shadowUsed) {
+      // Acquire: pairs with the device's store of used.idx after it wrote the elements, so the
+      // plain reads of every element before that index see what the device wrote (§2.7.8.2).
+      const usedIdx = Atomics.load(v.used16, 1);
+      const pending = (usedIdx - last) & 0xffff;
+      if (pending === 0) return undefined;
+      if (pending > this.size) throw new UsedIndexJumpError(usedIdx, last, this.size);
+      this.#shadowUsed = usedIdx;
+    }
     const slot = (last & this.#mask) << 1;
     // Read once into locals: the device may change the element while we look at it.
     const id = v.used32[slot]!;
@@ -374,11 +397,17 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
     const token = this.#tokens[id] as T;
     this.#tokens[id] = undefined;
     this.#free(id);
-    this.#lastUsed = (last + 1) & 0xffff;
+    const next = (last + 1) & 0xffff;
+    this.#lastUsed = next;
     this.#lastLen = len;
-    if (this.features.eventIdx && this.#interruptsEnabled) {
-      // §2.7.7.1: interrupt when the device writes the entry at the index we reap next.
-      Atomics.store(v.avail, this.#usedEventAt, this.#lastUsed);
+    if (this.#eventIdx && this.#interruptsEnabled && next === this.#shadowUsed) {
+      // §2.7.7.1: interrupt when the device writes the entry at the index we reap next. Written
+      // only once this reap took the last element known to be used (Linux writes it on every
+      // get_buf): an index before that names an element the device has already used, so it
+      // could only bring an interrupt for elements this loop reaps anyway. A driver that waits
+      // after this reap has the last value stored, and the next `reap` loads used.idx after it:
+      // the Dekker order of enableInterrupts.
+      Atomics.store(v.avail, this.#usedEventAt, next);
     }
     return token;
   }
@@ -418,7 +447,7 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
     this.#reapPos = (this.#reapPos + 1) & 0xffff;
     this.#lastUsed = (last + 1) & 0xffff;
     this.#lastLen = len;
-    if (this.features.eventIdx && this.#interruptsEnabled) {
+    if (this.#eventIdx && this.#interruptsEnabled) {
       Atomics.store(v.avail, this.#usedEventAt, this.#lastUsed);
     }
     return token;
@@ -427,7 +456,7 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
   /** Return a chain's descriptors to the free list, following the private shadow links only. */
   #free(head: number): void {
     const count = this.#descCount[head]!;
-    if (this.features.inOrder) {
+    if (this.#inOrder) {
       // §2.7.5.2: descriptors are taken in ring order and come back in the same order, so the
       // free ones are always the `numFree` that follow the in-flight ones; the links stay fixed.
       this.#numFree += count;
@@ -511,6 +540,7 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
     this.#availIdx = state.availIdx;
     this.#publishedIdx = state.availIdx;
     this.#lastUsed = state.usedIdx;
+    this.#shadowUsed = state.usedIdx;
     this.#reapPos = state.availIdx;
     this.#batchLeft = 0;
     this.#interruptsEnabled = true;
@@ -547,6 +577,7 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
     this.#availIdx = 0;
     this.#publishedIdx = 0;
     this.#lastUsed = 0;
+    this.#shadowUsed = 0;
     this.#lastLen = 0;
     this.#interruptsEnabled = true;
     this.#reapPos = 0;
@@ -565,9 +596,10 @@ function writeDesc(
   next: number,
 ): void {
   const w = i * 4; // not i << 2: indirect areas can have 2^30 descriptors
-  // addr is a safe integer, so the division is exact enough: hi < 2^21.
-  words[w] = addr % TWO_32;
-  words[w + 1] = Math.floor(addr / TWO_32);
+  // The store converts with ToUint32, which keeps the low 32 bits of the (safe integer) addr;
+  // the high word is 0 below 2^32, where a division would cost a float divide and a floor.
+  words[w] = addr;
+  words[w + 1] = addr > 0xffffffff ? Math.floor(addr / TWO_32) : 0;
   words[w + 2] = len;
   words[w + 3] = (flags | (next << 16)) >>> 0;
 }

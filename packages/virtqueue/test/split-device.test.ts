@@ -35,6 +35,8 @@ function setup(size = 8, features = NO_RING_FEATURES, capacity = size) {
   return { raw, q, chain: new DescriptorChain(capacity) };
 }
 
+const chain8 = () => new DescriptorChain(8);
+
 /** Offer `n` one-descriptor readable chains at heads 0..n-1. */
 function offerSimple(raw: RawSplitRing, n: number, from = 0) {
   for (let i = from; i < from + n; i++) {
@@ -412,6 +414,33 @@ describe("SplitDeviceQueue available buffer notifications", () => {
     expect(raw.availEvent()).toBe(1);
   });
 
+  it("with EVENT_IDX writes avail_event once per batch: when a pop takes the last entry it loaded", () => {
+    const { raw, q, chain } = setup(8, EVENT_IDX);
+    offerSimple(raw, 3);
+    q.pop(chain);
+    q.pop(chain);
+    // Entries 0..2 were published together: an event index of 1 or 2 lies inside what the
+    // driver has already published and could bring no kick, so it is not written.
+    expect(raw.availEvent()).toBe(0);
+    q.pop(chain);
+    expect(raw.availEvent()).toBe(3);
+    expect(q.pop(chain)).toBe(false);
+  });
+
+  it("with EVENT_IDX a device that popped the only published chain is kicked for the next one", () => {
+    const mem = createGuestMemory({ size: 0x10000 });
+    const layout = { size: 8, desc: 0x1000, driver: 0x1100, device: 0x1200 };
+    const drv = new SplitDriverQueue<number>(mem, layout, EVENT_IDX);
+    const dev = new SplitDeviceQueue(mem, layout, EVENT_IDX);
+    drv.add([{ addr: 0x4000, len: 4 }], [], 1);
+    expect(drv.publish()).toBe(true);
+    expect(dev.pop(chain8())).toBe(true); // no second pop: it goes to sleep here
+    drv.add([{ addr: 0x4000, len: 4 }], [], 2);
+    expect(drv.publish()).toBe(true);
+    drv.add([{ addr: 0x4000, len: 4 }], [], 3);
+    expect(drv.publish()).toBe(false); // the device has not looked at entry 1 yet
+  });
+
   it("§2.7.10.2 with EVENT_IDX leaves used.flags 0 and stops moving avail_event while disabled", () => {
     const { raw, q, chain } = setup(8, EVENT_IDX);
     offerSimple(raw, 3);
@@ -479,8 +508,9 @@ describe("SplitDeviceQueue state", () => {
     q.reset();
     expect([q.inFlight, q.getState().availIdx, q.getState().usedIdx]).toEqual([0, 0, 0]);
     expect(() => q.push(0, 0)).toThrow(RangeError);
+    expect(q.pop(chain)).toBe(true);
     expect(q.pop(chain)).toBe(true); // notifications on again: avail_event moves
-    expect(raw.availEvent()).toBe(1);
+    expect(raw.availEvent()).toBe(2);
   });
 });
 

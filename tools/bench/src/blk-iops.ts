@@ -1,7 +1,9 @@
 // 4 KiB random IOPS through the whole virtio-blk stack, in one thread: BlkDriver (guest) ->
 // MmioDriverTransport -> MmioDevice (register file, counting exits) -> BlkDevice -> FileDisk,
-// beside raw positional vectored I/O (FileHandle.readv / writev, what FileDisk calls) on the
-// same file, at the same offsets and depth, in the same run.
+// beside raw positional vectored I/O (fs.readv / fs.writev with a callback, what FileDisk
+// calls, one promise per request for the closed loop) on the same file, at the same offsets
+// and depth, in the same run; and FileHandle.readv / writev (the promise API) for reference.
+import { readv, writev } from "node:fs";
 import { mkdtemp, open, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -10,6 +12,9 @@ import { BlkDevice, type BlockBackend } from "@virtio-ts/devices";
 import { BlkDriver, SlabAllocator } from "@virtio-ts/drivers";
 import { createGuestMemory } from "@virtio-ts/memory";
 import { InThreadMmio } from "@virtio-ts/transport";
+
+/** How kicks reach the device model: inside the exit, or the ioeventfd way (next turn). */
+export type KickMode = "sync" | "deferred";
 
 /** Bytes per request. */
 export const IO = 4096;
@@ -26,6 +31,8 @@ export interface IopsRun {
   readonly exits: number;
   /** Interrupts the guest took during the timed part (0 for the raw path). */
   readonly irqs: number;
+  /** QueueNotify exits (kicks) during the timed part (0 for the raw path). */
+  readonly kicks: number;
 }
 
 type Kind = "read" | "write";
@@ -75,9 +82,9 @@ export async function closedLoop(
  * the event loop (after the host completions already ready), as in the demo; the line is
  * level-triggered, so raising it again before then makes no second interrupt.
  */
-export function blkRig(disk: BlockBackend, depth: number) {
+export function blkRig(disk: BlockBackend, depth: number, kicks: KickMode = "sync") {
   const memory = createGuestMemory({ size: 0x800000 });
-  const vm = new InThreadMmio(new BlkDevice(disk, { queueSize: 256 }), { memory });
+  const vm = new InThreadMmio(new BlkDevice(disk, { queueSize: 256 }), { memory, kicks });
   const driver = new BlkDriver(
     vm.transport,
     memory,
@@ -98,12 +105,15 @@ async function runVirtio(
   kind: Kind,
   depth: number,
   at: Float64Array,
+  kicks: KickMode,
 ): Promise<IopsRun> {
-  const r = blkRig(disk, depth);
+  const r = blkRig(disk, depth, kicks);
   const bufs = Array.from({ length: depth }, (_, k) => new Uint8Array(IO).fill(k + 1));
+  // Reads go into one buffer per lane, as the raw path's do (BlkDriver.readInto).
+  const into = Array.from({ length: depth }, () => new Uint8Array(IO));
   const op =
     kind === "read"
-      ? (i: number) => r.driver.read(at[i]! / 512, IO)
+      ? (i: number, k: number) => r.driver.readInto(at[i]! / 512, into[k]!)
       : (i: number, k: number) => r.driver.write(at[i]! / 512, bufs[k]!);
   const warm = Math.floor(at.length / 5);
   await closedLoop(warm, depth, op);
@@ -112,24 +122,46 @@ async function runVirtio(
   const t0 = process.hrtime.bigint();
   await closedLoop(at.length - warm, depth, (i, k) => op(warm + i, k));
   const ns = Number(process.hrtime.bigint() - t0);
-  return { ops: at.length - warm, ns, exits: r.mmio.exits, irqs: r.irqs() - irq0 };
+  return {
+    ops: at.length - warm,
+    ns,
+    exits: r.mmio.exits,
+    irqs: r.irqs() - irq0,
+    kicks: r.mmio.exitCounts().QueueNotify ?? 0,
+  };
 }
 
-/** The same requests as raw FileHandle.readv / writev at the same positions. */
-async function runRaw(path: string, kind: Kind, depth: number, at: Float64Array): Promise<IopsRun> {
+/**
+ * The same requests as raw positional vectored I/O at the same positions: `fs.readv` /
+ * `fs.writev` with a callback on the descriptor (what FileDisk calls), or with `handle` the
+ * FileHandle promise methods.
+ */
+async function runRaw(
+  path: string,
+  kind: Kind,
+  depth: number,
+  at: Float64Array,
+  handle = false,
+): Promise<IopsRun> {
   const fh = await open(path, "r+");
   try {
+    const fd = fh.fd;
     const bufs = Array.from({ length: depth }, (_, k) => [new Uint8Array(IO).fill(k + 1)]);
-    const op =
-      kind === "read"
-        ? (i: number, k: number) => fh.readv(bufs[k]!, at[i]!)
-        : (i: number, k: number) => fh.writev(bufs[k]!, at[i]!);
+    const cb = (i: number, k: number) =>
+      new Promise<void>((resolve, reject) => {
+        const done = (e: Error | null) => (e === null ? resolve() : reject(e));
+        if (kind === "read") readv(fd, bufs[k]!, at[i]!, done);
+        else writev(fd, bufs[k]!, at[i]!, done);
+      });
+    const promised = (i: number, k: number) =>
+      kind === "read" ? fh.readv(bufs[k]!, at[i]!) : fh.writev(bufs[k]!, at[i]!);
+    const op = handle ? promised : cb;
     const warm = Math.floor(at.length / 5);
     await closedLoop(warm, depth, op);
     const t0 = process.hrtime.bigint();
     await closedLoop(at.length - warm, depth, (i, k) => op(warm + i, k));
     const ns = Number(process.hrtime.bigint() - t0);
-    return { ops: at.length - warm, ns, exits: 0, irqs: 0 };
+    return { ops: at.length - warm, ns, exits: 0, irqs: 0, kicks: 0 };
   } finally {
     await fh.close();
   }
@@ -169,10 +201,14 @@ export interface BlkIopsRow {
   readonly kind: Kind;
   /** Queue depth. */
   readonly depth: number;
+  /** How kicks reached the device. */
+  readonly kicks: KickMode;
   /** Median run through the virtio stack. */
   readonly virtio: IopsRun;
-  /** Median raw run. */
+  /** Median raw run (`fs.readv` / `fs.writev`, callback). */
   readonly raw: IopsRun;
+  /** Median raw run through the FileHandle promise methods. */
+  readonly handle: IopsRun;
 }
 
 /**
@@ -186,7 +222,8 @@ export async function blkBench(quick: boolean, reps: number): Promise<BlkIopsRow
   const n = { 1: quick ? 4_000 : 25_000, 32: quick ? 10_000 : 60_000 } as const;
   console.log(
     `virtio-blk 4 KiB random IOPS, one thread: BlkDriver -> MmioDriverTransport -> MmioDevice -> ` +
-      `BlkDevice -> FileDisk, vs raw FileHandle.readv/writev at the same offsets and depth ` +
+      `BlkDevice -> FileDisk, vs raw fs.readv/writev (callback, what FileDisk calls; FileHandle ` +
+      `promise methods for reference) at the same offsets and depth ` +
       `(depth = concurrent requests); ${FILE_BYTES >> 20} MiB file in the page cache (no O_DIRECT, ` +
       `both paths), libuv threadpool ${process.env.UV_THREADPOOL_SIZE ?? 4}; EVENT_IDX; median of ${reps}`,
   );
@@ -196,17 +233,25 @@ export async function blkBench(quick: boolean, reps: number): Promise<BlkIopsRow
     const path = await makeImage(dir);
     const disk = await FileDisk.open(path);
     try {
-      for (const kind of ["read", "write"] as const) {
-        for (const depth of [1, 32] as const) {
-          const at = randomBlocks(n[depth], depth * 7 + (kind === "read" ? 1 : 2), FILE_BYTES, 1);
-          const v: IopsRun[] = [];
-          const r: IopsRun[] = [];
-          for (let i = 0; i < reps; i++) {
-            r.push(await runRaw(path, kind, depth, at));
-            v.push(await runVirtio(disk, kind, depth, at));
-          }
-          rows.push({ kind, depth, virtio: median(v), raw: median(r) });
+      const cases: [Kind, 1 | 32, KickMode][] = [
+        ["read", 1, "sync"],
+        ["read", 32, "sync"],
+        ["read", 32, "deferred"],
+        ["write", 1, "sync"],
+        ["write", 32, "sync"],
+        ["write", 32, "deferred"],
+      ];
+      for (const [kind, depth, kicks] of cases) {
+        const at = randomBlocks(n[depth], depth * 7 + (kind === "read" ? 1 : 2), FILE_BYTES, 1);
+        const v: IopsRun[] = [];
+        const r: IopsRun[] = [];
+        const h: IopsRun[] = [];
+        for (let i = 0; i < reps; i++) {
+          r.push(await runRaw(path, kind, depth, at));
+          v.push(await runVirtio(disk, kind, depth, at, kicks));
+          h.push(await runRaw(path, kind, depth, at, true));
         }
+        rows.push({ kind, depth, kicks, virtio: median(v), raw: median(r), handle: median(h) });
       }
     } finally {
       await disk.close();
@@ -217,15 +262,16 @@ export async function blkBench(quick: boolean, reps: number): Promise<BlkIopsRow
   const cell = (s: string, w: number, left = false) => (left ? s.padEnd(w) : s.padStart(w));
   const kiops = (r: IopsRun) => `${(iops(r) / 1000).toFixed(1)} k`;
   console.log(
-    `${cell("", 14, true)}  ${cell("virtio-ts", 10)}  ${cell("raw fs", 10)}  ${cell("TS/raw", 6)}  ` +
-      `${cell("exits/req", 9)}  ${cell("irqs/req", 8)}`,
+    `${cell("", 24, true)}  ${cell("virtio-ts", 10)}  ${cell("raw readv", 10)}  ${cell("TS/raw", 6)}  ` +
+      `${cell("FileHandle", 10)}  ${cell("exits/req", 9)}  ${cell("kicks/req", 9)}  ${cell("irqs/req", 8)}`,
   );
   for (const row of rows) {
-    const { virtio: v, raw: r } = row;
+    const { virtio: v, raw: r, handle: h } = row;
     console.log(
-      `${cell(`${row.kind} QD${row.depth}`, 14, true)}  ${cell(kiops(v), 10)}  ${cell(kiops(r), 10)}  ` +
-        `${cell((iops(v) / iops(r)).toFixed(2), 6)}  ${cell((v.exits / v.ops).toFixed(2), 9)}  ` +
-        `${cell((v.irqs / v.ops).toFixed(2), 8)}`,
+      `${cell(`${row.kind} QD${row.depth}${row.kicks === "deferred" ? ", deferred kicks" : ""}`, 24, true)}  ` +
+        `${cell(kiops(v), 10)}  ${cell(kiops(r), 10)}  ${cell((iops(v) / iops(r)).toFixed(2), 6)}  ` +
+        `${cell(kiops(h), 10)}  ${cell((v.exits / v.ops).toFixed(2), 9)}  ` +
+        `${cell((v.kicks / v.ops).toFixed(3), 9)}  ${cell((v.irqs / v.ops).toFixed(3), 8)}`,
     );
   }
   return rows;

@@ -4,7 +4,8 @@
 //
 // split: split-ring round trips per second, one thread and two workers with Atomics doorbells,
 //        beside c/split_ring.c (same shape) compiled with gcc in this run; ratio TS / C.
-// heap:  heap growth and garbage collections over 1,000,000 one-thread round trips.
+// heap:  heap growth and garbage collections over 1,000,000 operations of each hot loop: ring
+//        round trips, blk requests (MemoryDisk, depth 32) and virtio-net frames.
 // blk:   4 KiB random IOPS, BlkDriver -> MMIO -> BlkDevice -> FileDisk vs raw positional I/O on
 //        the same file, queue depth 1 and 32; ratio TS path / raw.
 // vhost: the blk workload at depth 32 with the device in the VMM thread vs in a vhost worker
@@ -34,13 +35,14 @@ import { fileURLToPath } from "node:url";
 import { setFlagsFromString } from "node:v8";
 import { runInNewContext } from "node:vm";
 import { Worker } from "node:worker_threads";
+import { MemoryDisk } from "@virtio-ts/backend-disk";
 import { createGuestMemory } from "@virtio-ts/memory";
 import { balloonBench } from "./balloon.js";
-import { blkBench } from "./blk-iops.js";
+import { blkBench, blkRig, closedLoop, IO, randomBlocks } from "./blk-iops.js";
 import { guestDdBench } from "./guest-dd.js";
 import { interposeBench } from "./interpose.js";
 import { logOpenBench } from "./log-open.js";
-import { netBench } from "./net.js";
+import { netBench, runVirtio } from "./net.js";
 import {
   BATCH,
   Ctl,
@@ -79,9 +81,13 @@ function median<T extends Rate>(runs: T[]): T {
 }
 
 async function repeat<T extends Rate>(run: () => T | Promise<T>): Promise<T> {
+  return median(await repeatAll(run));
+}
+
+async function repeatAll<T extends Rate>(run: () => T | Promise<T>): Promise<T[]> {
   const runs: T[] = [];
   for (let i = 0; i < REPS; i++) runs.push(await run());
-  return median(runs);
+  return runs;
 }
 
 function mops(r: Rate | undefined): string {
@@ -92,8 +98,23 @@ function ratio(ts: Rate, c: Rate | undefined): string {
   return c === undefined ? "n/a" : (perSecond(ts) / perSecond(c)).toFixed(2);
 }
 
+/** CPU time per operation, ns: the median over the runs (least disturbed by descheduling). */
+function cpuPerOp(runs: readonly Rate[]): number | undefined {
+  const v = runs.filter((r) => r.cpuNs !== undefined).map((r) => r.cpuNs! / r.ops);
+  if (v.length === 0) return undefined;
+  v.sort((a, b) => a - b);
+  return v[Math.floor(v.length / 2)];
+}
+
+/** `of` runs at `base`'s CPU cost: base CPU per op / `of` CPU per op. */
+function cpuRatio(of: readonly Rate[], base: readonly Rate[] | undefined): string {
+  const a = cpuPerOp(of);
+  const b = base === undefined ? undefined : cpuPerOp(base);
+  return a === undefined || b === undefined ? "n/a" : (b / a).toFixed(2);
+}
+
 function row(cells: string[]): string {
-  const widths = [30, 13, 13, 6];
+  const widths = [30, 13, 13, 6, 9];
   return cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join("  ");
 }
 
@@ -114,8 +135,8 @@ function buildC(): { bin: string; dir: string } | string {
 
 function runC(bin: string, mode: "single" | "threads", ops: number): ThreadRate {
   const out = execFileSync(bin, [mode, `${ops}`, `${SIZE}`, `${BATCH}`], { encoding: "utf8" });
-  const [measured, ns, kicks, irqs] = out.trim().split(/\s+/).map(Number);
-  return { ops: measured!, ns: ns!, kicks: kicks!, irqs: irqs! };
+  const [measured, ns, kicks, irqs, cpuNs] = out.trim().split(/\s+/).map(Number);
+  return { ops: measured!, ns: ns!, kicks: kicks!, irqs: irqs!, cpuNs: cpuNs! };
 }
 
 /** Two workers (driver, device) over one SharedArrayBuffer, fresh for each run. */
@@ -150,23 +171,42 @@ async function splitBench(): Promise<void> {
   const c = buildC();
   const bin = typeof c === "string" ? undefined : c.bin;
   if (typeof c === "string") console.log(`  C baseline skipped: ${c}`);
-  const tsSingle = await repeat(() =>
+  const tsSingleRuns = await repeatAll(() =>
     runSingle(createGuestMemory({ size: MEM_SIZE }), OPS.tsSingle),
   );
-  const cSingle = bin ? await repeat(() => runC(bin, "single", OPS.cSingle)) : undefined;
+  const cSingleRuns = bin ? await repeatAll(() => runC(bin, "single", OPS.cSingle)) : undefined;
+  const tsSingle = median(tsSingleRuns);
+  const cSingle = cSingleRuns === undefined ? undefined : median(cSingleRuns);
   const tsThreads = await repeat(() => runThreads(OPS.tsThreads));
   const cThreads = bin ? await repeat(() => runC(bin, "threads", OPS.cThreads)) : undefined;
   if (typeof c !== "string") rmSync(c.dir, { recursive: true, force: true });
 
-  console.log(row(["", "virtio-ts", "C (gcc -O2)", "TS/C"]));
-  console.log(row(["one thread", mops(tsSingle), mops(cSingle), ratio(tsSingle, cSingle)]));
+  console.log(row(["", "virtio-ts", "C (gcc -O2)", "TS/C", "TS/C CPU"]));
+  console.log(
+    row([
+      "one thread",
+      mops(tsSingle),
+      mops(cSingle),
+      ratio(tsSingle, cSingle),
+      cpuRatio(tsSingleRuns, cSingleRuns),
+    ]),
+  );
   console.log(
     row([
       "two threads, Atomics doorbells",
       mops(tsThreads),
       mops(cThreads),
       ratio(tsThreads, cThreads),
+      "–",
     ]),
+  );
+  const cpuNs = (runs: readonly Rate[] | undefined) => {
+    const v = runs === undefined ? undefined : cpuPerOp(runs);
+    return v === undefined ? "n/a" : `${v.toFixed(1)} ns`;
+  };
+  console.log(
+    `  one thread, CPU per round trip (median of ${REPS}; TS/C CPU is their inverse ratio): ` +
+      `virtio-ts ${cpuNs(tsSingleRuns)}, C ${cpuNs(cSingleRuns)}`,
   );
   const per1k = (r: ThreadRate | undefined, n: number, k: "kicks" | "irqs") =>
     r === undefined ? "n/a" : ((1000 * r[k]) / n).toFixed(1);
@@ -184,34 +224,103 @@ function getGc(): () => void {
   return runInNewContext("gc") as () => void;
 }
 
-async function heapBench(): Promise<void> {
-  const ops = 1_000_000;
+/** What a hot loop left on the heap: see {@link heapBench}. */
+interface HeapRun {
+  /** `heapUsed` growth over the loop, with no GC forced in between. */
+  readonly grew: number;
+  /** Growth after a final forced GC: what the loop retained. */
+  readonly retained: number;
+  /** Garbage collections during the loop. */
+  readonly gcs: number;
+}
+
+/**
+ * Measure the heap around a hot loop: `run` calls `begin` when its timed part starts (after a
+ * warm-up; a GC is forced there) and `end` when it is over.
+ */
+async function measureHeap(
+  run: (begin: () => void, end: () => void) => void | Promise<void>,
+): Promise<HeapRun> {
   const gc = getGc();
-  const mem = createGuestMemory({ size: MEM_SIZE });
-  const drv = new DriverSide(mem);
-  const dev = new DeviceSide(mem);
-  roundTrips(drv, dev, 200_000); // let the JIT settle first: compiled code is not per-op garbage
   const gcs: number[] = [];
   const observer = new PerformanceObserver((list) => {
     for (const e of list.getEntries()) gcs.push(e.startTime);
   });
   observer.observe({ entryTypes: ["gc"] });
-  gc();
-  const before = process.memoryUsage().heapUsed;
-  const t0 = performance.now();
-  roundTrips(drv, dev, drv.reaped + ops);
-  const t1 = performance.now();
-  const after = process.memoryUsage().heapUsed; // no gc() first: per-op garbage would show here
+  let before = 0;
+  let after = 0;
+  let t0 = 0;
+  let t1 = 0;
+  await run(
+    () => {
+      gc();
+      before = process.memoryUsage().heapUsed;
+      t0 = performance.now();
+    },
+    () => {
+      t1 = performance.now();
+      after = process.memoryUsage().heapUsed; // no gc() first: per-op garbage would show here
+    },
+  );
   gc();
   const retained = process.memoryUsage().heapUsed;
   await new Promise((r) => setTimeout(r, 50)); // gc entries are delivered asynchronously
   observer.disconnect();
-  const during = gcs.filter((t) => t >= t0 && t <= t1).length;
+  return {
+    grew: after - before,
+    retained: retained - before,
+    gcs: gcs.filter((t) => t >= t0 && t <= t1).length,
+  };
+}
+
+/**
+ * Heap over a million operations of each hot loop: ring round trips (one thread), blk requests
+ * (the whole virtio-blk path over a MemoryDisk, depth 32, reads into lane buffers and writes)
+ * and virtio-net frames (1500 B, A -> switch -> B, lending receive).
+ */
+async function heapBench(): Promise<void> {
+  const ops = quick ? 100_000 : 1_000_000;
   const kib = (n: number) => `${n >= 0 ? "+" : ""}${(n / 1024).toFixed(1)} KiB`;
-  console.log(
-    `heap over ${ops.toLocaleString("en")} one-thread round trips: ${kib(after - before)} used ` +
-      `(${((after - before) / ops).toFixed(3)} B/op), ${during} GCs during the loop, ` +
-      `${kib(retained - before)} retained after gc`,
+  const line = (what: string, r: HeapRun) =>
+    console.log(
+      `heap over ${ops.toLocaleString("en")} ${what}: ${kib(r.grew)} used ` +
+        `(${(r.grew / ops).toFixed(3)} B/op), ${r.gcs} GCs during the loop, ` +
+        `${kib(r.retained)} retained after gc`,
+    );
+  const mem = createGuestMemory({ size: MEM_SIZE });
+  const drv = new DriverSide(mem);
+  const dev = new DeviceSide(mem);
+  roundTrips(drv, dev, 200_000); // let the JIT settle first: compiled code is not per-op garbage
+  line(
+    "one-thread ring round trips",
+    await measureHeap((begin, end) => {
+      begin();
+      roundTrips(drv, dev, drv.reaped + ops);
+      end();
+    }),
+  );
+  line(
+    "blk requests (MemoryDisk, depth 32, half reads half writes)",
+    await measureHeap(async (begin, end) => {
+      const disk = MemoryDisk.ofSize(64 << 20);
+      const driver = blkRig(disk, 32).driver;
+      const at = randomBlocks(Math.min(ops, 100_000), 0x5eed, 64 << 20, 512);
+      const bufs = Array.from({ length: 32 }, (_, k) => new Uint8Array(IO).fill(k));
+      const op = (i: number, k: number) =>
+        (i & 1) === 0
+          ? driver.readInto(at[i % at.length]!, bufs[k]!)
+          : driver.write(at[i % at.length]!, bufs[k]!);
+      await closedLoop(20_000, 32, op);
+      begin();
+      await closedLoop(ops, 32, op);
+      end();
+    }),
+  );
+  line(
+    "virtio-net 1500 B frames (trySendBatch, tryReceiveView)",
+    await measureHeap((begin, end) => {
+      runVirtio(1500, ops, 20_000, { onWarm: begin, onDone: end });
+    }),
   );
 }
 
@@ -221,14 +330,25 @@ async function packedBench(): Promise<void> {
     `packed vs split ring, one thread: same workload as above (queue ${SIZE}, batch ${BATCH}, ` +
       `2-descriptor chains, EVENT_IDX); median of ${REPS}`,
   );
-  const split = await repeat(() =>
-    runSingle(createGuestMemory({ size: MEM_SIZE }), OPS.tsSingle, "split"),
+  // Alternating, so load that comes and goes hits both alike.
+  const splitRuns: Rate[] = [];
+  const packedRuns: Rate[] = [];
+  for (let i = 0; i < REPS; i++) {
+    splitRuns.push(runSingle(createGuestMemory({ size: MEM_SIZE }), OPS.tsSingle, "split"));
+    packedRuns.push(runSingle(createGuestMemory({ size: MEM_SIZE }), OPS.tsSingle, "packed"));
+  }
+  const split = median(splitRuns);
+  const packed = median(packedRuns);
+  console.log(row(["", "split", "packed", "packed/split", "CPU"]));
+  console.log(
+    row([
+      "one thread",
+      mops(split),
+      mops(packed),
+      ratio(packed, split),
+      cpuRatio(packedRuns, splitRuns),
+    ]),
   );
-  const packed = await repeat(() =>
-    runSingle(createGuestMemory({ size: MEM_SIZE }), OPS.tsSingle, "packed"),
-  );
-  console.log(row(["", "split", "packed", "packed/split"]));
-  console.log(row(["one thread", mops(split), mops(packed), ratio(packed, split)]));
 }
 
 const benches: Record<string, () => Promise<void>> = {

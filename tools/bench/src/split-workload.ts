@@ -52,6 +52,8 @@ export const Ctl = {
 export interface Rate {
   readonly ops: number;
   readonly ns: number;
+  /** Process CPU time (every thread) over the same part, in ns, when measured. */
+  readonly cpuNs?: number;
 }
 
 /** Round trips run before timing starts: the first fifth (JIT warm-up, caches). */
@@ -170,8 +172,12 @@ export function roundTrips(
 export function runSingle(mem: GuestMemory, total: number, kind: RingKind = "split"): Rate {
   const warm = warmOps(total);
   let tWarm = 0;
+  let cpuWarm = process.cpuUsage();
   roundTrips(new DriverSide(mem, kind), new DeviceSide(mem, kind), total, warm, () => {
     tWarm = performance.now();
+    cpuWarm = process.cpuUsage();
   });
-  return { ops: total - warm, ns: (performance.now() - tWarm) * 1e6 };
+  const ns = (performance.now() - tWarm) * 1e6;
+  const cpu = process.cpuUsage(cpuWarm);
+  return { ops: total - warm, ns, cpuNs: (cpu.user + cpu.system) * 1000 };
 }
