@@ -412,8 +412,11 @@ describe("a virtio-pci state that does not fit the destination", () => {
           }
         },
       ),
-      { numRuns: 300 },
+      // A fixed seed: about one random edit in ten lands on a writable register, so an unseeded
+      // run of 300 sometimes restored fewer than 20; 600 runs give a margin (fast-check prints the seed of a failure).
+      { numRuns: 600, seed: 20261206 },
     );
+    console.log(`hostile pci state: ${restored} restored, ${refused} refused`);
     // Both outcomes were exercised: edits of writable registers are taken, others refused.
     expect(restored).toBeGreaterThan(20);
     expect(refused).toBeGreaterThan(20);

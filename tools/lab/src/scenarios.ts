@@ -197,11 +197,14 @@ export async function migrationScenario(
   };
   disk.hold = true;
   for (let i = 0; i < a; i++) submit(i);
+  // BlkDriver kicks once per task, from a microtask (its block plug): let it run.
+  await Promise.resolve();
   const inBackendAtStop = disk.held;
   // Suspend: the vCPU stops taking interrupts, the device stops popping.
   paused = true;
   await oldMmio.core.suspend();
   for (let i = a; i < a + b; i++) submit(i);
+  await Promise.resolve();
   const unpoppedAtStop = a + b - oldModel.stats.requests;
   if (mode === "drain") {
     // Drain: what is in the back-end completes into the used ring.
