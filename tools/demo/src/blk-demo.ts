@@ -281,9 +281,15 @@ export async function runBlkDemo(options: BlkDemoOptions = {}): Promise<BlkDemoR
     log(
       "  QD32: one interrupt covers every completion that is ready when the handler runs (here on",
     );
-    log("  the next event-loop turn), and the requests its handler starts share one kick: BlkDriver");
-    log("  publishes each request at once but writes QueueNotify once per task (Linux's block plug;");
-    log("  this device serves a kick inside the exit, so without the plug every publish would find");
+    log(
+      "  the next event-loop turn), and the requests its handler starts share one kick: BlkDriver",
+    );
+    log(
+      "  publishes each request at once but writes QueueNotify once per task (Linux's block plug;",
+    );
+    log(
+      "  this device serves a kick inside the exit, so without the plug every publish would find",
+    );
     log("  the ring empty and kick again). If the handler runs at once (a");
     log(
       `  microtask), QD32 reads cost ${per(immediateQd32.exits)} exits and ${per(immediateQd32.interrupts)} interrupts per request: nothing batches.`,
