@@ -38,6 +38,22 @@ const BLOCKS_PER_SECTOR = XTS_SECTOR_BYTES / 16;
 const TWO_32 = 2 ** 32;
 const LITTLE_ENDIAN_HOST = endianness() === "LE";
 
+/** A Uint32Array over `words` words of `b` from byte `at`, if that is 4-aligned. */
+function words32(b: Uint8Array, at: number, words: number): Uint32Array | undefined {
+  const off = b.byteOffset + at;
+  return (off & 3) === 0 ? new Uint32Array(b.buffer, off, words) : undefined;
+}
+
+/** `out[k] = a[k] ^ b[k]` for `words` words (a multiple of 4: whole AES blocks). */
+function xorWords(out: Uint32Array, a: Uint32Array, b: Uint32Array, words: number): void {
+  for (let k = 0; k < words; k += 4) {
+    out[k] = a[k]! ^ b[k]!;
+    out[k + 1] = a[k + 1]! ^ b[k + 1]!;
+    out[k + 2] = a[k + 2]! ^ b[k + 2]!;
+    out[k + 3] = a[k + 3]! ^ b[k + 3]!;
+  }
+}
+
 /**
  * XTS-AES-256 (IEEE Std 1619-2007; NIST SP 800-38E) over 512-byte sectors with the *plain64*
  * tweak of dm-crypt's `aes-xts-plain64`: the tweak of sector `n` is `n` as a 64-bit
@@ -63,22 +79,6 @@ const LITTLE_ENDIAN_HOST = endianness() === "LE";
  * ```
  * @see IEEE Std 1619-2007 §5 "XTS-AES transform"
  */
-/** A Uint32Array over `words` words of `b` from byte `at`, if that is 4-aligned. */
-function words32(b: Uint8Array, at: number, words: number): Uint32Array | undefined {
-  const off = b.byteOffset + at;
-  return (off & 3) === 0 ? new Uint32Array(b.buffer, off, words) : undefined;
-}
-
-/** `out[k] = a[k] ^ b[k]` for `words` words (a multiple of 4: whole AES blocks). */
-function xorWords(out: Uint32Array, a: Uint32Array, b: Uint32Array, words: number): void {
-  for (let k = 0; k < words; k += 4) {
-    out[k] = a[k]! ^ b[k]!;
-    out[k + 1] = a[k + 1]! ^ b[k + 1]!;
-    out[k + 2] = a[k + 2]! ^ b[k + 2]!;
-    out[k + 3] = a[k + 3]! ^ b[k + 3]!;
-  }
-}
-
 export class XtsAes256 {
   /** The engine in use (see {@link XtsEngine}). */
   readonly engine: XtsEngine;
