@@ -36,6 +36,11 @@ const EV_DESC = PackedEventFlags.DESC;
 const TWO_32 = 4294967296;
 const U32_MAX = 0xffffffff;
 
+/** An Int32Array over the same words as `u32`. */
+function i32View(u32: Uint32Array): Int32Array {
+  return new Int32Array(u32.buffer, u32.byteOffset, u32.length);
+}
+
 /**
  * Whether a descriptor with `flags` is available to a device whose avail wrap counter is
  * `wrap`: AVAIL matches the counter and USED does not (VIRTIO 1.3 §2.8.1).
@@ -99,6 +104,11 @@ export class PackedDeviceQueue implements DeviceQueue {
   /** `features.indirect`, as an own field for the hot path. */
   readonly #indirect: boolean;
   #desc: Uint32Array;
+  /**
+   * The same ring as Int32 words, for the id/flags word: `Atomics` on it take and return Smis
+   * (on a Uint32Array a word with USED set, bit 31, is a heap number, boxed for every call).
+   */
+  #descI32: Int32Array;
   #driverEvent: Uint16Array;
   #deviceEvent: Uint16Array;
   /** 1 where a buffer ID is popped and not yet pushed. */
@@ -161,6 +171,7 @@ export class PackedDeviceQueue implements DeviceQueue {
     this.#mem = mem;
     this.#check = new ChainCheck(mem, "INDIRECT descriptor in a list linked by NEXT");
     this.#desc = v.desc;
+    this.#descI32 = i32View(v.desc);
     this.#driverEvent = v.driverEvent;
     this.#deviceEvent = v.deviceEvent;
     this.size = layout.size;
@@ -190,6 +201,7 @@ export class PackedDeviceQueue implements DeviceQueue {
   remap(): void {
     const v = mapPackedRing(this.#mem, this.#layout, "device");
     this.#desc = v.desc;
+    this.#descI32 = i32View(v.desc);
     this.#driverEvent = v.driverEvent;
     this.#deviceEvent = v.deviceEvent;
   }
@@ -210,13 +222,14 @@ export class PackedDeviceQueue implements DeviceQueue {
   pop(chain: DescriptorChain): boolean {
     if (this.#replayNext < this.#replay.length) return this.#popReplayed(chain);
     const desc = this.#desc;
+    const descI32 = this.#descI32;
     const size = this.size;
     const start = this.#nextAvail;
     const wrap = this.#availWrap;
     // Acquire: this seq-cst load of the id/flags word synchronises with the driver's release
     // store of the first descriptor's flags, which it writes after every other descriptor of the
     // chain (VIRTIO 1.3 §2.8.21.1), so the plain reads below see all of them.
-    let word = Atomics.load(desc, (start << 2) + 3);
+    let word = Atomics.load(descI32, (start << 2) + 3);
     let flags = word >>> 16;
     // §2.8.1: AVAIL and USED "are different for an available descriptor and equal for a used
     // descriptor"; §2.8.15: a device MUST NOT use a descriptor before it observes AVAIL changed.
@@ -317,7 +330,7 @@ export class PackedDeviceQueue implements DeviceQueue {
         w = !w;
       }
       // Plain read: written before the first descriptor's flags, which we acquired above.
-      word = desc[(pos << 2) + 3]!;
+      word = descI32[(pos << 2) + 3]!;
       flags = word >>> 16;
       // §2.8.6: every descriptor of the list carries correct AVAIL/USED bits for its lap.
       if (!isAvailable(flags, w)) {
@@ -638,7 +651,7 @@ export class PackedDeviceQueue implements DeviceQueue {
     const flags = (w ? F_AVAIL | F_USED : 0) | (written > 0 ? F_WRITE : 0);
     // Release: id and flags are one word stored last, so a driver whose Atomics.load sees the
     // new USED bit also sees len. §2.8.15: we never touch this descriptor again this lap.
-    Atomics.store(this.#desc, base + 3, (id | (flags << 16)) >>> 0);
+    Atomics.store(this.#descI32, base + 3, id | (flags << 16));
     // A batch holds at most `size` descriptors (they were all in flight), so one subtraction
     // brings the position back into the ring.
     let next = pos + descs;
@@ -690,7 +703,7 @@ export class PackedDeviceQueue implements DeviceQueue {
     // Re-check after publishing our wish: a driver that made a buffer available just before
     // seeing it did not notify, so the device must look again (the lost-wakeup race). The test
     // is pop's (§2.8.1): a used descriptor at the head is nothing to pop.
-    const flags = Atomics.load(this.#desc, (this.#nextAvail << 2) + 3) >>> 16;
+    const flags = Atomics.load(this.#descI32, (this.#nextAvail << 2) + 3) >>> 16;
     return isAvailable(flags, this.#availWrap) || this.#replayNext < this.#replay.length;
   }
 
