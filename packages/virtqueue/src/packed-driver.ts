@@ -219,18 +219,28 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
         w = !w;
       }
     } else {
+      // Two loops (readable, then writable) rather than one with a choice per segment.
+      // §2.8.21.1: WRITE for device-writable elements, AVAIL = wrap counter, USED = inverse;
+      // §2.8.6: NEXT on all but the last; the ID in every descriptor. The first descriptor's
+      // word is kept for publish(); the rest get a plain store, made visible by the first
+      // one's release store in publish().
+      const last = n - 1;
       firstWord = 0;
-      for (let i = 0; i < n; i++) {
-        const s = i < nr ? readable[i]! : writable[i - nr]!;
+      for (let i = 0; i < nr; i++) {
+        const s = readable[i]!;
         writeBody(desc, pos, s.addr, s.len);
-        // §2.8.21.1: WRITE for device-writable elements, AVAIL = wrap counter, USED = inverse;
-        // §2.8.6: NEXT on all but the last.
-        const word = descWord(
-          id,
-          (i < n - 1 ? F_NEXT : 0) | (i >= nr ? F_WRITE : 0) | availBits(w),
-        );
-        // Plain store for the rest of the list: the first descriptor's release store in
-        // publish() makes them visible.
+        const word = descWord(id, (i < last ? F_NEXT : 0) | availBits(w));
+        if (i === 0) firstWord = word;
+        else desc[(pos << 2) + 3] = word;
+        if (++pos === size) {
+          pos = 0;
+          w = !w;
+        }
+      }
+      for (let i = nr; i < n; i++) {
+        const s = writable[i - nr]!;
+        writeBody(desc, pos, s.addr, s.len);
+        const word = descWord(id, (i < last ? F_NEXT | F_WRITE : F_WRITE) | availBits(w));
         if (i === 0) firstWord = word;
         else desc[(pos << 2) + 3] = word;
         if (++pos === size) {
@@ -250,7 +260,7 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
     this.#descCount[id] = needed;
     this.#writable[id] = writableBytes;
     this.#tokens[id] = token;
-    if (this.features.inOrder) {
+    if (this.#inOrder) {
       // Fewer than `size` buffers were in flight (this one found a free descriptor).
       this.#order[(this.#orderFirst + this.#orderCount) % size] = id;
       this.#orderCount++;
