@@ -8,8 +8,10 @@ import {
   E_IND_NESTED,
   E_IND_NEXT,
   E_IND_OOB,
+  E_OOB,
   E_R_AFTER_W,
   E_TOO_LONG,
+  E_TOTAL,
   OK,
 } from "./chain-check.js";
 import {
@@ -32,6 +34,12 @@ const EV_ENABLE = PackedEventFlags.ENABLE;
 const EV_DISABLE = PackedEventFlags.DISABLE;
 const EV_DESC = PackedEventFlags.DESC;
 const TWO_32 = 4294967296;
+const U32_MAX = 0xffffffff;
+
+/** An Int32Array over the same words as `u32`. */
+function i32View(u32: Uint32Array): Int32Array {
+  return new Int32Array(u32.buffer, u32.byteOffset, u32.length);
+}
 
 /**
  * Whether a descriptor with `flags` is available to a device whose avail wrap counter is
@@ -93,7 +101,14 @@ export class PackedDeviceQueue implements DeviceQueue {
   /** `features.inOrder` / `features.eventIdx`, as own fields for the hot paths. */
   readonly #inOrder: boolean;
   readonly #eventIdx: boolean;
+  /** `features.indirect`, as an own field for the hot path. */
+  readonly #indirect: boolean;
   #desc: Uint32Array;
+  /**
+   * The same ring as Int32 words, for the id/flags word: `Atomics` on it take and return Smis
+   * (on a Uint32Array a word with USED set, bit 31, is a heap number, boxed for every call).
+   */
+  #descI32: Int32Array;
   #driverEvent: Uint16Array;
   #deviceEvent: Uint16Array;
   /** 1 where a buffer ID is popped and not yet pushed. */
@@ -119,14 +134,20 @@ export class PackedDeviceQueue implements DeviceQueue {
    * descriptors overwrite a popped list in the ring once later buffers complete (§2.8.6), so
    * the device keeps what it read. A pool of `size` records of 4 words, linked per buffer ID
    * (`size` is the most descriptors a driver may have outstanding, §2.8.10.1).
+   *
+   * The records of one list are taken from the head of the free list in turn, so they are
+   * already linked in order by the free list's own links: taking a record is one load, and a
+   * list goes back whole (first to last) in O(1). A list is walked by its descriptor count,
+   * never to a terminator (its last record links on into other records).
    */
   readonly #pool: Uint32Array;
-  /** Next record of the same buffer, or -1. */
+  /** Next record: in the free list, or of the same buffer (up to its last record). */
   readonly #poolNext: Int32Array;
   /** First free record, or -1 (then a list is not recorded: the driver overcommitted). */
   #poolFree = 0;
-  /** First record of each buffer ID in flight (-1: none). */
+  /** First and last record of each buffer ID in flight (-1: none). */
   readonly #idFirst: Int32Array;
+  readonly #idLast: Int32Array;
   /** 1 where a buffer in flight could not be recorded (the pool ran out). */
   readonly #idLost: Uint8Array;
   // Scratch of the walk in progress: its records and whether one was lost.
@@ -150,12 +171,14 @@ export class PackedDeviceQueue implements DeviceQueue {
     this.#mem = mem;
     this.#check = new ChainCheck(mem, "INDIRECT descriptor in a list linked by NEXT");
     this.#desc = v.desc;
+    this.#descI32 = i32View(v.desc);
     this.#driverEvent = v.driverEvent;
     this.#deviceEvent = v.deviceEvent;
     this.size = layout.size;
     this.features = features;
     this.#inOrder = features.inOrder === true;
     this.#eventIdx = features.eventIdx === true;
+    this.#indirect = features.indirect === true;
     this.#inFlight = new Uint8Array(layout.size);
     this.#descCount = new Uint16Array(layout.size);
     this.#writable = new Float64Array(layout.size);
@@ -163,6 +186,7 @@ export class PackedDeviceQueue implements DeviceQueue {
     this.#pool = new Uint32Array(layout.size * 4);
     this.#poolNext = new Int32Array(layout.size);
     this.#idFirst = new Int32Array(layout.size);
+    this.#idLast = new Int32Array(layout.size);
     this.#idLost = new Uint8Array(layout.size);
     this.#resetPool();
   }
@@ -177,6 +201,7 @@ export class PackedDeviceQueue implements DeviceQueue {
   remap(): void {
     const v = mapPackedRing(this.#mem, this.#layout, "device");
     this.#desc = v.desc;
+    this.#descI32 = i32View(v.desc);
     this.#driverEvent = v.driverEvent;
     this.#deviceEvent = v.deviceEvent;
   }
@@ -197,13 +222,14 @@ export class PackedDeviceQueue implements DeviceQueue {
   pop(chain: DescriptorChain): boolean {
     if (this.#replayNext < this.#replay.length) return this.#popReplayed(chain);
     const desc = this.#desc;
+    const descI32 = this.#descI32;
     const size = this.size;
     const start = this.#nextAvail;
     const wrap = this.#availWrap;
     // Acquire: this seq-cst load of the id/flags word synchronises with the driver's release
     // store of the first descriptor's flags, which it writes after every other descriptor of the
     // chain (VIRTIO 1.3 §2.8.21.1), so the plain reads below see all of them.
-    let word = Atomics.load(desc, (start << 2) + 3);
+    let word = Atomics.load(descI32, (start << 2) + 3);
     let flags = word >>> 16;
     // §2.8.1: AVAIL and USED "are different for an available descriptor and equal for a used
     // descriptor"; §2.8.15: a device MUST NOT use a descriptor before it observes AVAIL changed.
@@ -213,8 +239,22 @@ export class PackedDeviceQueue implements DeviceQueue {
     if (!isAvailable(flags, wrap)) return false;
     // VIRTIO 1.3 §2.8.17: a list is never longer than the queue size (indirect entries included).
     const budget = Math.min(chain.capacity, size);
-    chain.begin(0);
-    this.#beginRecord();
+    const check = this.#check;
+    const addrs = chain.addrs;
+    const lens = chain.lens;
+    const pool = this.#pool;
+    const poolNext = this.#poolNext;
+    // The walk's records (see #pool) and the segment totals live in locals, stored once at the
+    // end, as in the split ring's walk.
+    let free = this.#poolFree;
+    let recFirst = -1;
+    let recLast = -1;
+    let recLost = false;
+    let count = 0;
+    let readableCount = 0;
+    let readableBytes = 0;
+    let writableBytes = 0;
+    let seenWritable = false;
     let code = OK;
     let pos = start;
     let w = wrap;
@@ -226,13 +266,63 @@ export class PackedDeviceQueue implements DeviceQueue {
       const lo = desc[base]!;
       const hi = desc[base + 1]!;
       const len = desc[base + 2]!;
-      this.#record(lo, hi, len, word);
+      // Keep a copy for saveInFlight (no allocation: a record from the pool, linked per buffer).
+      if (free >= 0) {
+        const b = free << 2;
+        pool[b] = lo;
+        pool[b + 1] = hi;
+        pool[b + 2] = len;
+        pool[b + 3] = word;
+        if (recFirst < 0) recFirst = free;
+        recLast = free;
+        free = poolNext[free]!;
+      } else recLost = true;
       // After the first failure only the flags are followed, to find the buffer ID in the last
       // descriptor (§2.8.6) so that the chain can be completed and the ring stays in step.
-      if (code === OK) code = this.#step(chain, pos, n, hi * TWO_32 + lo, len, flags, budget);
+      if (code === OK) {
+        const addr = hi * TWO_32 + lo;
+        if ((flags & F_INDIRECT) !== 0) {
+          // §2.8.19: INDIRECT only if negotiated, never in a list linked by NEXT. §2.8.7: WRITE
+          // on the descriptor that refers to the table is reserved and ignored.
+          if (!this.#indirect) code = check.fail(E_IND_NEG, pos, false, 0, 0);
+          else if (n > 1 || (flags & F_NEXT) !== 0) code = check.fail(E_IND_NEXT, pos, false, 0, 0);
+          else {
+            // A table is the whole list (n = 1, no NEXT): its walk appends through the cursor.
+            chain.setTotals(0, 0, 0, 0);
+            code = this.#walkIndirect(chain, pos, addr, len, budget);
+            count = chain.count;
+            readableCount = chain.readableCount;
+            readableBytes = chain.readableBytes;
+            writableBytes = chain.writableBytes;
+          }
+        } else {
+          const writable = (flags & F_WRITE) !== 0;
+          // §2.8.4 / §2.7.4.2: device-writable descriptors come after all device-readable ones.
+          if (writable) seenWritable = true;
+          if (!writable && seenWritable) code = check.fail(E_R_AFTER_W, pos, false, 0, 0);
+          else if (count >= budget) code = check.fail(E_TOO_LONG, pos, false, budget, 0);
+          else if (!check.accessible(addr, len, writable)) {
+            code = check.fail(E_OOB, pos, false, addr, len);
+          } else {
+            addrs[count] = addr;
+            lens[count] = len;
+            count++;
+            if (writable) writableBytes += len;
+            else {
+              readableCount++;
+              readableBytes += len;
+            }
+            // §2.7.5.2: at most 2^32 bytes in total (see ChainCheck.segment).
+            if (readableBytes + writableBytes > U32_MAX) {
+              code = check.fail(E_TOTAL, pos, false, 0, 0);
+            }
+          }
+        }
+      }
       if ((flags & F_NEXT) === 0) break;
       if (n === size) {
-        this.#dropRecord();
+        chain.setTotals(count, readableCount, readableBytes, writableBytes);
+        this.#dropWalk(free, recFirst, recLast);
         throw new PackedChainUnterminatedError(start, size);
       }
       if (++pos === size) {
@@ -240,24 +330,42 @@ export class PackedDeviceQueue implements DeviceQueue {
         w = !w;
       }
       // Plain read: written before the first descriptor's flags, which we acquired above.
-      word = desc[(pos << 2) + 3]!;
+      word = descI32[(pos << 2) + 3]!;
       flags = word >>> 16;
       // §2.8.6: every descriptor of the list carries correct AVAIL/USED bits for its lap.
       if (!isAvailable(flags, w)) {
-        this.#dropRecord();
+        chain.setTotals(count, readableCount, readableBytes, writableBytes);
+        this.#dropWalk(free, recFirst, recLast);
         throw new PackedDescNotAvailableError(pos, flags, w);
       }
     }
+    chain.setTotals(count, readableCount, readableBytes, writableBytes);
     // §2.8.6: the buffer ID is in the last descriptor of the list.
     const id = word & 0xffff;
-    this.#take(id);
+    if (id >= size || this.#inFlight[id] === 1) {
+      this.#dropWalk(free, recFirst, recLast);
+      if (id >= size) throw new HeadOutOfRangeError(id, size);
+      throw new HeadInFlightError(id);
+    }
+    this.#poolFree = free;
     if (++pos === size) {
       pos = 0;
       w = !w;
     }
     this.#nextAvail = pos;
     this.#availWrap = w;
-    this.#setInFlight(id, n, code === OK ? chain.writableBytes : 0);
+    // Mark the ID in flight with the list just walked (as #setInFlight).
+    this.#inFlight[id] = 1;
+    if (this.#inOrder) {
+      // Fewer than `size` IDs are in flight here (this one was not), so the ring has room.
+      this.#order[(this.#orderFirst + this.#inFlightCount) % size] = id;
+    }
+    this.#inFlightCount++;
+    this.#descCount[id] = n;
+    this.#writable[id] = code === OK ? writableBytes : 0;
+    this.#idFirst[id] = recFirst;
+    this.#idLast[id] = recLast;
+    this.#idLost[id] = recLost ? 1 : 0;
     chain.head = id;
     chain.descCount = n;
     if (this.#eventIdx && this.#notifyEnabled && !isAvailable(desc[(pos << 2) + 3]! >>> 16, w)) {
@@ -269,8 +377,15 @@ export class PackedDeviceQueue implements DeviceQueue {
       // `Atomics.load` of that descriptor (the Dekker order of enableNotifications).
       Atomics.store(this.#deviceEvent, 0, packedOffWrap(pos, w));
     }
-    if (code !== OK) throw this.#check.error(code, id);
+    if (code !== OK) throw check.error(code, id);
     return true;
+  }
+
+  /** A ring pop failed as a ring error: put the pool head back and release the walk's records. */
+  #dropWalk(free: number, recFirst: number, recLast: number): void {
+    this.#poolFree = free;
+    if (recFirst >= 0) this.#release(recFirst, recLast);
+    this.#beginRecord();
   }
 
   /**
@@ -320,6 +435,7 @@ export class PackedDeviceQueue implements DeviceQueue {
     this.#descCount[id] = n;
     this.#writable[id] = writable;
     this.#idFirst[id] = this.#recFirst;
+    this.#idLast[id] = this.#recLast;
     this.#idLost[id] = this.#recLost ? 1 : 0;
   }
 
@@ -371,26 +487,23 @@ export class PackedDeviceQueue implements DeviceQueue {
     pool[b + 1] = hi;
     pool[b + 2] = len;
     pool[b + 3] = word;
-    this.#poolNext[e] = -1;
-    if (this.#recLast < 0) this.#recFirst = e;
-    else this.#poolNext[this.#recLast] = e;
+    // Taken from the free list's head in turn: already linked after the previous record.
+    if (this.#recFirst < 0) this.#recFirst = e;
     this.#recLast = e;
   }
 
   /** Return the walk's records to the pool (the walk failed as a ring error). */
   #dropRecord(): void {
-    if (this.#recFirst >= 0) this.#release(this.#recFirst);
+    if (this.#recFirst >= 0) this.#release(this.#recFirst, this.#recLast);
     this.#beginRecord();
   }
 
-  /** Return the list of records starting at `first` to the pool. */
-  #release(first: number): void {
-    let last = first;
-    const next = this.#poolNext;
-    // Terminates: the list holds at most `size` records and has no cycle (records are linked
-    // only when taken from the free list).
-    while (next[last]! >= 0) last = next[last]!;
-    next[last] = this.#poolFree;
+  /**
+   * Return the records `first` to `last` (linked in order since they were taken, see #pool) to
+   * the pool. No record inside a list is ever relinked while it is out of the free list.
+   */
+  #release(first: number, last: number): void {
+    this.#poolNext[last] = this.#poolFree;
     this.#poolFree = first;
   }
 
@@ -399,6 +512,7 @@ export class PackedDeviceQueue implements DeviceQueue {
     for (let i = 0; i < next.length; i++) next[i] = i + 1 < next.length ? i + 1 : -1;
     this.#poolFree = next.length > 0 ? 0 : -1;
     this.#idFirst.fill(-1);
+    this.#idLast.fill(-1);
     this.#idLost.fill(0);
     this.#beginRecord();
   }
@@ -406,7 +520,7 @@ export class PackedDeviceQueue implements DeviceQueue {
   /** Forget the records of buffer `id` (it was used). */
   #forget(id: number): void {
     const first = this.#idFirst[id]!;
-    if (first >= 0) this.#release(first);
+    if (first >= 0) this.#release(first, this.#idLast[id]!);
     this.#idFirst[id] = -1;
     this.#idLost[id] = 0;
   }
@@ -537,7 +651,7 @@ export class PackedDeviceQueue implements DeviceQueue {
     const flags = (w ? F_AVAIL | F_USED : 0) | (written > 0 ? F_WRITE : 0);
     // Release: id and flags are one word stored last, so a driver whose Atomics.load sees the
     // new USED bit also sees len. §2.8.15: we never touch this descriptor again this lap.
-    Atomics.store(this.#desc, base + 3, (id | (flags << 16)) >>> 0);
+    Atomics.store(this.#descI32, base + 3, id | (flags << 16));
     // A batch holds at most `size` descriptors (they were all in flight), so one subtraction
     // brings the position back into the ring.
     let next = pos + descs;
@@ -589,7 +703,7 @@ export class PackedDeviceQueue implements DeviceQueue {
     // Re-check after publishing our wish: a driver that made a buffer available just before
     // seeing it did not notify, so the device must look again (the lost-wakeup race). The test
     // is pop's (§2.8.1): a used descriptor at the head is nothing to pop.
-    const flags = Atomics.load(this.#desc, (this.#nextAvail << 2) + 3) >>> 16;
+    const flags = Atomics.load(this.#descI32, (this.#nextAvail << 2) + 3) >>> 16;
     return isAvailable(flags, this.#availWrap) || this.#replayNext < this.#replay.length;
   }
 

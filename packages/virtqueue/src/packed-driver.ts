@@ -74,6 +74,11 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
   readonly #mem: GuestMemory;
   readonly #v: PackedRingViews;
   readonly #desc: Uint32Array;
+  /**
+   * The same ring as Int32 words, for the id/flags word: `Atomics` on it take and return Smis
+   * (on a Uint32Array a word with USED set, bit 31, is a heap number, boxed for every call).
+   */
+  readonly #descI32: Int32Array;
   /** `features.inOrder` / `features.eventIdx`, as own fields for the hot paths. */
   readonly #inOrder: boolean;
   readonly #eventIdx: boolean;
@@ -88,7 +93,7 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
   readonly #tokens: (T | undefined)[];
   /** First descriptors added but not yet published: ring position and id/flags word. */
   readonly #pendingPos: Uint16Array;
-  readonly #pendingWord: Uint32Array;
+  readonly #pendingWord: Int32Array;
   #pendingCount = 0;
   /** Ring descriptors added since the last publish (at most the queue size). */
   #addedSincePublish = 0;
@@ -123,6 +128,7 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
   ) {
     this.#v = mapPackedRing(mem, layout, "driver");
     this.#desc = this.#v.desc;
+    this.#descI32 = new Int32Array(this.#desc.buffer, this.#desc.byteOffset, this.#desc.length);
     this.#mem = mem;
     this.size = layout.size;
     this.features = features;
@@ -148,7 +154,7 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
     this.#writable = new Float64Array(layout.size);
     this.#tokens = new Array<T | undefined>(layout.size).fill(undefined);
     this.#pendingPos = new Uint16Array(layout.size);
-    this.#pendingWord = new Uint32Array(layout.size);
+    this.#pendingWord = new Int32Array(layout.size);
     this.#order = new Uint16Array(features.inOrder ? layout.size : 0);
     this.#numFree = layout.size;
     this.reset();
@@ -213,18 +219,28 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
         w = !w;
       }
     } else {
+      // Two loops (readable, then writable) rather than one with a choice per segment.
+      // §2.8.21.1: WRITE for device-writable elements, AVAIL = wrap counter, USED = inverse;
+      // §2.8.6: NEXT on all but the last; the ID in every descriptor. The first descriptor's
+      // word is kept for publish(); the rest get a plain store, made visible by the first
+      // one's release store in publish().
+      const last = n - 1;
       firstWord = 0;
-      for (let i = 0; i < n; i++) {
-        const s = i < nr ? readable[i]! : writable[i - nr]!;
+      for (let i = 0; i < nr; i++) {
+        const s = readable[i]!;
         writeBody(desc, pos, s.addr, s.len);
-        // §2.8.21.1: WRITE for device-writable elements, AVAIL = wrap counter, USED = inverse;
-        // §2.8.6: NEXT on all but the last.
-        const word = descWord(
-          id,
-          (i < n - 1 ? F_NEXT : 0) | (i >= nr ? F_WRITE : 0) | availBits(w),
-        );
-        // Plain store for the rest of the list: the first descriptor's release store in
-        // publish() makes them visible.
+        const word = descWord(id, (i < last ? F_NEXT : 0) | availBits(w));
+        if (i === 0) firstWord = word;
+        else desc[(pos << 2) + 3] = word;
+        if (++pos === size) {
+          pos = 0;
+          w = !w;
+        }
+      }
+      for (let i = nr; i < n; i++) {
+        const s = writable[i - nr]!;
+        writeBody(desc, pos, s.addr, s.len);
+        const word = descWord(id, (i < last ? F_NEXT | F_WRITE : F_WRITE) | availBits(w));
         if (i === 0) firstWord = word;
         else desc[(pos << 2) + 3] = word;
         if (++pos === size) {
@@ -244,7 +260,7 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
     this.#descCount[id] = needed;
     this.#writable[id] = writableBytes;
     this.#tokens[id] = token;
-    if (this.features.inOrder) {
+    if (this.#inOrder) {
       // Fewer than `size` buffers were in flight (this one found a free descriptor).
       this.#order[(this.#orderFirst + this.#orderCount) % size] = id;
       this.#orderCount++;
@@ -276,7 +292,7 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
     const word = this.#pendingWord;
     for (let j = k - 1; j > 0; j--) desc[(pos[j]! << 2) + 3] = word[j]!;
     // Release (§2.8.21.1.1): the first descriptor's flags are stored after every other field.
-    Atomics.store(desc, (pos[0]! << 2) + 3, word[0]!);
+    Atomics.store(this.#descI32, (pos[0]! << 2) + 3, word[0]!);
     this.#pendingCount = 0;
     const added = this.#addedSincePublish;
     this.#addedSincePublish = 0;
@@ -303,7 +319,7 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
     const pos = this.#nextUsed;
     const w = this.#usedWrap;
     // Acquire: pairs with the device's release store of id/flags after it wrote len.
-    const word = Atomics.load(desc, (pos << 2) + 3);
+    const word = Atomics.load(this.#descI32, (pos << 2) + 3);
     const flags = word >>> 16;
     // §2.8.1: used iff AVAIL = USED = our used wrap counter. Anything else is our own
     // available descriptor, or one used or skipped in the previous lap.
@@ -351,7 +367,7 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
       const desc = this.#desc;
       const pos = this.#nextUsed;
       const w = this.#usedWrap;
-      const word = Atomics.load(desc, (pos << 2) + 3);
+      const word = Atomics.load(this.#descI32, (pos << 2) + 3);
       const flags = word >>> 16;
       if (((flags & F_USED) !== 0) !== w || ((flags & F_AVAIL) !== 0) !== w) return undefined;
       const id = word & 0xffff;
@@ -405,7 +421,7 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
     if (this.#batchLeft > 0) return true;
     // Re-check after publishing our wish: a device that used a buffer just before seeing it did
     // not interrupt, so the driver must look again.
-    const flags = Atomics.load(this.#desc, (this.#nextUsed << 2) + 3) >>> 16;
+    const flags = Atomics.load(this.#descI32, (this.#nextUsed << 2) + 3) >>> 16;
     const w = this.#usedWrap;
     return ((flags & F_USED) !== 0) === w && ((flags & F_AVAIL) !== 0) === w;
   }
@@ -467,7 +483,7 @@ function availBits(wrap: boolean): number {
 }
 
 function descWord(id: number, flags: number): number {
-  return (id | (flags << 16)) >>> 0;
+  return id | (flags << 16);
 }
 
 function writeBody(desc: Uint32Array, pos: number, addr: number, len: number): void {
