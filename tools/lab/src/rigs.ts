@@ -18,6 +18,7 @@ import {
   InterruptLatch,
   MmioDevice,
   MmioDriverTransport,
+  type SharedDoorbell,
 } from "@virtio-ts/transport";
 import { blkDescription, type VhostBlkArgs, VhostDevice } from "@virtio-ts/vhost";
 import { AtaPioDevice, AtaPioDriver } from "./ata.js";
@@ -281,12 +282,17 @@ export interface VhostWorkerFiles {
 }
 
 /**
- * Mode 3: the same virtio-blk device with its data plane in a vhost worker (kick and call
- * through Atomics doorbells). The guest's interrupt handler waits on the call doorbell.
+ * A virtio-blk {@link VhostDevice} over `image`: its worker opens the image itself through
+ * backend-disk's built module and serves the queue there.
  * @param image - the shared disk image
  * @param files - where the worker's JavaScript is (needed when running from TypeScript sources)
+ * @param call - the call doorbell (default: a new one the device owns)
  */
-export async function vhostRig(image: SharedArrayBuffer, files?: VhostWorkerFiles): Promise<Rig> {
+export function vhostBlkDevice(
+  image: SharedArrayBuffer,
+  files?: VhostWorkerFiles,
+  call?: SharedDoorbell,
+): VhostDevice {
   const disk: DiskSpec = { kind: "memory", buffer: image };
   const args: VhostBlkArgs = {
     // The worker opens the disk itself, through backend-disk's built module.
@@ -298,8 +304,9 @@ export async function vhostRig(image: SharedArrayBuffer, files?: VhostWorkerFile
     disk: describeDisk(disk),
     device: { queueSize: 256 },
   };
-  const dev = new VhostDevice({
+  return new VhostDevice({
     description: blkDescription(args),
+    ...(call === undefined ? {} : { call }),
     worker: {
       module: files?.blkModule ?? new URL("./blk.js", import.meta.resolve("@virtio-ts/vhost")),
       export: "createBlkModel",
@@ -307,6 +314,16 @@ export async function vhostRig(image: SharedArrayBuffer, files?: VhostWorkerFile
     },
     ...(files === undefined ? {} : { script: files.script }),
   });
+}
+
+/**
+ * Mode 3: the same virtio-blk device with its data plane in a vhost worker (kick and call
+ * through Atomics doorbells). The guest's interrupt handler waits on the call doorbell.
+ * @param image - the shared disk image
+ * @param files - where the worker's JavaScript is (needed when running from TypeScript sources)
+ */
+export async function vhostRig(image: SharedArrayBuffer, files?: VhostWorkerFiles): Promise<Rig> {
+  const dev = vhostBlkDevice(image, files);
   const memory: GuestMemoryMap = createGuestMemory({ size: GUEST_RAM });
   const mmio = new MmioDevice(dev, { memory, interrupt: () => dev.call.ring() });
   const driver = new BlkDriver(

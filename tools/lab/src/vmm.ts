@@ -11,16 +11,14 @@
 //   interrupt handler ◄── irq doorbell (irqfd) ◄─────────────────────────────────── call
 import { Worker } from "node:worker_threads";
 import { MemoryDisk } from "@virtio-ts/backend-disk";
-import { type DiskSpec, describeDisk } from "@virtio-ts/backend-disk/node";
 import { BlkDevice } from "@virtio-ts/devices";
 import { GuestMemoryMap } from "@virtio-ts/memory";
 import { MmioVersion } from "@virtio-ts/spec";
 import { MmioDevice, SharedDoorbell, type SharedDoorbellHandle } from "@virtio-ts/transport";
-import { blkDescription, type VhostBlkArgs, VhostDevice } from "@virtio-ts/vhost";
 import { AtaPioDevice } from "./ata.js";
 import { createExitSlot, type ExitHandler, Hypercall, VmmExitServer } from "./exits.js";
 import type { Run } from "./measure.js";
-import { CountingMemory, GUEST_RAM, type VhostWorkerFiles } from "./rigs.js";
+import { CountingMemory, GUEST_RAM, type VhostWorkerFiles, vhostBlkDevice } from "./rigs.js";
 
 /** The modes the vCPU lab runs. */
 export type LabMode = "ata" | "virtio-v2" | "virtio-v1" | "vhost" | "vhost-msi" | "passthrough";
@@ -167,28 +165,8 @@ function vmmSide(
       const memory = new GuestMemoryMap([
         { guestBase: 0, size: GUEST_RAM, buffer: ram, byteOffset: 0 },
       ]);
-      const disk: DiskSpec = { kind: "memory", buffer: image };
-      const args: VhostBlkArgs = {
-        // The worker opens the disk itself, through backend-disk's built module.
-        backend: {
-          module: String(files?.backendDisk ?? import.meta.resolve("@virtio-ts/backend-disk/node")),
-          export: "openDisk",
-          args: disk,
-        },
-        disk: describeDisk(disk),
-        device: { queueSize: 256 },
-      };
       // The call doorbell is the vCPU's own interrupt line: irqfd, no VMM thread in between.
-      const dev = new VhostDevice({
-        description: blkDescription(args),
-        call: irq,
-        worker: {
-          module: files?.blkModule ?? new URL("./blk.js", import.meta.resolve("@virtio-ts/vhost")),
-          export: "createBlkModel",
-          args,
-        },
-        ...(files === undefined ? {} : { script: files.script }),
-      });
+      const dev = vhostBlkDevice(image, files, irq);
       const mmio = new MmioDevice(dev, { memory, interrupt: inject });
       return {
         handler: {
