@@ -3,7 +3,6 @@
 // the ring many times; then the disk grows under the running guest and the new capacity
 // reaches it through the back-end request channel (CONFIG_CHANGE_MSG → GET_CONFIG → config
 // interrupt). The messages QEMU sent are recorded for docs/real-guest.md's table.
-import { createHash } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -12,6 +11,7 @@ import { BlkDevice, type BlockBackend } from "@virtio-ts/devices";
 import { explainGuest, type KernelInfo, requireTools, startGuest } from "@virtio-ts/interop";
 import { VhostUserBlkBackend, type VhostUserError } from "@virtio-ts/vhost-user";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { md5, pattern } from "./helpers/pattern.js";
 
 /** Hang guard only: the test may first wait for other suites' guests (one runs at a time). */
 const BOOT_TEST_TIMEOUT = 300_000;
@@ -52,20 +52,6 @@ class GrowableDisk implements BlockBackend {
     return this.inner.writeZeroes(sector, count, unmap);
   }
 }
-
-function pattern(n: number, seed: number): Uint8Array {
-  const b = new Uint8Array(n);
-  let x = seed >>> 0 || 1;
-  for (let i = 0; i < n; i++) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    b[i] = x & 0xff;
-  }
-  return b;
-}
-
-const md5 = (b: Uint8Array): string => createHash("md5").update(b).digest("hex");
 
 describe("a Linux guest on our vhost-user-blk back-end with packed=on", () => {
   it(

@@ -8,7 +8,6 @@
 // the guest would hang. The new back-end serves it again, and the workload finishes with
 // every write on disk and no I/O error.
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
-import { createHash } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -16,6 +15,7 @@ import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { explainGuest, type KernelInfo, requireTools, startGuest } from "@virtio-ts/interop";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { md5, pattern } from "./helpers/pattern.js";
 
 const BOOT_TEST_TIMEOUT = 300_000;
 const IMAGE = 16 << 20;
@@ -78,20 +78,6 @@ function startServer(sock: string, img: string, holdAfter?: number): Server {
     },
   };
 }
-
-function pattern(n: number, seed: number): Uint8Array {
-  const b = new Uint8Array(n);
-  let x = seed >>> 0 || 1;
-  for (let i = 0; i < n; i++) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    b[i] = x & 0xff;
-  }
-  return b;
-}
-
-const md5 = (b: Uint8Array): string => createHash("md5").update(b).digest("hex");
 
 describe("SIGKILL of our vhost-user-blk back-end under a guest's write workload", () => {
   it(

@@ -5,7 +5,6 @@
 // our host side connects to the C program listening in the guest and gets its echo. Both
 // transfers pass the sockets' credit many times over (flow control, §5.10.6.3).
 import { execFileSync } from "node:child_process";
-import { createHash } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -14,6 +13,7 @@ import { VsockDevice, type VsockStream } from "@virtio-ts/devices";
 import { explainGuest, type KernelInfo, requireTools, startGuest } from "@virtio-ts/interop";
 import { type VhostUserError, VhostUserVsockBackend } from "@virtio-ts/vhost-user";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { md5, pattern } from "./helpers/pattern.js";
 
 const BOOT_TEST_TIMEOUT = 300_000;
 const GUEST_CID = 7;
@@ -37,20 +37,6 @@ beforeAll(() => {
   program = new Uint8Array(readFileSync(out));
 });
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
-
-function pattern(n: number, seed: number): Uint8Array {
-  const b = new Uint8Array(n);
-  let x = seed >>> 0 || 1;
-  for (let i = 0; i < n; i++) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    b[i] = x & 0xff;
-  }
-  return b;
-}
-
-const md5 = (b: Uint8Array): string => createHash("md5").update(b).digest("hex");
 
 /** Everything a stream receives until the guest's end of stream. */
 function readAll(s: VsockStream): Promise<Uint8Array> {
