@@ -14,6 +14,7 @@ import {
 } from "@virtio-ts/spec";
 import type { DeviceContext, DeviceModel } from "@virtio-ts/transport";
 import { DescriptorChain } from "@virtio-ts/virtqueue";
+import { defaultTimer } from "./host-timer.js";
 
 /** A range of guest-physical RAM the balloon may take pages from (4096-aligned). */
 export interface BalloonRamRange {
@@ -303,25 +304,6 @@ class PageBitmap {
     }
     if (start >= 0) fn(start, this.pages - start);
   }
-}
-
-interface TimerGlobals {
-  setTimeout?(fn: () => void, ms: number): unknown;
-  clearTimeout?(handle: unknown): void;
-}
-
-function defaultTimer(): BalloonTimer {
-  const g = globalThis as TimerGlobals;
-  const set = g.setTimeout;
-  const clear = g.clearTimeout;
-  if (set === undefined || clear === undefined) {
-    throw new TypeError("options.timer is required: globalThis.setTimeout is missing");
-  }
-  return {
-    now: () => Date.now(),
-    schedule: (fn, ms) => set(fn, ms),
-    cancel: (h) => clear(h),
-  };
 }
 
 function ramRanges(ram: BalloonDeviceOptions["ram"]): BalloonRamRange[] {

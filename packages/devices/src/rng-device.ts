@@ -2,6 +2,7 @@ import { type GuestMemory, VirtioError } from "@virtio-ts/memory";
 import { DeviceId, Feature, featureMask, RngQueue } from "@virtio-ts/spec";
 import type { DeviceContext, DeviceModel } from "@virtio-ts/transport";
 import { DescriptorChain } from "@virtio-ts/virtqueue";
+import { defaultTimer } from "./host-timer.js";
 import { CryptoEntropySource, type EntropySource } from "./rng-backend.js";
 
 /** The largest `maxRequestBytes` a {@link RngDevice} accepts (1 MiB). */
@@ -95,25 +96,6 @@ export interface RngDeviceStats {
   throttled: number;
   /** Entropy source failures (the request is returned with length 0). */
   sourceErrors: number;
-}
-
-interface TimerGlobals {
-  setTimeout?(fn: () => void, ms: number): unknown;
-  clearTimeout?(handle: unknown): void;
-}
-
-function defaultTimer(): RngTimer {
-  const g = globalThis as TimerGlobals;
-  const set = g.setTimeout;
-  const clear = g.clearTimeout;
-  if (set === undefined || clear === undefined) {
-    throw new TypeError("options.timer is required: globalThis.setTimeout is missing");
-  }
-  return {
-    now: () => Date.now(),
-    schedule: (fn, ms) => set(fn, ms),
-    cancel: (h) => clear(h),
-  };
 }
 
 /** Tokens the bucket waits for before it retries (avoids waking up for a few bytes). */
