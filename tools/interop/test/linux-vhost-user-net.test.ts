@@ -17,6 +17,8 @@ import {
   type GuestHandle,
   type GuestResult,
   type KernelInfo,
+  macText,
+  Responder,
   requireTools,
   startGuest,
   tsharkFields,
@@ -25,7 +27,6 @@ import { sniff } from "@virtio-ts/interpose";
 import { PcapngWriter } from "@virtio-ts/interpose/node";
 import { type VhostUserError, VhostUserNetBackend } from "@virtio-ts/vhost-user";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { macText, Responder } from "./helpers/responder.js";
 
 const BOOT_TEST_TIMEOUT = 420_000;
 const A_MAC = "52:54:00:12:34:56";
@@ -57,7 +58,7 @@ describe("a Linux guest on our vhost-user-net back-end (NetDevice on a Switch po
       const bPcap = join(dir, "guest-b.pcap");
       const capture = new PcapngWriter(vuPcap, { interfaces: ["vhost-user"], flushIntervalMs: 0 });
       // The TS peer at 10.0.2.2.
-      const responder = new Responder(TS_MAC, [10, 0, 2, 2]);
+      const responder = new Responder(TS_MAC, [10, 0, 2, 2], { record: true });
       const nic = createTsNic(sw.createPort({ name: "ts" }), {
         mac: TS_MAC,
         onFrame(frame, n) {

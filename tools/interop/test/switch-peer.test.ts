@@ -12,11 +12,12 @@ import {
   explainGuest,
   type GuestMachine,
   type KernelInfo,
+  macText,
+  Responder,
   requireTools,
   runGuest,
   tsharkFields,
 } from "../src/index.js";
-import { macText, Responder } from "./helpers/responder.js";
 
 const GUEST_MAC = "52:54:00:12:34:56";
 const TS_MAC = new Uint8Array([0x52, 0x54, 0x00, 0x00, 0x00, 0x02]);
@@ -159,7 +160,7 @@ describe.each(cases)("a QEMU Linux guest joins our Switch over $name", (c) => {
       const qemuPcap = join(dir, `qemu-${tag}.pcap`);
       const sw = new Switch();
       const capture = new PcapngWriter(ourPcap, { interfaces: ["ts-nic"], flushIntervalMs: 0 });
-      const responder = new Responder(TS_MAC, TS_IP);
+      const responder = new Responder(TS_MAC, TS_IP, { record: true });
       const replyFailures: string[] = [];
       const nic = createTsNic(sniff(sw.createPort({ name: "ts-nic" }), capture), {
         mac: TS_MAC,

@@ -64,8 +64,8 @@ const HTML = `<!doctype html>
 
 /**
  * The page's JavaScript: `src/browser/page.ts` bundled by esbuild for the browser. Packages
- * whose root entry also exports Node-only code are bundled from the one module the page uses:
- * `@virtio-ts/interop` from `ts-nic.ts` (its root imports `node:fs` / `node:net`); everything
+ * whose root entry also exports Node-only code are bundled from their browser-safe part:
+ * `@virtio-ts/interop` from `browser.ts` (its root imports `node:fs` / `node:net`); everything
  * else, the browser-safe roots of backend-disk and backend-net included, resolves through the
  * packages' `source` export condition.
  */
@@ -74,7 +74,7 @@ export async function bundlePage(): Promise<string> {
   const here = dirname(fileURLToPath(import.meta.url));
   const root = join(here, "..", "..", "..");
   const narrow: Record<string, string> = {
-    "@virtio-ts/interop": join(root, "tools/interop/src/ts-nic.ts"),
+    "@virtio-ts/interop": join(root, "tools/interop/src/browser.ts"),
   };
   const r = await build({
     entryPoints: [join(here, "..", "src", "browser", "page.ts")],
