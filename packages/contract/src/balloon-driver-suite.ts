@@ -19,13 +19,12 @@ import {
   type ContractCheck,
   type ContractSuite,
   type ContractTransport,
-  ContractViolation,
   expectEqual,
   expectThat,
 } from "./contract.js";
 import type { DriverEnv, GuestRange } from "./driver-env.js";
 import { type BusEvent, checkInit, joinFeatureWords } from "./init-order.js";
-import { type DriverSide, driverSide } from "./rig-link.js";
+import { attachDriver, type DriverSide, driverSide } from "./rig-link.js";
 import { TapModel } from "./tap.js";
 import { MAX_TURNS, macrotask } from "./wait.js";
 
@@ -165,22 +164,9 @@ async function rig(
   kind: ContractTransport,
 ): Promise<BalloonDriverRig> {
   const r = new BalloonDriverRig(adapter, kind);
-  const s = r.side;
-  try {
-    await adapter.attach(s.transport(), r.memory, {
-      transport: kind,
-      bus: s.bus,
-      pci: s.pci,
-      region: REGION,
-      pages: PAGES,
-    });
-  } catch (e) {
-    throw new ContractViolation(
-      "attach",
-      "the driver initialises the device",
-      e instanceof Error ? `${e.name}: ${e.message}` : String(e),
-    );
-  }
+  await attachDriver(r.side, kind, REGION, (t, env) =>
+    adapter.attach(t, r.memory, { ...env, pages: PAGES }),
+  );
   await r.run(() => false, 5);
   return r;
 }

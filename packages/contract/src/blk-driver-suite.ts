@@ -28,7 +28,7 @@ import {
 import type { DriverEnv } from "./driver-env.js";
 import { type BusEvent, checkInit, joinFeatureWords } from "./init-order.js";
 import { RecordingDisk } from "./recording-disk.js";
-import { type DriverSide, driverSide } from "./rig-link.js";
+import { attachDriver, type DriverSide, driverSide } from "./rig-link.js";
 import { TapModel } from "./tap.js";
 import { MAX_TURNS, macrotask } from "./wait.js";
 
@@ -92,13 +92,11 @@ class DriverRig {
   readonly events: BusEvent[] = [];
   readonly violations: Violation[] = [];
   readonly adapter: BlkDriverAdapter;
-  readonly kind: ContractTransport;
   /** Requests seen by type. */
   readonly seen = new Map<number, number>();
   readonly #driverFeatures = [0, 0, 0, 0];
 
   constructor(adapter: BlkDriverAdapter, kind: ContractTransport, o: RigOptions) {
-    this.kind = kind;
     this.adapter = adapter;
     this.disk = new RecordingDisk(
       testImage(SECTORS),
@@ -203,16 +201,6 @@ class DriverRig {
     }
   }
 
-  async attach(): Promise<void> {
-    const s = this.side;
-    await this.adapter.attach(s.transport(), this.memory, {
-      transport: this.kind,
-      bus: s.bus,
-      pci: s.pci,
-      region: REGION,
-    });
-  }
-
   /** Run the device and the driver's interrupt handler until `p` settles (bounded). */
   async settle<T>(p: Promise<T>, what: string): Promise<T> {
     let done = false;
@@ -245,15 +233,7 @@ async function rig(
   o: RigOptions = {},
 ): Promise<DriverRig> {
   const r = new DriverRig(adapter, kind, o);
-  try {
-    await r.attach();
-  } catch (e) {
-    throw new ContractViolation(
-      "attach",
-      "the driver initialises the device",
-      e instanceof Error ? `${e.name}: ${e.message}` : String(e),
-    );
-  }
+  await attachDriver(r.side, kind, REGION, (t, env) => adapter.attach(t, r.memory, env));
   return r;
 }
 

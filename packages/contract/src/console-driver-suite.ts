@@ -20,7 +20,7 @@ import {
 } from "./contract.js";
 import type { DriverEnv } from "./driver-env.js";
 import { type BusEvent, checkInit, joinFeatureWords } from "./init-order.js";
-import { type DriverSide, driverSide } from "./rig-link.js";
+import { attachDriver, type DriverSide, driverSide } from "./rig-link.js";
 import { TapModel } from "./tap.js";
 import { MAX_TURNS, macrotask } from "./wait.js";
 
@@ -158,21 +158,7 @@ async function rig(
   kind: ContractTransport,
 ): Promise<ConsoleDriverRig> {
   const r = new ConsoleDriverRig(adapter, kind);
-  const s = r.side;
-  try {
-    await adapter.attach(s.transport(), r.memory, {
-      transport: kind,
-      bus: s.bus,
-      pci: s.pci,
-      region: REGION,
-    });
-  } catch (e) {
-    throw new ContractViolation(
-      "attach",
-      "the driver initialises the device",
-      e instanceof Error ? `${e.name}: ${e.message}` : String(e),
-    );
-  }
+  await attachDriver(r.side, kind, REGION, (t, env) => adapter.attach(t, r.memory, env));
   await r.run(undefined, 8);
   return r;
 }

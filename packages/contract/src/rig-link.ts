@@ -28,7 +28,8 @@ import {
   type VirtioDeviceCore,
   VirtioPciDevice,
 } from "@virtio-ts/transport";
-import type { ContractTransport } from "./contract.js";
+import { type ContractTransport, ContractViolation } from "./contract.js";
+import type { DriverEnv, GuestRange } from "./driver-env.js";
 import type { BusEvent } from "./init-order.js";
 
 /** A driver transport the rigs initialise devices with (either kind). */
@@ -125,6 +126,32 @@ export interface DriverSide {
   interruptPending(): boolean;
   /** The offered feature bits 0–63, read through the registers as a driver would. */
   offeredFeatures(): bigint;
+}
+
+/**
+ * Hand the driver under test a fresh transport over `side` and its {@link DriverEnv}, as every
+ * driver suite starts: a throw or rejection from `attach` is the "attach" violation (the driver
+ * did not initialise the device).
+ * @param side - the suite's driver side
+ * @param kind - the transport of this run
+ * @param region - the guest memory the driver may use
+ * @param attach - the adapter's `attach`, given the transport and the environment
+ */
+export async function attachDriver(
+  side: DriverSide,
+  kind: ContractTransport,
+  region: GuestRange,
+  attach: (transport: RigDriverTransport, env: DriverEnv) => Promise<void> | void,
+): Promise<void> {
+  try {
+    await attach(side.transport(), { transport: kind, bus: side.bus, pci: side.pci, region });
+  } catch (e) {
+    throw new ContractViolation(
+      "attach",
+      "the driver initialises the device",
+      e instanceof Error ? `${e.name}: ${e.message}` : String(e),
+    );
+  }
 }
 
 /** What a driver register access means for the §3.1.1 check. */

@@ -17,7 +17,7 @@ import {
 } from "./contract.js";
 import type { DriverEnv } from "./driver-env.js";
 import { type BusEvent, checkInit, joinFeatureWords } from "./init-order.js";
-import { type DriverSide, driverSide } from "./rig-link.js";
+import { attachDriver, type DriverSide, driverSide } from "./rig-link.js";
 import { TapModel } from "./tap.js";
 import { MAX_TURNS, macrotask } from "./wait.js";
 
@@ -150,21 +150,7 @@ async function rig(
   o: RigOptions = {},
 ): Promise<RngDriverRig> {
   const r = new RngDriverRig(adapter, kind, o);
-  const s = r.side;
-  try {
-    await adapter.attach(s.transport(), r.memory, {
-      transport: kind,
-      bus: s.bus,
-      pci: s.pci,
-      region: REGION,
-    });
-  } catch (e) {
-    throw new ContractViolation(
-      "attach",
-      "the driver initialises the device",
-      e instanceof Error ? `${e.name}: ${e.message}` : String(e),
-    );
-  }
+  await attachDriver(r.side, kind, REGION, (t, env) => adapter.attach(t, r.memory, env));
   return r;
 }
 
