@@ -770,7 +770,7 @@ function gather(
   slot: Slot,
 ): void {
   const iov = slot.iov;
-  iov.length = 0;
+  let k = 0;
   const from = writable ? chain.readableCount : 0;
   const to = writable ? chain.count : chain.readableCount;
   let skip = offset;
@@ -782,10 +782,11 @@ function gather(
       continue;
     }
     const n = Math.min(segLen - skip, left);
-    for (const v of mem.sg(chain.addrs[i]! + skip, n, slot.tmp, writable ? "write" : "read")) {
-      iov.push(v);
-    }
+    const views = mem.sg(chain.addrs[i]! + skip, n, slot.tmp, writable ? "write" : "read");
+    for (let j = 0; j < views.length; j++) iov[k++] = views[j]!;
     left -= n;
     skip = 0;
   }
+  // Only a changed count touches `length` (its setter is a builtin call on every request).
+  if (iov.length !== k) iov.length = k;
 }

@@ -128,6 +128,28 @@ describe("BlkDevice requests", () => {
     expect(h.backend.calls[0]).toEqual({ op: "read", sector: 10, bytes: 1536, segments: 2 });
   });
 
+  it("a request reusing a slot gets exactly its own segments, not the previous request's", async () => {
+    const h = new Harness();
+    h.backend.bytes.set(
+      sectorsOf(4, (i) => i + 11),
+      0,
+    );
+    // Three data descriptors, then one, then two: each back-end call sees only its own views
+    // (the device reuses one iovec array per slot and trims it).
+    const a = await h.run(T.IN, 0, { inLens: [512, 512, 1024] });
+    const b = await h.run(T.IN, 1, { inLens: [512] });
+    const c = await h.run(T.IN, 2, { inLens: [512, 512] });
+    expect([a.len, b.len, c.len]).toEqual([2049, 513, 1025]);
+    expect(h.backend.calls).toEqual([
+      { op: "read", sector: 0, bytes: 2048, segments: 3 },
+      { op: "read", sector: 1, bytes: 512, segments: 1 },
+      { op: "read", sector: 2, bytes: 1024, segments: 2 },
+    ]);
+    const got = new Uint8Array(512);
+    h.memory.read(b.req.data, got);
+    expect(got).toEqual(h.backend.bytes.subarray(512, 1024));
+  });
+
   it("OUT with data split across header and data descriptors at odd boundaries is gathered in order", async () => {
     const h = new Harness();
     const hdr = h.alloc(16 + 512);

@@ -186,7 +186,8 @@ interface Request {
   readonly resolve: (value: Uint8Array | undefined) => void;
   readonly reject: (e: unknown) => void;
   hdr: number;
-  readonly slots: number[];
+  /** Data slots while on the ring ({@link NO_SLOTS} otherwise). */
+  slots: number[];
   /** Index in the driver's list of requests on the ring, -1 when not on it. */
   live: number;
 }
@@ -240,6 +241,9 @@ export class BlkDriver {
   readonly #writable: MutableSegment[] = [];
   readonly #segs: MutableSegment[] = [];
   #nSeg = 0;
+  /** Entries of `#readable` / `#writable` filled for the request being started. */
+  #nReadable = 0;
+  #nWritable = 0;
   /** A kick is queued for the end of this task (see `#kick`). */
   #kickQueued = false;
   /** `max_discard_sectors` / `max_write_zeroes_sectors` (0 when not negotiated). */
@@ -722,7 +726,7 @@ export class BlkDriver {
         resolve,
         reject,
         hdr: -1,
-        slots: [],
+        slots: NO_SLOTS,
         live: -1,
       };
       // Strict FIFO: nothing overtakes a waiting request.
@@ -747,17 +751,19 @@ export class BlkDriver {
     mem.writeU8(hdr + HDR_STATUS, 0xff);
     const readable = this.#readable;
     const writable = this.#writable;
-    readable.length = 0;
-    writable.length = 0;
     this.#nSeg = 0;
+    this.#nReadable = 0;
+    this.#nWritable = 0;
     this.#seg(readable, hdr, BlkOutHdr.SIZE);
     if (dataBased) {
       const data = req.type === BlkRequestType.OUT ? readable : writable;
       let left = req.length;
       let off = 0;
+      const slots: number[] = [];
+      req.slots = slots;
       while (left > 0) {
         const slot = this.#slab.alloc() as number;
-        req.slots.push(slot);
+        slots.push(slot);
         const inSlot = Math.min(left, this.#slab.slotSize);
         if (req.out !== undefined) {
           mem.write(
@@ -779,6 +785,10 @@ export class BlkDriver {
     }
     // §5.2.6: the status byte is the last device-writable byte.
     this.#seg(writable, hdr + HDR_STATUS, 1);
+    // The scratch lists keep their length from request to request (usually the same): only a
+    // change pays the `length` setter.
+    if (readable.length !== this.#nReadable) readable.length = this.#nReadable;
+    if (writable.length !== this.#nWritable) writable.length = this.#nWritable;
     req.hdr = hdr;
     if (!this.#q.add(readable, writable, req)) {
       this.#release(req);
@@ -801,14 +811,16 @@ export class BlkDriver {
     this.#nSeg++;
     s.addr = addr;
     s.len = len;
-    list.push(s);
+    if (list === this.#readable) list[this.#nReadable++] = s;
+    else list[this.#nWritable++] = s;
   }
 
   #release(req: Request): void {
     if (req.hdr >= 0) this.#slab.free(req.hdr);
-    for (const s of req.slots) this.#slab.free(s);
+    const slots = req.slots;
     req.hdr = -1;
-    req.slots.length = 0;
+    req.slots = NO_SLOTS;
+    for (const s of slots) this.#slab.free(s);
   }
 
   /**
@@ -900,6 +912,9 @@ export class BlkDriver {
     }
   }
 }
+
+/** The `slots` of a request holding none: shared and frozen, so a stray push throws. */
+const NO_SLOTS = Object.freeze([]) as unknown as number[];
 
 function checkSector(sector: number): void {
   if (!Number.isSafeInteger(sector) || sector < 0) {

@@ -447,12 +447,15 @@ export class GuestMemoryMap implements GuestMemory {
   /** {@inheritDoc GuestMemory.sg} */
   sg(addr: number, len: number, out: Uint8Array[] = [], access: AccessKind = "read"): Uint8Array[] {
     if (!isLength(len)) throw lengthError("len", len);
-    out.length = 0;
     const r0 = this.#within(addr, len);
     if (r0 !== undefined && !(access === "write" && r0.readOnly)) {
-      out.push(new Uint8Array(r0.buffer, r0.byteOffset + (addr - r0.guestBase), len));
+      // Set the length only when it changes: a reused one-view array (every call of a device's
+      // hot path) would otherwise pay the `length` setter builtin twice per call.
+      if (out.length !== 1) out.length = 1;
+      out[0] = new Uint8Array(r0.buffer, r0.byteOffset + (addr - r0.guestBase), len);
       return out;
     }
+    out.length = 0;
     if (!isAddress(addr) || !this.#spans(addr, len, access)) {
       throw this.#fail(addr, len, access, false);
     }
