@@ -169,7 +169,7 @@ export interface SharedDoorbellHandle {
 
 /**
  * A doorbell across threads: one Int32 word in a SharedArrayBuffer. `ring` is `Atomics.add`
- * then `Atomics.notify`; `take` is `Atomics.exchange(…, 0)`; `waitSync` is `Atomics.wait` (a
+ * then, if the word was 0, `Atomics.notify`; `take` is `Atomics.exchange(…, 0)`; `waitSync` is `Atomics.wait` (a
  * worker, or Node's main thread) and `wait` is `Atomics.waitAsync` (any thread, including a
  * browser's main thread). Waiting compares the word with 0 atomically inside the wait, so a ring
  * between a check and the sleep is never lost.
@@ -230,9 +230,11 @@ export class SharedDoorbell implements Doorbell {
   ring(count = 1): void {
     checkCount(count);
     // seq-cst add: everything this thread wrote before (ring indices, buffers) is visible to a
-    // thread that observes the new value. Then wake every sleeper on the word.
-    Atomics.add(this.word, 0, count);
-    Atomics.notify(this.word, 0);
+    // thread that observes the new value. Then wake every sleeper on the word, unless the word
+    // was already non-zero: a waiter sleeps only while the word is 0, and the ring that made it
+    // non-zero woke every sleeper of that time (an eventfd write to a non-zero counter wakes
+    // nobody either). Atomics.notify takes a process-wide lock even with no waiter.
+    if (Atomics.add(this.word, 0, count) === 0) Atomics.notify(this.word, 0);
   }
 
   /** @inheritdoc */
