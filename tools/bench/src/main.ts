@@ -1,6 +1,6 @@
 // virtio-ts benchmarks. Every figure is printed beside a baseline measured in the same run.
 //
-//   node [--expose-gc] tools/bench/dist/main.js [split] [packed] [heap] [blk] [vhost] [net] [vhost-net] [interpose] [log-open] [guest-dd] [balloon] [--quick]
+//   node [--expose-gc] tools/bench/dist/main.js [split] [packed] [heap] [blk] [vhost] [wake] [net] [vhost-net] [interpose] [log-open] [guest-dd] [balloon] [--quick]
 //
 // split: split-ring round trips per second, one thread and two workers with Atomics doorbells,
 //        beside c/split_ring.c (same shape) compiled with gcc in this run; ratio TS / C.
@@ -10,6 +10,9 @@
 //        the same file, queue depth 1 and 32; ratio TS path / raw.
 // vhost: the blk workload at depth 32 with the device in the VMM thread vs in a vhost worker
 //        (Atomics kick/call), beside raw positional reads in the same run; ratio to raw.
+// wake:  the cost of one cross-thread wake-up (a kick or an interrupt that finds the other side
+//        asleep): SharedDoorbell ping-pong between two workers and between the main thread
+//        (Atomics.waitAsync) and a worker, beside c/wake.c (two pthreads, futex) in this run.
 // vhost-net: 64 B and 1500 B frames A -> Switch -> B with the NetDevices in the VMM thread vs in
 //        vhost workers (SharedArrayBuffer frame channels to the VMM-side Switch port).
 // net:   64 B and 1500 B frames NetDriver A -> MMIO -> NetDevice -> Switch -> NetDevice -> NetDriver B,
@@ -58,6 +61,7 @@ import {
 } from "./split-workload.js";
 import { vhostBench } from "./vhost.js";
 import { vhostNetBench } from "./vhost-net.js";
+import { wakeBench } from "./wake.js";
 
 const args = process.argv.slice(2);
 const quick = args.includes("--quick");
@@ -359,6 +363,7 @@ const benches: Record<string, () => Promise<void>> = {
     await blkBench(quick, REPS);
   },
   vhost: () => vhostBench(quick),
+  wake: () => wakeBench(quick, REPS),
   "vhost-net": () => vhostNetBench(quick, REPS),
   net: async () => {
     await netBench(quick, REPS);
