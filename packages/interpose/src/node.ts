@@ -77,5 +77,6 @@ export {
   XTS_SECTOR_BYTES,
   XtsAes256,
   type XtsEngine,
+  type XtsJob,
   type XtsOptions,
 } from "./xts.js";

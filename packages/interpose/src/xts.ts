@@ -1,5 +1,6 @@
 import { type Cipher, createCipheriv, createDecipheriv, type Decipher } from "node:crypto";
 import { endianness } from "node:os";
+import { XTS_SIMD_WASM_BASE64 } from "./xts-simd-wasm.js";
 
 /** Bytes of an XTS-AES-256 key: Key1 (data, 32 bytes) followed by Key2 (tweak, 32 bytes). */
 export const XTS_KEY_BYTES = 64;
@@ -12,22 +13,42 @@ export const XTS_SECTOR_BYTES = 512;
 
 /**
  * How {@link XtsAes256} computes XTS:
+ * - `"tweak-ecb-wasm"`: as `"tweak-ecb"`, with the tweak sequence and the XORs in a
+ *   241-byte WebAssembly module (SIMD, `xts-simd.wat`): about 2× faster than `"tweak-ecb"`
+ *   per 4 KiB. Works on any host byte order. The default where WebAssembly SIMD is available
+ *   (Node 16.4+).
  * - `"tweak-ecb"`: the tweaks (`E_K2(i) ⊗ α^j`, IEEE 1619-2007 §5.2) are computed in
  *   JavaScript, and the AES work runs as one long-lived OpenSSL AES-256-ECB context per key and
  *   direction over up to 128 sectors at once. About 2.5× faster than `"openssl-xts"` because
  *   node:crypto cannot re-key an XTS context with a new tweak: it needs a fresh
  *   `createCipheriv` (≈3 µs) for every sector. Needs a little-endian host (the tweak words are
- *   read through a `Uint32Array`); the default there.
+ *   read through a `Uint32Array`); the default there when WebAssembly SIMD is missing.
  * - `"openssl-xts"`: node:crypto `aes-256-xts` with one `createCipheriv` per sector and the
  *   sector's plain64 tweak as IV. The reference; the default on big-endian hosts.
  *
  * Both produce identical bytes (tested against each other and the IEEE 1619 vectors).
  */
-export type XtsEngine = "tweak-ecb" | "openssl-xts";
+export type XtsEngine = "tweak-ecb-wasm" | "tweak-ecb" | "openssl-xts";
+
+/**
+ * One request of an {@link XtsAes256.encryptBatch} / {@link XtsAes256.decryptBatch}: whole
+ * sectors from `src` into `dst`, the first with tweak `firstSector`.
+ */
+export interface XtsJob {
+  /** Input, a multiple of 512 bytes (may be guest memory: read once). */
+  readonly src: Uint8Array;
+  /** Output, as long as `src`; may be `src` itself, must not overlap another job's arrays. */
+  readonly dst: Uint8Array;
+  /** The plain64 tweak of the first sector. */
+  readonly firstSector: number;
+}
 
 /** Options of {@link XtsAes256}. */
 export interface XtsOptions {
-  /** Which implementation to use. Default `"tweak-ecb"` on little-endian hosts. */
+  /**
+   * Which implementation to use. Default `"tweak-ecb-wasm"` where WebAssembly SIMD is
+   * available, else `"tweak-ecb"` on little-endian hosts, else `"openssl-xts"`.
+   */
   readonly engine?: XtsEngine;
 }
 
@@ -37,6 +58,62 @@ const CHUNK_BYTES = CHUNK_SECTORS * XTS_SECTOR_BYTES;
 const BLOCKS_PER_SECTOR = XTS_SECTOR_BYTES / 16;
 const TWO_32 = 2 ** 32;
 const LITTLE_ENDIAN_HOST = endianness() === "LE";
+
+/** The xts-simd.wat exports over one instance's memory (its layout is documented there). */
+interface XtsSimd {
+  /** Up to 128 encrypted seeds E_K2(i), 16 bytes each. */
+  readonly seeds: Uint8Array;
+  readonly seedsView: DataView;
+  /** The data being transformed (up to 128 sectors). */
+  readonly data: Uint8Array;
+  /** Fill the tweaks of the first `n` seeds. */
+  readonly tweaks: (n: number) => void;
+  /** XOR the first `bytes` bytes of `data` with their tweaks. */
+  readonly xorT: (bytes: number) => void;
+}
+
+const SIMD_SEEDS = 0;
+const SIMD_DATA = 69_632;
+
+/** The part of the WebAssembly JS API used here (the ES2022 lib declares none of it). */
+interface WasmApi {
+  validate(bytes: Uint8Array): boolean;
+  Module: new (bytes: Uint8Array) => object;
+  Instance: new (module: object) => { readonly exports: unknown };
+}
+const wasmApi = (globalThis as { WebAssembly?: WasmApi }).WebAssembly;
+
+/** The compiled module, once per process; null where WebAssembly SIMD is unavailable. */
+let simdModule: object | null | undefined;
+
+function loadSimd(): object | null {
+  if (simdModule === undefined) {
+    try {
+      const bytes = Buffer.from(XTS_SIMD_WASM_BASE64, "base64");
+      // validate() is false where the engine lacks SIMD (the module uses v128).
+      simdModule = wasmApi?.validate(bytes) === true ? new wasmApi.Module(bytes) : null;
+    } catch {
+      simdModule = null;
+    }
+  }
+  return simdModule;
+}
+
+function instantiateSimd(module: object): XtsSimd {
+  const e = new wasmApi!.Instance(module).exports as {
+    memory: { readonly buffer: ArrayBuffer };
+    tweaks: (n: number) => void;
+    xorT: (bytes: number) => void;
+  };
+  const buf = e.memory.buffer;
+  return {
+    seeds: new Uint8Array(buf, SIMD_SEEDS, CHUNK_SECTORS * 16),
+    seedsView: new DataView(buf, SIMD_SEEDS, CHUNK_SECTORS * 16),
+    data: new Uint8Array(buf, SIMD_DATA, CHUNK_BYTES),
+    tweaks: e.tweaks,
+    xorT: e.xorT,
+  };
+}
 
 /** A Uint32Array over `words` words of `b` from byte `at`, if that is 4-aligned. */
 function words32(b: Uint8Array, at: number, words: number): Uint32Array | undefined {
@@ -95,13 +172,16 @@ export class XtsAes256 {
   readonly #pp32 = new Uint32Array(this.#pp.buffer);
   // openssl-xts: the 16-byte IV, rewritten per sector.
   readonly #iv = Buffer.alloc(16);
+  // tweak-ecb-wasm: this instance's module memory and exports.
+  readonly #simd: XtsSimd | undefined;
 
   /**
    * @param key - 64 bytes: Key1 (AES-256 data key) then Key2 (AES-256 tweak key); copied
    * @param options - the engine
    * @throws RangeError naming `key` when it is not 64 bytes or its halves are equal (SP 800-38E
    *   and FIPS 140 implementation guidance require Key1 ≠ Key2; OpenSSL refuses it too), or
-   *   naming `options.engine` for tweak-ecb on a big-endian host
+   *   naming `options.engine` for tweak-ecb on a big-endian host or tweak-ecb-wasm where
+   *   WebAssembly SIMD is missing
    */
   constructor(key: Uint8Array, options: XtsOptions = {}) {
     if (!(key instanceof Uint8Array) || key.length !== XTS_KEY_BYTES) {
@@ -115,16 +195,25 @@ export class XtsAes256 {
     if (Buffer.compare(k1, k2) === 0) {
       throw new RangeError("key: its two 32-byte halves (Key1, Key2) must differ (SP 800-38E)");
     }
-    const engine = options.engine ?? (LITTLE_ENDIAN_HOST ? "tweak-ecb" : "openssl-xts");
-    if (engine !== "tweak-ecb" && engine !== "openssl-xts") {
-      throw new RangeError(`options.engine must be "tweak-ecb" or "openssl-xts", got ${engine}`);
+    const module = loadSimd();
+    const engine =
+      options.engine ??
+      (module !== null ? "tweak-ecb-wasm" : LITTLE_ENDIAN_HOST ? "tweak-ecb" : "openssl-xts");
+    if (engine !== "tweak-ecb-wasm" && engine !== "tweak-ecb" && engine !== "openssl-xts") {
+      throw new RangeError(
+        `options.engine must be "tweak-ecb-wasm", "tweak-ecb" or "openssl-xts", got ${engine}`,
+      );
     }
     if (engine === "tweak-ecb" && !LITTLE_ENDIAN_HOST) {
       throw new RangeError('options.engine "tweak-ecb" needs a little-endian host');
     }
+    if (engine === "tweak-ecb-wasm" && module === null) {
+      throw new RangeError('options.engine "tweak-ecb-wasm" needs WebAssembly SIMD');
+    }
     this.engine = engine;
     this.#key = Buffer.from(key);
-    if (engine === "tweak-ecb") {
+    this.#simd = engine === "tweak-ecb-wasm" ? instantiateSimd(module!) : undefined;
+    if (engine !== "openssl-xts") {
       this.#enc1 = createCipheriv("aes-256-ecb", k1, null).setAutoPadding(false);
       this.#dec1 = createDecipheriv("aes-256-ecb", k1, null).setAutoPadding(false);
       this.#enc2 = createCipheriv("aes-256-ecb", k2, null).setAutoPadding(false);
@@ -154,17 +243,42 @@ export class XtsAes256 {
     this.#run(src, dst, firstSector, false);
   }
 
+  /**
+   * Encrypt several requests at once: the same bytes as one {@link XtsAes256.encrypt} per
+   * job, with the AES calls shared. node:crypto charges about 1.5 µs per `update` call beyond
+   * the AES work, so requests that arrive together (a queue's batch) are cheaper together:
+   * the tweak-ecb-wasm engine packs jobs into runs of up to 128 sectors with one AES call for
+   * their tweaks and one for their data. Every job is checked before any is transformed.
+   * @param jobs - the requests; `jobs[0..count)` are done
+   * @param count - how many of `jobs` to do (default all), so a caller can reuse one array
+   * @throws RangeError naming `jobs[i].src`, `jobs[i].dst`, `jobs[i].firstSector` or `count`
+   */
+  encryptBatch(jobs: readonly XtsJob[], count = jobs.length): void {
+    this.#batch(jobs, count, true);
+  }
+
+  /**
+   * Decrypt several requests at once (see {@link XtsAes256.encryptBatch}).
+   * @throws RangeError naming `jobs[i].src`, `jobs[i].dst`, `jobs[i].firstSector` or `count`
+   */
+  decryptBatch(jobs: readonly XtsJob[], count = jobs.length): void {
+    this.#batch(jobs, count, false);
+  }
+
   /** Overwrite this object's copy of the key with zeroes (OpenSSL frees its own copies). */
   destroy(): void {
     this.#key.fill(0);
   }
 
-  #run(src: Uint8Array, dst: Uint8Array, firstSector: number, enc: boolean): void {
-    if (src.length % XTS_SECTOR_BYTES !== 0) {
-      throw new RangeError(`src.length must be a multiple of 512, got ${src.length}`);
+  /** Check one request. @returns its sector count @throws RangeError naming `at`'s fields */
+  #check(src: Uint8Array, dst: Uint8Array, firstSector: number, at: string): number {
+    if (!(src instanceof Uint8Array) || src.length % XTS_SECTOR_BYTES !== 0) {
+      throw new RangeError(`${at}src.length must be a multiple of 512, got ${src?.length}`);
     }
-    if (dst.length !== src.length) {
-      throw new RangeError(`dst.length must equal src.length (${src.length}), got ${dst.length}`);
+    if (!(dst instanceof Uint8Array) || dst.length !== src.length) {
+      throw new RangeError(
+        `${at}dst.length must equal ${at}src.length (${src.length}), got ${dst?.length}`,
+      );
     }
     const sectors = src.length / XTS_SECTOR_BYTES;
     if (
@@ -172,8 +286,99 @@ export class XtsAes256 {
       firstSector < 0 ||
       !Number.isSafeInteger(firstSector + sectors)
     ) {
-      throw new RangeError(`firstSector must be a non-negative safe integer, got ${firstSector}`);
+      throw new RangeError(
+        `${at}firstSector must be a non-negative safe integer, got ${firstSector}`,
+      );
     }
+    return sectors;
+  }
+
+  #batch(jobs: readonly XtsJob[], count: number, enc: boolean): void {
+    if (!Number.isInteger(count) || count < 0 || count > jobs.length) {
+      throw new RangeError(`count must be an integer in [0, ${jobs.length}], got ${count}`);
+    }
+    for (let i = 0; i < count; i++) {
+      const j = jobs[i]!;
+      this.#check(j.src, j.dst, j.firstSector, `jobs[${i}].`);
+    }
+    const simd = this.#simd;
+    let i = 0;
+    while (i < count) {
+      const job = jobs[i]!;
+      const n = job.src.length / XTS_SECTOR_BYTES;
+      if (simd === undefined || n > CHUNK_SECTORS) {
+        this.#run(job.src, job.dst, job.firstSector, enc);
+        i++;
+        continue;
+      }
+      // Pack the following jobs that fit in one run of CHUNK_SECTORS.
+      let used = n;
+      let end = i + 1;
+      while (end < count) {
+        const m = jobs[end]!.src.length / XTS_SECTOR_BYTES;
+        if (used + m > CHUNK_SECTORS) break;
+        used += m;
+        end++;
+      }
+      this.#packedSimd(simd, jobs, i, end, used, enc);
+      i = end;
+    }
+  }
+
+  /**
+   * Jobs `[from, to)`, `sectors` in all (≤ 128), through one pair of AES calls, with the tweak
+   * sequence and the XORs in the WebAssembly module: each job's input is copied into its memory
+   * once (so guest memory is read once), transformed there, copied out.
+   */
+  #packedSimd(
+    simd: XtsSimd,
+    jobs: readonly XtsJob[],
+    from: number,
+    to: number,
+    sectors: number,
+    enc: boolean,
+  ): void {
+    const sv = simd.seedsView;
+    let s = 0;
+    for (let k = from; k < to; k++) {
+      const job = jobs[k]!;
+      const n = job.src.length / XTS_SECTOR_BYTES;
+      for (let t = 0; t < n; t++, s++) {
+        const i = job.firstSector + t;
+        sv.setUint32(s * 16, i % TWO_32, true);
+        sv.setUint32(s * 16 + 4, Math.floor(i / TWO_32), true);
+        sv.setUint32(s * 16 + 8, 0, true);
+        sv.setUint32(s * 16 + 12, 0, true);
+      }
+    }
+    // T_i = E_K2(i) for each sector i (IEEE 1619-2007 §5.3.1 step 1), i little-endian above;
+    // then T ⊗ α^j for block j (§5.2) in the module.
+    const seeds = simd.seeds;
+    seeds.set(this.#enc2!.update(seeds.subarray(0, sectors * 16)));
+    simd.tweaks(sectors);
+    // PP = P ⊕ T; CC = E_K1(PP); C = CC ⊕ T (§5.3.1 steps 2-4; decryption mirrors it, §5.4.1).
+    const data = simd.data;
+    const len = sectors * XTS_SECTOR_BYTES;
+    const view = data.subarray(0, len);
+    let at = 0;
+    for (let k = from; k < to; k++) {
+      const src = jobs[k]!.src;
+      data.set(src, at);
+      at += src.length;
+    }
+    simd.xorT(len);
+    data.set(enc ? this.#enc1!.update(view) : this.#dec1!.update(view));
+    simd.xorT(len);
+    at = 0;
+    for (let k = from; k < to; k++) {
+      const dst = jobs[k]!.dst;
+      dst.set(at === 0 && dst.length === len ? view : data.subarray(at, at + dst.length));
+      at += dst.length;
+    }
+  }
+
+  #run(src: Uint8Array, dst: Uint8Array, firstSector: number, enc: boolean): void {
+    const sectors = this.#check(src, dst, firstSector, "");
     if (this.engine === "openssl-xts") {
       this.#runOpenssl(src, dst, firstSector, sectors, enc);
       return;
@@ -195,6 +400,16 @@ export class XtsAes256 {
     enc: boolean,
   ): void {
     const len = n * XTS_SECTOR_BYTES;
+    const simd = this.#simd;
+    if (simd !== undefined) {
+      const job = {
+        src: src.subarray(from, from + len),
+        dst: dst.subarray(from, from + len),
+        firstSector: sector,
+      };
+      this.#packedSimd(simd, [job], 0, 1, n, enc);
+      return;
+    }
     // T_i = E_K2(i) for each sector i (IEEE 1619-2007 §5.3.1 step 1), i little-endian.
     const seeds32 = this.#seeds32;
     for (let s = 0; s < n; s++) {

@@ -22,7 +22,7 @@ const vectors = JSON.parse(
   key2: string;
   vectors: { vector: number; dataUnitSequenceNumber: string; ciphertext: string }[];
 };
-const ENGINES: XtsEngine[] = ["tweak-ecb", "openssl-xts"];
+const ENGINES: XtsEngine[] = ["tweak-ecb-wasm", "tweak-ecb", "openssl-xts"];
 const KEY = Buffer.from(vectors.key1 + vectors.key2, "hex");
 /** Cheap scrypt for tests (the default costs 128 MiB and a few hundred ms per open). */
 const FAST = { log2N: 10, r: 8, p: 1 };
@@ -64,22 +64,50 @@ describe("XtsAes256", () => {
     },
   );
 
-  it("both engines and node's aes-256-xts agree over 300 sectors crossing the 2^32 sector boundary", () => {
+  it("all three engines and node's aes-256-xts agree over 300 sectors crossing the 2^32 sector boundary", () => {
     const key = pseudoRandom(64, 99);
     const data = pseudoRandom(300 * 512, 7);
     const first = 2 ** 32 - 150;
-    const a = new Uint8Array(data.length);
-    const b = new Uint8Array(data.length);
-    new XtsAes256(key, { engine: "tweak-ecb" }).encrypt(data, a, first);
-    new XtsAes256(key, { engine: "openssl-xts" }).encrypt(data, b, first);
-    expect(hex(a)).toBe(hex(b));
+    const [a, b, c] = ENGINES.map((engine) => {
+      const out = new Uint8Array(data.length);
+      new XtsAes256(key, { engine }).encrypt(data, out, first);
+      return out;
+    }) as [Uint8Array, Uint8Array, Uint8Array];
+    expect(hex(a)).toBe(hex(c));
+    expect(hex(b)).toBe(hex(c));
     for (const s of [0, 127, 128, 149, 150, 299]) {
       const ref = opensslXts(key, first + s, data.subarray(s * 512, (s + 1) * 512));
       expect(hex(a.subarray(s * 512, (s + 1) * 512))).toBe(hex(ref));
     }
-    const back = new Uint8Array(data.length);
-    new XtsAes256(key).decrypt(a, back, first);
-    expect(back).toEqual(data);
+    for (const engine of ENGINES) {
+      const back = new Uint8Array(data.length);
+      new XtsAes256(key, { engine }).decrypt(a, back, first);
+      expect(back).toEqual(data);
+    }
+  });
+
+  it("the WebAssembly engine is the default here and matches tweak-ecb on random lengths, sectors and offsets into shared memory", () => {
+    expect(new XtsAes256(KEY).engine).toBe("tweak-ecb-wasm");
+    const wasm = new XtsAes256(KEY, { engine: "tweak-ecb-wasm" });
+    const js = new XtsAes256(KEY, { engine: "tweak-ecb" });
+    // Guest memory is a SharedArrayBuffer; requests start at any sector-aligned offset in it.
+    const guest = new Uint8Array(new SharedArrayBuffer(300 * 512));
+    guest.set(pseudoRandom(guest.length, 5));
+    let x = 0x1234567;
+    for (let round = 0; round < 100; round++) {
+      x = (Math.imul(x, 1103515245) + 12345) >>> 0;
+      const sectors = 1 + (x % 260);
+      const at = ((x >>> 9) % (300 - sectors + 1)) * 512;
+      const sector = (x >>> 3) * 4099 + (round % 2) * 2 ** 40;
+      const src = guest.subarray(at, at + sectors * 512);
+      const a = new Uint8Array(src.length);
+      const b = new Uint8Array(src.length);
+      wasm.encrypt(src, a, sector);
+      js.encrypt(src, b, sector);
+      expect(hex(a)).toBe(hex(b));
+      wasm.decrypt(a, a, sector);
+      expect(hex(a)).toBe(hex(src));
+    }
   });
 
   it("encrypts in place when src and dst are the same array", () => {
@@ -110,6 +138,36 @@ describe("XtsAes256", () => {
     expect(() => new XtsAes256(new Uint8Array(32))).toThrow(/^key must be 64 bytes.*got 32 bytes/);
     expect(() => new XtsAes256(new Uint8Array(64).fill(7))).toThrow(/^key: its two 32-byte halves/);
     expect(() => new XtsAes256(KEY, { engine: "ctr" as XtsEngine })).toThrow(/options\.engine/);
+  });
+
+  it("encryptBatch and decryptBatch equal one call per job, and name the job whose arguments are wrong", () => {
+    const xts = new XtsAes256(KEY);
+    const jobs = [3, 200, 1, 127, 128].map((n, i) => ({
+      src: pseudoRandom(n * 512, 40 + i),
+      dst: new Uint8Array(n * 512),
+      firstSector: 2 ** 32 - 100 + i * 1000,
+    }));
+    xts.encryptBatch(jobs);
+    for (const j of jobs) {
+      const one = new Uint8Array(j.src.length);
+      new XtsAes256(KEY, { engine: "openssl-xts" }).encrypt(j.src, one, j.firstSector);
+      expect(hex(j.dst)).toBe(hex(one));
+    }
+    const back = jobs.map((j) => ({ src: j.dst, dst: j.dst, firstSector: j.firstSector }));
+    xts.decryptBatch(back, 4);
+    for (const [i, j] of back.slice(0, 4).entries()) expect(hex(j.dst)).toBe(hex(jobs[i]!.src));
+    const untouched = new Uint8Array(512);
+    const bad = [
+      { src: pseudoRandom(512, 9), dst: untouched, firstSector: 0 },
+      { ...jobs[1]!, firstSector: -1 },
+    ];
+    expect(() => xts.encryptBatch(bad)).toThrow(/^jobs\[1\]\.firstSector must be/);
+    // Every job is checked before any is transformed: job 0's output is still zero.
+    expect(untouched.every((b) => b === 0)).toBe(true);
+    expect(() => xts.encryptBatch([{ ...jobs[0]!, dst: new Uint8Array(5) }])).toThrow(
+      /^jobs\[0\]\.dst\.length must equal jobs\[0\]\.src\.length/,
+    );
+    expect(() => xts.encryptBatch(jobs, 9)).toThrow(/^count must be an integer in \[0, 5\]/);
   });
 
   it("lengths that are not whole sectors and unsafe sector numbers are RangeErrors naming the argument", () => {
@@ -223,6 +281,58 @@ describe("encrypt (raw key, no header)", () => {
     const ro = encrypt(new RamDisk(8, { readOnly: true }), KEY);
     await expect(ro.write(0, [new Uint8Array(512)])).rejects.toMatchObject({ code: "read-only" });
     await expect(ro.writeZeroes(0, 1, false)).rejects.toMatchObject({ code: "read-only" });
+  });
+
+  it.each(ENGINES)(
+    "requests issued in one task are enciphered together and store what one-by-one XTS stores (%s)",
+    async (engine) => {
+      const inner = new RamDisk(4096);
+      const disk = encrypt(inner, KEY, { engine });
+      // 40 writes of 1–300 sectors at disjoint places, all started in this task: the batch
+      // crosses the 128-sector runs of the WebAssembly engine, and some requests alone exceed one.
+      let x = 77;
+      const reqs: { sector: number; data: Uint8Array }[] = [];
+      for (let i = 0, sector = 0; i < 40; i++) {
+        x = (Math.imul(x, 1103515245) + 12345) >>> 0;
+        const n = i % 13 === 0 ? 129 + (x % 171) : 1 + (x % 40);
+        reqs.push({ sector, data: pseudoRandom(n * 512, 100 + i) });
+        sector += n + (x % 3);
+      }
+      await Promise.all(reqs.map((r) => disk.write(r.sector, [r.data])));
+      for (const r of reqs) {
+        for (const s of [0, (r.data.length >> 9) - 1]) {
+          const at = (r.sector + s) * 512;
+          expect(hex(inner.bytes.subarray(at, at + 512))).toBe(
+            hex(opensslXts(KEY, r.sector + s, r.data.subarray(s * 512, s * 512 + 512))),
+          );
+        }
+      }
+      // Reads in one task too, half of them split inside sectors.
+      const back = reqs.map((r) => new Uint8Array(r.data.length));
+      await Promise.all(
+        reqs.map((r, i) =>
+          disk.read(r.sector, i % 2 === 0 ? [back[i]!] : splitAt(back[i]!, 100, 700)),
+        ),
+      );
+      for (const [i, b] of back.entries()) expect(hex(b)).toBe(hex(reqs[i]!.data));
+    },
+  );
+
+  it("a request that is not whole sectors is refused naming iovecs, and its neighbours in the batch complete", async () => {
+    const disk = encrypt(new RamDisk(16), KEY);
+    const ok = pseudoRandom(1024, 21);
+    const results = await Promise.allSettled([
+      disk.write(0, [ok]),
+      disk.write(4, [new Uint8Array(700)]),
+      disk.write(8, [ok]),
+    ]);
+    expect(results.map((r) => r.status)).toEqual(["fulfilled", "rejected", "fulfilled"]);
+    expect(String((results[1] as PromiseRejectedResult).reason)).toMatch(
+      /RangeError: iovecs must hold whole 512-byte sectors, got 700 bytes/,
+    );
+    const back = new Uint8Array(1024);
+    await disk.read(8, [back]);
+    expect(back).toEqual(ok);
   });
 
   it("serves a BlkDevice, which sees the inner capacity", () => {
