@@ -16,9 +16,15 @@ const data = workerData as {
 const kick = SharedDoorbell.from(data.kick);
 const irq = SharedDoorbell.from(data.irq);
 let ringNs = 0;
+/** Sleep until `bell` rings, at most a minute: a lost wake-up fails the bench, never hangs it. */
+function sleepOn(bell: SharedDoorbell, what: string): void {
+  while (bell.take() === 0) {
+    if (!bell.waitSync(60_000)) throw new Error(`wake bench: no ${what} within 60 s`);
+  }
+}
 if (data.role === "answer") {
   for (let i = 0; i < data.rounds; i++) {
-    while (kick.take() === 0) kick.waitSync();
+    sleepOn(kick, "kick");
     const t = performance.now();
     irq.ring();
     ringNs += (performance.now() - t) * 1e6;
@@ -26,7 +32,7 @@ if (data.role === "answer") {
 } else {
   // Wait for the answering worker to be up and asleep before timing.
   kick.ring();
-  while (irq.take() === 0) irq.waitSync();
+  sleepOn(irq, "interrupt");
   // process.cpuUsage in a worker is the whole process's: both sides of the ping-pong.
   const c0 = process.cpuUsage();
   const t0 = performance.now();
@@ -34,7 +40,7 @@ if (data.role === "answer") {
     const t = performance.now();
     kick.ring();
     ringNs += (performance.now() - t) * 1e6;
-    while (irq.take() === 0) irq.waitSync();
+    sleepOn(irq, "interrupt");
   }
   const ns = (performance.now() - t0) * 1e6;
   const c = process.cpuUsage(c0);

@@ -91,7 +91,9 @@ async function mainAndWorker(rounds: number): Promise<WakeRun> {
   const a = spawn("answer", kick, irq, rounds);
   // Let the worker start and go to sleep before timing.
   kick.ring();
-  while (irq.take() === 0) await irq.wait(60_000);
+  while (irq.take() === 0) {
+    if (!(await irq.wait(60_000))) throw new Error("wake bench: the worker did not answer in 60 s");
+  }
   let ringNs = 0;
   const cpu0 = cpuNow();
   const t0 = performance.now();
