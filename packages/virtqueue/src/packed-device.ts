@@ -23,6 +23,7 @@ import {
   PackedOvercommitError,
 } from "./errors.js";
 import { mapPackedRing, packedNeedEvent, packedOffWrap } from "./packed-layout.js";
+import { inSharedMemory } from "./shared-view.js";
 import type { DeviceQueue, InFlightChain, QueueLayout, QueueState, RingFeatures } from "./types.js";
 
 const F_NEXT = PackedDescFlags.NEXT;
@@ -109,6 +110,8 @@ export class PackedDeviceQueue implements DeviceQueue {
    * (on a Uint32Array a word with USED set, bit 31, is a heap number, boxed for every call).
    */
   #descI32: Int32Array;
+  /** Whether the ring is in shared memory: its id/flags words are then accessed with `Atomics`. */
+  #atomic: boolean;
   #driverEvent: Uint16Array;
   #deviceEvent: Uint16Array;
   /** 1 where a buffer ID is popped and not yet pushed. */
@@ -172,6 +175,7 @@ export class PackedDeviceQueue implements DeviceQueue {
     this.#check = new ChainCheck(mem, "INDIRECT descriptor in a list linked by NEXT");
     this.#desc = v.desc;
     this.#descI32 = i32View(v.desc);
+    this.#atomic = inSharedMemory(this.#descI32);
     this.#driverEvent = v.driverEvent;
     this.#deviceEvent = v.deviceEvent;
     this.size = layout.size;
@@ -202,6 +206,7 @@ export class PackedDeviceQueue implements DeviceQueue {
     const v = mapPackedRing(this.#mem, this.#layout, "device");
     this.#desc = v.desc;
     this.#descI32 = i32View(v.desc);
+    this.#atomic = inSharedMemory(this.#descI32);
     this.#driverEvent = v.driverEvent;
     this.#deviceEvent = v.deviceEvent;
   }
@@ -228,8 +233,9 @@ export class PackedDeviceQueue implements DeviceQueue {
     const wrap = this.#availWrap;
     // Acquire: this seq-cst load of the id/flags word synchronises with the driver's release
     // store of the first descriptor's flags, which it writes after every other descriptor of the
-    // chain (VIRTIO 1.3 §2.8.21.1), so the plain reads below see all of them.
-    let word = Atomics.load(descI32, (start << 2) + 3);
+    // chain (VIRTIO 1.3 §2.8.21.1), so the plain reads below see all of them. Memory no other
+    // thread can see needs no ordering beyond program order.
+    let word = this.#atomic ? Atomics.load(descI32, (start << 2) + 3) : descI32[(start << 2) + 3]!;
     let flags = word >>> 16;
     // §2.8.1: AVAIL and USED "are different for an available descriptor and equal for a used
     // descriptor"; §2.8.15: a device MUST NOT use a descriptor before it observes AVAIL changed.
@@ -651,7 +657,8 @@ export class PackedDeviceQueue implements DeviceQueue {
     const flags = (w ? F_AVAIL | F_USED : 0) | (written > 0 ? F_WRITE : 0);
     // Release: id and flags are one word stored last, so a driver whose Atomics.load sees the
     // new USED bit also sees len. §2.8.15: we never touch this descriptor again this lap.
-    Atomics.store(this.#descI32, base + 3, id | (flags << 16));
+    if (this.#atomic) Atomics.store(this.#descI32, base + 3, id | (flags << 16));
+    else this.#descI32[base + 3] = id | (flags << 16);
     // A batch holds at most `size` descriptors (they were all in flight), so one subtraction
     // brings the position back into the ring.
     let next = pos + descs;

@@ -12,6 +12,7 @@ import {
   packedNeedEvent,
   packedOffWrap,
 } from "./packed-layout.js";
+import { inSharedMemory } from "./shared-view.js";
 import { type IndirectArea, indirectAreaSize } from "./split-driver.js";
 import type { DriverQueue, QueueLayout, QueueState, RingFeatures, Segment } from "./types.js";
 
@@ -79,6 +80,8 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
    * (on a Uint32Array a word with USED set, bit 31, is a heap number, boxed for every call).
    */
   readonly #descI32: Int32Array;
+  /** Whether the ring is in shared memory: its id/flags words are then accessed with `Atomics`. */
+  readonly #atomic: boolean;
   /** `features.inOrder` / `features.eventIdx`, as own fields for the hot paths. */
   readonly #inOrder: boolean;
   readonly #eventIdx: boolean;
@@ -129,6 +132,7 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
     this.#v = mapPackedRing(mem, layout, "driver");
     this.#desc = this.#v.desc;
     this.#descI32 = new Int32Array(this.#desc.buffer, this.#desc.byteOffset, this.#desc.length);
+    this.#atomic = inSharedMemory(this.#descI32);
     this.#mem = mem;
     this.size = layout.size;
     this.features = features;
@@ -318,8 +322,10 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
     const desc = this.#desc;
     const pos = this.#nextUsed;
     const w = this.#usedWrap;
-    // Acquire: pairs with the device's release store of id/flags after it wrote len.
-    const word = Atomics.load(this.#descI32, (pos << 2) + 3);
+    // Acquire: pairs with the device's release store of id/flags after it wrote len (in memory
+    // no other thread can see, program order is enough).
+    const at = (pos << 2) + 3;
+    const word = this.#atomic ? Atomics.load(this.#descI32, at) : this.#descI32[at]!;
     const flags = word >>> 16;
     // §2.8.1: used iff AVAIL = USED = our used wrap counter. Anything else is our own
     // available descriptor, or one used or skipped in the previous lap.

@@ -27,6 +27,7 @@ import {
   HeadInFlightError,
   HeadOutOfRangeError,
 } from "./errors.js";
+import { inSharedMemory } from "./shared-view.js";
 import { mapSplitRing, type SplitRingViews } from "./split-layout.js";
 import type { DeviceQueue, InFlightChain, QueueLayout, QueueState, RingFeatures } from "./types.js";
 
@@ -89,6 +90,8 @@ export class SplitDeviceQueue implements DeviceQueue {
   readonly #check: ChainCheck;
   readonly #layout: QueueLayout;
   #v: SplitRingViews;
+  /** Whether the ring is in shared memory: `used.idx` is then published with `Atomics`. */
+  #atomic: boolean;
   readonly #mask: number;
   readonly #eventIdx: boolean;
   readonly #indirect: boolean;
@@ -147,6 +150,7 @@ export class SplitDeviceQueue implements DeviceQueue {
     options: SplitDeviceOptions = {},
   ) {
     this.#v = mapSplitRing(mem, layout, "device");
+    this.#atomic = inSharedMemory(this.#v.used16);
     this.#layout = layout;
     this.#mem = mem;
     this.#check = new ChainCheck(mem, "INDIRECT and NEXT set together");
@@ -513,7 +517,9 @@ export class SplitDeviceQueue implements DeviceQueue {
     this.#usedIdx = (this.#usedIdx + advance) & 0xffff;
     // Release: the seq-cst store is ordered after the plain element writes (and after the
     // device model's writes into the buffers), so a driver that Atomics.loads used.idx sees them.
-    Atomics.store(v.used16, 1, this.#usedIdx);
+    // Memory no other thread can see needs no ordering beyond program order.
+    if (this.#atomic) Atomics.store(v.used16, 1, this.#usedIdx);
+    else v.used16[1] = this.#usedIdx;
   }
 
   /**
@@ -594,6 +600,7 @@ export class SplitDeviceQueue implements DeviceQueue {
    */
   remap(): void {
     this.#v = mapSplitRing(this.#mem, this.#layout, "device");
+    this.#atomic = inSharedMemory(this.#v.used16);
   }
 
   /**

@@ -53,9 +53,13 @@ const opArb: fc.Arbitrary<Op> = fc.oneof(
 
 const MAX_ENTRIES = 4;
 
-function run(size: number, featureBits: bigint, useIndirect: boolean, ops: Op[]) {
+/**
+ * One random workload. `shared` picks the memory: a SharedArrayBuffer (the rings order their
+ * index and flag words with Atomics) or an ArrayBuffer (plain accesses, one thread only).
+ */
+function run(size: number, featureBits: bigint, useIndirect: boolean, ops: Op[], shared: boolean) {
   const features = ringFeatures(featureBits);
-  const mem = createGuestMemory({ size: 0x20000, shared: false });
+  const mem = createGuestMemory({ size: 0x20000, shared });
   const layout = { size, desc: 0x1000, driver: 0x1000 + 16 * size, device: 0x1004 + 16 * size };
   expect(indirectAreaSize(size, MAX_ENTRIES)).toBeLessThanOrEqual(0x8000);
   const drv = new PackedDriverQueue<number>(
@@ -221,13 +225,14 @@ const configs = [
 
 describe("packed ring driver ↔ device over random workloads", () => {
   for (const c of configs) {
-    it(`with ${c.name}, every token returns exactly once with its length and no wakeup is lost`, () => {
+    it(`with ${c.name}, in shared or plain memory, every token returns exactly once with its length and no wakeup is lost`, () => {
       fc.assert(
         fc.property(
           fc.constantFrom(1, 2, 3, 4, 5, 8, 13),
           fc.array(opArb, { maxLength: 300 }),
-          (size, ops) => {
-            run(size, c.bits, c.indirect && size >= 2, ops);
+          fc.boolean(),
+          (size, ops, shared) => {
+            run(size, c.bits, c.indirect && size >= 2, ops, shared);
           },
         ),
         { numRuns: 150 },

@@ -62,9 +62,13 @@ const MEM = 0x20000;
 const IND = 0x6000;
 const MAX_ENTRIES = 8;
 
-function run(size: number, featureBits: bigint, useIndirect: boolean, ops: Op[]) {
+/**
+ * One random workload. `shared` picks the memory: a SharedArrayBuffer (the rings order their
+ * index and flag words with Atomics) or an ArrayBuffer (plain accesses, one thread only).
+ */
+function run(size: number, featureBits: bigint, useIndirect: boolean, ops: Op[], shared: boolean) {
   const features = ringFeatures(featureBits);
-  const mem = createGuestMemory({ size: MEM, shared: false });
+  const mem = createGuestMemory({ size: MEM, shared });
   const layout = { size, desc: 0x1000, driver: 0x1000 + 16 * size, device: 0x4000 };
   expect(indirectAreaSize(size, MAX_ENTRIES)).toBeLessThanOrEqual(0xa000);
   const maxEntries = Math.min(MAX_ENTRIES, size);
@@ -265,13 +269,14 @@ const configs = [
 
 describe("split ring driver ↔ device over random workloads", () => {
   for (const c of configs) {
-    it(`with ${c.name}, the device sees every chain as added, every token returns once with its length, and no wakeup is lost`, () => {
+    it(`with ${c.name}, in shared or plain memory, the device sees every chain as added, every token returns once with its length, and no wakeup is lost`, () => {
       fc.assert(
         fc.property(
           fc.constantFrom(1, 2, 4, 8, 16),
           fc.array(opArb(6), { maxLength: 300 }),
-          (size, ops) => {
-            run(size, c.bits, c.indirect && size >= 2, ops);
+          fc.boolean(),
+          (size, ops, shared) => {
+            run(size, c.bits, c.indirect && size >= 2, ops, shared);
           },
         ),
         { numRuns: 150 },

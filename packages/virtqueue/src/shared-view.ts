@@ -1,0 +1,12 @@
+/**
+ * Whether `view` lies in a SharedArrayBuffer, i.e. another thread may read or write it.
+ *
+ * The rings order their index and flag words with `Atomics` only where this is true: memory in
+ * a plain `ArrayBuffer` (or a non-shared `WebAssembly.Memory`, as a one-thread emulator's guest
+ * RAM) is seen by one thread only, where program order is all the ordering there is, and in
+ * V8 11.3 every `Atomics.load` / `Atomics.store` is a builtin call of 7–8 ns rather than an
+ * instruction. Internal (not exported from the package).
+ */
+export function inSharedMemory(view: ArrayBufferView): boolean {
+  return typeof SharedArrayBuffer !== "undefined" && view.buffer instanceof SharedArrayBuffer;
+}
