@@ -2,7 +2,8 @@
 //
 //   node [--expose-gc] tools/bench/dist/main.js [split] [packed] [heap] [blk] [vhost] [wake] [net] [vhost-net] [interpose] [log-open] [guest-dd] [balloon] [--quick]
 //
-// split: split-ring round trips per second, one thread and two workers with Atomics doorbells,
+// split: split-ring round trips per second, one thread (in shared memory, and in a plain
+//        ArrayBuffer where the ring needs no Atomics) and two workers with Atomics doorbells,
 //        beside c/split_ring.c (same shape) compiled with gcc in this run; ratio TS / C.
 // heap:  heap growth and garbage collections over 1,000,000 operations of each hot loop: ring
 //        round trips, blk requests (MemoryDisk, depth 32) and virtio-net frames.
@@ -54,6 +55,7 @@ import {
   MEM_SIZE,
   type Rate,
   READ_LEN,
+  type RingKind,
   roundTrips,
   runSingle,
   SIZE,
@@ -143,6 +145,20 @@ function runC(bin: string, mode: "single" | "threads", ops: number): ThreadRate 
   return { ops: measured!, ns: ns!, kicks: kicks!, irqs: irqs!, cpuNs: cpuNs! };
 }
 
+/** {@link runSingle} in a fresh worker isolate (see ring-worker.ts for why). */
+function runIsolated(kind: RingKind, shared: boolean, ops: number): Promise<Rate> {
+  const w = new Worker(new URL("./ring-worker.js", import.meta.url), {
+    workerData: { kind, shared, ops },
+  });
+  return new Promise<Rate>((resolve, reject) => {
+    w.once("message", (r: Rate) => {
+      resolve(r);
+      void w.terminate();
+    });
+    w.once("error", reject);
+  });
+}
+
 /** Two workers (driver, device) over one SharedArrayBuffer, fresh for each run. */
 async function runThreads(total: number): Promise<ThreadRate> {
   const buffer = new SharedArrayBuffer(MEM_SIZE);
@@ -178,8 +194,12 @@ async function splitBench(): Promise<void> {
   const tsSingleRuns = await repeatAll(() =>
     runSingle(createGuestMemory({ size: MEM_SIZE }), OPS.tsSingle),
   );
+  // The same in a plain ArrayBuffer: one thread sees it, so the ring uses no Atomics (as for a
+  // one-thread emulator's guest RAM in a non-shared WebAssembly.Memory). In a fresh isolate.
+  const tsPlainRuns = await repeatAll(() => runIsolated("split", false, OPS.tsSingle));
   const cSingleRuns = bin ? await repeatAll(() => runC(bin, "single", OPS.cSingle)) : undefined;
   const tsSingle = median(tsSingleRuns);
+  const tsPlain = median(tsPlainRuns);
   const cSingle = cSingleRuns === undefined ? undefined : median(cSingleRuns);
   const tsThreads = await repeat(() => runThreads(OPS.tsThreads));
   const cThreads = bin ? await repeat(() => runC(bin, "threads", OPS.cThreads)) : undefined;
@@ -197,6 +217,15 @@ async function splitBench(): Promise<void> {
   );
   console.log(
     row([
+      "one thread, ArrayBuffer memory",
+      mops(tsPlain),
+      mops(cSingle),
+      ratio(tsPlain, cSingle),
+      cpuRatio(tsPlainRuns, cSingleRuns),
+    ]),
+  );
+  console.log(
+    row([
       "two threads, Atomics doorbells",
       mops(tsThreads),
       mops(cThreads),
@@ -210,7 +239,7 @@ async function splitBench(): Promise<void> {
   };
   console.log(
     `  one thread, CPU per round trip (median of ${REPS}; TS/C CPU is their inverse ratio): ` +
-      `virtio-ts ${cpuNs(tsSingleRuns)}, C ${cpuNs(cSingleRuns)}`,
+      `virtio-ts ${cpuNs(tsSingleRuns)} (ArrayBuffer memory ${cpuNs(tsPlainRuns)}), C ${cpuNs(cSingleRuns)}`,
   );
   const per1k = (r: ThreadRate | undefined, n: number, k: "kicks" | "irqs") =>
     r === undefined ? "n/a" : ((1000 * r[k]) / n).toFixed(1);
@@ -334,25 +363,35 @@ async function packedBench(): Promise<void> {
     `packed vs split ring, one thread: same workload as above (queue ${SIZE}, batch ${BATCH}, ` +
       `2-descriptor chains, EVENT_IDX); median of ${REPS}`,
   );
-  // Alternating, so load that comes and goes hits both alike.
-  const splitRuns: Rate[] = [];
-  const packedRuns: Rate[] = [];
-  for (let i = 0; i < REPS; i++) {
-    splitRuns.push(runSingle(createGuestMemory({ size: MEM_SIZE }), OPS.tsSingle, "split"));
-    packedRuns.push(runSingle(createGuestMemory({ size: MEM_SIZE }), OPS.tsSingle, "packed"));
-  }
-  const split = median(splitRuns);
-  const packed = median(packedRuns);
   console.log(row(["", "split", "packed", "packed/split", "CPU"]));
-  console.log(
-    row([
-      "one thread",
-      mops(split),
-      mops(packed),
-      ratio(packed, split),
-      cpuRatio(packedRuns, splitRuns),
-    ]),
-  );
+  // SharedArrayBuffer memory (the rings use Atomics on index and flag words) and a plain
+  // ArrayBuffer (one thread: plain accesses, measured in fresh isolates). Alternating, so load
+  // that comes and goes hits both alike.
+  for (const shared of [true, false]) {
+    const splitRuns: Rate[] = [];
+    const packedRuns: Rate[] = [];
+    for (let i = 0; i < REPS; i++) {
+      if (shared) {
+        splitRuns.push(runSingle(createGuestMemory({ size: MEM_SIZE }), OPS.tsSingle, "split"));
+        packedRuns.push(runSingle(createGuestMemory({ size: MEM_SIZE }), OPS.tsSingle, "packed"));
+      } else {
+        // Plain memory in fresh isolates (see runIsolated).
+        splitRuns.push(await runIsolated("split", false, OPS.tsSingle));
+        packedRuns.push(await runIsolated("packed", false, OPS.tsSingle));
+      }
+    }
+    const split = median(splitRuns);
+    const packed = median(packedRuns);
+    console.log(
+      row([
+        shared ? "one thread" : "one thread, ArrayBuffer memory",
+        mops(split),
+        mops(packed),
+        ratio(packed, split),
+        cpuRatio(packedRuns, splitRuns),
+      ]),
+    );
+  }
 }
 
 const benches: Record<string, () => Promise<void>> = {

@@ -1,0 +1,14 @@
+// One one-thread ring run (split-workload.ts's runSingle) in a fresh isolate: the bench runs the
+// plain-ArrayBuffer-memory rows here. In the bench's own isolate, ring code that had run over
+// both ArrayBuffer and SharedArrayBuffer memory (with the C baseline and the two-worker runs in
+// between) was seen to stay 7× slower for later runs, though TurboFan-optimized; a fresh isolate
+// keeps each row's JIT state its own.
+import { parentPort, workerData } from "node:worker_threads";
+import { createGuestMemory } from "@virtio-ts/memory";
+import { MEM_SIZE, type RingKind, runSingle } from "./split-workload.js";
+
+const { kind, shared, ops } = workerData as { kind: RingKind; shared: boolean; ops: number };
+// A whole run first, not timed: the JIT settles as it has for the in-process rows, whose later
+// repetitions run on code optimized during the earlier ones.
+runSingle(createGuestMemory({ size: MEM_SIZE, shared }), ops, kind);
+parentPort!.postMessage(runSingle(createGuestMemory({ size: MEM_SIZE, shared }), ops, kind));
