@@ -31,11 +31,8 @@
 //        copy, encode time, ratio to the plain guest). Not in the default set (two v86 boots,
 //        about 2 minutes of one core): name it.
 import { execFileSync } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { rmSync } from "node:fs";
 import { PerformanceObserver } from "node:perf_hooks";
-import { fileURLToPath } from "node:url";
 import { setFlagsFromString } from "node:v8";
 import { runInNewContext } from "node:vm";
 import { Worker } from "node:worker_threads";
@@ -43,6 +40,7 @@ import { MemoryDisk } from "@virtio-ts/backend-disk";
 import { createGuestMemory } from "@virtio-ts/memory";
 import { balloonBench } from "./balloon.js";
 import { blkBench, blkRig, closedLoop, IO, randomBlocks } from "./blk-iops.js";
+import { buildC } from "./build-c.js";
 import { guestDdBench } from "./guest-dd.js";
 import { interposeBench } from "./interpose.js";
 import { logOpenBench } from "./log-open.js";
@@ -124,21 +122,6 @@ function row(cells: string[]): string {
   return cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join("  ");
 }
 
-/** Compile c/split_ring.c into a temporary directory; undefined (with the reason) if gcc fails. */
-function buildC(): { bin: string; dir: string } | string {
-  const src = fileURLToPath(new URL("../c/split_ring.c", import.meta.url));
-  const dir = mkdtempSync(join(tmpdir(), "virtio-ts-bench-"));
-  const bin = join(dir, "split_ring");
-  try {
-    execFileSync("gcc", ["-O2", "-pthread", "-o", bin, src], { stdio: "pipe" });
-    return { bin, dir };
-  } catch (e) {
-    rmSync(dir, { recursive: true, force: true });
-    const err = e as { code?: string; stderr?: Buffer };
-    return err.code === "ENOENT" ? "gcc not found" : `gcc failed: ${String(err.stderr ?? e)}`;
-  }
-}
-
 function runC(bin: string, mode: "single" | "threads", ops: number): ThreadRate {
   const out = execFileSync(bin, [mode, `${ops}`, `${SIZE}`, `${BATCH}`], { encoding: "utf8" });
   const [measured, ns, kicks, irqs, cpuNs] = out.trim().split(/\s+/).map(Number);
@@ -188,7 +171,7 @@ async function splitBench(): Promise<void> {
       `2-descriptor chains (${READ_LEN} B readable + ${WRITE_LEN} B writable), VIRTIO_F_EVENT_IDX; ` +
       `median of ${REPS}`,
   );
-  const c = buildC();
+  const c = buildC("split_ring");
   const bin = typeof c === "string" ? undefined : c.bin;
   if (typeof c === "string") console.log(`  C baseline skipped: ${c}`);
   const tsSingleRuns = await repeatAll(() =>

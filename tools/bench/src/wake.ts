@@ -12,12 +12,10 @@
 // one ring (notify) call, and each Node case as a ratio to C. The vhost bench's interrupts and
 // kicks are such wake-ups; this row says how much of their cost is the machine's.
 import { execFileSync } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { fileURLToPath } from "node:url";
+import { rmSync } from "node:fs";
 import { Worker } from "node:worker_threads";
 import { SharedDoorbell } from "@virtio-ts/transport";
+import { buildC } from "./build-c.js";
 
 /** One measured case. */
 interface WakeRun {
@@ -28,20 +26,6 @@ interface WakeRun {
   readonly cpuNs: number;
   /** ns spent inside ring / FUTEX_WAKE, both sides together. */
   readonly ringNs: number;
-}
-
-function buildC(): { bin: string; dir: string } | string {
-  const src = fileURLToPath(new URL("../c/wake.c", import.meta.url));
-  const dir = mkdtempSync(join(tmpdir(), "virtio-ts-bench-wake-"));
-  const bin = join(dir, "wake");
-  try {
-    execFileSync("gcc", ["-O2", "-pthread", "-o", bin, src], { stdio: "pipe" });
-    return { bin, dir };
-  } catch (e) {
-    rmSync(dir, { recursive: true, force: true });
-    const err = e as { code?: string; stderr?: Buffer };
-    return err.code === "ENOENT" ? "gcc not found" : `gcc failed: ${String(err.stderr ?? e)}`;
-  }
 }
 
 function runC(bin: string, rounds: number): WakeRun {
@@ -123,7 +107,7 @@ export async function wakeBench(quick: boolean, reps: number): Promise<void> {
     `wake: ping-pong between two threads, each wake finding the other asleep; ${rounds.toLocaleString("en")} ` +
       `round trips (2 wake-ups each), median of ${reps}; ring = time inside one Atomics.notify / FUTEX_WAKE call`,
   );
-  const c = buildC();
+  const c = buildC("wake");
   if (typeof c === "string") console.log(`  C baseline skipped: ${c}`);
   const cases: [string, () => Promise<WakeRun>][] = [
     ["C, two pthreads, futex", async () => runC((c as { bin: string }).bin, rounds)],
