@@ -61,6 +61,11 @@ function checkCount(count: number): void {
   }
 }
 
+/** When a wait of `timeoutMs` (undefined: forever) started now ends, as a `Date.now()` time. */
+function deadlineOf(timeoutMs: number | undefined): number {
+  return timeoutMs === undefined ? Number.POSITIVE_INFINITY : Date.now() + timeoutMs;
+}
+
 function checkTimeout(timeoutMs: number | undefined): void {
   if (timeoutMs !== undefined && !(timeoutMs >= 0)) {
     throw new RangeError(`timeoutMs must be a non-negative number, got ${timeoutMs}`);
@@ -255,9 +260,16 @@ export class SharedDoorbell implements Doorbell {
    */
   waitSync(timeoutMs?: number): boolean {
     checkTimeout(timeoutMs);
-    // Sleeps only while the word is still 0: a ring before this point returns "not-equal".
-    Atomics.wait(this.word, 0, 0, timeoutMs);
-    return Atomics.load(this.word, 0) !== 0;
+    const deadline = deadlineOf(timeoutMs);
+    for (;;) {
+      if (Atomics.load(this.word, 0) !== 0) return true;
+      const left = deadline - Date.now();
+      if (left <= 0) return false;
+      // Sleeps only while the word is still 0: a ring before this point returns "not-equal".
+      // A wake-up can find the word 0 again: the notify of a ring whose count this thread has
+      // already taken can arrive after it went back to sleep. Sleep on until the deadline.
+      Atomics.wait(this.word, 0, 0, left === Number.POSITIVE_INFINITY ? undefined : left);
+    }
   }
 
   /**
@@ -267,12 +279,22 @@ export class SharedDoorbell implements Doorbell {
   wait(timeoutMs?: number): Promise<boolean> {
     checkTimeout(timeoutMs);
     if (Atomics.load(this.word, 0) !== 0) return Promise.resolve(true);
-    if (waitAsync !== undefined) {
-      const r = waitAsync(this.word, 0, 0, timeoutMs);
-      if (!r.async) return Promise.resolve(Atomics.load(this.word, 0) !== 0);
-      return r.value.then(() => Atomics.load(this.word, 0) !== 0);
-    }
+    if (waitAsync !== undefined) return this.#waitAsync(deadlineOf(timeoutMs));
     return this.#poll(timeoutMs ?? Number.POSITIVE_INFINITY);
+  }
+
+  /**
+   * `Atomics.waitAsync` until the word is non-zero or `deadline` (a `Date.now()` time) passes; a
+   * stale notify (see {@link SharedDoorbell.waitSync}) sends it back to sleep.
+   */
+  async #waitAsync(deadline: number): Promise<boolean> {
+    for (;;) {
+      if (Atomics.load(this.word, 0) !== 0) return true;
+      const left = deadline - Date.now();
+      if (left <= 0) return false;
+      const r = waitAsync!(this.word, 0, 0, left === Number.POSITIVE_INFINITY ? undefined : left);
+      if (r.async) await r.value;
+    }
   }
 
   /** Fallback where `Atomics.waitAsync` is missing: poll every millisecond. */

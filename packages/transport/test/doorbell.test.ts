@@ -75,6 +75,22 @@ describe("SharedDoorbell in one thread", () => {
     expect(bell.waitSync()).toBe(true);
   });
 
+  it("wait (Atomics.waitAsync) stays pending through a stale notify and resolves true on the ring", async () => {
+    const bell = new SharedDoorbell();
+    let settled: boolean | undefined;
+    const p = bell.wait(10_000).then((v) => {
+      settled = v;
+      return v;
+    });
+    // A notify with nothing rung reaches the waiter (1 woken)...
+    expect(Atomics.notify(bell.word, 0)).toBe(1);
+    await new Promise((r) => setTimeout(r, 20));
+    // ...which went back to sleep instead of resolving false before its timeout.
+    expect(settled).toBeUndefined();
+    bell.ring();
+    await expect(p).resolves.toBe(true);
+  });
+
   it("wait (Atomics.waitAsync) resolves on a ring from the same thread and false on timeout", async () => {
     const bell = new SharedDoorbell();
     const p = bell.wait(10_000);
@@ -151,6 +167,31 @@ describe("SharedDoorbell across threads", () => {
     expect(device.rounds).toBeLessThan(20_000);
     expect(device.rounds).toBeGreaterThan(0);
   }, 150_000);
+
+  it("waitSync sleeps on through a stale notify (one that finds the word 0) until the ring", async () => {
+    const kick = new SharedDoorbell();
+    const irq = new SharedDoorbell();
+    const result = run({
+      kick: kick.handle,
+      irq: irq.handle,
+      total: 1,
+      timeoutMs: 30_000,
+      role: "once",
+    });
+    expect(await irq.wait(30_000)).toBe(true);
+    // A notify with nothing rung: what a ring's late Atomics.notify looks like to a thread that
+    // already took that ring's count. Repeat until it reaches the worker asleep in waitSync.
+    let woken = 0;
+    for (const end = Date.now() + 30_000; woken === 0 && Date.now() < end; ) {
+      await new Promise((r) => setTimeout(r, 5));
+      woken = Atomics.notify(kick.word, 0);
+    }
+    expect(woken).toBe(1);
+    await new Promise((r) => setTimeout(r, 20));
+    kick.ring(3);
+    // It returned on the ring (true, 3 taken), not on the stale wake-up (false, 0).
+    expect(await result).toEqual({ role: "once", rounds: 1, rings: 3 });
+  });
 
   it("the main thread waits with Atomics.waitAsync for a worker's interrupts", async () => {
     const kick = new SharedDoorbell();
