@@ -221,6 +221,9 @@ export class BlkDriver {
   readonly #t: DriverTransport;
   readonly #mem: GuestMemory;
   readonly #slab: SlabAllocator;
+  /** The ring area (rings and indirect tables): `[#areaStart, #areaEnd)`. */
+  #areaStart = 0;
+  #areaEnd = 0;
   readonly #q: DriverQueue<Request>;
   readonly #features: bigint;
   readonly #segLen: number;
@@ -368,6 +371,8 @@ export class BlkDriver {
 
     const base = options.ringBase;
     const end = base + ringAreaBytes(size);
+    this.#areaStart = base;
+    this.#areaEnd = base + BlkDriver.ringBytes(size, segs, indirect);
     checkRingPlacement(
       memory,
       allocator,
@@ -441,7 +446,9 @@ export class BlkDriver {
   /**
    * Read `dst.length` bytes starting at `sector` into `dst` (the caller's buffer, reused across
    * requests: no allocation for the data). `dst` must not be read or written until the
-   * promise settles; it is filled when the request completes.
+   * promise settles; it is filled when the request completes. When `dst` is a view of this
+   * driver's guest memory (`memory.slice(addr, len)`, writable, clear of the ring area and the
+   * allocator's slots), the device writes it directly, with no copy through a bounce slot.
    * @param sector - first 512-byte sector
    * @param dst - where the data goes: a positive multiple of 512 bytes
    * @returns `dst`
@@ -738,7 +745,11 @@ export class BlkDriver {
   /** Try to put `req` on the ring. Returns false (nothing held) if resources are short. */
   #start(req: Request): boolean {
     const dataBased = req.type === BlkRequestType.IN || req.type === BlkRequestType.OUT;
-    const nSlots = 1 + (dataBased ? Math.ceil(req.length / this.#slab.slotSize) : 0);
+    // A read into a buffer that is already guest memory goes there directly: the device writes
+    // the caller's bytes, as a real driver's reads land in the guest's own pages (no bounce).
+    const direct =
+      req.type === BlkRequestType.IN && req.into !== undefined ? this.#directAddress(req.into) : -1;
+    const nSlots = 1 + (dataBased && direct < 0 ? Math.ceil(req.length / this.#slab.slotSize) : 0);
     if (this.#slab.available < nSlots) return false;
     const mem = this.#mem;
     const hdr = this.#slab.alloc() as number;
@@ -755,7 +766,12 @@ export class BlkDriver {
     this.#nReadable = 0;
     this.#nWritable = 0;
     this.#seg(readable, hdr, BlkOutHdr.SIZE);
-    if (dataBased) {
+    if (direct >= 0) {
+      // §5.2.5: segments of at most size_max, and at most seg_max of them (length ≤ #maxBytes).
+      for (let s = 0; s < req.length; s += this.#segLen) {
+        this.#seg(writable, direct + s, Math.min(this.#segLen, req.length - s));
+      }
+    } else if (dataBased) {
       const data = req.type === BlkRequestType.OUT ? readable : writable;
       let left = req.length;
       let off = 0;
@@ -799,6 +815,26 @@ export class BlkDriver {
     req.live = this.#live.length;
     this.#live.push(req);
     return true;
+  }
+
+  /**
+   * The guest address of `view` if the device may write it directly: inside guest memory,
+   * writable, and clear of this driver's ring area and slab. Else -1 (the read bounces).
+   */
+  #directAddress(view: Uint8Array): number {
+    const gpa = this.#mem.addressOf?.(view);
+    if (gpa === undefined) return -1;
+    const len = view.length;
+    const slab = this.#slab;
+    const slabEnd = slab.base + slab.slotSize * slab.slots;
+    if (
+      !this.#mem.check(gpa, len, "write") ||
+      (gpa < this.#areaEnd && this.#areaStart < gpa + len) ||
+      (gpa < slabEnd && slab.base < gpa + len)
+    ) {
+      return -1;
+    }
+    return gpa;
   }
 
   /** Append a segment to `list`, reusing the driver's scratch objects. */

@@ -136,6 +136,41 @@ describe("BlkDriver", () => {
     await expect(s.driver.readInto(4096, new Uint8Array(512))).rejects.toThrow(/capacity/);
   });
 
+  it("readInto a view of guest memory lets the device write it directly: one slot (the header) per request, not a bounce slot too", async () => {
+    const s = setup({ slots: 8 });
+    const data = random(s.driver.maxTransferBytes * 2 + 1024, 12);
+    await s.settle(s.driver.write(40, data));
+    // Guest memory above the ring area and the slab (which ends at 0x108000).
+    const dst = s.memory.slice(0x200000, data.length, "write");
+    const free = s.slab.available;
+    const p = s.driver.readInto(40, dst);
+    // Three requests (the read is split at maxTransferBytes), each holding only its header slot.
+    expect(s.driver.inFlight).toBe(3);
+    expect(free - s.slab.available).toBe(3);
+    expect(await s.settle(p)).toBe(dst);
+    expect(Buffer.from(dst).equals(Buffer.from(data))).toBe(true);
+    expect(s.slab.available).toBe(free);
+    // A host buffer bounces: a header slot and data slots.
+    const host = new Uint8Array(1024);
+    const q = s.driver.readInto(40, host);
+    expect(free - s.slab.available).toBe(2);
+    await s.settle(q);
+    expect(host).toEqual(data.subarray(0, 1024));
+  });
+
+  it("readInto a guest view inside the driver's own slab is not handed to the device: it bounces, with the same data", async () => {
+    const s = setup({ slots: 8 });
+    const data = random(1024, 13);
+    await s.settle(s.driver.write(60, data));
+    // The last slot: free now, but the device must never be pointed into the allocator's area.
+    const dst = s.memory.slice(0x100000 + 7 * 4096, 1024, "write");
+    const free = s.slab.available;
+    const p = s.driver.readInto(60, dst);
+    expect(free - s.slab.available).toBe(2);
+    await s.settle(p);
+    expect(Buffer.from(dst).equals(Buffer.from(data))).toBe(true);
+  });
+
   it("splits transfers longer than maxTransferBytes into several requests", async () => {
     const s = setup({ slots: 8 });
     const data = random(s.driver.maxTransferBytes * 3, 3);

@@ -169,6 +169,17 @@ export class GuestMemoryMap implements GuestMemory {
     return len >= 0 ? this.#within(addr, len) : undefined;
   }
 
+  /** {@inheritDoc GuestMemory.addressOf} */
+  addressOf(view: ArrayBufferView): number | undefined {
+    const buffer = view.buffer;
+    for (const r of this.regions) {
+      if (r.buffer !== buffer) continue;
+      const off = view.byteOffset - r.byteOffset;
+      if (off >= 0 && view.byteLength <= r.size - off) return r.guestBase + off;
+    }
+    return undefined;
+  }
+
   /** Region lookup for the hot paths; `len` must be ≥ 0 (callers check host lengths first). */
   #within(addr: number, len: number): GuestRegion | undefined {
     // `len <= guestEnd - addr` is exact (both operands below 2^53 when addr is in the region);

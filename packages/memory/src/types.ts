@@ -226,4 +226,14 @@ export interface GuestMemory {
    *   `addr` or `len`.
    */
   sg(addr: number, len: number, out?: Uint8Array[], access?: AccessKind): Uint8Array[];
+  /**
+   * The guest address of `view` when all of it lies in one region's backing buffer (a view from
+   * `slice`, or any view of that buffer inside the region), else undefined. Lets a driver point
+   * the device at a caller's buffer that is already in guest memory (DMA) instead of bouncing
+   * it. Optional: memory whose addresses are not a plain offset into a buffer (an IOMMU window)
+   * leaves it out, and callers treat that as undefined. Never throws.
+   * @param view - any view
+   * @returns the guest address of `view`'s first byte, or undefined
+   */
+  addressOf?(view: ArrayBufferView): number | undefined;
 }

@@ -169,6 +169,10 @@ export class WasmGuestMemory implements GuestMemory {
   read(addr: number, dst: Uint8Array): void {
     this.#m.read(addr, dst);
   }
+  /** {@inheritDoc GuestMemory.addressOf} */
+  addressOf(view: ArrayBufferView): number | undefined {
+    return this.#m.addressOf(view);
+  }
   /** {@inheritDoc GuestMemory.write} */
   write(addr: number, src: Uint8Array): void {
     this.#m.write(addr, src);

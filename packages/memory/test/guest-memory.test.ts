@@ -313,6 +313,23 @@ describe("GuestMemoryMap regions", () => {
     expect(mem.regionOf(0x3ffc, 8)).toBeUndefined();
   });
 
+  it("addressOf maps a view back to its guest address only when all of it lies in one region", () => {
+    const { mem, a, b } = holey();
+    expect(mem.addressOf(mem.slice(0x1800, 16))).toBe(0x1800);
+    expect(mem.addressOf(mem.slice(0x3000, 0x1000))).toBe(0x3000);
+    // Any view of the backing buffer inside the region: region a starts 0x1000 into its buffer.
+    expect(mem.addressOf(new Uint8Array(a, 0x1004, 8))).toBe(0x1004);
+    expect(mem.addressOf(new Uint32Array(b, 0x10, 2))).toBe(0x3010);
+    // Outside the region's part of the buffer, spilling past its end, or another buffer.
+    expect(mem.addressOf(new Uint8Array(a, 0, 16))).toBeUndefined();
+    expect(mem.addressOf(new Uint8Array(b, 0xff8, 8))).toBe(0x3ff8);
+    expect(mem.addressOf(new Uint8Array(a, 0x1ff8, 8))).toBe(0x1ff8);
+    // Straddling the region's start inside its buffer.
+    expect(mem.addressOf(new Uint8Array(a, 0xff8, 16))).toBeUndefined();
+    expect(mem.addressOf(new Uint8Array(new ArrayBuffer(16)))).toBeUndefined();
+    expect(mem.addressOf(new Uint8Array(b, 0xffc, 4))).toBe(0x3ffc);
+  });
+
   it("is shared only when every region is a SharedArrayBuffer", () => {
     expect(createGuestMemory({ size: 8 }).shared).toBe(true);
     expect(createGuestMemory({ size: 8, shared: false }).shared).toBe(false);

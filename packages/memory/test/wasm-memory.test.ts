@@ -61,6 +61,20 @@ describe("WasmGuestMemory", () => {
     expect(replaced).toBe(2);
   });
 
+  it("addressOf finds views of guest RAM in the current buffer, after a grow too", () => {
+    const wasm = new WebAssembly.Memory({ initial: 1, maximum: 4 });
+    const mem = new WasmGuestMemory({
+      memory: wasm,
+      byteOffset: 0x100,
+      size: 0x1000,
+      guestBase: 0x8000,
+    });
+    expect(mem.addressOf(new Uint8Array(wasm.buffer, 0x180, 8))).toBe(0x8080);
+    expect(mem.addressOf(new Uint8Array(wasm.buffer, 0x80, 8))).toBeUndefined();
+    wasm.grow(1);
+    expect(mem.addressOf(new Uint8Array(wasm.buffer, 0x180, 8))).toBe(0x8080);
+  });
+
   it("refuses RAM that does not fit in the wasm memory, naming the option", () => {
     const wasm = new WebAssembly.Memory({ initial: 1 });
     expect(() => new WasmGuestMemory({ memory: wasm, byteOffset: 0, size: PAGE + 1 })).toThrow(
