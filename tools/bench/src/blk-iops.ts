@@ -21,6 +21,9 @@ export const IO = 4096;
 /** Size of the image file. */
 export const FILE_BYTES = 256 << 20;
 
+/** Guest address of the virtio path's read buffers (one per lane). */
+const LANE_BUFFERS = 0x400000;
+
 /** One measured run. */
 export interface IopsRun {
   /** Requests timed. */
@@ -96,7 +99,7 @@ export function blkRig(disk: BlockBackend, depth: number, kicks: KickMode = "syn
   );
   vm.line.handler = () => driver.onInterrupt();
   const mmio = vm.device;
-  return { driver, mmio, irqs: () => vm.line.taken };
+  return { driver, mmio, memory, irqs: () => vm.line.taken };
 }
 
 /** One run of `n` requests (the first fifth untimed) through the virtio stack. */
@@ -109,8 +112,12 @@ async function runVirtio(
 ): Promise<IopsRun> {
   const r = blkRig(disk, depth, kicks);
   const bufs = Array.from({ length: depth }, (_, k) => new Uint8Array(IO).fill(k + 1));
-  // Reads go into one buffer per lane, as the raw path's do (BlkDriver.readInto).
-  const into = Array.from({ length: depth }, () => new Uint8Array(IO));
+  // Reads go into one buffer per lane, as the raw path's do (BlkDriver.readInto): buffers in
+  // guest memory, above the ring area and the slab, which the device writes directly, as a
+  // guest's reads land in its own pages.
+  const into = Array.from({ length: depth }, (_, k) =>
+    r.memory.slice(LANE_BUFFERS + k * IO, IO, "write"),
+  );
   const op =
     kind === "read"
       ? (i: number, k: number) => r.driver.readInto(at[i]! / 512, into[k]!)
