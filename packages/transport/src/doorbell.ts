@@ -61,9 +61,14 @@ function checkCount(count: number): void {
   }
 }
 
-/** When a wait of `timeoutMs` (undefined: forever) started now ends, as a `Date.now()` time. */
+/** A monotonic clock in ms (`Date.now()` can jump with the wall clock); `performance` is in
+ * Node and browsers but not in the ES2022 library. */
+const perf = (globalThis as { performance?: { now(): number } }).performance;
+const now: () => number = perf !== undefined ? () => perf.now() : () => Date.now();
+
+/** When a wait of `timeoutMs` (undefined: forever) started now ends, on the {@link now} clock. */
 function deadlineOf(timeoutMs: number | undefined): number {
-  return timeoutMs === undefined ? Number.POSITIVE_INFINITY : Date.now() + timeoutMs;
+  return timeoutMs === undefined ? Number.POSITIVE_INFINITY : now() + timeoutMs;
 }
 
 function checkTimeout(timeoutMs: number | undefined): void {
@@ -174,7 +179,7 @@ export interface SharedDoorbellHandle {
 
 /**
  * A doorbell across threads: one Int32 word in a SharedArrayBuffer. `ring` is `Atomics.add`
- * then, if the word was 0, `Atomics.notify`; `take` is `Atomics.exchange(…, 0)`; `waitSync` is `Atomics.wait` (a
+ * then `Atomics.notify`; `take` is `Atomics.exchange(…, 0)`; `waitSync` is `Atomics.wait` (a
  * worker, or Node's main thread) and `wait` is `Atomics.waitAsync` (any thread, including a
  * browser's main thread). Waiting compares the word with 0 atomically inside the wait, so a ring
  * between a check and the sleep is never lost.
@@ -235,11 +240,12 @@ export class SharedDoorbell implements Doorbell {
   ring(count = 1): void {
     checkCount(count);
     // seq-cst add: everything this thread wrote before (ring indices, buffers) is visible to a
-    // thread that observes the new value. Then wake every sleeper on the word, unless the word
-    // was already non-zero: a waiter sleeps only while the word is 0, and the ring that made it
-    // non-zero woke every sleeper of that time (an eventfd write to a non-zero counter wakes
-    // nobody either). Atomics.notify takes a process-wide lock even with no waiter.
-    if (Atomics.add(this.word, 0, count) === 0) Atomics.notify(this.word, 0);
+    // thread that observes the new value. Then wake every sleeper on the word. Always: skipping
+    // the notify when the word was already non-zero would leave a waiter asleep on a non-zero
+    // word whenever the ring that made it non-zero has added but not yet notified (another
+    // thread, stalled or terminated in between); an eventfd does add and wake in one step.
+    Atomics.add(this.word, 0, count);
+    Atomics.notify(this.word, 0);
   }
 
   /** @inheritdoc */
@@ -263,7 +269,7 @@ export class SharedDoorbell implements Doorbell {
     const deadline = deadlineOf(timeoutMs);
     for (;;) {
       if (Atomics.load(this.word, 0) !== 0) return true;
-      const left = deadline - Date.now();
+      const left = deadline - now();
       if (left <= 0) return false;
       // Sleeps only while the word is still 0: a ring before this point returns "not-equal".
       // A wake-up can find the word 0 again: the notify of a ring whose count this thread has
@@ -284,13 +290,13 @@ export class SharedDoorbell implements Doorbell {
   }
 
   /**
-   * `Atomics.waitAsync` until the word is non-zero or `deadline` (a `Date.now()` time) passes; a
+   * `Atomics.waitAsync` until the word is non-zero or `deadline` (on the `now` clock) passes; a
    * stale notify (see {@link SharedDoorbell.waitSync}) sends it back to sleep.
    */
   async #waitAsync(deadline: number): Promise<boolean> {
     for (;;) {
       if (Atomics.load(this.word, 0) !== 0) return true;
-      const left = deadline - Date.now();
+      const left = deadline - now();
       if (left <= 0) return false;
       const r = waitAsync!(this.word, 0, 0, left === Number.POSITIVE_INFINITY ? undefined : left);
       if (r.async) await r.value;

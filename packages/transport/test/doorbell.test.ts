@@ -152,7 +152,7 @@ describe("SharedDoorbell across threads", () => {
     expect(device.rounds).toBe(20_000);
   }, 150_000);
 
-  it("rings in bursts, notified only on a zero word, reach a sleeping worker with none lost (20000 rings)", async () => {
+  it("rings in bursts reach a worker that sleeps between them, each counted once (20000 rings)", async () => {
     const kick = new SharedDoorbell();
     const irq = new SharedDoorbell();
     const common = { kick: kick.handle, irq: irq.handle, total: 20_000, timeoutMs: 60_000 };
@@ -191,6 +191,33 @@ describe("SharedDoorbell across threads", () => {
     kick.ring(3);
     // It returned on the ring (true, 3 taken), not on the stale wake-up (false, 0).
     expect(await result).toEqual({ role: "once", rounds: 1, rings: 3 });
+  });
+
+  it("a ring wakes the sleeper even when another producer's count is already on the word", async () => {
+    const kick = new SharedDoorbell();
+    const irq = new SharedDoorbell();
+    // The worker's waitSync would give up after 20 s; the ring below must wake it long before.
+    const result = run({
+      kick: kick.handle,
+      irq: irq.handle,
+      total: 1,
+      timeoutMs: 20_000,
+      role: "once",
+    });
+    expect(await irq.wait(30_000)).toBe(true);
+    let woken = 0;
+    for (const end = Date.now() + 30_000; woken === 0 && Date.now() < end; ) {
+      await new Promise((r) => setTimeout(r, 5));
+      woken = Atomics.notify(kick.word, 0); // stale: it sleeps on
+    }
+    expect(woken).toBe(1);
+    await new Promise((r) => setTimeout(r, 20));
+    // Producer A added its count and stalled before notifying; producer B rings.
+    Atomics.add(kick.word, 0, 1);
+    const t0 = Date.now();
+    kick.ring();
+    expect(await result).toEqual({ role: "once", rounds: 1, rings: 2 });
+    expect(Date.now() - t0).toBeLessThan(10_000);
   });
 
   it("the main thread waits with Atomics.waitAsync for a worker's interrupts", async () => {
