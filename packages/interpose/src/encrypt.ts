@@ -161,8 +161,8 @@ export class EncryptedDisk implements BlockBackend {
   readonly #smallPool: Uint8Array[] = [];
   readonly #guard: BlockGuard;
   // The requests waiting for the cipher, and the promise the microtask that runs them settles.
-  readonly #encJobs: XtsJob[] = [];
-  readonly #decJobs: XtsJob[] = [];
+  readonly #encJobs: CipherJob[] = [];
+  readonly #decJobs: CipherJob[] = [];
   #encDone: Promise<void> | undefined;
   #decDone: Promise<void> | undefined;
 
@@ -195,10 +195,10 @@ export class EncryptedDisk implements BlockBackend {
       const view = ct.subarray(0, len);
       await this.inner.read(sector + this.dataOffset, [view]);
       if (iovecs.length === 1) {
-        await this.#cipher({ src: view, dst: iovecs[0]!, firstSector: sector }, false);
+        await this.#cipher(view, iovecs[0]!, sector, false);
         return;
       }
-      await this.#cipher({ src: view, dst: view, firstSector: sector }, false);
+      await this.#cipher(view, view, sector, false);
       let at = 0;
       for (const v of iovecs) {
         v.set(view.subarray(at, at + v.length));
@@ -218,14 +218,14 @@ export class EncryptedDisk implements BlockBackend {
     try {
       const view = ct.subarray(0, len);
       if (iovecs.length === 1) {
-        await this.#cipher({ src: iovecs[0]!, dst: view, firstSector: sector }, true);
+        await this.#cipher(iovecs[0]!, view, sector, true);
       } else {
         let at = 0;
         for (const v of iovecs) {
           view.set(v, at);
           at += v.length;
         }
-        await this.#cipher({ src: view, dst: view, firstSector: sector }, true);
+        await this.#cipher(view, view, sector, true);
       }
       await this.inner.write(sector + this.dataOffset, [view]);
     } finally {
@@ -267,28 +267,46 @@ export class EncryptedDisk implements BlockBackend {
   }
 
   /**
-   * Queue `job` for the cipher: the first request of a task schedules a microtask that
-   * transforms every request queued by then in one batch. A job is whole sectors at a guarded
-   * sector, so the batch cannot fail for one request's arguments.
+   * Encipher (or decipher) whole sectors from `src` into `dst` with the other requests of this
+   * task: the first one schedules a microtask that transforms every request queued by then in
+   * one batch. Should the batch fail (a buffer detached meanwhile: a `WebAssembly.Memory` that
+   * grew), each request is redone alone, so only the bad one rejects, with its own error.
    */
-  #cipher(job: XtsJob, enc: boolean): Promise<void> {
+  async #cipher(
+    src: Uint8Array,
+    dst: Uint8Array,
+    firstSector: number,
+    enc: boolean,
+  ): Promise<void> {
+    const job: CipherJob = { src, dst, firstSector, error: undefined };
     const jobs = enc ? this.#encJobs : this.#decJobs;
     jobs.push(job);
-    const pending = enc ? this.#encDone : this.#decDone;
-    if (pending !== undefined) return pending;
-    const done = new Promise<void>((resolve, reject) => {
+    await ((enc ? this.#encDone : this.#decDone) ?? this.#schedule(jobs, enc));
+    if (job.error !== undefined) throw job.error;
+  }
+
+  /** The promise of the batch of `jobs`, run in a microtask. */
+  #schedule(jobs: CipherJob[], enc: boolean): Promise<void> {
+    const done = new Promise<void>((resolve) => {
       queueMicrotask(() => {
         if (enc) this.#encDone = undefined;
         else this.#decDone = undefined;
+        const xts = this.#xts;
         try {
-          if (enc) this.#xts.encryptBatch(jobs);
-          else this.#xts.decryptBatch(jobs);
-          resolve();
-        } catch (e) {
-          reject(e);
-        } finally {
-          jobs.length = 0;
+          if (enc) xts.encryptBatch(jobs);
+          else xts.decryptBatch(jobs);
+        } catch {
+          for (const j of jobs) {
+            try {
+              if (enc) xts.encrypt(j.src, j.dst, j.firstSector);
+              else xts.decrypt(j.src, j.dst, j.firstSector);
+            } catch (e) {
+              j.error = e;
+            }
+          }
         }
+        jobs.length = 0;
+        resolve();
       });
     });
     if (enc) this.#encDone = done;
@@ -529,6 +547,11 @@ function checkValue(dk: Uint8Array, header: Uint8Array): Buffer {
   return createHmac("sha256", dk.subarray(XTS_KEY_BYTES, XTS_KEY_BYTES + 32))
     .update(header.subarray(0, OFF_CHECK))
     .digest();
+}
+
+/** A request queued for the cipher, with the error it alone failed with (if the batch failed). */
+interface CipherJob extends XtsJob {
+  error: unknown;
 }
 
 function total(iovecs: readonly Uint8Array[]): number {

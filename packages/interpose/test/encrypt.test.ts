@@ -335,6 +335,25 @@ describe("encrypt (raw key, no header)", () => {
     expect(back).toEqual(ok);
   });
 
+  it("when one request of a batch cannot be enciphered (its buffer detached), only that one rejects", async () => {
+    const inner = new RamDisk(16);
+    const disk = encrypt(inner, KEY);
+    const ok = pseudoRandom(512, 31);
+    const doomed = new ArrayBuffer(512);
+    const a = disk.write(0, [ok]);
+    const b = disk.write(1, [new Uint8Array(doomed)]);
+    const c = disk.write(2, [ok]);
+    // Detach the second request's buffer before the batch runs (as a WebAssembly.Memory grow does).
+    structuredClone(doomed, { transfer: [doomed] });
+    const results = await Promise.allSettled([a, b, c]);
+    expect(results.map((r) => r.status)).toEqual(["fulfilled", "rejected", "fulfilled"]);
+    expect(String((results[1] as PromiseRejectedResult).reason)).toMatch(
+      /^RangeError: dst\.length must equal src\.length/,
+    );
+    expect(hex(inner.bytes.subarray(0, 512))).toBe(hex(opensslXts(KEY, 0, ok)));
+    expect(hex(inner.bytes.subarray(1024, 1536))).toBe(hex(opensslXts(KEY, 2, ok)));
+  });
+
   it("serves a BlkDevice, which sees the inner capacity", () => {
     const model = new BlkDevice(encrypt(new RamDisk(64), KEY), { serial: "enc" });
     expect(model.readConfig(0, 4)).toBe(64);

@@ -8,5 +8,8 @@
  * instruction. Internal (not exported from the package).
  */
 export function inSharedMemory(view: ArrayBufferView): boolean {
-  return typeof SharedArrayBuffer !== "undefined" && view.buffer instanceof SharedArrayBuffer;
+  // "Not an ArrayBuffer of this realm" rather than "a SharedArrayBuffer": a SharedArrayBuffer
+  // made in another realm (a vm context, an iframe) fails `instanceof SharedArrayBuffer`, and
+  // must still get Atomics; an ArrayBuffer from another realm merely pays for them.
+  return !(view.buffer instanceof ArrayBuffer);
 }

@@ -2,6 +2,8 @@
 // memory in a plain ArrayBuffer is seen by one thread, where program order is all the ordering
 // there is (and each Atomics call is a builtin call in V8 11.3). These tests count the Atomics
 // calls of the per-buffer paths in both kinds of memory.
+
+import { runInNewContext } from "node:vm";
 import { createGuestMemory } from "@virtio-ts/memory";
 import { Feature, featureMask } from "@virtio-ts/spec";
 import {
@@ -13,6 +15,7 @@ import {
   SplitDriverQueue,
 } from "@virtio-ts/virtqueue";
 import { afterEach, describe, expect, it, vi } from "vitest";
+import { inSharedMemory } from "../src/shared-view.js";
 
 const SIZE = 16;
 const FEATURES = ringFeatures(featureMask(Feature.RING_EVENT_IDX));
@@ -75,4 +78,16 @@ describe("Atomics only where another thread can see the ring", () => {
       expect(grown).toBeGreaterThanOrEqual(8);
     });
   }
+});
+
+describe("inSharedMemory", () => {
+  it("is false only for an ArrayBuffer of this realm: a SharedArrayBuffer from another realm still gets Atomics", () => {
+    expect(inSharedMemory(new Uint8Array(8))).toBe(false);
+    expect(inSharedMemory(new Uint16Array(new SharedArrayBuffer(8)))).toBe(true);
+    const foreignShared = runInNewContext("new Int32Array(new SharedArrayBuffer(8))") as Int32Array;
+    expect(foreignShared.buffer instanceof SharedArrayBuffer).toBe(false);
+    expect(inSharedMemory(foreignShared)).toBe(true);
+    // A foreign ArrayBuffer is not recognised either: it pays for Atomics, which is safe.
+    expect(inSharedMemory(runInNewContext("new Uint8Array(8)") as Uint8Array)).toBe(true);
+  });
 });
