@@ -123,6 +123,28 @@ function run(data: Record<string, unknown>): Promise<WorkerResult> {
   });
 }
 
+/**
+ * A worker (fixture role "once") asleep in `kick.waitSync(timeoutMs)`, proven asleep: a notify
+ * with nothing rung (what a ring's late Atomics.notify looks like to a thread that already took
+ * that ring's count) is repeated until it reaches the worker, which must then sleep on.
+ */
+async function workerAsleepInWaitSync(
+  timeoutMs: number,
+): Promise<{ kick: SharedDoorbell; result: Promise<WorkerResult> }> {
+  const kick = new SharedDoorbell();
+  const irq = new SharedDoorbell();
+  const result = run({ kick: kick.handle, irq: irq.handle, total: 1, timeoutMs, role: "once" });
+  expect(await irq.wait(30_000)).toBe(true);
+  let woken = 0;
+  for (const end = Date.now() + 30_000; woken === 0 && Date.now() < end; ) {
+    await new Promise((r) => setTimeout(r, 5));
+    woken = Atomics.notify(kick.word, 0);
+  }
+  expect(woken).toBe(1);
+  await new Promise((r) => setTimeout(r, 20));
+  return { kick, result };
+}
+
 describe("SharedDoorbell across threads", () => {
   beforeAll(() => {
     const tsc = createRequire(import.meta.url).resolve("typescript/bin/tsc");
@@ -169,49 +191,15 @@ describe("SharedDoorbell across threads", () => {
   }, 150_000);
 
   it("waitSync sleeps on through a stale notify (one that finds the word 0) until the ring", async () => {
-    const kick = new SharedDoorbell();
-    const irq = new SharedDoorbell();
-    const result = run({
-      kick: kick.handle,
-      irq: irq.handle,
-      total: 1,
-      timeoutMs: 30_000,
-      role: "once",
-    });
-    expect(await irq.wait(30_000)).toBe(true);
-    // A notify with nothing rung: what a ring's late Atomics.notify looks like to a thread that
-    // already took that ring's count. Repeat until it reaches the worker asleep in waitSync.
-    let woken = 0;
-    for (const end = Date.now() + 30_000; woken === 0 && Date.now() < end; ) {
-      await new Promise((r) => setTimeout(r, 5));
-      woken = Atomics.notify(kick.word, 0);
-    }
-    expect(woken).toBe(1);
-    await new Promise((r) => setTimeout(r, 20));
+    const { kick, result } = await workerAsleepInWaitSync(30_000);
     kick.ring(3);
     // It returned on the ring (true, 3 taken), not on the stale wake-up (false, 0).
     expect(await result).toEqual({ role: "once", rounds: 1, rings: 3 });
   });
 
   it("a ring wakes the sleeper even when another producer's count is already on the word", async () => {
-    const kick = new SharedDoorbell();
-    const irq = new SharedDoorbell();
     // The worker's waitSync would give up after 20 s; the ring below must wake it long before.
-    const result = run({
-      kick: kick.handle,
-      irq: irq.handle,
-      total: 1,
-      timeoutMs: 20_000,
-      role: "once",
-    });
-    expect(await irq.wait(30_000)).toBe(true);
-    let woken = 0;
-    for (const end = Date.now() + 30_000; woken === 0 && Date.now() < end; ) {
-      await new Promise((r) => setTimeout(r, 5));
-      woken = Atomics.notify(kick.word, 0); // stale: it sleeps on
-    }
-    expect(woken).toBe(1);
-    await new Promise((r) => setTimeout(r, 20));
+    const { kick, result } = await workerAsleepInWaitSync(20_000);
     // Producer A added its count and stalled before notifying; producer B rings.
     Atomics.add(kick.word, 0, 1);
     const t0 = Date.now();
