@@ -3,6 +3,12 @@ import { createRequire } from "node:module";
 import { homedir } from "node:os";
 import { dirname, join } from "node:path";
 
+/** The bytes of the file at `path` in an ArrayBuffer of their own (what v86 takes for images). */
+export function readArrayBuffer(path: string): ArrayBuffer {
+  const b = readFileSync(path);
+  return b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength) as ArrayBuffer;
+}
+
 /** Everything a v86 boot of the i686 guest needs from outside the repository. */
 export interface GuestAssets {
   /** The cache folder scripts/linux-guest.sh fills. */

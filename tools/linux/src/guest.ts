@@ -1,4 +1,4 @@
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { FileDisk } from "@virtio-ts/backend-disk/node";
@@ -26,7 +26,7 @@ import {
   V86VirtioBus,
   type V86VirtioDevice,
 } from "@virtio-ts/v86";
-import { findGuestAssets, type GuestAssets } from "./assets.js";
+import { findGuestAssets, type GuestAssets, readArrayBuffer } from "./assets.js";
 import { buildGuestInitramfs, EXIT_MARKER, READY_MARKER } from "./initramfs.js";
 import { PingPeer, type PingPeerStats } from "./peer.js";
 
@@ -251,16 +251,12 @@ export async function startLinux(options: LinuxOptions = {}): Promise<LinuxGuest
   const rng = new RngDevice();
   const balloons = options.balloons ?? [];
 
-  const buf = (p: string): ArrayBuffer => {
-    const b = readFileSync(p);
-    return b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength) as ArrayBuffer;
-  };
   const t0 = performance.now();
   const emulator = new V86({
     wasm_path: assets.v86Wasm,
-    bios: { buffer: buf(assets.bios) },
-    vga_bios: { buffer: buf(assets.vgaBios) },
-    bzimage: { buffer: buf(assets.kernel) },
+    bios: { buffer: readArrayBuffer(assets.bios) },
+    vga_bios: { buffer: readArrayBuffer(assets.vgaBios) },
+    bzimage: { buffer: readArrayBuffer(assets.kernel) },
     initrd: {
       buffer: initrd.buffer.slice(initrd.byteOffset, initrd.byteOffset + initrd.byteLength),
     },

@@ -5,7 +5,7 @@ import { Switch, type SwitchPort } from "@virtio-ts/backend-net";
 import { BlkDevice, type NetBackend, NetDevice, type NetFrameSink } from "@virtio-ts/devices";
 import { cpioNewc, type InitramfsEntry, resolveModules } from "@virtio-ts/interop";
 import { V86VirtioBus, type V86VirtioDevice } from "@virtio-ts/v86";
-import { findGuestAssets, type GuestAssets } from "./assets.js";
+import { findGuestAssets, type GuestAssets, readArrayBuffer } from "./assets.js";
 import { KERNEL_CMDLINE } from "./guest.js";
 import { buildGuestInitramfs, EXIT_MARKER, GUEST_MODULES, READY_MARKER } from "./initramfs.js";
 import { PingPeer } from "./peer.js";
@@ -250,16 +250,12 @@ export async function startLabGuest(options: LabGuestOptions): Promise<LabGuestR
     // One transmit interrupt per v86 time slice rather than one per frame.
     txInterrupts: "coalesced",
   });
-  const buf = (p: string): ArrayBuffer => {
-    const b = readFileSync(p);
-    return b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength) as ArrayBuffer;
-  };
   const t0 = performance.now();
   const emulator = new V86({
     wasm_path: assets.v86Wasm,
-    bios: { buffer: buf(assets.bios) },
-    vga_bios: { buffer: buf(assets.vgaBios) },
-    bzimage: { buffer: buf(assets.kernel) },
+    bios: { buffer: readArrayBuffer(assets.bios) },
+    vga_bios: { buffer: readArrayBuffer(assets.vgaBios) },
+    bzimage: { buffer: readArrayBuffer(assets.kernel) },
     initrd: { buffer: initrd.buffer },
     hda: {
       buffer: image.buffer.slice(image.byteOffset, image.byteOffset + image.byteLength),
