@@ -14,7 +14,7 @@ import {
   hasFeature,
 } from "@virtio-ts/spec";
 import type { DeviceContext, DeviceModel } from "@virtio-ts/transport";
-import { DescriptorChain } from "@virtio-ts/virtqueue";
+import { checkQueueSizeOption, DescriptorChain } from "@virtio-ts/virtqueue";
 import type { BlockBackend } from "./blk-backend.js";
 
 /** A virtio-blk request type parsed from the guest's `type` field, with an unknown arm. */
@@ -316,10 +316,7 @@ export class BlkDevice implements DeviceModel {
     if (!Number.isInteger(bs) || bs < 512 || bs > 0x8000_0000 || (bs & (bs - 1)) !== 0) {
       throw new RangeError(`backend.blockSize must be a power of 2 of at least 512, got ${bs}`);
     }
-    const qs = options.queueSize ?? 256;
-    if (!Number.isInteger(qs) || qs < 2 || qs > 32768 || (qs & (qs - 1)) !== 0) {
-      throw new RangeError(`options.queueSize must be a power of 2 in [2, 32768], got ${qs}`);
-    }
+    const qs = checkQueueSizeOption("options.queueSize", options.queueSize ?? 256);
     const sizeMax = checkU32("options.sizeMax", options.sizeMax ?? 1 << 20, 1);
     const maxRanges = checkU32("options.maxRanges", options.maxRanges ?? 16, 1);
     if (maxRanges > 256)

@@ -17,7 +17,7 @@ import {
   DeviceStateFormatError,
   DeviceStateMismatchError,
 } from "@virtio-ts/transport";
-import { DescriptorChain, type DeviceQueue } from "@virtio-ts/virtqueue";
+import { checkQueueSizeOption, DescriptorChain, type DeviceQueue } from "@virtio-ts/virtqueue";
 import type { ConsoleBackend, ConsoleInputSink } from "./console-backend.js";
 
 /** What a {@link ConsoleDevice} knows about one of its ports ({@link ConsoleDevice.portState}). */
@@ -292,10 +292,7 @@ export class ConsoleDevice implements DeviceModel, ConsoleInputSink {
    * @throws RangeError naming the bad option
    */
   constructor(backend: ConsoleBackend, options: ConsoleDeviceOptions = {}) {
-    const qs = options.queueSize ?? 64;
-    if (!Number.isInteger(qs) || qs < 2 || qs > 32768 || (qs & (qs - 1)) !== 0) {
-      throw new RangeError(`options.queueSize must be a power of 2 in [2, 32768], got ${qs}`);
-    }
+    const qs = checkQueueSizeOption("options.queueSize", options.queueSize ?? 64);
     const specs = options.ports ?? [{}];
     const maxPorts = options.maxPorts ?? Math.max(1, specs.length);
     if (!Number.isInteger(maxPorts) || maxPorts < 1 || maxPorts > 0x7fff) {

@@ -17,6 +17,7 @@ import {
   NetStatus,
 } from "@virtio-ts/spec";
 import { type DeviceContext, type DeviceModel, DeviceStateFormatError } from "@virtio-ts/transport";
+import { checkQueueSizeOption } from "@virtio-ts/virtqueue";
 import type { NetBackend, NetFrameSink } from "./net-backend.js";
 import { NetControl } from "./net-ctrl.js";
 import type { NetRxFilter } from "./net-filter.js";
@@ -193,8 +194,8 @@ export class NetDevice implements DeviceModel, NetFrameSink {
     if (!Number.isInteger(pairs) || pairs < NetMqPairs.MIN || pairs > 256) {
       throw new RangeError(`options.maxQueuePairs must be an integer in [1, 256], got ${pairs}`);
     }
-    const qs = checkQueueSize("options.queueSize", options.queueSize ?? 256);
-    const cqs = checkQueueSize("options.ctrlQueueSize", options.ctrlQueueSize ?? 64);
+    const qs = checkQueueSizeOption("options.queueSize", options.queueSize ?? 256);
+    const cqs = checkQueueSizeOption("options.ctrlQueueSize", options.ctrlQueueSize ?? 64);
     const entries = options.macTableEntries ?? 64;
     if (!Number.isInteger(entries) || entries < 1 || entries > 1024) {
       throw new RangeError(
@@ -497,11 +498,4 @@ export class NetDevice implements DeviceModel, NetFrameSink {
       multicast: list(16 + MAC_LEN * nUni, nMulti),
     });
   }
-}
-
-function checkQueueSize(name: string, qs: number): number {
-  if (!Number.isInteger(qs) || qs < 2 || qs > 32768 || (qs & (qs - 1)) !== 0) {
-    throw new RangeError(`${name} must be a power of 2 in [2, 32768], got ${qs}`);
-  }
-  return qs;
 }

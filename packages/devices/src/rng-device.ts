@@ -1,7 +1,7 @@
 import { type GuestMemory, VirtioError } from "@virtio-ts/memory";
 import { DeviceId, Feature, featureMask, RngQueue } from "@virtio-ts/spec";
 import type { DeviceContext, DeviceModel } from "@virtio-ts/transport";
-import { DescriptorChain } from "@virtio-ts/virtqueue";
+import { checkQueueSizeOption, DescriptorChain } from "@virtio-ts/virtqueue";
 import { defaultTimer } from "./host-timer.js";
 import { CryptoEntropySource, type EntropySource } from "./rng-backend.js";
 
@@ -181,10 +181,7 @@ export class RngDevice implements DeviceModel {
    * @throws RangeError naming the bad option; TypeError if no source or timer is available
    */
   constructor(options: RngDeviceOptions = {}) {
-    const qs = options.queueSize ?? 64;
-    if (!Number.isInteger(qs) || qs < 2 || qs > 32768 || (qs & (qs - 1)) !== 0) {
-      throw new RangeError(`options.queueSize must be a power of 2 in [2, 32768], got ${qs}`);
-    }
+    const qs = checkQueueSizeOption("options.queueSize", options.queueSize ?? 64);
     const max = options.maxRequestBytes ?? 65536;
     if (!Number.isInteger(max) || max < 1 || max > RNG_MAX_REQUEST_BYTES) {
       throw new RangeError(

@@ -21,7 +21,7 @@ import {
   VsockType,
 } from "@virtio-ts/spec";
 import type { DeviceContext, DeviceModel } from "@virtio-ts/transport";
-import { DescriptorChain, type DeviceQueue } from "@virtio-ts/virtqueue";
+import { checkQueueSizeOption, DescriptorChain, type DeviceQueue } from "@virtio-ts/virtqueue";
 import {
   type VsockConnectOptions,
   VsockError,
@@ -248,10 +248,7 @@ export class VsockDevice implements DeviceModel {
    */
   constructor(options: VsockDeviceOptions) {
     this.#guestCid = checkCid(options?.guestCid, "options.guestCid");
-    const qs = options.queueSize ?? 128;
-    if (!Number.isInteger(qs) || qs < 2 || qs > 32768 || (qs & (qs - 1)) !== 0) {
-      throw new RangeError(`options.queueSize must be a power of 2 in [2, 32768], got ${qs}`);
-    }
+    const qs = checkQueueSizeOption("options.queueSize", options.queueSize ?? 128);
     this.bufferBytes = intOption("options.bufferBytes", options.bufferBytes, 262144, 4096, 2 ** 30);
     this.maxConnections = intOption(
       "options.maxConnections",

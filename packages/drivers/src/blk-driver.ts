@@ -21,6 +21,7 @@ import {
 } from "@virtio-ts/spec";
 import type { DriverTransport } from "@virtio-ts/transport";
 import {
+  checkQueueSizeOption,
   type DriverQueue,
   indirectAreaSize,
   ringAreaBytes,
@@ -350,10 +351,7 @@ export class BlkDriver {
     this.#mayUnmap = cfg.mayUnmap;
 
     const max = transport.queueMaxSize(0);
-    const size = options.queueSize ?? Math.min(128, max);
-    if (!Number.isInteger(size) || size < 2 || size > 32768 || (size & (size - 1)) !== 0) {
-      throw new RangeError(`options.queueSize must be a power of 2 in [2, 32768], got ${size}`);
-    }
+    const size = checkQueueSizeOption("options.queueSize", options.queueSize ?? Math.min(128, max));
     const indirect = hasFeature(f, Feature.RING_INDIRECT_DESC);
     // §5.2.5: with SEG_MAX the driver MUST NOT put more than seg_max data segments in a request.
     let segs = Math.min(maxSegOpt, size - 2, allocator.slots - 1);

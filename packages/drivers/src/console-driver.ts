@@ -18,7 +18,13 @@ import {
   MmioInterrupt,
 } from "@virtio-ts/spec";
 import type { ConfigWritableTransport } from "@virtio-ts/transport";
-import { type DriverQueue, ringAreaBytes, ringLayoutAt, type Segment } from "@virtio-ts/virtqueue";
+import {
+  checkQueueSizeOption,
+  type DriverQueue,
+  ringAreaBytes,
+  ringLayoutAt,
+  type Segment,
+} from "@virtio-ts/virtqueue";
 import { checkAllocatorPlacement, checkRingPlacement } from "./placement.js";
 import { reapAll } from "./reap.js";
 import type { SlabAllocator } from "./slab.js";
@@ -355,10 +361,7 @@ export class ConsoleDriver {
     this.#rxBuffers = rxBuffers;
 
     const max = transport.queueMaxSize(0);
-    const size = options.queueSize ?? Math.min(64, max);
-    if (!Number.isInteger(size) || size < 2 || size > 32768 || (size & (size - 1)) !== 0) {
-      throw new RangeError(`options.queueSize must be a power of 2 in [2, 32768], got ${size}`);
-    }
+    const size = checkQueueSizeOption("options.queueSize", options.queueSize ?? Math.min(64, max));
     const area = ringAreaBytes(size);
     const nQueues = this.#multiport ? 2 * (this.#nPorts + 1) : 2;
     checkRingPlacement(

@@ -23,7 +23,12 @@ import {
   NetStatus,
 } from "@virtio-ts/spec";
 import type { DriverTransport } from "@virtio-ts/transport";
-import { type DriverQueue, ringAreaBytes, ringLayoutAt } from "@virtio-ts/virtqueue";
+import {
+  checkQueueSizeOption,
+  type DriverQueue,
+  ringAreaBytes,
+  ringLayoutAt,
+} from "@virtio-ts/virtqueue";
 import { type CtrlReq, NetDriverCore } from "./net-driver-core.js";
 import { NetDriverCtrl } from "./net-driver-ctrl.js";
 import { NetDriverRx } from "./net-driver-rx.js";
@@ -228,10 +233,10 @@ export class NetDriver {
     const mq = hasFeature(f, NetFeature.MQ);
     c.ctrlIndex = mq ? 2 * cfg.pairs : 2;
 
-    const size = options.queueSize ?? Math.min(256, transport.queueMaxSize(0));
-    if (!Number.isInteger(size) || size < 2 || size > 32768 || (size & (size - 1)) !== 0) {
-      throw new RangeError(`options.queueSize must be a power of 2 in [2, 32768], got ${size}`);
-    }
+    const size = checkQueueSizeOption(
+      "options.queueSize",
+      options.queueSize ?? Math.min(256, transport.queueMaxSize(0)),
+    );
     // Buffers one largest frame needs (1 without MRG_RXBUF, where a slot holds a frame).
     const perFrame = Math.ceil((hdrLen + maxFrame) / allocator.slotSize);
     const rxBuffers = options.rxBuffers ?? Math.min(size, Math.max(size >> 1, 2 * perFrame));

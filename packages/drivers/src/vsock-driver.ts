@@ -22,7 +22,13 @@ import {
   VsockType,
 } from "@virtio-ts/spec";
 import type { DriverTransport } from "@virtio-ts/transport";
-import { type DriverQueue, ringAreaBytes, ringLayoutAt, type Segment } from "@virtio-ts/virtqueue";
+import {
+  checkQueueSizeOption,
+  type DriverQueue,
+  ringAreaBytes,
+  ringLayoutAt,
+  type Segment,
+} from "@virtio-ts/virtqueue";
 import { reapAll } from "./reap.js";
 import type { SlabAllocator } from "./slab.js";
 
@@ -356,10 +362,7 @@ export class VsockDriver {
     this.#features = transport.negotiate(wanted);
     this.#cid = this.#readCid();
     const max = transport.queueMaxSize(0);
-    const size = options.queueSize ?? Math.min(64, max);
-    if (!Number.isInteger(size) || size < 2 || size > 32768 || (size & (size - 1)) !== 0) {
-      throw new RangeError(`options.queueSize must be a power of 2 in [2, 32768], got ${size}`);
-    }
+    const size = checkQueueSizeOption("options.queueSize", options.queueSize ?? Math.min(64, max));
     const area = ringAreaBytes(size);
     for (let i = 0; i < 3; i++) {
       this.#queues[i] = transport.setupQueue<Buf>(

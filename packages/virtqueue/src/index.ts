@@ -39,7 +39,7 @@ export { GatedDeviceQueue, type GatedDeviceQueueOptions } from "./gated-queue.js
 export { PackedDeviceQueue } from "./packed-device.js";
 export { type PackedDriverOptions, PackedDriverQueue } from "./packed-driver.js";
 export { NO_RING_FEATURES, ringFeatures } from "./ring-features.js";
-export { ringAreaBytes, ringLayoutAt } from "./ring-placement.js";
+export { checkQueueSizeOption, ringAreaBytes, ringLayoutAt } from "./ring-placement.js";
 export { type SplitDeviceOptions, SplitDeviceQueue } from "./split-device.js";
 export {
   type IndirectArea,

@@ -51,3 +51,19 @@ export function ringAreaBytes(size: number): number {
   const l = ringLayoutAt(0, size);
   return alignUp(l.device + splitUsedSize(size), 16);
 }
+
+/**
+ * Check a host-chosen queue size option (a device's or driver's `queueSize`): a power of 2 in
+ * [2, 32768], a size both ring layouts take (a split ring's size is a power of 2, §2.7; at most
+ * 32768 entries, §2.7 / §2.8).
+ * @param name - the option, for the message (e.g. "options.queueSize")
+ * @param size - the value given
+ * @returns `size`
+ * @throws RangeError naming `name` otherwise
+ */
+export function checkQueueSizeOption(name: string, size: number): number {
+  if (!Number.isInteger(size) || size < 2 || size > 32768 || (size & (size - 1)) !== 0) {
+    throw new RangeError(`${name} must be a power of 2 in [2, 32768], got ${size}`);
+  }
+  return size;
+}
