@@ -824,11 +824,10 @@ export class BlkDriver {
     if (gpa === undefined) return -1;
     const len = view.length;
     const slab = this.#slab;
-    const slabEnd = slab.base + slab.slotSize * slab.slots;
     if (
       !this.#mem.check(gpa, len, "write") ||
       (gpa < this.#areaEnd && this.#areaStart < gpa + len) ||
-      (gpa < slabEnd && slab.base < gpa + len)
+      (gpa < slab.base + slab.byteLength && slab.base < gpa + len)
     ) {
       return -1;
     }
