@@ -25,6 +25,7 @@ import {
   VirtioPciDevice,
 } from "@virtio-ts/transport";
 import { describe, expect, it } from "vitest";
+import { pattern as random } from "../src/blk-rig.js";
 
 type Mode = "intx" | "msix";
 
@@ -98,18 +99,6 @@ async function until<T>(p: Promise<T>, step: () => Promise<void> | void): Promis
   }
   if (!done) throw new Error("no completion: an interrupt was lost");
   return tracked;
-}
-
-function random(n: number, seed: number): Uint8Array {
-  const b = new Uint8Array(n);
-  let x = seed >>> 0 || 1;
-  for (let i = 0; i < n; i++) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    b[i] = x & 0xff;
-  }
-  return b;
 }
 
 const modes: [Mode, { bar?: PciBarKind; access?: "bar" | "pci-cfg" }, boolean][] = [

@@ -4,6 +4,7 @@ import { createGuestMemory, type GuestMemory, VirtioError } from "@virtio-ts/mem
 import { BlkStatus, Feature, featureMask, hasFeature } from "@virtio-ts/spec";
 import { InThreadMmio, type MmioDevice } from "@virtio-ts/transport";
 import { describe, expect, it } from "vitest";
+import { pattern as random } from "../../../test-support/pattern.js";
 import { BlkDeviceFault, BlkDriver, BlkStatusError, SlabAllocator } from "../src/index.js";
 
 interface Setup {
@@ -67,18 +68,6 @@ function setup(
 /** A fatal device-side fault for the NEEDS_RESET test. */
 class BackendLost extends VirtioError {
   readonly code = "test-backend-lost";
-}
-
-function random(n: number, seed: number): Uint8Array {
-  const b = new Uint8Array(n);
-  let x = seed >>> 0 || 1;
-  for (let i = 0; i < n; i++) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    b[i] = x & 0xff;
-  }
-  return b;
 }
 
 describe("BlkDriver", () => {

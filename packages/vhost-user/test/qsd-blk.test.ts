@@ -8,6 +8,7 @@ import { join } from "node:path";
 import { BlkDriver, SlabAllocator } from "@virtio-ts/drivers";
 import { BlkFeature, DeviceId, Feature, featureMask, hasFeature } from "@virtio-ts/spec";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { pattern as random } from "../../../test-support/pattern.js";
 import {
   createSharedMemory,
   loadNative,
@@ -22,18 +23,6 @@ function pattern(sector: number): Uint8Array {
   const b = new Uint8Array(512);
   for (let i = 0; i < 512; i++) b[i] = (sector * 31 + i * 7 + (sector >> 8)) & 0xff;
   new DataView(b.buffer).setUint32(0, sector, true);
-  return b;
-}
-
-function random(n: number, seed: number): Uint8Array {
-  const b = new Uint8Array(n);
-  let x = seed >>> 0 || 1;
-  for (let i = 0; i < n; i++) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    b[i] = x & 0xff;
-  }
   return b;
 }
 

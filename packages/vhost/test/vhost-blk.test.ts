@@ -14,6 +14,7 @@ import { createGuestMemory } from "@virtio-ts/memory";
 import { DeviceStatus, Feature, hasFeature } from "@virtio-ts/spec";
 import { MmioDevice, MmioDriverTransport, RateLimitedLog } from "@virtio-ts/transport";
 import { afterEach, beforeAll, describe, expect, it } from "vitest";
+import { pattern as random } from "../../../test-support/pattern.js";
 import {
   blkDescription,
   type VhostBlkArgs,
@@ -53,18 +54,6 @@ const open: { close(): Promise<void> }[] = [];
 afterEach(async () => {
   for (const o of open.splice(0)) await o.close();
 });
-
-function random(n: number, seed: number): Uint8Array {
-  const b = new Uint8Array(n);
-  let x = seed >>> 0 || 1;
-  for (let i = 0; i < n; i++) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    b[i] = x & 0xff;
-  }
-  return b;
-}
 
 async function until(cond: () => boolean, ms = 10_000): Promise<void> {
   const end = Date.now() + ms;

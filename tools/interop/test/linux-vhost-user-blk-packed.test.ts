@@ -11,7 +11,7 @@ import { BlkDevice, type BlockBackend } from "@virtio-ts/devices";
 import { explainGuest, type KernelInfo, requireTools, startGuest } from "@virtio-ts/interop";
 import { VhostUserBlkBackend, type VhostUserError } from "@virtio-ts/vhost-user";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { md5, pattern } from "./helpers/pattern.js";
+import { md5, pattern } from "../../../test-support/pattern.js";
 
 /** Hang guard only: the test may first wait for other suites' guests (one runs at a time). */
 const BOOT_TEST_TIMEOUT = 300_000;

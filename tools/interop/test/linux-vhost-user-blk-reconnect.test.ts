@@ -15,7 +15,7 @@ import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { explainGuest, type KernelInfo, requireTools, startGuest } from "@virtio-ts/interop";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { md5, pattern } from "./helpers/pattern.js";
+import { md5, pattern } from "../../../test-support/pattern.js";
 
 const BOOT_TEST_TIMEOUT = 300_000;
 const IMAGE = 16 << 20;

@@ -13,7 +13,7 @@ import { VsockDevice, type VsockStream } from "@virtio-ts/devices";
 import { explainGuest, type KernelInfo, requireTools, startGuest } from "@virtio-ts/interop";
 import { type VhostUserError, VhostUserVsockBackend } from "@virtio-ts/vhost-user";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { md5, pattern } from "./helpers/pattern.js";
+import { md5, pattern } from "../../../test-support/pattern.js";
 
 const BOOT_TEST_TIMEOUT = 300_000;
 const GUEST_CID = 7;

@@ -1,3 +1,4 @@
+// Test data shared by the suites: deterministic bytes a guest (or a device) can check.
 import { createHash } from "node:crypto";
 
 /** `n` deterministic pseudo-random bytes (xorshift32 from `seed`): data a guest can check. */
