@@ -5,6 +5,8 @@ const TWO_32 = 4294967296;
 /**
  * Validate the host arguments of a driver's `add()`, for both ring layouts, and return the
  * chain's writable bytes. Runs before anything is written, so a rejected call changes nothing.
+ * (SplitDriverQueue's fast path checks direct segments as it writes them and calls this only when
+ * one is refused: the descriptors it wrote by then are free ones, which the device never reads.)
  *
  * Rules: `token` not undefined; at least one segment; no more segments than the queue size
  * (split §2.7.5.3.1, packed §2.8.17); each segment an object whose `addr` is a non-negative safe

@@ -36,6 +36,16 @@ const F_WRITE = SplitDescFlags.WRITE;
 const F_INDIRECT = SplitDescFlags.INDIRECT;
 const U32_MAX = 0xffffffff;
 const TWO_32 = 4294967296;
+// Why `#walk` stopped early, for `#walkTail` (0: it did not). The walk writes these, the flag
+// bits and 2^32 as literals: a module-level `const` or an import costs a context load and a TDZ
+// check per use in V8, and bytecode, whose size decides whether V8 inlines the walk.
+const STOP_INDIRECT = 1; // an INDIRECT descriptor: not a failure, the tail walks the table
+const STOP_LOOP = 2;
+const STOP_READABLE_AFTER_WRITABLE = 3;
+const STOP_TOO_LONG = 4;
+const STOP_OUT_OF_BOUNDS = 5;
+const STOP_TOTAL = 6;
+const STOP_NEXT = 7;
 
 // Numeric failure codes of the chain walk: the hot path returns one of these, and an Error is
 // built only on the cold path (#chainError) from the queue's scratch fields.
@@ -276,70 +286,64 @@ export class SplitDeviceQueue implements DeviceQueue {
    * Walk and validate the chain at `head` into `chain`; returns OK or an error code. The
    * segment count and byte totals live in locals and are stored into the cursor once, at the
    * end (or before an indirect table, whose walk appends through ChainCheck.segment).
+   *
+   * Kept small for the JIT: a failure only sets `stop` and leaves the loop; what the error
+   * needs, and the indirect case, are worked out in {@link SplitDeviceQueue.#walkTail}. (V8
+   * inlines a function into its caller only below a bytecode size, so error plumbing on the
+   * hot path costs a call per chain.)
    */
   #walk(head: number, chain: DescriptorChain): number {
     const desc = this.#v.desc;
     const size = this.size;
-    const check = this.#check;
     // §2.7.5.3.1: a chain is never longer than the queue size (indirect entries included);
     // §2.7.4.1: the device may set a lower limit, here the cursor's capacity.
-    const budget = Math.min(chain.capacity, size);
+    let budget = chain.capacity;
+    if (budget > size) budget = size;
     const visited = this.#visited;
     const epoch = this.#nextEpoch();
-    chain.begin(head);
     const addrs = chain.addrs;
     const lens = chain.lens;
+    const check = this.#check;
+    chain.begin(head);
     let count = 0;
     let readableCount = 0;
     let readableBytes = 0;
     let writableBytes = 0;
-    let code = OK;
+    let stop = 0;
     let idx = head;
-    let seenWritable = false;
+    let addr = 0;
+    let len = 0;
+    let fn = 0;
     // Terminates: each turn marks a new descriptor (idx < size) or leaves, so at most `size`
     // descriptors are read.
     for (;;) {
       if (visited[idx] === epoch) {
-        code = check.fail(E_LOOP, idx, false, 0, 0);
+        stop = 2; // STOP_LOOP
         break;
       }
       visited[idx] = epoch;
       const w = idx << 2;
       // Each descriptor is read exactly once; only these locals are used afterwards.
-      const addr = desc[w + 1]! * TWO_32 + desc[w]!;
-      const len = desc[w + 2]!;
-      const fn = desc[w + 3]!;
-      const flags = fn & 0xffff;
-      const next = fn >>> 16;
-      if ((flags & F_INDIRECT) !== 0) {
-        if (!this.#indirect) {
-          code = check.fail(E_IND_NEG, idx, false, 0, 0);
-          break;
-        }
-        // §2.7.5.3.1 makes INDIRECT with NEXT a driver MUST NOT and gives the device no rule
-        // for it. Continuing after the table (as Linux vhost does) would guess at the driver's
-        // intent, so the chain is refused. §2.7.5.3.2: zero or more direct descriptors followed
-        // by one INDIRECT descriptor is valid, and its WRITE flag is ignored.
-        if ((flags & F_NEXT) !== 0) {
-          code = check.fail(E_IND_NEXT, idx, false, 0, 0);
-          break;
-        }
-        chain.setTotals(count, readableCount, readableBytes, writableBytes);
-        return this.#walkIndirect(chain, idx, addr, len, budget, seenWritable);
+      addr = desc[w + 1]! * 4294967296 + desc[w]!;
+      len = desc[w + 2]!;
+      fn = desc[w + 3]!; // flags in the low half, next in the high half
+      if ((fn & 4) !== 0) {
+        stop = 1; // STOP_INDIRECT
+        break;
       }
-      const writable = (flags & F_WRITE) !== 0;
-      // §2.7.4.2: device-writable descriptors come after all device-readable ones.
-      if (writable) seenWritable = true;
-      else if (seenWritable) {
-        code = check.fail(E_R_AFTER_W, idx, false, 0, 0);
+      const writable = (fn & 2) !== 0;
+      // §2.7.4.2: device-writable descriptors come after all device-readable ones (every
+      // segment so far counts as readable or was writable).
+      if (!writable && count !== readableCount) {
+        stop = 3; // STOP_READABLE_AFTER_WRITABLE
         break;
       }
       if (count >= budget) {
-        code = check.fail(E_TOO_LONG, idx, false, budget, 0);
+        stop = 4; // STOP_TOO_LONG
         break;
       }
       if (!check.accessible(addr, len, writable)) {
-        code = check.fail(E_OOB, idx, false, addr, len);
+        stop = 5; // STOP_OUT_OF_BOUNDS
         break;
       }
       addrs[count] = addr;
@@ -351,19 +355,63 @@ export class SplitDeviceQueue implements DeviceQueue {
         readableBytes += len;
       }
       // §2.7.5.2: at most 2^32 bytes in total (see ChainCheck.segment).
-      if (readableBytes + writableBytes > U32_MAX) {
-        code = check.fail(E_TOTAL, idx, false, 0, 0);
+      if (readableBytes + writableBytes > 0xffffffff) {
+        stop = 6; // STOP_TOTAL
         break;
       }
-      if ((flags & F_NEXT) === 0) break;
-      if (next >= size) {
-        code = check.fail(E_NEXT, idx, false, next, size);
+      if ((fn & 1) === 0) break;
+      if (fn >>> 16 >= size) {
+        stop = 7; // STOP_NEXT
         break;
       }
-      idx = next;
+      idx = fn >>> 16;
     }
     chain.setTotals(count, readableCount, readableBytes, writableBytes);
-    return code;
+    if (stop === 0) return 0; // OK
+    return this.#walkTail(stop, chain, idx, addr, len, fn, budget);
+  }
+
+  /**
+   * The end of a walk that stopped at descriptor `idx` without finishing: follow an INDIRECT
+   * descriptor into its table, or record the failure for the error the caller builds.
+   */
+  #walkTail(
+    stop: number,
+    chain: DescriptorChain,
+    idx: number,
+    addr: number,
+    len: number,
+    fn: number,
+    budget: number,
+  ): number {
+    const check = this.#check;
+    switch (stop) {
+      case STOP_INDIRECT: {
+        if (!this.#indirect) return check.fail(E_IND_NEG, idx, false, 0, 0);
+        // §2.7.5.3.1 makes INDIRECT with NEXT a driver MUST NOT and gives the device no rule
+        // for it. Continuing after the table (as Linux vhost does) would guess at the driver's
+        // intent, so the chain is refused. §2.7.5.3.2: zero or more direct descriptors followed
+        // by one INDIRECT descriptor is valid, and its WRITE flag is ignored.
+        if ((fn & 1) !== 0) return check.fail(E_IND_NEXT, idx, false, 0, 0);
+        // Every segment so far is readable or came after a writable one (see #walk).
+        const seenWritable = chain.count !== chain.readableCount;
+        return this.#walkIndirect(chain, idx, addr, len, budget, seenWritable);
+      }
+      case STOP_TOO_LONG:
+        return check.fail(E_TOO_LONG, idx, false, budget, 0);
+      case STOP_OUT_OF_BOUNDS:
+        return check.fail(E_OOB, idx, false, addr, len);
+      case STOP_NEXT:
+        return check.fail(E_NEXT, idx, false, fn >>> 16, this.size);
+      case STOP_LOOP:
+        return check.fail(E_LOOP, idx, false, 0, 0);
+      case STOP_READABLE_AFTER_WRITABLE:
+        return check.fail(E_R_AFTER_W, idx, false, 0, 0);
+      case STOP_TOTAL:
+        return check.fail(E_TOTAL, idx, false, 0, 0);
+      default:
+        throw new Error(`SplitDeviceQueue: unknown walk stop ${stop}`);
+    }
   }
 
   #walkIndirect(
@@ -448,28 +496,40 @@ export class SplitDeviceQueue implements DeviceQueue {
    *   chain in flight), or `written` if it is not an integer in [0, the chain's writable bytes].
    */
   push(head: number, written: number): void {
+    this.#use(head, written);
+    this.#publishUsedIdx();
+  }
+
+  /** Check and record one used chain (push's rules), without publishing `used.idx`. */
+  #use(head: number, written: number): void {
+    // `x >>> 0 === x`: an integer in [0, 2^32) (and no NaN, fraction or string).
     const track = this.#track;
-    if (!(head >= 0 && head < this.size && Number.isInteger(head))) {
-      throw new RangeError(`head must be a descriptor index in [0, ${this.size}), got ${head}`);
-    }
-    if (track && this.#inFlight[head] !== 1) {
-      throw new RangeError(`head ${head} is not a chain in flight on this queue`);
-    }
-    if (this.#inOrder && this.#order[this.#orderFirst]! !== head) {
-      throw new RangeError(
-        `head ${head} is not the oldest chain in flight (${this.#order[this.#orderFirst]}): VIRTIO_F_IN_ORDER needs buffers used in order`,
-      );
+    if (
+      !(head >>> 0 === head && head < this.size) ||
+      (track && this.#inFlight[head] !== 1) ||
+      (this.#inOrder && this.#order[this.#orderFirst]! !== head)
+    ) {
+      throw this.#pushHeadError(head);
     }
     const max = track ? this.#writable[head]! : U32_MAX;
-    if (!(written >= 0 && written <= max && Number.isInteger(written))) {
-      throw new RangeError(
-        `written must be an integer in [0, ${max}] (the chain's writable bytes), got ${written}`,
-      );
-    }
+    if (!(written >>> 0 === written && written <= max)) throw writtenError("", max, written);
     if (track) this.#inFlight[head] = 0;
     if (this.#inFlightCount > 0) this.#inFlightCount--;
     if (this.#inOrder) this.#orderFirst = (this.#orderFirst + 1) & this.#mask;
-    this.#publishUsed(head, written, 1);
+    this.#writeUsed(head, written, 1);
+  }
+
+  /** Cold path of `push`: the RangeError naming `head`. */
+  #pushHeadError(head: number): RangeError {
+    if (!(head >= 0 && head < this.size && Number.isInteger(head))) {
+      return new RangeError(`head must be a descriptor index in [0, ${this.size}), got ${head}`);
+    }
+    if (this.#track && this.#inFlight[head] !== 1) {
+      return new RangeError(`head ${head} is not a chain in flight on this queue`);
+    }
+    return new RangeError(
+      `head ${head} is not the oldest chain in flight (${this.#order[this.#orderFirst]}): VIRTIO_F_IN_ORDER needs buffers used in order`,
+    );
   }
 
   /**
@@ -496,28 +556,30 @@ export class SplitDeviceQueue implements DeviceQueue {
     const mask = this.#mask;
     const last = this.#order[(this.#orderFirst + count - 1) & mask]!;
     const max = this.#writable[last]!;
-    if (!(written >= 0 && written <= max && Number.isInteger(written))) {
-      throw new RangeError(
-        `written must be an integer in [0, ${max}] (the last chain's writable bytes), got ${written}`,
-      );
-    }
+    if (!(written >>> 0 === written && written <= max)) throw writtenError("last ", max, written);
     for (let i = 0; i < count; i++) this.#inFlight[this.#order[(this.#orderFirst + i) & mask]!] = 0;
     this.#orderFirst = (this.#orderFirst + count) & mask;
     this.#inFlightCount = n - count;
-    this.#publishUsed(last, written, count);
+    this.#writeUsed(last, written, count);
+    this.#publishUsedIdx();
   }
 
-  /** Write one used element at the next used entry, then move `used.idx` on by `advance`. */
-  #publishUsed(id: number, written: number, advance: number): void {
+  /** Write one used element at the next used entry and move the private used index on. */
+  #writeUsed(id: number, written: number, advance: number): void {
     const v = this.#v;
     const slot = (this.#usedIdx & this.#mask) << 1;
     // §2.7.8.2: the used element (id and len) is written before used.idx is updated.
     v.used32[slot] = id;
     v.used32[slot + 1] = written;
     this.#usedIdx = (this.#usedIdx + advance) & 0xffff;
+  }
+
+  /** Store `used.idx`: the used elements written so far become visible to the driver. */
+  #publishUsedIdx(): void {
     // Release: the seq-cst store is ordered after the plain element writes (and after the
     // device model's writes into the buffers), so a driver that Atomics.loads used.idx sees them.
     // Memory no other thread can see needs no ordering beyond program order.
+    const v = this.#v;
     if (this.#atomic) Atomics.store(v.used16, 1, this.#usedIdx);
     else v.used16[1] = this.#usedIdx;
   }
@@ -683,6 +745,13 @@ export class SplitDeviceQueue implements DeviceQueue {
     this.setState({ availIdx: 0, usedIdx: 0, availWrap: true, usedWrap: true });
     this.#notifyEnabled = true;
   }
+}
+
+/** Cold path of `push` / `pushBatch`: the RangeError naming `written`. */
+function writtenError(which: string, max: number, written: number): RangeError {
+  return new RangeError(
+    `written must be an integer in [0, ${max}] (the ${which}chain's writable bytes), got ${written}`,
+  );
 }
 
 function checkIndex(field: string, x: number): void {

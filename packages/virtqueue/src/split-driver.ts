@@ -256,6 +256,71 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
    * @returns false, adding nothing, if there are not enough free descriptors.
    */
   add(readable: readonly Segment[], writable: readonly Segment[], token: T): boolean {
+    // Fast path, direct descriptors: each segment is checked as it is written (one read of each
+    // object). Anything else, or any argument the checks refuse, goes to #addChecked, which
+    // checks every argument before writing (and throws the error naming the argument); what the
+    // fast path wrote by then is only the content of free descriptors the device cannot see.
+    const nr = readable.length;
+    const n = nr + writable.length;
+    if (
+      token === undefined ||
+      n === 0 ||
+      n > this.#numFree ||
+      (this.#ind !== undefined && n > 1 && n <= this.#indMax)
+    ) {
+      return this.#addChecked(readable, writable, token);
+    }
+    const desc = this.#v.desc;
+    const next = this.#next;
+    const head = this.#freeHead;
+    let idx = head;
+    let readableBytes = 0;
+    let writableBytes = 0;
+    for (let i = 0; i < nr; i++) {
+      const s = readable[i];
+      if (typeof s !== "object" || s === null) return this.#addChecked(readable, writable, token);
+      const addr = s.addr;
+      const len = s.len;
+      // `len >>> 0 === len`: an integer in [0, 2^32), as checkChainArgs requires.
+      if (!(addr >= 0 && Number.isSafeInteger(addr) && len >>> 0 === len)) {
+        return this.#addChecked(readable, writable, token);
+      }
+      readableBytes += len;
+      if (i === n - 1) writeDesc(desc, idx, addr, len, 0, 0);
+      else {
+        const nx = next[idx]!;
+        writeDesc(desc, idx, addr, len, F_NEXT, nx);
+        idx = nx;
+      }
+    }
+    for (let i = nr; i < n; i++) {
+      const s = writable[i - nr];
+      if (typeof s !== "object" || s === null) return this.#addChecked(readable, writable, token);
+      const addr = s.addr;
+      const len = s.len;
+      if (!(addr >= 0 && Number.isSafeInteger(addr) && len >>> 0 === len)) {
+        return this.#addChecked(readable, writable, token);
+      }
+      writableBytes += len;
+      if (i === n - 1) writeDesc(desc, idx, addr, len, F_WRITE, 0);
+      else {
+        const nx = next[idx]!;
+        writeDesc(desc, idx, addr, len, F_WRITE | F_NEXT, nx);
+        idx = nx;
+      }
+    }
+    // §2.7.5.2 (and the le32 used length): the whole chain below 2^32 bytes.
+    if (readableBytes + writableBytes >= TWO_32) return this.#addChecked(readable, writable, token);
+    this.#freeHead = next[idx]!;
+    this.#record(head, n, writableBytes, token);
+    return true;
+  }
+
+  /**
+   * `add` with every argument checked first (checkChainArgs): indirect chains, a full ring,
+   * and every argument the fast path refuses.
+   */
+  #addChecked(readable: readonly Segment[], writable: readonly Segment[], token: T): boolean {
     const writableBytes = checkChainArgs(readable, writable, token, this.size, "§2.7.5.3.1");
     const nr = readable.length;
     const n = nr + writable.length;
@@ -315,6 +380,12 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
       }
       this.#freeHead = next[idx]!;
     }
+    this.#record(head, needed, writableBytes, token);
+    return true;
+  }
+
+  /** Shadow bookkeeping of a chain just written at `head`, and its avail ring entry. */
+  #record(head: number, needed: number, writableBytes: number, token: T): void {
     this.#numFree -= needed;
     this.#descCount[head] = needed;
     this.#writable[head] = writableBytes;
@@ -328,7 +399,6 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
     this.#v.avail[2 + slot] = head;
     this.#availHeads[slot] = head;
     this.#availIdx = (this.#availIdx + 1) & 0xffff;
-    return true;
   }
 
   /**

@@ -264,6 +264,17 @@ describe("SplitDriverQueue.add", () => {
     expect(q.getState().availIdx).toBe(0);
   });
 
+  it("a segment refused after valid ones leaves the free list as it was: the next chain takes the same descriptors", () => {
+    const { raw, q } = setup(4);
+    // The first segment is valid and written by the fast path before the second is refused.
+    expect(() => q.add(one(), [{ addr: D, len: -1 }], "bad")).toThrow(/writable\[0\]\.len/);
+    expect(q.numFree).toBe(4);
+    expect(q.add([{ addr: D, len: 16 }], [{ addr: D + 0x100, len: 32 }], "a")).toBe(true);
+    expect(q.add(one(), [], "b")).toBe(true);
+    expect(availRing(raw, 0, 2)).toEqual([0, 2]);
+    expect(q.numFree).toBe(1);
+  });
+
   it("§2.7.5.3.1 puts a multi-segment chain in the head's indirect table behind one INDIRECT-only descriptor", () => {
     const { raw, q } = setup(8, INDIRECT, true);
     q.add(
