@@ -49,6 +49,20 @@ export function checkChainArgs(
   return writableBytes;
 }
 
+/**
+ * Whether `s` is a segment `checkChainArgs` accepts on its own: an object whose `addr` is a
+ * non-negative safe integer and whose `len` is an integer in [0, 2^32) (`len >>> 0 === len`).
+ * For the drivers' fast paths, which check each segment as they write it and call
+ * `checkChainArgs` for the error when one is refused.
+ * @internal
+ */
+export function segmentOk(s: Segment | undefined): s is Segment {
+  if (typeof s !== "object" || s === null) return false;
+  const addr = s.addr;
+  const len = s.len;
+  return addr >= 0 && Number.isSafeInteger(addr) && len >>> 0 === len;
+}
+
 /** The length of one segment after checking it (`i` counts across both lists, for messages). */
 function segmentLen(s: Segment | undefined, nr: number, i: number): number {
   if (typeof s !== "object" || s === null) throw segmentError(nr, i, "", s);

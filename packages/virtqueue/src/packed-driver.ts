@@ -1,6 +1,6 @@
 import type { GuestMemory } from "@virtio-ts/memory";
 import { PackedDescFlags, PackedEventFlags } from "@virtio-ts/spec";
-import { checkChainArgs } from "./chain-args.js";
+import { checkChainArgs, segmentOk } from "./chain-args.js";
 import {
   EventOffsetOutOfRangeError,
   UsedIdNotInFlightError,
@@ -186,6 +186,71 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
    *   the same total the packed device enforces); TypeError if a segment is not an object.
    */
   add(readable: readonly Segment[], writable: readonly Segment[], token: T): boolean {
+    // Fast path, direct descriptors: each segment is checked as its body is written (one read of
+    // each object); the flag words, which make descriptors look available, are written only once
+    // every segment is accepted. Anything else, or any argument refused, goes to #addChecked,
+    // which checks every argument before writing (and throws the error naming the argument); a
+    // body written by then is in a free slot whose flags still say "not available".
+    const nr = readable.length;
+    const n = nr + writable.length;
+    const ind = this.#indirect;
+    if (
+      token === undefined ||
+      n === 0 ||
+      n > this.#numFree ||
+      (this.features.indirect && ind !== undefined && n > 1 && n <= ind.maxEntries)
+    ) {
+      return this.#addChecked(readable, writable, token);
+    }
+    const desc = this.#desc;
+    const size = this.size;
+    const first = this.#nextAvail;
+    let pos = first;
+    let readableBytes = 0;
+    let writableBytes = 0;
+    for (let i = 0; i < nr; i++) {
+      const s = readable[i];
+      if (!segmentOk(s)) return this.#addChecked(readable, writable, token);
+      writeBody(desc, pos, s.addr, s.len);
+      readableBytes += s.len;
+      if (++pos === size) pos = 0;
+    }
+    for (let i = nr; i < n; i++) {
+      const s = writable[i - nr];
+      if (!segmentOk(s)) return this.#addChecked(readable, writable, token);
+      writeBody(desc, pos, s.addr, s.len);
+      writableBytes += s.len;
+      if (++pos === size) pos = 0;
+    }
+    // §2.7.5.2 (and the le32 used length): the whole chain below 2^32 bytes.
+    if (readableBytes + writableBytes >= TWO_32) return this.#addChecked(readable, writable, token);
+    const id = this.#freeIds[--this.#idTop]!;
+    // §2.8.21.1: WRITE for device-writable elements, AVAIL = wrap counter, USED = inverse;
+    // §2.8.6: NEXT on all but the last; the ID in every descriptor. The first descriptor's word
+    // is kept for publish(); the rest get a plain store, made visible by the first one's
+    // release store in publish().
+    pos = first;
+    let w = this.#availWrap;
+    const last = n - 1;
+    let firstWord = 0;
+    for (let i = 0; i < n; i++) {
+      const word = descWord(id, (i < last ? F_NEXT : 0) | (i >= nr ? F_WRITE : 0) | availBits(w));
+      if (i === 0) firstWord = word;
+      else desc[(pos << 2) + 3] = word;
+      if (++pos === size) {
+        pos = 0;
+        w = !w;
+      }
+    }
+    this.#record(id, first, pos, w, firstWord, n, writableBytes, token);
+    return true;
+  }
+
+  /**
+   * `add` with every argument checked first (checkChainArgs): indirect chains, a full ring,
+   * and every argument the fast path refuses.
+   */
+  #addChecked(readable: readonly Segment[], writable: readonly Segment[], token: T): boolean {
     // §2.8.17: a driver MUST NOT create a descriptor list longer than the queue size.
     const writableBytes = checkChainArgs(readable, writable, token, this.size, "§2.8.17");
     const nr = readable.length;
@@ -253,6 +318,24 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
         }
       }
     }
+    this.#record(id, first, pos, w, firstWord, needed, writableBytes, token);
+    return true;
+  }
+
+  /**
+   * Bookkeeping of a list just written from ring position `first` (its head word kept for
+   * publish), with the next free position `pos` and wrap counter `w` after it.
+   */
+  #record(
+    id: number,
+    first: number,
+    pos: number,
+    w: boolean,
+    firstWord: number,
+    needed: number,
+    writableBytes: number,
+    token: T,
+  ): void {
     this.#nextAvail = pos;
     this.#availWrap = w;
     // At most one pending entry per descriptor, so the arrays (queue size) never overflow.
@@ -266,10 +349,9 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
     this.#tokens[id] = token;
     if (this.#inOrder) {
       // Fewer than `size` buffers were in flight (this one found a free descriptor).
-      this.#order[(this.#orderFirst + this.#orderCount) % size] = id;
+      this.#order[(this.#orderFirst + this.#orderCount) % this.size] = id;
       this.#orderCount++;
     }
-    return true;
   }
 
   /**

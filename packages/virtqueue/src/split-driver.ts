@@ -5,7 +5,7 @@ import {
   VIRTQ_USED_F_NO_NOTIFY,
   vringNeedEvent,
 } from "@virtio-ts/spec";
-import { checkChainArgs } from "./chain-args.js";
+import { checkChainArgs, segmentOk } from "./chain-args.js";
 import {
   UsedIdNotInFlightError,
   UsedIdOutOfRangeError,
@@ -278,13 +278,9 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
     let writableBytes = 0;
     for (let i = 0; i < nr; i++) {
       const s = readable[i];
-      if (typeof s !== "object" || s === null) return this.#addChecked(readable, writable, token);
+      if (!segmentOk(s)) return this.#addChecked(readable, writable, token);
       const addr = s.addr;
       const len = s.len;
-      // `len >>> 0 === len`: an integer in [0, 2^32), as checkChainArgs requires.
-      if (!(addr >= 0 && Number.isSafeInteger(addr) && len >>> 0 === len)) {
-        return this.#addChecked(readable, writable, token);
-      }
       readableBytes += len;
       if (i === n - 1) writeDesc(desc, idx, addr, len, 0, 0);
       else {
@@ -295,12 +291,9 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
     }
     for (let i = nr; i < n; i++) {
       const s = writable[i - nr];
-      if (typeof s !== "object" || s === null) return this.#addChecked(readable, writable, token);
+      if (!segmentOk(s)) return this.#addChecked(readable, writable, token);
       const addr = s.addr;
       const len = s.len;
-      if (!(addr >= 0 && Number.isSafeInteger(addr) && len >>> 0 === len)) {
-        return this.#addChecked(readable, writable, token);
-      }
       writableBytes += len;
       if (i === n - 1) writeDesc(desc, idx, addr, len, F_WRITE, 0);
       else {

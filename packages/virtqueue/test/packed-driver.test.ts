@@ -75,6 +75,32 @@ describe("PackedDriverQueue.add and publish", () => {
     expect(q.numFree).toBe(7);
   });
 
+  it("a segment refused after valid ones leaves no descriptor looking available, and the next list takes the same positions and ID", () => {
+    const { raw, q } = setup(4);
+    expect(() =>
+      q.add(
+        [{ addr: D, len: 16 }],
+        [
+          { addr: D + 0x100, len: 32 },
+          { addr: D + 0x200, len: 0.5 },
+        ],
+        "bad",
+      ),
+    ).toThrow(/writable\[1\]\.len/);
+    expect(q.numFree).toBe(4);
+    // No flags were written: positions 1 and 2 do not look available to a device.
+    expect([raw.flags(0), raw.flags(1), raw.flags(2)]).toEqual([0, 0, 0]);
+    expect(q.add([{ addr: D, len: 8 }], [], "a")).toBe(true);
+    expect(q.publish()).toBe(true);
+    expect(raw.flags(0)).toBe(F_AVAIL);
+    expect(raw.flags(1)).toBe(0);
+    // The same ID as on a queue that never saw the refused call.
+    const fresh = setup(4);
+    fresh.q.add([{ addr: D, len: 8 }], [], "a");
+    fresh.q.publish();
+    expect(raw.id(0)).toBe(fresh.raw.id(0));
+  });
+
   it("writes every descriptor of a list but the first at add, the first at publish, NEXT on all but the last (VIRTIO 1.3 §2.8.6)", () => {
     const { raw, q } = setup();
     q.add(
