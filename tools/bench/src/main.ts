@@ -128,8 +128,8 @@ function runC(bin: string, mode: "single" | "threads", ops: number): ThreadRate 
   return { ops: measured!, ns: ns!, kicks: kicks!, irqs: irqs!, cpuNs: cpuNs! };
 }
 
-/** {@link runSingle} in a fresh worker isolate (see ring-worker.ts for why). */
-function runIsolated(kind: RingKind, shared: boolean, ops: number): Promise<Rate> {
+/** {@link runSingle} (or the JS floor) in a fresh worker isolate (see ring-worker.ts for why). */
+function runIsolated(kind: RingKind | "floor", shared: boolean, ops: number): Promise<Rate> {
   const w = new Worker(new URL("./ring-worker.js", import.meta.url), {
     workerData: { kind, shared, ops },
   });
@@ -180,6 +180,9 @@ async function splitBench(): Promise<void> {
   // The same in a plain ArrayBuffer: one thread sees it, so the ring uses no Atomics (as for a
   // one-thread emulator's guest RAM in a non-shared WebAssembly.Memory). In a fresh isolate.
   const tsPlainRuns = await repeatAll(() => runIsolated("split", false, OPS.tsSingle));
+  // The same work written out by hand in one function (split-floor.ts): what V8 charges for it.
+  const floorRuns = await repeatAll(() => runIsolated("floor", true, OPS.tsSingle));
+  const floorPlainRuns = await repeatAll(() => runIsolated("floor", false, OPS.tsSingle));
   const cSingleRuns = bin ? await repeatAll(() => runC(bin, "single", OPS.cSingle)) : undefined;
   const tsSingle = median(tsSingleRuns);
   const tsPlain = median(tsPlainRuns);
@@ -207,6 +210,26 @@ async function splitBench(): Promise<void> {
       cpuRatio(tsPlainRuns, cSingleRuns),
     ]),
   );
+  const floor = median(floorRuns);
+  const floorPlain = median(floorPlainRuns);
+  console.log(
+    row([
+      "JS floor (hand-inlined, no API)",
+      mops(floor),
+      mops(cSingle),
+      ratio(floor, cSingle),
+      cpuRatio(floorRuns, cSingleRuns),
+    ]),
+  );
+  console.log(
+    row([
+      "JS floor, ArrayBuffer memory",
+      mops(floorPlain),
+      mops(cSingle),
+      ratio(floorPlain, cSingle),
+      cpuRatio(floorPlainRuns, cSingleRuns),
+    ]),
+  );
   console.log(
     row([
       "two threads, Atomics doorbells",
@@ -222,7 +245,9 @@ async function splitBench(): Promise<void> {
   };
   console.log(
     `  one thread, CPU per round trip (median of ${REPS}; TS/C CPU is their inverse ratio): ` +
-      `virtio-ts ${cpuNs(tsSingleRuns)} (ArrayBuffer memory ${cpuNs(tsPlainRuns)}), C ${cpuNs(cSingleRuns)}`,
+      `virtio-ts ${cpuNs(tsSingleRuns)} (ArrayBuffer memory ${cpuNs(tsPlainRuns)}), ` +
+      `JS floor ${cpuNs(floorRuns)} (ArrayBuffer memory ${cpuNs(floorPlainRuns)}), C ${cpuNs(cSingleRuns)}; ` +
+      `library / floor CPU ${cpuRatio(tsSingleRuns, floorRuns)} (ArrayBuffer memory ${cpuRatio(tsPlainRuns, floorPlainRuns)})`,
   );
   const per1k = (r: ThreadRate | undefined, n: number, k: "kicks" | "irqs") =>
     r === undefined ? "n/a" : ((1000 * r[k]) / n).toFixed(1);

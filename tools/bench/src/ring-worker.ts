@@ -1,14 +1,24 @@
-// One one-thread ring run (split-workload.ts's runSingle) in a fresh isolate: the bench runs the
+// One one-thread ring run (split-workload.ts's runSingle, or split-floor.ts's runFloor) in a
+// fresh isolate: the bench runs the
 // plain-ArrayBuffer-memory rows here. In the bench's own isolate, ring code that had run over
 // both ArrayBuffer and SharedArrayBuffer memory (with the C baseline and the two-worker runs in
 // between) was seen to stay 7× slower for later runs, though TurboFan-optimized; a fresh isolate
 // keeps each row's JIT state its own.
 import { parentPort, workerData } from "node:worker_threads";
 import { createGuestMemory } from "@virtio-ts/memory";
+import { runFloor } from "./split-floor.js";
 import { MEM_SIZE, type RingKind, runSingle } from "./split-workload.js";
 
-const { kind, shared, ops } = workerData as { kind: RingKind; shared: boolean; ops: number };
+const { kind, shared, ops } = workerData as {
+  kind: RingKind | "floor";
+  shared: boolean;
+  ops: number;
+};
+const once = () =>
+  kind === "floor"
+    ? runFloor(shared, ops)
+    : runSingle(createGuestMemory({ size: MEM_SIZE, shared }), ops, kind);
 // A whole run first, not timed: the JIT settles as it has for the in-process rows, whose later
 // repetitions run on code optimized during the earlier ones.
-runSingle(createGuestMemory({ size: MEM_SIZE, shared }), ops, kind);
-parentPort!.postMessage(runSingle(createGuestMemory({ size: MEM_SIZE, shared }), ops, kind));
+once();
+parentPort!.postMessage(once());
