@@ -1,4 +1,4 @@
-import type { GuestMemory } from "@virtio-ts/memory";
+import { type GuestMemory, GuestMemoryError } from "@virtio-ts/memory";
 import { PackedDescFlags, PackedEventFlags } from "@virtio-ts/spec";
 import { checkChainArgs, segmentOk } from "./chain-args.js";
 import {
@@ -86,6 +86,11 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
   readonly #inOrder: boolean;
   readonly #eventIdx: boolean;
   readonly #indirect: IndirectArea | undefined;
+  /**
+   * The indirect area as u32 words, when it lies in one memory region (else undefined, and the
+   * tables are written through `mem.writeU32`).
+   */
+  readonly #indWords: Uint32Array | undefined;
   /** Stack of free buffer IDs: `[0, #idTop)`. */
   readonly #freeIds: Uint16Array;
   #idTop = 0;
@@ -153,6 +158,15 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
       }
     }
     this.#indirect = ind;
+    let words: Uint32Array | undefined;
+    if (ind !== undefined && features.indirect) {
+      try {
+        words = mem.u32View(ind.addr, indirectAreaSize(layout.size, ind.maxEntries) / 4, "write");
+      } catch (e) {
+        if (!(e instanceof GuestMemoryError)) throw e;
+      }
+    }
+    this.#indWords = words;
     this.#freeIds = new Uint16Array(layout.size);
     this.#descCount = new Uint16Array(layout.size);
     this.#writable = new Float64Array(layout.size);
@@ -186,13 +200,10 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
    *   the same total the packed device enforces); TypeError if a segment is not an object.
    */
   add(readable: readonly Segment[], writable: readonly Segment[], token: T): boolean {
-    // Fast path, direct descriptors: each segment is checked as its body is written (one read of
-    // each object); the flag words, which make descriptors look available, are written only once
-    // every segment is accepted. Anything else, or any argument refused, goes to #addChecked,
-    // which checks every argument before writing (and throws the error naming the argument); a
-    // body written by then is in a free slot whose flags still say "not available".
-    const nr = readable.length;
-    const n = nr + writable.length;
+    // Fast path, direct descriptors, each segment checked as its body is written. Anything else,
+    // or any argument it refuses, goes to #addChecked, which checks every argument before writing
+    // (and throws the error naming the argument).
+    const n = readable.length + writable.length;
     const ind = this.#indirect;
     if (
       token === undefined ||
@@ -202,6 +213,21 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
     ) {
       return this.#addChecked(readable, writable, token);
     }
+    return (
+      this.#addDirect(readable, writable, token) || this.#addChecked(readable, writable, token)
+    );
+  }
+
+  /**
+   * Write a list of direct descriptors, checking each segment as its body is written (one read of
+   * each object); the flag words, which make descriptors look available, only once every segment
+   * is accepted. Needs a defined `token` and 1 to `numFree` segments. Returns false when a segment
+   * or the total is refused: nothing changed then but bodies in free slots whose flags still say
+   * "not available".
+   */
+  #addDirect(readable: readonly Segment[], writable: readonly Segment[], token: T): boolean {
+    const nr = readable.length;
+    const n = nr + writable.length;
     const desc = this.#desc;
     const size = this.size;
     const first = this.#nextAvail;
@@ -210,20 +236,20 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
     let writableBytes = 0;
     for (let i = 0; i < nr; i++) {
       const s = readable[i];
-      if (!segmentOk(s)) return this.#addChecked(readable, writable, token);
+      if (!segmentOk(s)) return false;
       writeBody(desc, pos, s.addr, s.len);
       readableBytes += s.len;
       if (++pos === size) pos = 0;
     }
     for (let i = nr; i < n; i++) {
       const s = writable[i - nr];
-      if (!segmentOk(s)) return this.#addChecked(readable, writable, token);
+      if (!segmentOk(s)) return false;
       writeBody(desc, pos, s.addr, s.len);
       writableBytes += s.len;
       if (++pos === size) pos = 0;
     }
     // §2.7.5.2 (and the le32 used length): the whole chain below 2^32 bytes.
-    if (readableBytes + writableBytes >= TWO_32) return this.#addChecked(readable, writable, token);
+    if (readableBytes + writableBytes >= TWO_32) return false;
     const id = this.#freeIds[--this.#idTop]!;
     // §2.8.21.1: WRITE for device-writable elements, AVAIL = wrap counter, USED = inverse;
     // §2.8.6: NEXT on all but the last; the ID in every descriptor. The first descriptor's word
@@ -262,61 +288,43 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
     // descriptor implies a free ID: every buffer in flight holds at least one descriptor.
     if (this.#numFree < needed) return false;
 
-    const desc = this.#desc;
-    const size = this.size;
+    if (!useIndirect) {
+      // Every argument passed the checks, so the direct writer takes them all (unless a getter
+      // answered differently the second time).
+      if (this.#addDirect(readable, writable, token)) return true;
+      throw new RangeError("readable and writable changed while add() was reading them");
+    }
+    // One ring descriptor refers to the ID's own table slot (§2.8.7).
     const id = this.#freeIds[--this.#idTop]!;
-    const first = this.#nextAvail;
-    let pos = first;
-    let w = this.#availWrap;
-    let firstWord: number;
-    if (useIndirect) {
-      const table = ind.addr + id * ind.maxEntries * 16;
-      const mem = this.#mem;
-      for (let i = 0; i < n; i++) {
-        const s = i < nr ? readable[i]! : writable[i - nr]!;
+    const table = ind.addr + id * ind.maxEntries * 16;
+    const words = this.#indWords;
+    const mem = this.#mem;
+    for (let i = 0; i < n; i++) {
+      const s = i < nr ? readable[i]! : writable[i - nr]!;
+      // §2.8.19: WRITE is the only flag allowed in an indirect descriptor; the ID is reserved.
+      const flagsWord = i >= nr ? F_WRITE << 16 : 0;
+      if (words !== undefined) {
+        const w4 = (id * ind.maxEntries + i) * 4;
+        words[w4] = s.addr % TWO_32;
+        words[w4 + 1] = Math.floor(s.addr / TWO_32);
+        words[w4 + 2] = s.len;
+        words[w4 + 3] = flagsWord;
+      } else {
         const at = table + i * 16;
         mem.writeU32(at, s.addr % TWO_32);
         mem.writeU32(at + 4, Math.floor(s.addr / TWO_32));
         mem.writeU32(at + 8, s.len);
-        // §2.8.19: WRITE is the only flag allowed in an indirect descriptor; the ID is reserved.
-        mem.writeU32(at + 12, i >= nr ? F_WRITE << 16 : 0);
+        mem.writeU32(at + 12, flagsWord);
       }
-      writeBody(desc, pos, table, n * 16);
-      firstWord = descWord(id, F_INDIRECT | availBits(w));
-      if (++pos === size) {
-        pos = 0;
-        w = !w;
-      }
-    } else {
-      // Two loops (readable, then writable) rather than one with a choice per segment.
-      // §2.8.21.1: WRITE for device-writable elements, AVAIL = wrap counter, USED = inverse;
-      // §2.8.6: NEXT on all but the last; the ID in every descriptor. The first descriptor's
-      // word is kept for publish(); the rest get a plain store, made visible by the first
-      // one's release store in publish().
-      const last = n - 1;
-      firstWord = 0;
-      for (let i = 0; i < nr; i++) {
-        const s = readable[i]!;
-        writeBody(desc, pos, s.addr, s.len);
-        const word = descWord(id, (i < last ? F_NEXT : 0) | availBits(w));
-        if (i === 0) firstWord = word;
-        else desc[(pos << 2) + 3] = word;
-        if (++pos === size) {
-          pos = 0;
-          w = !w;
-        }
-      }
-      for (let i = nr; i < n; i++) {
-        const s = writable[i - nr]!;
-        writeBody(desc, pos, s.addr, s.len);
-        const word = descWord(id, (i < last ? F_NEXT | F_WRITE : F_WRITE) | availBits(w));
-        if (i === 0) firstWord = word;
-        else desc[(pos << 2) + 3] = word;
-        if (++pos === size) {
-          pos = 0;
-          w = !w;
-        }
-      }
+    }
+    const first = this.#nextAvail;
+    let pos = first;
+    let w = this.#availWrap;
+    writeBody(this.#desc, pos, table, n * 16);
+    const firstWord = descWord(id, F_INDIRECT | availBits(w));
+    if (++pos === this.size) {
+      pos = 0;
+      w = !w;
     }
     this.#record(id, first, pos, w, firstWord, needed, writableBytes, token);
     return true;

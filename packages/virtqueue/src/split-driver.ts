@@ -256,12 +256,10 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
    * @returns false, adding nothing, if there are not enough free descriptors.
    */
   add(readable: readonly Segment[], writable: readonly Segment[], token: T): boolean {
-    // Fast path, direct descriptors: each segment is checked as it is written (one read of each
-    // object). Anything else, or any argument the checks refuse, goes to #addChecked, which
-    // checks every argument before writing (and throws the error naming the argument); what the
-    // fast path wrote by then is only the content of free descriptors the device cannot see.
-    const nr = readable.length;
-    const n = nr + writable.length;
+    // Fast path, direct descriptors, each segment checked as it is written. Anything else, or any
+    // argument it refuses, goes to #addChecked, which checks every argument before writing (and
+    // throws the error naming the argument).
+    const n = readable.length + writable.length;
     if (
       token === undefined ||
       n === 0 ||
@@ -270,15 +268,32 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
     ) {
       return this.#addChecked(readable, writable, token);
     }
+    return (
+      this.#addDirect(readable, writable, token) || this.#addChecked(readable, writable, token)
+    );
+  }
+
+  /**
+   * Write a chain of direct descriptors, checking each segment as it is written (one read of each
+   * object). Needs a defined `token` and 1 to `numFree` segments. Returns false when a segment or
+   * the total is refused: nothing changed then but the content of free descriptors, which the
+   * device does not read.
+   */
+  #addDirect(readable: readonly Segment[], writable: readonly Segment[], token: T): boolean {
+    const nr = readable.length;
+    const n = nr + writable.length;
     const desc = this.#v.desc;
     const next = this.#next;
     const head = this.#freeHead;
     let idx = head;
     let readableBytes = 0;
     let writableBytes = 0;
+    // The shadow link is what the free list already holds: the chain keeps it, so freeing walks
+    // the same links without reading the shared table. Two loops (readable, then writable)
+    // rather than one with a choice per segment.
     for (let i = 0; i < nr; i++) {
       const s = readable[i];
-      if (!segmentOk(s)) return this.#addChecked(readable, writable, token);
+      if (!segmentOk(s)) return false;
       const addr = s.addr;
       const len = s.len;
       readableBytes += len;
@@ -291,7 +306,7 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
     }
     for (let i = nr; i < n; i++) {
       const s = writable[i - nr];
-      if (!segmentOk(s)) return this.#addChecked(readable, writable, token);
+      if (!segmentOk(s)) return false;
       const addr = s.addr;
       const len = s.len;
       writableBytes += len;
@@ -303,7 +318,7 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
       }
     }
     // §2.7.5.2 (and the le32 used length): the whole chain below 2^32 bytes.
-    if (readableBytes + writableBytes >= TWO_32) return this.#addChecked(readable, writable, token);
+    if (readableBytes + writableBytes >= TWO_32) return false;
     this.#freeHead = next[idx]!;
     this.#record(head, n, writableBytes, token);
     return true;
@@ -321,59 +336,32 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
     const indirect = ind !== undefined && n > 1 && n <= this.#indMax;
     const needed = indirect ? 1 : n;
     if (this.#numFree < needed) return false;
-
-    const desc = this.#v.desc;
-    const next = this.#next;
-    const head = this.#freeHead;
-    if (indirect) {
-      // The head's own slot: free while the head is free, so no other chain uses it.
-      const base = head * this.#indMax;
-      for (let i = 0; i < n; i++) {
-        const s = i < nr ? readable[i]! : writable[i - nr]!;
-        const last = i === n - 1;
-        // §2.7.5.3: entries chained by next from index 0; the last one has no NEXT. WRITE marks
-        // device-writable entries; the referring descriptor carries none (§2.7.5.3.2).
-        writeDesc(
-          ind,
-          base + i,
-          s.addr,
-          s.len,
-          (last ? 0 : F_NEXT) | (i >= nr ? F_WRITE : 0),
-          last ? 0 : i + 1,
-        );
-      }
-      writeDesc(desc, head, this.#indAddr + base * 16, n * 16, F_INDIRECT, 0);
-      this.#freeHead = next[head]!;
-    } else {
-      // The shadow link is what the free list already holds: the chain keeps it, so freeing
-      // walks the same links without reading the shared table. Two loops (readable, then
-      // writable) rather than one with a choice per segment.
-      let idx = head;
-      const lastR = nr - 1;
-      for (let i = 0; i < nr; i++) {
-        const s = readable[i]!;
-        const nx = next[idx]!;
-        if (i === lastR && n === nr) {
-          writeDesc(desc, idx, s.addr, s.len, 0, 0);
-        } else {
-          writeDesc(desc, idx, s.addr, s.len, F_NEXT, nx);
-          idx = nx;
-        }
-      }
-      const nw = n - nr;
-      for (let i = 0; i < nw; i++) {
-        const s = writable[i]!;
-        const nx = next[idx]!;
-        if (i === nw - 1) {
-          writeDesc(desc, idx, s.addr, s.len, F_WRITE, 0);
-        } else {
-          writeDesc(desc, idx, s.addr, s.len, F_WRITE | F_NEXT, nx);
-          idx = nx;
-        }
-      }
-      this.#freeHead = next[idx]!;
+    if (!indirect) {
+      // Every argument passed the checks, so the direct writer takes them all (unless a getter
+      // answered differently the second time).
+      if (this.#addDirect(readable, writable, token)) return true;
+      throw new RangeError("readable and writable changed while add() was reading them");
     }
-    this.#record(head, needed, writableBytes, token);
+    // The head's own slot: free while the head is free, so no other chain uses it.
+    const head = this.#freeHead;
+    const base = head * this.#indMax;
+    for (let i = 0; i < n; i++) {
+      const s = i < nr ? readable[i]! : writable[i - nr]!;
+      const last = i === n - 1;
+      // §2.7.5.3: entries chained by next from index 0; the last one has no NEXT. WRITE marks
+      // device-writable entries; the referring descriptor carries none (§2.7.5.3.2).
+      writeDesc(
+        ind,
+        base + i,
+        s.addr,
+        s.len,
+        (last ? 0 : F_NEXT) | (i >= nr ? F_WRITE : 0),
+        last ? 0 : i + 1,
+      );
+    }
+    writeDesc(this.#v.desc, head, this.#indAddr + base * 16, n * 16, F_INDIRECT, 0);
+    this.#freeHead = this.#next[head]!;
+    this.#record(head, 1, writableBytes, token);
     return true;
   }
 

@@ -1,5 +1,6 @@
 // Driver side of the packed ring. The device is played by hand (raw writes into the ring), so
 // the exact bytes the driver writes and its distrust of the device are both visible.
+import { GuestMemoryMap } from "@virtio-ts/memory";
 import { Feature, featureMask } from "@virtio-ts/spec";
 import {
   EventOffsetOutOfRangeError,
@@ -149,6 +150,41 @@ describe("PackedDriverQueue.add and publish", () => {
     expect(raw.mem.readU16(TABLE + 16 + 14)).toBe(F_WRITE);
     expect(raw.mem.readU32(TABLE + 16 + 8)).toBe(20);
     expect(raw.mem.readU16(TABLE + 16 + 12)).toBe(0);
+  });
+
+  it("writes the same indirect tables whether the area lies in one memory region or spans two", () => {
+    // Two regions meeting at 0x8040: the area [0x8000, +8 × 4 × 16) spans them, so the driver
+    // cannot view it as one array and writes each word through the memory object instead.
+    const split = new GuestMemoryMap([
+      { guestBase: 0, size: 0x8040, buffer: new ArrayBuffer(0x8040) },
+      { guestBase: 0x8040, size: 0x7fc0, buffer: new ArrayBuffer(0x7fc0) },
+    ]);
+    const rings = [new RawPackedRing(8), new RawPackedRing(8, 0x10000, split)];
+    const tables = rings.map((raw) => {
+      const q = new PackedDriverQueue<string>(raw.mem, raw.layout, INDIRECT, {
+        indirect: { addr: TABLE, maxEntries: 4 },
+      });
+      // Buffer IDs 0 and 1: the second table starts at 0x8040, in the second region.
+      q.add([{ addr: 2 ** 40 + 8, len: 10 }], [{ addr: D + 0x100, len: 20 }], "a");
+      q.add(
+        [{ addr: D, len: 3 }],
+        [
+          { addr: D + 8, len: 4 },
+          { addr: D + 16, len: 5 },
+        ],
+        "b",
+      );
+      q.publish();
+      const bytes = new Uint8Array(2 * 4 * 16);
+      raw.mem.read(TABLE, bytes);
+      return bytes;
+    });
+    expect(tables[1]).toEqual(tables[0]);
+    // Table of ID 0 (popped from the top of the free-ID stack first), entry 0: addr 2^40 + 8.
+    const t = new DataView(tables[0]!.buffer, tables[0]!.byteOffset);
+    const firstId = rings[0]!.id(0);
+    expect(t.getBigUint64(firstId * 64, true)).toBe(2n ** 40n + 8n);
+    expect(t.getUint32(firstId * 64 + 8, true)).toBe(10);
   });
 
   it("returns false when the ring has no room for the whole list (VIRTIO 1.3 §2.8.17)", () => {
