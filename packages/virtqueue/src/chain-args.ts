@@ -5,8 +5,9 @@ const TWO_32 = 4294967296;
 /**
  * Validate the host arguments of a driver's `add()`, for both ring layouts, and return the
  * chain's writable bytes. Runs before anything is written, so a rejected call changes nothing.
- * (SplitDriverQueue's fast path checks direct segments as it writes them and calls this only when
- * one is refused: the descriptors it wrote by then are free ones, which the device never reads.)
+ * (The drivers' fast paths check direct segments as they write them and call this only when one
+ * is refused: what they wrote by then is the content of free descriptors, which the device does
+ * not read; the packed driver writes no flag word before every segment is accepted.)
  *
  * Rules: `token` not undefined; at least one segment; no more segments than the queue size
  * (split §2.7.5.3.1, packed §2.8.17); each segment an object whose `addr` is a non-negative safe
@@ -50,17 +51,22 @@ export function checkChainArgs(
 }
 
 /**
- * Whether `s` is a segment `checkChainArgs` accepts on its own: an object whose `addr` is a
- * non-negative safe integer and whose `len` is an integer in [0, 2^32) (`len >>> 0 === len`).
- * For the drivers' fast paths, which check each segment as they write it and call
- * `checkChainArgs` for the error when one is refused.
+ * Whether `addr` and `len`, read once from a segment object, are what `checkChainArgs` accepts:
+ * `addr` a non-negative safe integer, `len` an integer in [0, 2^32) (`len >>> 0 === len`, after
+ * `typeof`, so a BigInt is refused rather than thrown on). For the drivers' fast paths, which
+ * read each segment's fields once into locals, check those and write those (a getter answering
+ * differently the second time cannot slip a value past the check), and call `checkChainArgs`
+ * for the error when one is refused.
  * @internal
  */
-export function segmentOk(s: Segment | undefined): s is Segment {
-  if (typeof s !== "object" || s === null) return false;
-  const addr = s.addr;
-  const len = s.len;
-  return addr >= 0 && Number.isSafeInteger(addr) && len >>> 0 === len;
+export function segmentValuesOk(addr: unknown, len: unknown): boolean {
+  return (
+    typeof addr === "number" &&
+    addr >= 0 &&
+    Number.isSafeInteger(addr) &&
+    typeof len === "number" &&
+    len >>> 0 === len
+  );
 }
 
 /** The length of one segment after checking it (`i` counts across both lists, for messages). */

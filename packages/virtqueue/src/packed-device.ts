@@ -50,9 +50,6 @@ function isAvailable(flags: number, wrap: boolean): boolean {
   return ((flags & F_AVAIL) !== 0) === wrap && ((flags & F_USED) !== 0) !== wrap;
 }
 
-// Numeric failure codes of the chain walk: the hot path returns one of these, and an Error is
-// built only on the cold path (#chainError) from the queue's scratch fields.
-
 /**
  * Device side of a packed virtqueue (VIRTIO 1.3 §2.8): reads available descriptors in ring
  * order, validates every chain, writes used descriptors back into the same ring, and decides

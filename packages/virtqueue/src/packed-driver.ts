@@ -1,6 +1,6 @@
 import { type GuestMemory, GuestMemoryError } from "@virtio-ts/memory";
 import { PackedDescFlags, PackedEventFlags } from "@virtio-ts/spec";
-import { checkChainArgs, segmentOk } from "./chain-args.js";
+import { checkChainArgs, segmentValuesOk } from "./chain-args.js";
 import {
   EventOffsetOutOfRangeError,
   UsedIdNotInFlightError,
@@ -219,8 +219,8 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
   }
 
   /**
-   * Write a list of direct descriptors, checking each segment as its body is written (one read of
-   * each object); the flag words, which make descriptors look available, only once every segment
+   * Write a list of direct descriptors, checking each segment as its body is written (each field
+   * read once, and the value checked is the value written); the flag words, which make descriptors look available, only once every segment
    * is accepted. Needs a defined `token` and 1 to `numFree` segments. Returns false when a segment
    * or the total is refused: nothing changed then but bodies in free slots whose flags still say
    * "not available".
@@ -236,16 +236,22 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
     let writableBytes = 0;
     for (let i = 0; i < nr; i++) {
       const s = readable[i];
-      if (!segmentOk(s)) return false;
-      writeBody(desc, pos, s.addr, s.len);
-      readableBytes += s.len;
+      if (typeof s !== "object" || s === null) return false;
+      const addr = s.addr;
+      const len = s.len;
+      if (!segmentValuesOk(addr, len)) return false;
+      writeBody(desc, pos, addr, len);
+      readableBytes += len;
       if (++pos === size) pos = 0;
     }
     for (let i = nr; i < n; i++) {
       const s = writable[i - nr];
-      if (!segmentOk(s)) return false;
-      writeBody(desc, pos, s.addr, s.len);
-      writableBytes += s.len;
+      if (typeof s !== "object" || s === null) return false;
+      const addr = s.addr;
+      const len = s.len;
+      if (!segmentValuesOk(addr, len)) return false;
+      writeBody(desc, pos, addr, len);
+      writableBytes += len;
       if (++pos === size) pos = 0;
     }
     // §2.7.5.2 (and the le32 used length): the whole chain below 2^32 bytes.

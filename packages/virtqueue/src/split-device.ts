@@ -47,9 +47,6 @@ const STOP_OUT_OF_BOUNDS = 5;
 const STOP_TOTAL = 6;
 const STOP_NEXT = 7;
 
-// Numeric failure codes of the chain walk: the hot path returns one of these, and an Error is
-// built only on the cold path (#chainError) from the queue's scratch fields.
-
 /** Options of a {@link SplitDeviceQueue}. */
 export interface SplitDeviceOptions {
   /**
@@ -141,7 +138,6 @@ export class SplitDeviceQueue implements DeviceQueue {
   /** Heads handed back by {@link SplitDeviceQueue.restoreInFlight}, served before the ring. */
   #replay: readonly number[] = [];
   #replayNext = 0;
-  // Scratch fields describing the last walk failure (cold path only).
 
   /**
    * Map the ring (once) and start at indices 0 with notifications enabled. Ring memory is not
@@ -332,8 +328,9 @@ export class SplitDeviceQueue implements DeviceQueue {
         break;
       }
       const writable = (fn & 2) !== 0;
-      // §2.7.4.2: device-writable descriptors come after all device-readable ones (every
-      // segment so far counts as readable or was writable).
+      // §2.7.4.2: device-writable descriptors come after all device-readable ones. Every
+      // accepted segment counts in `count`, readable ones also in `readableCount`, so they
+      // differ exactly when a writable one came before.
       if (!writable && count !== readableCount) {
         stop = 3; // STOP_READABLE_AFTER_WRITABLE
         break;
@@ -393,7 +390,7 @@ export class SplitDeviceQueue implements DeviceQueue {
         // intent, so the chain is refused. §2.7.5.3.2: zero or more direct descriptors followed
         // by one INDIRECT descriptor is valid, and its WRITE flag is ignored.
         if ((fn & 1) !== 0) return check.fail(E_IND_NEXT, idx, false, 0, 0);
-        // Every segment so far is readable or came after a writable one (see #walk).
+        // count > readableCount exactly when a writable segment was accepted (see #walk).
         const seenWritable = chain.count !== chain.readableCount;
         return this.#walkIndirect(chain, idx, addr, len, budget, seenWritable);
       }
@@ -502,17 +499,20 @@ export class SplitDeviceQueue implements DeviceQueue {
 
   /** Check and record one used chain (push's rules), without publishing `used.idx`. */
   #use(head: number, written: number): void {
-    // `x >>> 0 === x`: an integer in [0, 2^32) (and no NaN, fraction or string).
+    // `typeof x === "number" && x >>> 0 === x`: an integer in [0, 2^32) (no NaN, fraction, string
+    // or BigInt).
     const track = this.#track;
     if (
-      !(head >>> 0 === head && head < this.size) ||
+      !(typeof head === "number" && head >>> 0 === head && head < this.size) ||
       (track && this.#inFlight[head] !== 1) ||
       (this.#inOrder && this.#order[this.#orderFirst]! !== head)
     ) {
       throw this.#pushHeadError(head);
     }
     const max = track ? this.#writable[head]! : U32_MAX;
-    if (!(written >>> 0 === written && written <= max)) throw writtenError("", max, written);
+    if (!(typeof written === "number" && written >>> 0 === written && written <= max)) {
+      throw writtenError("", max, written);
+    }
     if (track) this.#inFlight[head] = 0;
     if (this.#inFlightCount > 0) this.#inFlightCount--;
     if (this.#inOrder) this.#orderFirst = (this.#orderFirst + 1) & this.#mask;
@@ -556,7 +556,9 @@ export class SplitDeviceQueue implements DeviceQueue {
     const mask = this.#mask;
     const last = this.#order[(this.#orderFirst + count - 1) & mask]!;
     const max = this.#writable[last]!;
-    if (!(written >>> 0 === written && written <= max)) throw writtenError("last ", max, written);
+    if (!(typeof written === "number" && written >>> 0 === written && written <= max)) {
+      throw writtenError("last ", max, written);
+    }
     for (let i = 0; i < count; i++) this.#inFlight[this.#order[(this.#orderFirst + i) & mask]!] = 0;
     this.#orderFirst = (this.#orderFirst + count) & mask;
     this.#inFlightCount = n - count;

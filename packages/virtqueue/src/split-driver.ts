@@ -5,7 +5,7 @@ import {
   VIRTQ_USED_F_NO_NOTIFY,
   vringNeedEvent,
 } from "@virtio-ts/spec";
-import { checkChainArgs, segmentOk } from "./chain-args.js";
+import { checkChainArgs, segmentValuesOk } from "./chain-args.js";
 import {
   UsedIdNotInFlightError,
   UsedIdOutOfRangeError,
@@ -274,8 +274,8 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
   }
 
   /**
-   * Write a chain of direct descriptors, checking each segment as it is written (one read of each
-   * object). Needs a defined `token` and 1 to `numFree` segments. Returns false when a segment or
+   * Write a chain of direct descriptors, checking each segment as it is written (each field read
+   * once, and the value checked is the value written). Needs a defined `token` and 1 to `numFree` segments. Returns false when a segment or
    * the total is refused: nothing changed then but the content of free descriptors, which the
    * device does not read.
    */
@@ -293,9 +293,10 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
     // rather than one with a choice per segment.
     for (let i = 0; i < nr; i++) {
       const s = readable[i];
-      if (!segmentOk(s)) return false;
+      if (typeof s !== "object" || s === null) return false;
       const addr = s.addr;
       const len = s.len;
+      if (!segmentValuesOk(addr, len)) return false;
       readableBytes += len;
       if (i === n - 1) writeDesc(desc, idx, addr, len, 0, 0);
       else {
@@ -306,9 +307,10 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
     }
     for (let i = nr; i < n; i++) {
       const s = writable[i - nr];
-      if (!segmentOk(s)) return false;
+      if (typeof s !== "object" || s === null) return false;
       const addr = s.addr;
       const len = s.len;
+      if (!segmentValuesOk(addr, len)) return false;
       writableBytes += len;
       if (i === n - 1) writeDesc(desc, idx, addr, len, F_WRITE, 0);
       else {

@@ -482,6 +482,33 @@ const split: SplitCase[] = [
       fields: { code: "readable-after-writable", head: 0, index: 0, indirect: true },
     },
   },
+  {
+    layout: "split",
+    name: "a readable descriptor after a zero-length writable one",
+    setup: (raw) => {
+      raw.writeDesc(0, { addr: SD, len: 0, flags: F_WRITE | F_NEXT, next: 3 });
+      raw.writeDesc(3, { addr: SD, len: 8 });
+      raw.offer(0);
+    },
+    expect: {
+      error: ReadableAfterWritableError,
+      fields: { code: "readable-after-writable", head: 0, index: 3, indirect: false },
+    },
+  },
+  {
+    layout: "split",
+    name: "a zero-length writable direct descriptor followed by an indirect table that starts readable",
+    setup: (raw) => {
+      raw.writeDesc(0, { addr: SD, len: 0, flags: F_WRITE | F_NEXT, next: 1 });
+      raw.writeDesc(1, { addr: ST, len: 16, flags: F_INDIRECT });
+      raw.writeTable(ST, [{ addr: SD, len: 8 }]);
+      raw.offer(0);
+    },
+    expect: {
+      error: ReadableAfterWritableError,
+      fields: { code: "readable-after-writable", head: 0, index: 0, indirect: true },
+    },
+  },
   // ---- indirect ----
   {
     layout: "split",

@@ -336,8 +336,9 @@ describe("SplitDeviceQueue.push", () => {
 
   it("refuses a head that is not an index of the queue, naming it", () => {
     const { q } = setup();
-    for (const bad of [-1, 8, 1.5, Number.NaN]) {
-      expect(() => q.push(bad, 0)).toThrow(/head must be a descriptor index/);
+    for (const bad of [-1, 8, 1.5, Number.NaN, 2 ** 32, "0", 0n, null]) {
+      expect(() => q.push(bad as number, 0)).toThrow(RangeError);
+      expect(() => q.push(bad as number, 0)).toThrow(/head must be a descriptor index/);
     }
   });
 
@@ -346,12 +347,18 @@ describe("SplitDeviceQueue.push", () => {
     raw.writeDesc(0, { addr: D, len: 64, flags: F_WRITE });
     raw.offer(0);
     q.pop(chain);
-    for (const bad of [65, -1, 0.5, Number.NaN]) {
-      expect(() => q.push(0, bad)).toThrow(/written must be an integer in \[0, 64\]/);
+    for (const bad of [65, -1, 0.5, Number.NaN, 2 ** 32, "8", 8n, null]) {
+      expect(() => q.push(0, bad as number)).toThrow(RangeError);
+      expect(() => q.push(0, bad as number)).toThrow(/written must be an integer in \[0, 64\]/);
     }
     expect(raw.usedIdx()).toBe(0);
+    // -0 is the integer 0.
+    q.push(0, -0);
+    expect(raw.usedElem(0).len).toBe(0);
+    raw.offer(0);
+    q.pop(chain);
     q.push(0, 64);
-    expect(raw.usedElem(0).len).toBe(64);
+    expect(raw.usedElem(1).len).toBe(64);
   });
 });
 

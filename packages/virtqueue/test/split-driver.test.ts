@@ -264,6 +264,43 @@ describe("SplitDriverQueue.add", () => {
     expect(q.getState().availIdx).toBe(0);
   });
 
+  it("writes the values it checked, even from a segment whose getters answer differently each time", () => {
+    const { raw, q } = setup(4);
+    let reads = 0;
+    // len reads 16, then -1, then 16, ...: checking one read and writing another would let -1
+    // (2^32 − 1 in the descriptor and the chain's writable bytes) through.
+    const shifty = {
+      addr: D,
+      get len() {
+        return reads++ % 2 === 0 ? 16 : -1;
+      },
+    };
+    expect(q.add([], [shifty], "a")).toBe(true);
+    q.publish();
+    expect(raw.mem.readU32(raw.layout.desc + 8)).toBe(16);
+    deviceUse(raw, 0, 0, 1000);
+    expect(() => q.reap()).toThrow(UsedLenTooLargeError);
+  });
+
+  it("refuses odd segment values with the error naming the field: BigInt, strings, objects, 2^53, fractions", () => {
+    const { q } = setup(4);
+    const cases: [{ addr: number; len: number }, RegExp][] = [
+      [{ addr: D, len: 8n as unknown as number }, /readable\[0\]\.len/],
+      [{ addr: D, len: "8" as unknown as number }, /readable\[0\]\.len/],
+      [{ addr: D, len: { valueOf: () => 8 } as unknown as number }, /readable\[0\]\.len/],
+      [{ addr: D, len: 4294967295.5 }, /readable\[0\]\.len/],
+      [{ addr: 4096n as unknown as number, len: 8 }, /readable\[0\]\.addr/],
+      [{ addr: 2 ** 53, len: 8 }, /readable\[0\]\.addr/],
+    ];
+    for (const [seg, message] of cases) {
+      expect(() => q.add([seg], [], "a")).toThrow(RangeError);
+      expect(() => q.add([seg], [], "a")).toThrow(message);
+    }
+    expect(q.numFree).toBe(4);
+    // The extremes that are valid.
+    expect(q.add([{ addr: -0, len: 4294967295 }], [], "b")).toBe(true);
+  });
+
   it("a segment refused after valid ones leaves the free list as it was: the next chain takes the same descriptors", () => {
     const { raw, q } = setup(4);
     // The first segment is valid and written by the fast path before the second is refused.
