@@ -555,8 +555,10 @@ export class EncryptedLinkEnd implements NetBackend {
         return true;
       }
       this.#accept(cmp, f, keys, seq);
-      // Delivered from here; what the device cannot take yet waits for its rxReady.
-      this.#held = plain;
+      // Delivered from here; what the device cannot take yet waits for its rxReady. As a plain
+      // Uint8Array: each frame is a `subarray` of it, and Buffer's own `subarray` (node:buffer)
+      // costs far more per call than the typed array's.
+      this.#held = new Uint8Array(plain.buffer, plain.byteOffset, plain.length);
       this.#heldOff = 0;
       this.#deliverHeld();
       return true;
