@@ -11,7 +11,6 @@ import { Feature, featureMask } from "@virtio-ts/spec";
 import {
   DescriptorChain,
   type DeviceQueue,
-  type DriverQueue,
   NO_RING_FEATURES,
   PackedDeviceQueue,
   PackedDriverQueue,
@@ -32,7 +31,7 @@ const DATA = 0x10000;
 type Kind = "split" | "packed";
 
 interface Twin {
-  drv: DriverQueue<number>;
+  drv: SplitDriverQueue<number> | PackedDriverQueue<number>;
   dev: DeviceQueue;
 }
 
