@@ -117,6 +117,10 @@ function attack(options: Record<string, unknown>): Attack {
   const child = spawn(process.execPath, [fixture, JSON.stringify(options)], {
     stdio: ["pipe", "pipe", "inherit"],
   });
+  // The attacker may be gone by the time it is told to exit (its connection closed under it, and
+  // it ended): writing to its stdin then fails with EPIPE, which is expected here and must not
+  // surface as an uncaught exception of the test run.
+  child.stdin.on("error", () => {});
   let out = "";
   child.stdout.setEncoding("utf8");
   const result = new Promise<Record<string, unknown>>((resolve, reject) => {

@@ -220,10 +220,10 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
 
   /**
    * Write a list of direct descriptors, checking each segment as its body is written (each field
-   * read once, and the value checked is the value written); the flag words, which make descriptors look available, only once every segment
-   * is accepted. Needs a defined `token` and 1 to `numFree` segments. Returns false when a segment
-   * or the total is refused: nothing changed then but bodies in free slots whose flags still say
-   * "not available".
+   * read once, and the value checked is the value written); the flag words, which make
+   * descriptors look available, only once every segment is accepted. Needs a defined `token` and
+   * 1 to `numFree` segments. Returns false when a segment or the total is refused: nothing
+   * changed then but bodies in free slots whose flags still say "not available".
    */
   #addDirect(readable: readonly Segment[], writable: readonly Segment[], token: T): boolean {
     const nr = readable.length;

@@ -275,9 +275,9 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
 
   /**
    * Write a chain of direct descriptors, checking each segment as it is written (each field read
-   * once, and the value checked is the value written). Needs a defined `token` and 1 to `numFree` segments. Returns false when a segment or
-   * the total is refused: nothing changed then but the content of free descriptors, which the
-   * device does not read.
+   * once, and the value checked is the value written). Needs a defined `token` and 1 to
+   * `numFree` segments. Returns false when a segment or the total is refused: nothing changed
+   * then but the content of free descriptors, which the device does not read.
    */
   #addDirect(readable: readonly Segment[], writable: readonly Segment[], token: T): boolean {
     const nr = readable.length;
