@@ -50,23 +50,25 @@ export function checkChainArgs(
   return writableBytes;
 }
 
+/** A segment's `addr` rule: a non-negative safe integer (`typeof` first: no BigInt, no coercion). */
+function addrOk(addr: unknown): boolean {
+  return typeof addr === "number" && addr >= 0 && Number.isSafeInteger(addr);
+}
+
+/** A segment's `len` rule: an integer in [0, 2^32), a le32 (`x >>> 0 === x` after `typeof`). */
+function lenOk(len: unknown): boolean {
+  return typeof len === "number" && len >>> 0 === len;
+}
+
 /**
- * Whether `addr` and `len`, read once from a segment object, are what `checkChainArgs` accepts:
- * `addr` a non-negative safe integer, `len` an integer in [0, 2^32) (`len >>> 0 === len`, after
- * `typeof`, so a BigInt is refused rather than thrown on). For the drivers' fast paths, which
- * read each segment's fields once into locals, check those and write those (a getter answering
- * differently the second time cannot slip a value past the check), and call `checkChainArgs`
- * for the error when one is refused.
+ * Whether `addr` and `len`, read once from a segment object, are what `checkChainArgs` accepts
+ * (the same two rules). For the drivers' fast paths, which read each segment's fields once into
+ * locals, check those and write those (a getter answering differently the second time cannot
+ * slip a value past the check), and call `checkChainArgs` for the error when one is refused.
  * @internal
  */
 export function segmentValuesOk(addr: unknown, len: unknown): boolean {
-  return (
-    typeof addr === "number" &&
-    addr >= 0 &&
-    Number.isSafeInteger(addr) &&
-    typeof len === "number" &&
-    len >>> 0 === len
-  );
+  return addrOk(addr) && lenOk(len);
 }
 
 /** The length of one segment after checking it (`i` counts across both lists, for messages). */
@@ -74,8 +76,8 @@ function segmentLen(s: Segment | undefined, nr: number, i: number): number {
   if (typeof s !== "object" || s === null) throw segmentError(nr, i, "", s);
   const addr = s.addr;
   const len = s.len;
-  if (!(addr >= 0 && Number.isSafeInteger(addr))) throw segmentError(nr, i, "addr", addr);
-  if (!(len >= 0 && len < TWO_32 && Number.isInteger(len))) throw segmentError(nr, i, "len", len);
+  if (!addrOk(addr)) throw segmentError(nr, i, "addr", addr);
+  if (!lenOk(len)) throw segmentError(nr, i, "len", len);
   return len;
 }
 
