@@ -310,11 +310,10 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
       // §2.8.19: WRITE is the only flag allowed in an indirect descriptor; the ID is reserved.
       const flagsWord = i >= nr ? F_WRITE << 16 : 0;
       if (words !== undefined) {
-        const w4 = (id * ind.maxEntries + i) * 4;
-        words[w4] = s.addr % TWO_32;
-        words[w4 + 1] = Math.floor(s.addr / TWO_32);
-        words[w4 + 2] = s.len;
-        words[w4 + 3] = flagsWord;
+        // Table entries have the ring descriptors' layout: the same writer, entry by entry.
+        const entry = id * ind.maxEntries + i;
+        writeBody(words, entry, s.addr, s.len);
+        words[entry * 4 + 3] = flagsWord;
       } else {
         const at = table + i * 16;
         mem.writeU32(at, s.addr % TWO_32);
@@ -588,8 +587,9 @@ function descWord(id: number, flags: number): number {
   return id | (flags << 16);
 }
 
+/** Write descriptor `pos`'s addr and len words (ring or indirect table; the caller writes its id/flags word). */
 function writeBody(desc: Uint32Array, pos: number, addr: number, len: number): void {
-  const w = pos << 2;
+  const w = pos * 4; // not pos << 2: an indirect area can hold 2^30 entries
   // ToUint32 keeps the low 32 bits of the safe-integer addr; below 2^32 the high word is 0.
   desc[w] = addr;
   desc[w + 1] = addr > 0xffffffff ? Math.floor(addr / TWO_32) : 0;
