@@ -94,8 +94,21 @@ export class NetTransmitter {
       ctx.noteFault(new NetGuestFault("net-tx-short-header", chain.head, r));
       return;
     }
-    const hdr = this.#txHdr;
-    chain.copyFromReadable(mem, 0, h === NetHdr.SIZE ? hdr : hdr.subarray(0, h));
+    // The header's fields, each read once. In the common case (the header inside the first
+    // segment) straight from guest memory: copying 12 bytes costs a view (~45 ns in V8).
+    let flags: number;
+    let gso: number;
+    const at = chain.addrs[0]!;
+    const inFirst = chain.lens[0]! >= h;
+    if (inFirst) {
+      flags = mem.readU8(at + NetHdr.FLAGS);
+      gso = mem.readU8(at + NetHdr.GSO_TYPE);
+    } else {
+      const hdr = this.#txHdr;
+      chain.copyFromReadable(mem, 0, h === NetHdr.SIZE ? hdr : hdr.subarray(0, h));
+      flags = hdr[NetHdr.FLAGS]!;
+      gso = hdr[NetHdr.GSO_TYPE]!;
+    }
     const len = r - h;
     if (len < ETH_HLEN) {
       s.txRunt++;
@@ -108,7 +121,6 @@ export class NetTransmitter {
       return;
     }
     // §5.1.6.2.1: without HOST_TSO4/6/UFO (none offered) the driver MUST set gso_type NONE.
-    const gso = hdr[NetHdr.GSO_TYPE]!;
     if (gso !== 0) {
       s.txGso++;
       ctx.noteFault(new NetGuestFault("net-tx-gso", chain.head, gso));
@@ -116,11 +128,16 @@ export class NetTransmitter {
     }
     const frame = this.#txView(len);
     chain.copyFromReadable(mem, h, frame);
-    if ((hdr[NetHdr.FLAGS]! & NetHdrFlags.NEEDS_CSUM) !== 0) {
+    if ((flags & NetHdrFlags.NEEDS_CSUM) !== 0) {
       // §5.1.6.2.1: NEEDS_CSUM only with CSUM negotiated. §5.1.6.2.2: the device completes
       // the checksum from csum_start, stored at csum_start + csum_offset.
-      const start = hdr[NetHdr.CSUM_START]! | (hdr[NetHdr.CSUM_START + 1]! << 8);
-      const off = hdr[NetHdr.CSUM_OFFSET]! | (hdr[NetHdr.CSUM_OFFSET + 1]! << 8);
+      const hdr = this.#txHdr;
+      const start = inFirst
+        ? mem.readU16(at + NetHdr.CSUM_START)
+        : hdr[NetHdr.CSUM_START]! | (hdr[NetHdr.CSUM_START + 1]! << 8);
+      const off = inFirst
+        ? mem.readU16(at + NetHdr.CSUM_OFFSET)
+        : hdr[NetHdr.CSUM_OFFSET]! | (hdr[NetHdr.CSUM_OFFSET + 1]! << 8);
       if (!st.csum || !completeChecksum(frame, start, off)) {
         s.txBadCsum++;
         ctx.noteFault(new NetGuestFault("net-tx-bad-csum", chain.head, start + off));

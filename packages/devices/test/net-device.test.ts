@@ -408,6 +408,27 @@ for (const packed of [false, true]) {
       expect(nic.model.stats.txBadCsum).toBe(0);
     });
 
+    it("reads a header split across descriptors (and a zero-length first one) as one header: checksum completed, gso_type refused", () => {
+      const nic = new Nic({ packed });
+      const p = l4Packet(17, pattern(200, 3));
+      const h = hdr({
+        flags: NetHdrFlags.NEEDS_CSUM,
+        csumStart: p.csumStart,
+        csumOffset: p.csumOffset,
+      });
+      // The header's bytes in three pieces: 0 bytes, 7 (flags .. csum_start's low byte), 5.
+      const pieces = [new Uint8Array(0), h.subarray(0, 7), h.subarray(7), p.frame];
+      expect(nic.txRaw(pieces)).toHaveLength(1);
+      const out = nic.backend.sent.at(-1)!;
+      expect(u16be(out, p.csumStart + p.csumOffset)).toBe(p.expected);
+      expect(nic.model.stats.txFrames).toBe(1);
+      // gso_type in the second piece of a split header is still seen, and refused (§5.1.6.2.1).
+      const g = hdr({ gso: 1 });
+      expect(nic.txRaw([g.subarray(0, 1), g.subarray(1), p.frame])).toHaveLength(1);
+      expect(nic.model.stats.txGso).toBe(1);
+      expect(nic.backend.sent).toHaveLength(1);
+    });
+
     it("drops and counts a truncated header, a header-only frame, an oversize frame, gso_type and bad csum offsets, then keeps working", () => {
       const nic = new Nic({ packed, device: { mtu: 1000 } });
       const good = ether(OTHER, MAC, 0x0800, pattern(60));
