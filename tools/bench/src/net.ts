@@ -38,7 +38,7 @@ export interface NetRun {
 }
 
 /** A path the bench measures. */
-export type NetPath = "virtio" | "switch" | "veth" | "channel";
+export type NetPath = "virtio" | "copies" | "deviceCopies" | "switch" | "veth" | "channel";
 
 /** A frame from A to B with EtherType 0x88b5 (local experimental); bytes 14..17 carry `seq`. */
 function makeFrame(size: number): Uint8Array {
@@ -222,6 +222,83 @@ function runBackend(path: "switch" | "veth", size: number, n: number, warm: numb
   return { frames: n, bytes: n * size, ns, exits: 0, irqs: 0 };
 }
 
+/** Bytes of a guest-memory slot on the `copies` paths (the bench's slab slot size). */
+const COPY_SLOT = 2048;
+
+/**
+ * The copies a virtio-net path cannot avoid, and its switch, without rings, drivers or devices:
+ * what moving a frame from guest A to guest B costs in V8 before any virtio work. Per frame, at
+ * the virtio path's alignments (header 4 bytes into a slot, frame 8-aligned) and footprints
+ * (A's slots reused per batch, B's cycling through a queue's worth, the frame store reused per
+ * batch): a device reads the header's flags and gso_type from A's shared memory, copies the
+ * frame out (into a view cached by length) and transmits it into a bare Switch; B's port copies
+ * the frame and a header into B's shared memory; the sequence number is checked. With `driver`,
+ * also the drivers' copies: A's driver copies a header and the frame into A's memory first, and
+ * B's driver copies the frame out into its frame store, where the check reads it. Every copy is
+ * `Uint8Array#set`, with a view where a range is needed, as any JavaScript code must.
+ */
+function runCopies(driver: boolean, size: number, n: number, warm: number): NetRun {
+  const path: NetPath = driver ? "copies" : "deviceCopies";
+  const sw = new Switch();
+  const tx = sw.createPort();
+  const rx = sw.createPort();
+  const hello = makeFrame(60);
+  hello.set(MAC_A, 0);
+  hello.set(MAC_B, 6);
+  rx.transmit(hello); // learn B
+  const memA = new Uint8Array(new SharedArrayBuffer(NET_BATCH * COPY_SLOT));
+  const memB = new Uint8Array(new SharedArrayBuffer(NET_QUEUE * COPY_SLOT));
+  const hdr = new Uint8Array(12);
+  let flags = 0;
+  const txView = new Uint8Array(COPY_SLOT).subarray(0, size);
+  const store = new Uint8Array(NET_BATCH * COPY_SLOT);
+  let received = 0;
+  let slotB = 0;
+  rx.attach({
+    deliver(f) {
+      const at = slotB * COPY_SLOT;
+      slotB = slotB + 1 === NET_QUEUE ? 0 : slotB + 1;
+      memB.set(hdr, at + 4);
+      memB.set(f, at + 16);
+      let seq = getSeq(f);
+      if (driver) {
+        const s = (received % NET_BATCH) * COPY_SLOT;
+        const frame = store.subarray(s, s + f.length);
+        frame.set(memB.subarray(at + 16, at + 16 + f.length));
+        seq = getSeq(frame);
+      }
+      if (seq !== received) fail(path, seq, received);
+      received++;
+      return true;
+    },
+  });
+  const frame = makeFrame(size);
+  let t0 = process.hrtime.bigint();
+  for (let i = 0; i < warm + n; i++) {
+    if (i === warm) t0 = process.hrtime.bigint();
+    setSeq(frame, i);
+    const at = (i % NET_BATCH) * COPY_SLOT;
+    if (driver) {
+      memA.set(hdr, at + 4);
+      memA.set(frame, at + 16);
+    } else if (i < NET_BATCH) {
+      memA.set(frame, at + 16); // a template; the sequence number goes in below
+    }
+    if (!driver) {
+      memA[at + 16 + 14] = frame[14]!;
+      memA[at + 16 + 15] = frame[15]!;
+      memA[at + 16 + 16] = frame[16]!;
+      memA[at + 16 + 17] = frame[17]!;
+    }
+    flags |= memA[at + 4]! | memA[at + 5]!; // flags, gso_type
+    txView.set(memA.subarray(at + 16, at + 16 + size));
+    tx.transmit(txView);
+  }
+  const ns = Number(process.hrtime.bigint() - t0);
+  if (received !== warm + n || flags !== 0) fail(path, received, warm + n);
+  return { frames: n, bytes: n * size, ns, exits: 0, irqs: 0 };
+}
+
 /**
  * A -> B through a MessageChannel in this thread: `port1.postMessage(frame)` (structured clone:
  * a copy of the bytes) in windows of {@link NET_MC_WINDOW}; the sender waits until port2's
@@ -281,6 +358,8 @@ export interface NetBenchRow {
 
 const LABEL: Record<NetPath, string> = {
   virtio: "virtio-net A -> switch -> B",
+  copies: "Switch + 4 frame copies",
+  deviceCopies: "Switch + device's 2 copies",
   switch: "Switch only (no virtio)",
   veth: "VethPair only (no virtio)",
   channel: "MessageChannel postMessage",
@@ -299,7 +378,8 @@ export async function netBench(quick: boolean, reps: number): Promise<NetBenchRo
   console.log(
     `virtio-net frames A -> B, one thread: NetDriver.trySendBatch -> MMIO -> NetDevice tx -> Switch -> ` +
       `NetDevice rx -> NetDriver.tryReceiveView (queue ${NET_QUEUE}, packed ring and EVENT_IDX negotiated, batches of up ` +
-      `to ${NET_BATCH} frames between interrupt handler runs), vs the same frames through a bare Switch, ` +
+      `to ${NET_BATCH} frames between interrupt handler runs), vs the same frames through the Switch with only the copies of the virtio path ` +
+      `(header fields read and frames copied in and out of shared memory, no rings), a bare Switch, ` +
       `a bare VethPair (sink copies each frame into a buffer) and a MessageChannel (postMessage of the ` +
       `Uint8Array: a structured-clone copy; windows of ${NET_MC_WINDOW}); Gbit/s counts frame bytes; ` +
       `first fifth warm-up; median of ${reps}`,
@@ -309,6 +389,8 @@ export async function netBench(quick: boolean, reps: number): Promise<NetBenchRo
   // one that pays for compilation.
   for (const size of NET_FRAME_SIZES) {
     runVirtio(size, 20_000, 0);
+    runCopies(true, size, 20_000, 0);
+    runCopies(false, size, 20_000, 0);
     runBackend("switch", size, 20_000, 0);
     runBackend("veth", size, 20_000, 0);
     await runChannel(size, 20_000, 0);
@@ -316,14 +398,23 @@ export async function netBench(quick: boolean, reps: number): Promise<NetBenchRo
   for (const size of NET_FRAME_SIZES) {
     const n = frames(size);
     const warm = Math.floor(n / 5);
-    const runs: Record<NetPath, NetRun[]> = { virtio: [], switch: [], veth: [], channel: [] };
+    const runs: Record<NetPath, NetRun[]> = {
+      virtio: [],
+      copies: [],
+      deviceCopies: [],
+      switch: [],
+      veth: [],
+      channel: [],
+    };
     for (let i = 0; i < reps; i++) {
       runs.virtio.push(runVirtio(size, n, warm));
+      runs.copies.push(runCopies(true, size, n, warm));
+      runs.deviceCopies.push(runCopies(false, size, n, warm));
       runs.switch.push(runBackend("switch", size, n, warm));
       runs.veth.push(runBackend("veth", size, n, warm));
       runs.channel.push(await runChannel(size, n, warm));
     }
-    for (const path of ["virtio", "switch", "veth", "channel"] as const) {
+    for (const path of ["virtio", "copies", "deviceCopies", "switch", "veth", "channel"] as const) {
       rows.push({ size, path, run: median(runs[path]) });
     }
   }
@@ -342,6 +433,18 @@ export async function netBench(quick: boolean, reps: number): Promise<NetBenchRo
         `${cell((perSecond(v) / perSecond(r)).toFixed(3), 11)}  ` +
         `${cell(virtio ? (r.exits / r.frames).toFixed(2) : "-", 11)}  ` +
         `${cell(virtio ? (r.irqs / r.frames).toFixed(3) : "-", 10)}`,
+    );
+  }
+  // What the copies alone leave: a path that makes them can reach at most this share of the
+  // bare Switch's frame rate, with rings, drivers and devices free.
+  for (const size of NET_FRAME_SIZES) {
+    const rate = (path: NetPath) =>
+      perSecond(rows.find((r) => r.size === size && r.path === path)!.run);
+    const sw = rate("switch");
+    console.log(
+      `${size} B: of the bare Switch's rate, the device's two copies alone leave ` +
+        `${(rate("deviceCopies") / sw).toFixed(3)}, the four frame copies ${(rate("copies") / sw).toFixed(3)}; ` +
+        `virtio-net reaches ${(rate("virtio") / sw).toFixed(3)}`,
     );
   }
   return rows;
