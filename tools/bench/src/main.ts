@@ -49,6 +49,7 @@ import { guestDdBench } from "./guest-dd.js";
 import { interposeBench } from "./interpose.js";
 import { logOpenBench } from "./log-open.js";
 import { netBench, runVirtio } from "./net.js";
+import { runPackedFloor } from "./packed-floor.js";
 import { runFloor } from "./split-floor.js";
 import {
   BATCH,
@@ -134,7 +135,11 @@ function runC(bin: string, mode: "single" | "threads", ops: number): ThreadRate 
 }
 
 /** {@link runSingle} (or the JS floor) in a fresh worker isolate (see ring-worker.ts for why). */
-function runIsolated(kind: RingKind | "floor", shared: boolean, ops: number): Promise<Rate> {
+function runIsolated(
+  kind: RingKind | "floor" | "packedFloor",
+  shared: boolean,
+  ops: number,
+): Promise<Rate> {
   const w = new Worker(new URL("./ring-worker.js", import.meta.url), {
     workerData: { kind, shared, ops },
   });
@@ -375,36 +380,45 @@ async function heapBench(): Promise<void> {
 async function packedBench(): Promise<void> {
   console.log(
     `packed vs split ring, one thread: same workload as above (queue ${SIZE}, batch ${BATCH}, ` +
-      `2-descriptor chains, EVENT_IDX); median of ${REPS}`,
+      `2-descriptor chains, EVENT_IDX); the library, then the JS floors (each ring's round trip ` +
+      `hand-inlined in one function, same checks and Atomics policy); median of ${REPS}`,
   );
   console.log(row(["", "split", "packed", "packed/split", "CPU"]));
   // SharedArrayBuffer memory (the rings use Atomics on index and flag words) and a plain
-  // ArrayBuffer (one thread: plain accesses, measured in fresh isolates). Alternating, so load
-  // that comes and goes hits both alike.
-  for (const shared of [true, false]) {
-    const splitRuns: Rate[] = [];
-    const packedRuns: Rate[] = [];
-    for (let i = 0; i < REPS; i++) {
-      if (shared) {
-        splitRuns.push(runSingle(createGuestMemory({ size: MEM_SIZE }), OPS.tsSingle, "split"));
-        packedRuns.push(runSingle(createGuestMemory({ size: MEM_SIZE }), OPS.tsSingle, "packed"));
-      } else {
-        // Plain memory in fresh isolates (see runIsolated).
-        splitRuns.push(await runIsolated("split", false, OPS.tsSingle));
-        packedRuns.push(await runIsolated("packed", false, OPS.tsSingle));
+  // ArrayBuffer (one thread: plain accesses, measured in fresh isolates); the library, then
+  // the JS floors (split-floor.ts, packed-floor.ts: the same work hand-inlined in one function
+  // each), which say whether a packed ring can beat a split one in V8 at all. Alternating, so
+  // load that comes and goes hits both alike.
+  for (const floor of [false, true]) {
+    for (const shared of [true, false]) {
+      const splitRuns: Rate[] = [];
+      const packedRuns: Rate[] = [];
+      for (let i = 0; i < REPS; i++) {
+        if (shared && floor) {
+          splitRuns.push(runFloor(true, OPS.tsSingle));
+          packedRuns.push(runPackedFloor(true, OPS.tsSingle));
+        } else if (shared) {
+          splitRuns.push(runSingle(createGuestMemory({ size: MEM_SIZE }), OPS.tsSingle, "split"));
+          packedRuns.push(runSingle(createGuestMemory({ size: MEM_SIZE }), OPS.tsSingle, "packed"));
+        } else {
+          // Plain memory in fresh isolates (see runIsolated).
+          splitRuns.push(await runIsolated(floor ? "floor" : "split", false, OPS.tsSingle));
+          packedRuns.push(await runIsolated(floor ? "packedFloor" : "packed", false, OPS.tsSingle));
+        }
       }
+      const split = median(splitRuns);
+      const packed = median(packedRuns);
+      const label = floor ? "JS floors" : "one thread";
+      console.log(
+        row([
+          shared ? label : `${label}, ArrayBuffer memory`,
+          mops(split),
+          mops(packed),
+          ratio(packed, split),
+          cpuRatio(packedRuns, splitRuns),
+        ]),
+      );
     }
-    const split = median(splitRuns);
-    const packed = median(packedRuns);
-    console.log(
-      row([
-        shared ? "one thread" : "one thread, ArrayBuffer memory",
-        mops(split),
-        mops(packed),
-        ratio(packed, split),
-        cpuRatio(packedRuns, splitRuns),
-      ]),
-    );
   }
 }
 

@@ -1,4 +1,5 @@
-// One one-thread ring run (split-workload.ts's runSingle, or split-floor.ts's runFloor) in a
+// One one-thread ring run (split-workload.ts's runSingle, or the JS floor of split-floor.ts or
+// packed-floor.ts) in a
 // fresh isolate: the bench runs the
 // plain-ArrayBuffer-memory rows here. In the bench's own isolate, ring code that had run over
 // both ArrayBuffer and SharedArrayBuffer memory (with the C baseline and the two-worker runs in
@@ -6,18 +7,21 @@
 // keeps each row's JIT state its own.
 import { parentPort, workerData } from "node:worker_threads";
 import { createGuestMemory } from "@virtio-ts/memory";
+import { runPackedFloor } from "./packed-floor.js";
 import { runFloor } from "./split-floor.js";
 import { MEM_SIZE, type RingKind, runSingle } from "./split-workload.js";
 
 const { kind, shared, ops } = workerData as {
-  kind: RingKind | "floor";
+  kind: RingKind | "floor" | "packedFloor";
   shared: boolean;
   ops: number;
 };
 const once = () =>
   kind === "floor"
     ? runFloor(shared, ops)
-    : runSingle(createGuestMemory({ size: MEM_SIZE, shared }), ops, kind);
+    : kind === "packedFloor"
+      ? runPackedFloor(shared, ops)
+      : runSingle(createGuestMemory({ size: MEM_SIZE, shared }), ops, kind);
 // A whole run first, not timed: the JIT settles as it has for the in-process rows, whose later
 // repetitions run on code optimized during the earlier ones.
 once();
