@@ -289,7 +289,7 @@ describe("encrypt (raw key, no header)", () => {
       const inner = new RamDisk(4096);
       const disk = encrypt(inner, KEY, { engine });
       // 40 writes of 1–300 sectors at disjoint places, all started in this task: the batch
-      // crosses the 128-sector runs of the WebAssembly engine, and some requests alone exceed one.
+      // crosses the 64-sector runs of the WebAssembly engine, and some requests alone exceed one.
       let x = 77;
       const reqs: { sector: number; data: Uint8Array }[] = [];
       for (let i = 0, sector = 0; i < 40; i++) {
