@@ -178,6 +178,18 @@ export function runVirtio(
   };
 }
 
+/** Two ports of a fresh Switch that has learned B's MAC on `rx`: frames to B are known unicast. */
+function learnedSwitch(): { tx: NetBackend; rx: NetBackend } {
+  const sw = new Switch();
+  const tx = sw.createPort();
+  const rx = sw.createPort();
+  const hello = makeFrame(60);
+  hello.set(MAC_A, 0);
+  hello.set(MAC_B, 6);
+  rx.transmit(hello);
+  return { tx, rx };
+}
+
 /**
  * A -> B without virtio: `transmit` on one end, and a sink on the other that checks the
  * sequence number and copies the frame into a receive buffer, as a device copies into guest
@@ -186,15 +198,8 @@ export function runVirtio(
 function runBackend(path: "switch" | "veth", size: number, n: number, warm: number): NetRun {
   let tx: NetBackend;
   let rx: NetBackend;
-  if (path === "switch") {
-    const sw = new Switch();
-    tx = sw.createPort();
-    rx = sw.createPort();
-    const hello = makeFrame(60);
-    hello.set(MAC_A, 0);
-    hello.set(MAC_B, 6);
-    rx.transmit(hello); // learn B
-  } else {
+  if (path === "switch") ({ tx, rx } = learnedSwitch());
+  else {
     const pair = new VethPair();
     tx = pair.a;
     rx = pair.b;
@@ -239,13 +244,7 @@ const COPY_SLOT = 2048;
  */
 function runCopies(driver: boolean, size: number, n: number, warm: number): NetRun {
   const path: NetPath = driver ? "copies" : "deviceCopies";
-  const sw = new Switch();
-  const tx = sw.createPort();
-  const rx = sw.createPort();
-  const hello = makeFrame(60);
-  hello.set(MAC_A, 0);
-  hello.set(MAC_B, 6);
-  rx.transmit(hello); // learn B
+  const { tx, rx } = learnedSwitch();
   const memA = new Uint8Array(new SharedArrayBuffer(NET_BATCH * COPY_SLOT));
   const memB = new Uint8Array(new SharedArrayBuffer(NET_QUEUE * COPY_SLOT));
   const hdr = new Uint8Array(12);
@@ -281,10 +280,9 @@ function runCopies(driver: boolean, size: number, n: number, warm: number): NetR
     if (driver) {
       memA.set(hdr, at + 4);
       memA.set(frame, at + 16);
-    } else if (i < NET_BATCH) {
-      memA.set(frame, at + 16); // a template; the sequence number goes in below
-    }
-    if (!driver) {
+    } else {
+      // The frame as a guest left it: a template per slot, its sequence number set in place.
+      if (i < NET_BATCH) memA.set(frame, at + 16);
       memA[at + 16 + 14] = frame[14]!;
       memA[at + 16 + 15] = frame[15]!;
       memA[at + 16 + 16] = frame[16]!;
@@ -295,7 +293,8 @@ function runCopies(driver: boolean, size: number, n: number, warm: number): NetR
     tx.transmit(txView);
   }
   const ns = Number(process.hrtime.bigint() - t0);
-  if (received !== warm + n || flags !== 0) fail(path, received, warm + n);
+  if (received !== warm + n) fail(path, received, warm + n);
+  if (flags !== 0) throw new Error(`${path}: a header's flags or gso_type read non-zero`);
   return { frames: n, bytes: n * size, ns, exits: 0, irqs: 0 };
 }
 
