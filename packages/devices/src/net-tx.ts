@@ -132,11 +132,13 @@ export class NetTransmitter {
       // §5.1.6.2.1: NEEDS_CSUM only with CSUM negotiated. §5.1.6.2.2: the device completes
       // the checksum from csum_start, stored at csum_start + csum_offset.
       const hdr = this.#txHdr;
+      // Byte by byte: `pop` accepts a segment across adjacent regions, where a 16-bit read
+      // could straddle the boundary (readU16 refuses that); a byte never does.
       const start = inFirst
-        ? mem.readU16(at + NetHdr.CSUM_START)
+        ? mem.readU8(at + NetHdr.CSUM_START) | (mem.readU8(at + NetHdr.CSUM_START + 1) << 8)
         : hdr[NetHdr.CSUM_START]! | (hdr[NetHdr.CSUM_START + 1]! << 8);
       const off = inFirst
-        ? mem.readU16(at + NetHdr.CSUM_OFFSET)
+        ? mem.readU8(at + NetHdr.CSUM_OFFSET) | (mem.readU8(at + NetHdr.CSUM_OFFSET + 1) << 8)
         : hdr[NetHdr.CSUM_OFFSET]! | (hdr[NetHdr.CSUM_OFFSET + 1]! << 8);
       if (!st.csum || !completeChecksum(frame, start, off)) {
         s.txBadCsum++;

@@ -1,6 +1,6 @@
 // NetDevice behind MmioDevice, driven by raw driver queues (never through NetDriver): the tests
 // write headers, frames and control commands into guest memory themselves.
-import { createGuestMemory, type GuestMemory } from "@virtio-ts/memory";
+import { createGuestMemory, type GuestMemory, GuestMemoryMap } from "@virtio-ts/memory";
 import {
   DeviceStatus,
   Feature,
@@ -82,9 +82,11 @@ class Nic {
       device?: NetDeviceOptions;
       /** Queues to set up (default: every queue of the negotiated layout). */
       queues?: number;
+      /** Guest memory (default: 2 MiB in one region). */
+      memory?: GuestMemory;
     } = {},
   ) {
-    this.memory = createGuestMemory({ size: 0x200000 });
+    this.memory = o.memory ?? createGuestMemory({ size: 0x200000 });
     this.model = new NetDevice(this.backend, { mac: MAC, queueSize: QS, ...o.device });
     {
       const vm = new InThreadMmio(this.model, {
@@ -151,9 +153,12 @@ class Nic {
   }
 
   /** Transmit raw readable segments (header and frame bytes as the test lays them out). */
-  txRaw(parts: readonly Uint8Array[], q = 1): Used[] {
+  txRaw(parts: readonly Uint8Array[], q = 1, at?: number): Used[] {
+    // `at`: place the parts back to back from that guest address instead of allocating.
+    let next = at;
     const segs: Segment[] = parts.map((p) => {
-      const a = this.alloc(p.length);
+      const a = next ?? this.alloc(p.length);
+      if (next !== undefined) next += p.length;
       this.memory.write(a, p);
       return { addr: a, len: p.length };
     });
@@ -427,6 +432,30 @@ for (const packed of [false, true]) {
       expect(nic.txRaw([g.subarray(0, 1), g.subarray(1), p.frame])).toHaveLength(1);
       expect(nic.model.stats.txGso).toBe(1);
       expect(nic.backend.sent).toHaveLength(1);
+    });
+
+    it("reads a header that straddles two adjacent memory regions in place, checksum fields included", () => {
+      const half = 0x100000;
+      const memory = new GuestMemoryMap([
+        { guestBase: 0, size: half, buffer: new SharedArrayBuffer(half) },
+        { guestBase: half, size: half, buffer: new SharedArrayBuffer(half) },
+      ]);
+      const nic = new Nic({ packed, memory });
+      const p = l4Packet(6, pattern(300, 5));
+      const h = hdr({
+        flags: NetHdrFlags.NEEDS_CSUM,
+        csumStart: p.csumStart,
+        csumOffset: p.csumOffset,
+      });
+      const b = new Uint8Array(h.length + p.frame.length);
+      b.set(h);
+      b.set(p.frame, h.length);
+      // One descriptor from 7 bytes below the boundary: csum_start's two bytes lie in two regions.
+      expect(nic.txRaw([b], 1, half - 7)).toEqual([expect.objectContaining({ len: 0 })]);
+      expect(nic.model.stats.txFrames).toBe(1);
+      expect(nic.model.stats.txBadCsum).toBe(0);
+      expect(nic.t.needsReset).toBe(false);
+      expect(u16be(nic.backend.sent[0]!, p.csumStart + p.csumOffset)).toBe(p.expected);
     });
 
     it("drops and counts a truncated header, a header-only frame, an oversize frame, gso_type and bad csum offsets, then keeps working", () => {

@@ -1,8 +1,10 @@
 // virtio-net frames per second through the whole stack, in one thread: NetDriver (guest A) ->
 // MmioDriverTransport -> MmioDevice -> NetDevice tx -> backend-net Switch -> NetDevice rx (guest
 // B) -> NetDriver receive, beside the same frames moved without virtio in the same run: through
-// the bare Switch, through a bare VethPair, and through a MessageChannel (postMessage of the
-// Uint8Array, which structured-clones, i.e. copies, the bytes).
+// the Switch with only the virtio path's copies in and out of shared guest memory (the device's,
+// and with the drivers' too: the floors this design cannot go under), through the bare Switch,
+// through a bare VethPair, and through a MessageChannel (postMessage of the Uint8Array, which
+// structured-clones, i.e. copies, the bytes).
 import { MessageChannel } from "node:worker_threads";
 import { Switch, VethPair } from "@virtio-ts/backend-net";
 import { type NetBackend, NetDevice } from "@virtio-ts/devices";
