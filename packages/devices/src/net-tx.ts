@@ -4,6 +4,7 @@
  * completed when asked, and handed to the back-end.
  * @module
  */
+import type { GuestMemory } from "@virtio-ts/memory";
 import { completeChecksum, ETH_HLEN, NetHdr, NetHdrFlags } from "@virtio-ts/spec";
 import type { DeviceContext } from "@virtio-ts/transport";
 import { DescriptorChain } from "@virtio-ts/virtqueue";
@@ -83,6 +84,18 @@ export class NetTransmitter {
     this.#dueCtx = ctx;
   }
 
+  /**
+   * The little-endian 16-bit header field at byte `field`: from guest memory at `at` when the
+   * header lies in the first segment (`inPlace`), else from its copy in `#txHdr`. Byte by byte:
+   * `pop` accepts a segment across adjacent regions, where a 16-bit read could straddle the
+   * boundary (`readU16` refuses that); a byte never does.
+   */
+  #hdrU16(mem: GuestMemory, inPlace: boolean, at: number, field: number): number {
+    if (inPlace) return mem.readU8(at + field) | (mem.readU8(at + field + 1) << 8);
+    const hdr = this.#txHdr;
+    return hdr[field]! | (hdr[field + 1]! << 8);
+  }
+
   #transmitOne(ctx: DeviceContext, chain: DescriptorChain): void {
     const st = this.#st;
     const s = st.stats;
@@ -131,15 +144,8 @@ export class NetTransmitter {
     if ((flags & NetHdrFlags.NEEDS_CSUM) !== 0) {
       // §5.1.6.2.1: NEEDS_CSUM only with CSUM negotiated. §5.1.6.2.2: the device completes
       // the checksum from csum_start, stored at csum_start + csum_offset.
-      const hdr = this.#txHdr;
-      // Byte by byte: `pop` accepts a segment across adjacent regions, where a 16-bit read
-      // could straddle the boundary (readU16 refuses that); a byte never does.
-      const start = inFirst
-        ? mem.readU8(at + NetHdr.CSUM_START) | (mem.readU8(at + NetHdr.CSUM_START + 1) << 8)
-        : hdr[NetHdr.CSUM_START]! | (hdr[NetHdr.CSUM_START + 1]! << 8);
-      const off = inFirst
-        ? mem.readU8(at + NetHdr.CSUM_OFFSET) | (mem.readU8(at + NetHdr.CSUM_OFFSET + 1) << 8)
-        : hdr[NetHdr.CSUM_OFFSET]! | (hdr[NetHdr.CSUM_OFFSET + 1]! << 8);
+      const start = this.#hdrU16(mem, inFirst, at, NetHdr.CSUM_START);
+      const off = this.#hdrU16(mem, inFirst, at, NetHdr.CSUM_OFFSET);
       if (!st.csum || !completeChecksum(frame, start, off)) {
         s.txBadCsum++;
         ctx.noteFault(new NetGuestFault("net-tx-bad-csum", chain.head, start + off));

@@ -333,9 +333,9 @@ export class XtsAes256 {
   }
 
   /**
-   * Jobs `[from, to)`, `sectors` in all (≤ CHUNK_SECTORS), through one pair of AES calls, with the tweak
-   * sequence and the XORs in the WebAssembly module: each job's input is copied into its memory
-   * once (so guest memory is read once), transformed there, copied out.
+   * Jobs `[from, to)`, `sectors` in all (≤ CHUNK_SECTORS), through one pair of AES calls, with
+   * the tweak sequence and the XORs in the WebAssembly module: each job's input is copied into
+   * its memory once (so guest memory is read once), transformed there, copied out.
    */
   #packedSimd(
     simd: XtsSimd,

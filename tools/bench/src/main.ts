@@ -50,6 +50,7 @@ import { interposeBench } from "./interpose.js";
 import { logOpenBench } from "./log-open.js";
 import { netBench, runVirtio } from "./net.js";
 import { runPackedFloor } from "./packed-floor.js";
+import type { RingRunKind } from "./ring-worker.js";
 import { runFloor } from "./split-floor.js";
 import {
   BATCH,
@@ -59,7 +60,6 @@ import {
   MEM_SIZE,
   type Rate,
   READ_LEN,
-  type RingKind,
   roundTrips,
   runSingle,
   SIZE,
@@ -135,11 +135,7 @@ function runC(bin: string, mode: "single" | "threads", ops: number): ThreadRate 
 }
 
 /** {@link runSingle} (or the JS floor) in a fresh worker isolate (see ring-worker.ts for why). */
-function runIsolated(
-  kind: RingKind | "floor" | "packedFloor",
-  shared: boolean,
-  ops: number,
-): Promise<Rate> {
+function runIsolated(kind: RingRunKind, shared: boolean, ops: number): Promise<Rate> {
   const w = new Worker(new URL("./ring-worker.js", import.meta.url), {
     workerData: { kind, shared, ops },
   });

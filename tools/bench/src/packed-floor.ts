@@ -92,8 +92,7 @@ export function runPackedFloor(shared: boolean, total: number): Rate & { notific
       if (numFree < 2 || idTop === 0) throw new Error("ring full");
       const id = freeIds[--idTop]!;
       const avail = availWrap ? F_AVAIL : F_USED;
-      const first = nextAvail;
-      let pos = first;
+      let pos = nextAvail;
       let w = pos << 2;
       desc[w] = DATA;
       desc[w + 1] = 0;

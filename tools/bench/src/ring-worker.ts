@@ -1,7 +1,5 @@
 // One one-thread ring run (split-workload.ts's runSingle, or the JS floor of split-floor.ts or
-// packed-floor.ts) in a
-// fresh isolate: the bench runs the
-// plain-ArrayBuffer-memory rows here. In the bench's own isolate, ring code that had run over
+// packed-floor.ts) in a fresh isolate: the bench runs the plain-ArrayBuffer-memory rows here. In the bench's own isolate, ring code that had run over
 // both ArrayBuffer and SharedArrayBuffer memory (with the C baseline and the two-worker runs in
 // between) was seen to stay 7× slower for later runs, though TurboFan-optimized; a fresh isolate
 // keeps each row's JIT state its own.
@@ -11,8 +9,11 @@ import { runPackedFloor } from "./packed-floor.js";
 import { runFloor } from "./split-floor.js";
 import { MEM_SIZE, type RingKind, runSingle } from "./split-workload.js";
 
+/** What a ring worker runs: the library on one ring layout, or one of the two JS floors. */
+export type RingRunKind = RingKind | "floor" | "packedFloor";
+
 const { kind, shared, ops } = workerData as {
-  kind: RingKind | "floor" | "packedFloor";
+  kind: RingRunKind;
   shared: boolean;
   ops: number;
 };
