@@ -1,7 +1,7 @@
 /**
  * The transmit path of the virtio-net device (VIRTIO 1.3 §5.1.6.2): each chain's readable part
- * is the header then the frame; the frame is copied out of guest memory, its partial checksum
- * completed when asked, and handed to the back-end.
+ * is the header then the frame. The back-end gets the frame as a view of guest memory when it
+ * lies in one segment; otherwise (or when a partial checksum must be completed) a copy.
  * @module
  */
 import type { GuestMemory } from "@virtio-ts/memory";
@@ -28,6 +28,8 @@ export class NetTransmitter {
   readonly #txBuf: Uint8Array;
   readonly #txViews: (Uint8Array | undefined)[] = new Array(TX_VIEW_CACHE).fill(undefined);
   readonly #txHdr = new Uint8Array(NetHdr.SIZE);
+  /** The reused output of `mem.sg` for zero-copy frames. */
+  readonly #sg: Uint8Array[] = [];
   readonly #coalesce: boolean;
   /** Transmit queues with a notification due at the end of the task (bit per pair). */
   #due = 0;
@@ -139,9 +141,18 @@ export class NetTransmitter {
       ctx.noteFault(new NetGuestFault("net-tx-gso", chain.head, gso));
       return;
     }
-    const frame = this.#txView(len);
-    chain.copyFromReadable(mem, h, frame);
-    if ((flags & NetHdrFlags.NEEDS_CSUM) !== 0) {
+    const needsCsum = (flags & NetHdrFlags.NEEDS_CSUM) !== 0;
+    // Zero-copy when the frame lies in one segment (the header in front of it in the same one,
+    // or alone in the one before) inside one region: the back-end gets a view of guest memory,
+    // valid during `transmit` only (the NetBackend contract). A checksum to complete is written
+    // into the frame, and the device must not write a driver-readable buffer (§2.7.5.1): copy.
+    let frame: Uint8Array | undefined;
+    if (!needsCsum) frame = this.#inPlace(mem, chain, h, len);
+    if (frame === undefined) {
+      frame = this.#txView(len);
+      chain.copyFromReadable(mem, h, frame);
+    }
+    if (needsCsum) {
       // §5.1.6.2.1: NEEDS_CSUM only with CSUM negotiated. §5.1.6.2.2: the device completes
       // the checksum from csum_start, stored at csum_start + csum_offset.
       const start = this.#hdrU16(mem, inFirst, at, NetHdr.CSUM_START);
@@ -162,6 +173,30 @@ export class NetTransmitter {
       this.lastBackendError = e;
     }
     if (!ok) s.txBackendDrops++;
+  }
+
+  /**
+   * A view of guest memory holding the `len` frame bytes that start `h` bytes into the
+   * readable part, when they lie in one segment and one region; else undefined (copy them).
+   */
+  #inPlace(
+    mem: GuestMemory,
+    chain: DescriptorChain,
+    h: number,
+    len: number,
+  ): Uint8Array | undefined {
+    const lens = chain.lens;
+    let i = 0;
+    let off = h;
+    if (lens[0]! <= h) {
+      // The header fills the first segment (a zero-length one or a split header: copy).
+      if (lens[0] !== h || chain.readableCount < 2) return undefined;
+      i = 1;
+      off = 0;
+    }
+    if (lens[i]! - off < len) return undefined;
+    const views = mem.sg(chain.addrs[i]! + off, len, this.#sg);
+    return views.length === 1 ? views[0] : undefined;
   }
 
   /**

@@ -35,10 +35,13 @@ import {
 
 class TestBackend implements NetBackend {
   readonly sent: Uint8Array[] = [];
+  /** The views `transmit` was given (valid only during the call: for their identity). */
+  readonly given: Uint8Array[] = [];
   sink: NetFrameSink | undefined;
   readyCalls = 0;
   refuse = false;
   transmit(frame: Uint8Array): boolean {
+    this.given.push(frame);
     this.sent.push(frame.slice());
     return !this.refuse;
   }
@@ -432,6 +435,53 @@ for (const packed of [false, true]) {
       expect(nic.txRaw([g.subarray(0, 1), g.subarray(1), p.frame])).toHaveLength(1);
       expect(nic.model.stats.txGso).toBe(1);
       expect(nic.backend.sent).toHaveLength(1);
+    });
+
+    it("hands the back-end a view of guest memory when the frame lies in one descriptor, and a copy when it does not", () => {
+      const nic = new Nic({ packed });
+      const at = 0x8000;
+      const f = ether(OTHER, MAC, 0x0800, pattern(1486, 4));
+      const view = (i: number): number | undefined => nic.memory.addressOf!(nic.backend.given[i]!);
+      // Header and frame in one descriptor; header alone, frame in the next: both in place.
+      const one = new Uint8Array(12 + f.length);
+      one.set(f, 12);
+      nic.txRaw([one], 1, at);
+      nic.txRaw([hdr(), f], 1, at);
+      expect([view(0), view(1)]).toEqual([at + 12, at + 12]);
+      expect(nic.backend.given[0]!.length).toBe(f.length);
+      // The frame over two descriptors, and a split header: copies.
+      nic.txRaw([hdr(), f.subarray(0, 700), f.subarray(700)], 1, at);
+      nic.txRaw([hdr().subarray(0, 5), hdr().subarray(5), f], 1, at);
+      expect([view(2), view(3)]).toEqual([undefined, undefined]);
+      expect(nic.backend.sent).toEqual([f, f, f, f]);
+    });
+
+    it("copies a frame whose checksum it completes, leaving the guest's driver-readable buffer unwritten (§2.7.5.1)", () => {
+      const nic = new Nic({ packed });
+      const p = l4Packet(17, pattern(500, 6));
+      const at = 0x8000;
+      const h = hdr({
+        flags: NetHdrFlags.NEEDS_CSUM,
+        csumStart: p.csumStart,
+        csumOffset: p.csumOffset,
+      });
+      nic.txRaw([h, p.frame], 1, at);
+      expect(nic.memory.addressOf!(nic.backend.given[0]!)).toBeUndefined();
+      expect(u16be(nic.backend.sent[0]!, p.csumStart + p.csumOffset)).toBe(p.expected);
+      expect(nic.memory.slice(at + 12, p.frame.length)).toEqual(p.frame);
+    });
+
+    it("copies a frame that lies across two adjacent memory regions, bytes intact", () => {
+      const half = 0x100000;
+      const memory = new GuestMemoryMap([
+        { guestBase: 0, size: half, buffer: new SharedArrayBuffer(half) },
+        { guestBase: half, size: half, buffer: new SharedArrayBuffer(half) },
+      ]);
+      const nic = new Nic({ packed, memory });
+      const f = ether(OTHER, MAC, 0x0800, pattern(600, 7));
+      nic.txRaw([hdr(), f], 1, half - 100);
+      expect(nic.memory.addressOf!(nic.backend.given[0]!)).toBeUndefined();
+      expect(nic.backend.sent).toEqual([f]);
     });
 
     it("reads a header that straddles two adjacent memory regions in place, checksum fields included", () => {
