@@ -112,7 +112,8 @@ export class NetDriverTx {
     // gso_type NONE, num_buffers 0 on transmit (§5.1.6.2: the driver sets it to 0).
     const segs = this.#segs;
     while (segs.length < nSlots) segs.push({ addr: 0, len: 0 });
-    segs.length = nSlots;
+    // Only when it changes: the `length` setter is a builtin call (1 % of a frame's CPU).
+    if (segs.length !== nSlots) segs.length = nSlots;
     let prev = -1;
     let first = -1;
     let off = 0; // bytes of header+frame written
