@@ -62,6 +62,19 @@ async function closedAfterPokes(p: RawPeer): Promise<void> {
   }
 }
 
+/** Wait until `socket` drains or closes, leaving no listener behind (each wait adds two). */
+function drainOrClose(socket: Socket): Promise<void> {
+  return new Promise((resolve) => {
+    const done = (): void => {
+      socket.off("drain", done);
+      socket.off("close", done);
+      resolve();
+    };
+    socket.once("drain", done);
+    socket.once("close", done);
+  });
+}
+
 describe("NbdServer survives hostile clients (server in a child process)", () => {
   it("a client flooding options without reading the replies stalls itself: RSS bounded, cut off at handshakeTimeoutMs, others served", async () => {
     const srv = await server(8 * MiB, { handshakeTimeoutMs: 2000 });
@@ -139,12 +152,7 @@ describe("NbdServer survives hostile clients (server in a child process)", () =>
     const chunk = new Uint8Array(MiB).fill(0xa5);
     const pumping = attackers.map(async (a) => {
       for (let i = 0; i < 24 && !a.socket.destroyed; i++) {
-        if (!a.socket.write(chunk)) {
-          await Promise.race([
-            new Promise((r) => a.socket.once("drain", r)),
-            new Promise((r) => a.socket.once("close", r)),
-          ]);
-        }
+        if (!a.socket.write(chunk)) await drainOrClose(a.socket);
       }
       while (!a.socket.destroyed) {
         a.socket.write(new Uint8Array(1));
