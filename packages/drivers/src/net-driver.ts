@@ -420,34 +420,46 @@ export class NetDriver {
    * @returns the frame, or undefined if none is buffered
    */
   tryReceive(): Uint8Array | undefined {
-    const f = this.#rx.take();
-    if (f !== undefined && this.#rx.stalled) {
-      // Room again: reap the used buffers left on the ring.
-      this.#rx.stalled = false;
-      this.poll();
-    }
+    const rx = this.#rx;
+    const f = rx.take();
+    if (f !== undefined) this.#afterTake(rx);
     return f;
   }
 
   /**
-   * Take one received frame without waiting and without a copy: a view of the driver's frame
-   * store (the bytes were copied there from the receive buffer when it was reaped).
+   * Take one received frame without waiting and without a copy. A frame the device put in one
+   * receive buffer is lent where it lies, as a view of guest memory (over a `SharedArrayBuffer`
+   * when guest memory is shared); the buffer is posted again only once the loan ends. Any other
+   * frame (spread over several buffers, or one arriving while `rxBuffers` frames are already
+   * held in their buffers or the allocator is short of slots) is lent as a view of the driver's
+   * frame store, where it was copied when reaped.
    *
    * Ownership: the view is lent. It stays valid, and its bytes unchanged, until the next call
    * of `tryReceiveView`, {@link NetDriver.tryReceive}, {@link NetDriver.poll},
    * {@link NetDriver.onInterrupt} or a `frames()` iterator's `next()`; after that its bytes
-   * belong to later frames. Use it synchronously, or copy what you keep (`view.slice()`).
+   * belong to the device or to later frames. Use it synchronously, or copy what you keep
+   * (`view.slice()`, which also gives an unshared copy for APIs that refuse shared memory,
+   * such as `TextDecoder`).
    * @returns the frame, or undefined if none is buffered
    */
   tryReceiveView(): Uint8Array | undefined {
     const rx = this.#rx;
-    // The previous loan ends here; if reaping stopped for lack of room, there is room again.
+    // The previous loan ends here: its buffer or its bytes in the store are free again.
     rx.release();
-    if (rx.stalled) {
-      rx.stalled = false;
-      this.poll();
-    }
+    this.#afterTake(rx);
     return rx.takeView();
+  }
+
+  /**
+   * After a frame left the queue: if reaping stopped for lack of room, there is room again;
+   * if a receive buffer came back while a queue was short of slots, it can be posted. Both
+   * need a poll (reap, refill, notify).
+   */
+  #afterTake(rx: NetDriverRx): void {
+    if (!rx.stalled && !rx.refillDue) return;
+    rx.stalled = false;
+    rx.refillDue = false;
+    this.poll();
   }
 
   /**

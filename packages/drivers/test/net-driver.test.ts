@@ -19,6 +19,7 @@ import {
   RateLimitedLog,
 } from "@virtio-ts/transport";
 import { DescriptorChain } from "@virtio-ts/virtqueue";
+import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import {
   NetCtrlError,
@@ -34,6 +35,8 @@ class Wire implements NetBackend {
   sink: NetFrameSink | undefined;
   readonly held: Uint8Array[] = [];
   drops = 0;
+  /** The frames dropped (the peer's hold queue was full). */
+  readonly dropped: Uint8Array[] = [];
   transmit(frame: Uint8Array): boolean {
     const copy = frame.slice();
     const p = this.peer!;
@@ -43,6 +46,7 @@ class Wire implements NetBackend {
       return true;
     }
     this.drops++;
+    this.dropped.push(copy);
     return false;
   }
   attach(sink: NetFrameSink): void {
@@ -473,20 +477,25 @@ class EvilNetDevice implements DeviceModel {
   reset(): void {}
   /** Fill the next receive buffer with `bytes` and report `used` bytes. */
   inject(bytes: Uint8Array, used = bytes.length): void {
+    expect(this.tryInject(bytes, used)).toBe(true);
+  }
+  /** As `inject`; false (nothing done) when the driver has posted no buffer. */
+  tryInject(bytes: Uint8Array, used = bytes.length): boolean {
     const ctx = this.#ctx!;
     const q = ctx.queue(0)!;
-    expect(q.pop(this.#chain)).toBe(true);
+    if (!q.pop(this.#chain)) return false;
     this.#chain.copyToWritable(ctx.memory, 0, bytes);
     q.push(this.#chain.head, used);
     ctx.interrupt(0);
+    return true;
   }
 }
 
-function evil(): { model: EvilNetDevice; driver: NetDriver; device: MmioDevice } {
+function evil(slots = 64): { model: EvilNetDevice; driver: NetDriver; device: MmioDevice } {
   const memory = createGuestMemory({ size: 0x400000 });
   const model = new EvilNetDevice();
   const { device, transport } = new InThreadMmio(model, { memory, delivery: "none" });
-  const driver = new NetDriver(transport, memory, new SlabAllocator(0x100000, 512, 64), {
+  const driver = new NetDriver(transport, memory, new SlabAllocator(0x100000, 512, slots), {
     ringBase: 0x10000,
     queueSize: 16,
   });
@@ -551,7 +560,9 @@ describe("NetDriver batched send and lending receive", () => {
   });
 
   it("tryReceiveView lends each frame in order, byte for byte, through many wraps of the frame store", () => {
-    const { a, b } = pair({}, { driver: { rxQueueLimit: 8 } });
+    // 18 slots: 16 receive buffers and the 2 refills keep for transmission. Holding a frame in
+    // its buffer would leave a refill short, so every frame goes through the store.
+    const { a, b } = pair({}, { slots: 18, driver: { rxQueueLimit: 8 } });
     let next = 0;
     let seen = 0;
     const sizes = [60, 1514, 333, 1000, 64, 1499, 777];
@@ -565,10 +576,66 @@ describe("NetDriver batched send and lending receive", () => {
       pump(a, b);
       for (let f = b.driver.tryReceiveView(); f !== undefined; f = b.driver.tryReceiveView()) {
         expect(f).toEqual(frameOf(seen, sizes[seen % sizes.length]!));
+        expect(b.memory.addressOf!(f)).toBeUndefined();
         seen++;
       }
     }
     expect(seen).toBe(next);
+  });
+
+  it("holds the first rxBuffers waiting frames in their receive buffers, unposted while refills post others, and lends them from guest memory", () => {
+    const { a, b } = pair({}, { driver: { rxQueueLimit: 64 } });
+    const frames = Array.from({ length: 40 }, (_, i) => frameOf(i, 200 + i * 30));
+    // Five rounds of 8: B reaps and refills after each, and takes nothing until the end.
+    for (let r = 0; r < 5; r++) {
+      expect(a.driver.trySendBatch(frames, 8 * r, 8 * r + 8)).toBe(8);
+      pump(a, b);
+    }
+    expect(b.driver.pendingFrames).toBe(40);
+    const addrs: (number | undefined)[] = [];
+    const got: Uint8Array[] = [];
+    for (let f = b.driver.tryReceiveView(); f !== undefined; f = b.driver.tryReceiveView()) {
+      addrs.push(b.memory.addressOf!(f));
+      got.push(f.slice());
+    }
+    // Intact: the refills of rounds 2–5 never handed a held buffer back to the device.
+    expect(got).toEqual(frames);
+    // rxBuffers (16 here): lent where the device wrote them, each in its own buffer; the rest
+    // were copied into the driver's store.
+    const held = addrs.slice(0, 16);
+    expect(held.every((x) => x !== undefined)).toBe(true);
+    expect(new Set(held).size).toBe(16);
+    expect(addrs.slice(16)).toEqual(new Array(24).fill(undefined));
+    // Every buffer came back: the next frames flow as before.
+    a.driver.trySendBatch(frames, 0, 8);
+    pump(a, b);
+    expect(drain(b)).toEqual(frames.slice(0, 8));
+  });
+
+  it("a receive queue left short of slots is refilled as soon as a held frame is taken", () => {
+    // 30 slots of 512 bytes, queue 16: rxBuffers 8, and refills leave 4 slots (a largest frame
+    // and a command) for transmission.
+    const { model, driver } = evil(30);
+    const f = (i: number) => ether(MAC_B, MAC_A, 0x88b5, pattern(86, i));
+    // 8 frames, held in their buffers (22 free slots: a refill of 8 and the reserve of 4 still
+    // fit); the refill posts 8 more.
+    for (let i = 0; i < 8; i++) model.inject(withHdr(rxHdr(1), f(i)));
+    driver.onInterrupt();
+    // 11 transmissions this device never completes hold 11 slots: 3 left.
+    for (let i = 0; i < 11; i++) expect(driver.trySend(f(100 + i))).toBe(true);
+    // 8 more frames: copied (8 are held already), their buffers freed; the refill stops at 7
+    // buffers with 4 slots left.
+    for (let i = 8; i < 16; i++) model.inject(withHdr(rxHdr(1), f(i)));
+    driver.onInterrupt();
+    for (let i = 16; i < 23; i++) model.inject(withHdr(rxHdr(1), f(i)));
+    expect(model.tryInject(withHdr(rxHdr(1), f(23)))).toBe(false);
+    // Taking a held frame frees its slot, and the queue gets a buffer at once (no interrupt).
+    expect(driver.tryReceive()).toEqual(f(0));
+    expect(model.tryInject(withHdr(rxHdr(1), f(23)))).toBe(true);
+    driver.onInterrupt();
+    const rest: Uint8Array[] = [];
+    for (let x = driver.tryReceive(); x !== undefined; x = driver.tryReceive()) rest.push(x);
+    expect(rest).toEqual(Array.from({ length: 23 }, (_, i) => f(i + 1)));
   });
 
   it("a lent view stays unchanged until the next receive call, and tryReceive still copies", () => {
@@ -582,6 +649,99 @@ describe("NetDriver batched send and lending receive", () => {
     expect(copy).toEqual(frameOf(2, 300));
     expect(copy.buffer).not.toBe(v.buffer);
     expect(b.driver.tryReceiveView()).toBeUndefined();
+  });
+});
+
+describe("NetDriver receive over random workloads (property)", () => {
+  type Op =
+    | { readonly kind: "send"; readonly sizes: readonly number[] }
+    | { readonly kind: "view" | "copy"; readonly n: number }
+    | { readonly kind: "pump" };
+  const op: fc.Arbitrary<Op> = fc.oneof(
+    fc.record({
+      kind: fc.constant("send" as const),
+      sizes: fc.array(fc.integer({ min: 16, max: 1514 }), { minLength: 1, maxLength: 12 }),
+    }),
+    fc.record({ kind: fc.constantFrom("view" as const, "copy" as const), n: fc.nat(12) }),
+    fc.constant({ kind: "pump" as const }),
+  );
+  const seqOf = (f: Uint8Array) => f[14]! | (f[15]! << 8);
+  const frameOf = (seq: number, len: number) => {
+    const f = ether(MAC_B, MAC_A, 0x88b5, pattern(len - 14, seq));
+    f[14] = seq & 0xff;
+    f[15] = seq >> 8;
+    return f;
+  };
+
+  it("delivers every frame the wire carried, in order and byte for byte, and a lent view stays intact until the next receive call, whatever the allocator, slot size, queue limit and mix of lent, copied and late takes", () => {
+    fc.assert(
+      fc.property(
+        fc.record({
+          slots: fc.integer({ min: 18, max: 80 }),
+          slotSize: fc.constantFrom(512, 2048),
+          limit: fc.integer({ min: 1, max: 40 }),
+          packed: fc.boolean(),
+          ops: fc.array(op, { maxLength: 50 }),
+        }),
+        (w) => {
+          const { a, b } = pair(
+            { packed: w.packed },
+            {
+              packed: w.packed,
+              slots: w.slots,
+              slotSize: w.slotSize,
+              driver: { rxQueueLimit: w.limit },
+            },
+          );
+          const sent: Uint8Array[] = [];
+          const got: Uint8Array[] = [];
+          let seq = 0;
+          let lent: { view: Uint8Array; copy: Uint8Array } | undefined;
+          // A loan ends at B's next receive call or poll; until then its bytes must not change.
+          const endLoan = () => {
+            if (lent !== undefined) expect(lent.view).toEqual(lent.copy);
+            lent = undefined;
+          };
+          const take = (kind: "view" | "copy", n: number) => {
+            for (let i = 0; i < n; i++) {
+              endLoan();
+              const f = kind === "view" ? b.driver.tryReceiveView() : b.driver.tryReceive();
+              if (f === undefined) return;
+              got.push(f.slice());
+              if (kind === "view") lent = { view: f, copy: f.slice() };
+            }
+          };
+          for (const o of w.ops) {
+            if (o.kind === "send") {
+              const frames = o.sizes.map((len) => frameOf(seq++, len));
+              const k = a.driver.trySendBatch(frames);
+              sent.push(...frames.slice(0, k));
+              seq -= frames.length - k;
+            } else if (o.kind === "pump") {
+              endLoan();
+              pump(a, b);
+            } else take(o.kind, o.n);
+          }
+          // Drain: reap, take, and let the wire hand on what it held, until nothing moves.
+          for (let round = 0; round < 400; round++) {
+            endLoan();
+            pump(a, b);
+            const before = got.length;
+            take("copy", 1000);
+            if (got.length === before && b.wire.held.length === 0 && b.driver.pendingFrames === 0)
+              break;
+          }
+          const dropped = new Set(a.wire.dropped.map(seqOf));
+          expect(got.map(seqOf)).toEqual(sent.map(seqOf).filter((s) => !dropped.has(s)));
+          expect(got).toEqual(sent.filter((f) => !dropped.has(seqOf(f))));
+          expect(b.driver.stats.rxFaults).toBe(0);
+          // Every held buffer went back to the allocator: only posted receive buffers (at most
+          // rxBuffers, 16 for queues of 32) still use slots.
+          expect(b.slab.slots - b.slab.available).toBeLessThanOrEqual(16);
+        },
+      ),
+      { numRuns: 150 },
+    );
   });
 });
 
