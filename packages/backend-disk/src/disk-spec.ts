@@ -18,6 +18,8 @@ export type DiskSpec =
       readonly path: string;
       /** Open read-only. Default false. */
       readonly readOnly?: boolean;
+      /** How requests reach the file (`FileDiskOptions.io`): `"pool"` (default) or `"sync"`. */
+      readonly io?: "pool" | "sync";
     }
   | {
       /** A `MemoryDisk` over a SharedArrayBuffer (the same bytes in every thread). */
@@ -56,7 +58,12 @@ export interface DiskGeometry {
  */
 export async function openDisk(spec: DiskSpec): Promise<FileDisk | MemoryDisk> {
   const readOnly = spec?.readOnly === true;
-  if (spec?.kind === "file") return FileDisk.open(spec.path, { readOnly });
+  if (spec?.kind === "file") {
+    return FileDisk.open(
+      spec.path,
+      spec.io === undefined ? { readOnly } : { readOnly, io: spec.io },
+    );
+  }
   if (spec?.kind === "memory") return new MemoryDisk(new Uint8Array(spec.buffer), { readOnly });
   throw new TypeError('spec must be { kind: "file", path } or { kind: "memory", buffer }');
 }

@@ -33,7 +33,11 @@ describe("openDisk / describeDisk", () => {
       const disk = await openDisk({ kind: "file", path });
       expect(disk).toBeInstanceOf(FileDisk);
       expect(disk.capacity).toBe(16);
-      await (disk as FileDisk).close();
+      expect(disk.readSync).toBeUndefined();
+      // io: "sync" reaches FileDisk (a vhost worker opens its image this way).
+      const sync = await openDisk({ kind: "file", path, io: "sync" });
+      expect(typeof sync.readSync).toBe("function");
+      await Promise.all([(disk as FileDisk).close(), (sync as FileDisk).close()]);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

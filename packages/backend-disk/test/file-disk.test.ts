@@ -138,6 +138,78 @@ describe("FileDisk", () => {
   });
 });
 
+describe('FileDisk with io: "sync"', () => {
+  it("reads what it writes on the calling thread: readSync / writeSync, and read / write already settled", async () => {
+    const path = await image("sync.img", 16 * 512);
+    const disk = await FileDisk.open(path, { io: "sync" });
+    const pool = await FileDisk.open(path, { readOnly: true });
+    expect([typeof disk.readSync, typeof disk.writeSync]).toEqual(["function", "function"]);
+    expect([pool.readSync, pool.writeSync]).toEqual([undefined, undefined]);
+    const data = Uint8Array.from({ length: 2048 }, (_, i) => (i * 31) & 0xff);
+    disk.writeSync!(2, [data.subarray(0, 100), data.subarray(100, 1536), data.subarray(1536)]);
+    // Visible to another descriptor at once: the write is in the page cache on return.
+    const seen = new Uint8Array(2048);
+    await pool.read(2, [seen]);
+    expect(seen).toEqual(data);
+    const shared = new Uint8Array(new SharedArrayBuffer(2048));
+    disk.readSync!(2, [shared.subarray(0, 512), shared.subarray(512)]);
+    expect(shared).toEqual(data);
+    // read / write: the bytes are there before the promise is awaited.
+    const into = new Uint8Array(512);
+    const p = disk.read(3, [into]);
+    expect(into).toEqual(data.subarray(512, 1024));
+    await p;
+    const w = disk.write(10, [new Uint8Array(512).fill(9)]);
+    const peek = await FileDisk.open(path, { io: "sync", readOnly: true });
+    const after = new Uint8Array(512);
+    peek.readSync!(10, [after]);
+    expect(after.every((b) => b === 9)).toBe(true);
+    await w;
+    await disk.flush();
+    await Promise.all([disk.close(), pool.close(), peek.close()]);
+  });
+
+  it("refuses out-of-range, read-only and closed requests: readSync / writeSync throw BackendErrors, read / write reject", async () => {
+    const path = await image("sync-bad.img", 4 * 512);
+    const disk = await FileDisk.open(path, { io: "sync" });
+    expect(() => disk.readSync!(4, [new Uint8Array(512)])).toThrow(
+      expect.objectContaining({ name: "BackendError", code: "out-of-range" }),
+    );
+    await expect(disk.read(3, [new Uint8Array(1024)])).rejects.toMatchObject({
+      code: "out-of-range",
+    });
+    const ro = await FileDisk.open(path, { io: "sync", readOnly: true });
+    expect(() => ro.writeSync!(0, [new Uint8Array(512)])).toThrow(
+      expect.objectContaining({ code: "read-only" }),
+    );
+    await Promise.all([disk.close(), ro.close()]);
+    expect(() => disk.readSync!(0, [new Uint8Array(512)])).toThrow(
+      expect.objectContaining({ code: "closed" }),
+    );
+    await expect(disk.write(0, [new Uint8Array(512)])).rejects.toMatchObject({ code: "closed" });
+  });
+
+  it("a read past the end of a file that shrank under it is BackendError io (unexpected end of file)", async () => {
+    const path = await image("sync-shrink.img", 8 * 512, 0x11);
+    const disk = await FileDisk.open(path, { io: "sync" });
+    await writeFile(path, new Uint8Array(4 * 512 + 100));
+    expect(() => disk.readSync!(4, [new Uint8Array(1024)])).toThrow(
+      expect.objectContaining({
+        code: "io",
+        message: expect.stringMatching(/unexpected end of file/),
+      }),
+    );
+    await disk.close();
+  });
+
+  it("options.io must be pool or sync", async () => {
+    const path = await image("sync-opt.img", 512);
+    await expect(FileDisk.open(path, { io: "uring" as "sync" })).rejects.toThrow(
+      /options\.io must be "pool" or "sync", got uring/,
+    );
+  });
+});
+
 describe("FileDisk in a child process", () => {
   beforeAll(() => buildPackage());
 

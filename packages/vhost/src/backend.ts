@@ -39,6 +39,17 @@ export interface VhostBackendOptions {
    * (vhost's busy-loop timeout, VHOST_SET_VRING_BUSYLOOP_TIMEOUT). Default 0: sleep at once.
    */
   readonly pollUs?: number;
+  /**
+   * Interrupt moderation by count within one call of the model: once a single call (a kick's
+   * drain, one completion callback) has used this many buffers of a ring, decide its used
+   * buffer notification now (EVENT_IDX or the driver's flags, §2.7.10) instead of at the end of
+   * the worker's turn. A model with a synchronous back-end completes a whole burst inside one
+   * call; the driver can then reap and refill the ring while the model works on, the two
+   * threads overlap, and the worker need not sleep between bursts. Completions that arrive in
+   * callbacks of their own (an asynchronous back-end) are not affected. 0: decide only at the
+   * end of the turn. Default 16.
+   */
+  readonly usedBatch?: number;
   /** GET_VRING_BASE waits at most this long for in-flight requests. Default 5000 ms. */
   readonly drainTimeoutMs?: number;
   /** Where guest faults are logged (rate-limited). Default: a `RateLimitedLog` on console.warn. */
@@ -70,6 +81,9 @@ class Ring {
   serving = false;
   /** `signalUsed` was called this turn; the decision waits for the end of the turn. */
   signalPending = false;
+  /** Buffers used since the last notification decision within model call `usedCall`. */
+  usedSince = 0;
+  usedCall = 0;
 
   /** Stop serving: the loop of this generation exits at its next wake-up. */
   stop(): void {
@@ -94,6 +108,7 @@ export class VhostBackend implements DeviceContext {
   readonly #modelPromise: Promise<DeviceModel>;
   readonly #post: (m: VhostMessage) => void;
   readonly #pollMs: number;
+  readonly #usedBatch: number;
   readonly #drainMs: number;
   readonly #log: RateLimitedLog;
   #ctl: Int32Array | undefined = undefined;
@@ -105,6 +120,8 @@ export class VhostBackend implements DeviceContext {
   #ownerEpoch = 0;
   #localEpoch = 0;
   #depth = 0;
+  /** Outer model calls so far (see `usedBatch`). */
+  #calls = 0;
   #queueChain: Promise<void> = Promise.resolve();
   /** Rings whose used notification is decided at the end of this turn (see `signalUsed`). */
   readonly #signals: number[] = [];
@@ -114,7 +131,7 @@ export class VhostBackend implements DeviceContext {
    * @param model - the model, or a promise of it (a factory still opening its back-end)
    * @param post - where replies and events go (`parentPort.postMessage`)
    * @param options - busy-poll time, drain timeout, log
-   * @throws RangeError naming `options.pollUs` or `options.drainTimeoutMs`
+   * @throws RangeError naming `options.pollUs`, `options.usedBatch` or `options.drainTimeoutMs`
    */
   constructor(
     model: DeviceModel | Promise<DeviceModel>,
@@ -125,6 +142,11 @@ export class VhostBackend implements DeviceContext {
     if (!(pollUs >= 0 && pollUs <= 1e7)) {
       throw new RangeError(`options.pollUs must be a number in [0, 1e7], got ${pollUs}`);
     }
+    const usedBatch = options.usedBatch ?? 16;
+    if (!(Number.isInteger(usedBatch) && usedBatch >= 0 && usedBatch <= 65536)) {
+      throw new RangeError(`options.usedBatch must be an integer in [0, 65536], got ${usedBatch}`);
+    }
+    this.#usedBatch = usedBatch;
     const drain = options.drainTimeoutMs ?? 5000;
     if (!(drain > 0 && drain <= 3_600_000)) {
       throw new RangeError(`options.drainTimeoutMs must be in (0, 3600000], got ${drain}`);
@@ -380,7 +402,10 @@ export class VhostBackend implements DeviceContext {
     r.layout = layout;
     // The model's view of the ring: stoppable for GET_VRING_BASE, and with kicks off while the
     // model is busy (vhost_disable_notify / vhost_enable_notify).
-    r.queue = new GatedDeviceQueue(q, { suppressWhileBusy: true });
+    const gated = new GatedDeviceQueue(q, { suppressWhileBusy: true });
+    r.queue = gated;
+    r.usedSince = 0;
+    if (this.#usedBatch > 0) gated.onPushed = (n) => this.#onPushed(index, r, gated, n);
     if (this.#active) {
       this.#run(() => model.onQueueEnable?.(index));
       this.#serve(index, r);
@@ -604,6 +629,22 @@ export class VhostBackend implements DeviceContext {
     return true;
   }
 
+  /**
+   * `count` buffers of ring `index` were used: after `usedBatch` of them in this model call
+   * since the last decision, decide the notification now (model code is running: its guard
+   * covers this).
+   */
+  #onPushed(index: number, r: Ring, q: GatedDeviceQueue, count: number): void {
+    if (r.usedCall !== this.#calls) {
+      r.usedCall = this.#calls;
+      r.usedSince = 0;
+    }
+    r.usedSince += count;
+    if (r.usedSince < this.#usedBatch || r.queue !== q) return;
+    r.usedSince = 0;
+    if (q.needsInterrupt()) this.interrupt(index);
+  }
+
   #decideSignals(): void {
     const list = this.#signals;
     for (let k = 0; k < list.length; k++) {
@@ -611,6 +652,7 @@ export class VhostBackend implements DeviceContext {
       const r = this.#rings[index];
       if (r === undefined) continue;
       r.signalPending = false;
+      r.usedSince = 0;
       const q = r.queue;
       // Stopped or reset since: a new ring starts from scratch (§2.6.1).
       if (q === undefined) continue;
@@ -656,6 +698,7 @@ export class VhostBackend implements DeviceContext {
     if (ctl === undefined) return undefined;
     const outer = this.#depth === 0;
     if (outer) {
+      this.#calls++;
       // Dekker-style handshake with the front-end's reset: publish BUSY, then read EPOCH (both
       // seq-cst). The front-end bumps EPOCH, then waits for BUSY 0.
       Atomics.store(ctl, ControlWord.BUSY, 1);

@@ -40,6 +40,12 @@ export interface VhostDeviceOptions {
   readonly worker: VhostWorkerSpec;
   /** Busy-poll time after a kick, in µs (see `VhostBackendOptions.pollUs`). Default 0. */
   readonly pollUs?: number;
+  /**
+   * Buffers one call of the model uses before the worker decides a notification without
+   * waiting for the end of its turn (see `VhostBackendOptions.usedBatch`). Default 16; 0 turns
+   * it off.
+   */
+  readonly usedBatch?: number;
   /** A control request without reply after this long fails the device. Default 10000 ms. */
   readonly requestTimeoutMs?: number;
   /** GET_VRING_BASE drain bound in the worker. Default 5000 ms. */
@@ -148,6 +154,7 @@ export class VhostDevice implements DeviceModel {
   readonly #script: string | URL;
   readonly #ctl: Int32Array;
   readonly #pollUs: number;
+  readonly #usedBatch: number;
   readonly #timeoutMs: number;
   readonly #drainMs: number;
   readonly #resetWaitMs: number;
@@ -175,6 +182,10 @@ export class VhostDevice implements DeviceModel {
       throw new TypeError("options.worker must be { module, export, args? }");
     }
     this.#pollUs = checkRange("options.pollUs", options.pollUs ?? 0, 0, 1e7);
+    this.#usedBatch = checkRange("options.usedBatch", options.usedBatch ?? 16, 0, 65536);
+    if (!Number.isInteger(this.#usedBatch)) {
+      throw new RangeError(`options.usedBatch must be an integer, got ${this.#usedBatch}`);
+    }
     this.#timeoutMs = checkRange(
       "options.requestTimeoutMs",
       options.requestTimeoutMs ?? 10_000,
@@ -398,6 +409,7 @@ export class VhostDevice implements DeviceModel {
         export: this.#spec.export,
         args: this.#spec.args,
         pollUs: this.#pollUs,
+        usedBatch: this.#usedBatch,
         drainTimeoutMs: this.#drainMs,
       },
       // The worker resolves @virtio-ts/* like any consumer (no test-runner loader flags); under

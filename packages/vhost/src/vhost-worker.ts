@@ -14,6 +14,7 @@ interface WorkerData {
   readonly export: string;
   readonly args: unknown;
   readonly pollUs: number;
+  readonly usedBatch: number;
   readonly drainTimeoutMs: number;
 }
 
@@ -32,6 +33,7 @@ async function load(): Promise<DeviceModel> {
 
 const backend = new VhostBackend(load(), (m) => port.postMessage(m), {
   pollUs: data.pollUs,
+  usedBatch: data.usedBatch,
   drainTimeoutMs: data.drainTimeoutMs,
 });
 port.on("message", (m: unknown) => backend.handle(m));

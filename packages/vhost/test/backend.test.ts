@@ -20,6 +20,7 @@ type Req = Record<string, unknown> & { type: string };
 function harness(
   model: BlkDevice = new BlkDevice(new MemoryDisk(new Uint8Array(512 * 64))),
   drainTimeoutMs = 5000,
+  usedBatch?: number,
 ) {
   const out: VhostMessage[] = [];
   const waiters = new Map<number, (r: VhostReply) => void>();
@@ -29,7 +30,7 @@ function harness(
       out.push(m);
       if (m.type === "reply") waiters.get(m.id)?.(m);
     },
-    { drainTimeoutMs },
+    usedBatch === undefined ? { drainTimeoutMs } : { drainTimeoutMs, usedBatch },
   );
   let id = 1;
   const ask = (req: Req): Promise<VhostReply> => {
@@ -138,13 +139,19 @@ class OffloadedBlk extends BlkDevice {
   }
 }
 
-async function liveBlk(sectors = 256, disk?: BlockBackend, drainTimeoutMs?: number) {
+async function liveBlk(
+  sectors = 256,
+  disk?: BlockBackend,
+  drainTimeoutMs?: number,
+  o: { usedBatch?: number; eventIdx?: boolean } = {},
+) {
   const memory = createGuestMemory({ size: 0x200000 });
   const kick = new SharedDoorbell();
   const call = new SharedDoorbell();
   const h = harness(
     new BlkDevice(disk ?? new MemoryDisk(new Uint8Array(sectors * 512))),
     drainTimeoutMs,
+    o.usedBatch,
   );
   const isr = h.ctl.subarray(ControlWord.ISR, ControlWord.ISR + 1);
   const mmio = new MmioDevice(new OffloadedBlk(sectors, { kicks: [kick], interruptStatus: isr }), {
@@ -157,6 +164,7 @@ async function liveBlk(sectors = 256, disk?: BlockBackend, drainTimeoutMs?: numb
   const driver = new BlkDriver(transport, memory, new SlabAllocator(0x100000, 4096, 64), {
     ringBase: 0x10000,
     queueSize: 64,
+    ...(o.eventIdx === undefined ? {} : { eventIdx: o.eventIdx }),
   });
   const l = mmio.core.queueLayout(0)!;
   const setup: Req[] = [
@@ -247,6 +255,31 @@ describe("VhostBackend data plane (in-thread)", () => {
     expect(t.model.stats.requests).toBe(before);
     expect(Atomics.load(t.ctl, ControlWord.INTERRUPTS)).toBe(1);
   });
+
+  it.each([
+    ["a synchronous back-end and usedBatch 8 interrupt 3 times", true, 8, 3],
+    ["a synchronous back-end and usedBatch 0 interrupt once", true, 0, 1],
+    ["an asynchronous back-end and usedBatch 8 interrupt once", false, 8, 1],
+  ] as const)(
+    "usedBatch: 24 requests served in one kick with %s",
+    async (_name, synchronous, usedBatch, interrupts) => {
+      // Without EVENT_IDX a decision notifies whenever buffers were used since the last one, so
+      // the count shows when decisions were made: after each 8 buffers a single call of the
+      // model used (the end of the turn then finds nothing new), or only at the end of the
+      // turn. An asynchronous back-end's completions each come in a call of their own. (24
+      // writes of 512 bytes take 48 of the driver's 64 slots: all are on the ring before the
+      // back-end runs.)
+      const disk = new MemoryDisk(new Uint8Array(256 * 512), { synchronous });
+      const t = await liveBlk(256, disk, undefined, { usedBatch, eventIdx: false });
+      const writes = Array.from({ length: 24 }, (_, i) =>
+        t.driver.write(i, new Uint8Array(512).fill(i + 1)),
+      );
+      await t.settle(Promise.all(writes));
+      expect(t.model.stats.ok).toBe(24);
+      expect(Atomics.load(t.ctl, ControlWord.INTERRUPTS)).toBe(interrupts);
+      for (let i = 0; i < 24; i++) expect(disk.bytes[i * 512]).toBe(i + 1);
+    },
+  );
 
   it("GET_VRING_BASE gives up after drainTimeoutMs when a request never completes, with vhost-drain-timeout", async () => {
     const stuck = new MemoryDisk(new Uint8Array(256 * 512));

@@ -160,27 +160,30 @@ describe("vhost-blk: BlkDevice in a worker thread", () => {
     expect(t.vhost.workerThreadId).toBeGreaterThan(0);
   });
 
-  it("serves a FileDisk opened in the worker, and the data reaches the file", async () => {
-    const dir = mkdtempSync(join(tmpdir(), "vhost-blk-"));
-    try {
-      const path = join(dir, "disk.img");
-      writeFileSync(path, new Uint8Array(512 * 1024));
-      const t = setup({
-        args: { ...onDisk({ kind: "file", path }), device: { serial: "vhost0" } },
-      });
-      expect(t.driver.capacity).toBe(1024n);
-      const data = random(16384, 99);
-      await t.driver.write(100, data);
-      await t.driver.flush();
-      expect(await t.driver.read(100, data.length)).toEqual(data);
-      expect(new Uint8Array(readFileSync(path)).subarray(100 * 512, 100 * 512 + 16384)).toEqual(
-        data,
-      );
-      expect(await t.driver.getId()).toBe("vhost0");
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
-    }
-  });
+  it.each(["pool", "sync"] as const)(
+    "serves a FileDisk opened in the worker (io: %s), and the data reaches the file",
+    async (io) => {
+      const dir = mkdtempSync(join(tmpdir(), "vhost-blk-"));
+      try {
+        const path = join(dir, "disk.img");
+        writeFileSync(path, new Uint8Array(512 * 1024));
+        const t = setup({
+          args: { ...onDisk({ kind: "file", path, io }), device: { serial: "vhost0" } },
+        });
+        expect(t.driver.capacity).toBe(1024n);
+        const data = random(16384, 99);
+        await t.driver.write(100, data);
+        await t.driver.flush();
+        expect(await t.driver.read(100, data.length)).toEqual(data);
+        expect(new Uint8Array(readFileSync(path)).subarray(100 * 512, 100 * 512 + 16384)).toEqual(
+          data,
+        );
+        expect(await t.driver.getId()).toBe("vhost0");
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    },
+  );
 
   it("busy-polls with pollUs and still completes every request", async () => {
     const t = setup({ pollUs: 2000 });

@@ -44,6 +44,12 @@ export class GatedDeviceQueue extends ForwardingDeviceQueue {
   pops = 0;
   /** Called each time `inFlight` drops to 0 on a push. */
   onIdle: (() => void) | undefined = undefined;
+  /**
+   * Called after every `push` (with 1) and `pushBatch` (with its count), once the buffers are
+   * used: a back-end can decide a used buffer notification there, mid-batch, instead of only
+   * when the model calls `signalUsed` (interrupt moderation by count).
+   */
+  onPushed: ((count: number) => void) | undefined = undefined;
   readonly #suppress: boolean;
   #suppressed = false;
 
@@ -93,6 +99,7 @@ export class GatedDeviceQueue extends ForwardingDeviceQueue {
     // A model may return a chain whose validation failed (never counted): clamp at 0.
     this.inFlight = Math.max(0, this.inFlight - n);
     if (this.inFlight === 0 && this.onIdle !== undefined) this.onIdle();
+    if (this.onPushed !== undefined) this.onPushed(n);
   }
 
   /**

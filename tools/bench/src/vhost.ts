@@ -1,7 +1,8 @@
 // vhost bench: the same virtio-blk workload (4 KiB random reads at depth 32 through
 // BlkDriver → MmioDevice → BlkDevice → FileDisk) with the device's data plane
 //   (a) in the VMM thread, which handles each kick (the paravirtualized path), and
-//   (b) in a vhost worker (kicks and interrupts through Atomics doorbells),
+//   (b) in a vhost worker (kicks and interrupts through Atomics doorbells), with FileDisk's
+//       thread-pool I/O (also busy-polling after a kick) or its synchronous I/O on the worker,
 // beside raw positional reads of the same file at the same depth (FileHandle.read with a
 // position), measured in the same run. The raw reads are `fs.read` with a callback on the
 // descriptor (what FileDisk calls, one promise per request for the closed loop), and the guest
@@ -166,8 +167,14 @@ async function inThread(path: string, ops: number, seq: Uint32Array): Promise<Re
   }
 }
 
-async function vhost(path: string, ops: number, seq: Uint32Array, pollUs: number): Promise<Result> {
-  const disk: DiskSpec = { kind: "file", path, readOnly: true };
+async function vhost(
+  path: string,
+  ops: number,
+  seq: Uint32Array,
+  pollUs: number,
+  io: "pool" | "sync" = "pool",
+): Promise<Result> {
+  const disk: DiskSpec = { kind: "file", path, readOnly: true, io };
   const dev = createVhostBlk(
     {
       backend: { module: BACKEND_DISK, export: "openDisk", args: disk },
@@ -204,7 +211,11 @@ async function vhost(path: string, ops: number, seq: Uint32Array, pollUs: number
     const after = dev.stats;
     return {
       name:
-        pollUs > 0 ? `vhost worker, busy-poll ${pollUs} µs` : "vhost worker (Atomics kick/call)",
+        io === "sync"
+          ? "vhost worker, sync file I/O"
+          : pollUs > 0
+            ? `vhost worker, busy-poll ${pollUs} µs`
+            : "vhost worker (Atomics kick/call)",
       ops,
       ...m,
       vmmPerReq: (after.vmmNotifies - before.vmmNotifies + irqCalls) / ops,
@@ -247,6 +258,7 @@ export async function vhostBench(quick: boolean): Promise<void> {
       ["in-thread", () => inThread(path, ops, seq)],
       ["vhost", () => vhost(path, ops, seq, 0)],
       ["vhost-poll", () => vhost(path, ops, seq, 50)],
+      ["vhost-sync", () => vhost(path, ops, seq, 0, "sync")],
     ];
     // Warm up every path once (JIT, page cache), then measure them interleaved.
     for (const [, run] of cases) await run();
