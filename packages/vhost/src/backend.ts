@@ -47,7 +47,7 @@ export interface VhostBackendOptions {
    * call; the driver can then reap and refill the ring while the model works on, the two
    * threads overlap, and the worker need not sleep between bursts. Completions that arrive in
    * callbacks of their own (an asynchronous back-end) are not affected. 0: decide only at the
-   * end of the turn. Default 16.
+   * end of the turn. Default 8.
    */
   readonly usedBatch?: number;
   /** GET_VRING_BASE waits at most this long for in-flight requests. Default 5000 ms. */
@@ -142,7 +142,7 @@ export class VhostBackend implements DeviceContext {
     if (!(pollUs >= 0 && pollUs <= 1e7)) {
       throw new RangeError(`options.pollUs must be a number in [0, 1e7], got ${pollUs}`);
     }
-    const usedBatch = options.usedBatch ?? 16;
+    const usedBatch = options.usedBatch ?? 8;
     if (!(Number.isInteger(usedBatch) && usedBatch >= 0 && usedBatch <= 65536)) {
       throw new RangeError(`options.usedBatch must be an integer in [0, 65536], got ${usedBatch}`);
     }

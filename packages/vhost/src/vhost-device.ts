@@ -42,7 +42,7 @@ export interface VhostDeviceOptions {
   readonly pollUs?: number;
   /**
    * Buffers one call of the model uses before the worker decides a notification without
-   * waiting for the end of its turn (see `VhostBackendOptions.usedBatch`). Default 16; 0 turns
+   * waiting for the end of its turn (see `VhostBackendOptions.usedBatch`). Default 8; 0 turns
    * it off.
    */
   readonly usedBatch?: number;
@@ -182,7 +182,7 @@ export class VhostDevice implements DeviceModel {
       throw new TypeError("options.worker must be { module, export, args? }");
     }
     this.#pollUs = checkRange("options.pollUs", options.pollUs ?? 0, 0, 1e7);
-    this.#usedBatch = checkRange("options.usedBatch", options.usedBatch ?? 16, 0, 65536);
+    this.#usedBatch = checkRange("options.usedBatch", options.usedBatch ?? 8, 0, 65536);
     if (!Number.isInteger(this.#usedBatch)) {
       throw new RangeError(`options.usedBatch must be an integer, got ${this.#usedBatch}`);
     }
