@@ -210,6 +210,14 @@ class Nic {
   }
 }
 
+/** Guest memory of two adjacent regions of `half` bytes each, the second from `half`. */
+function twoRegions(half: number): GuestMemoryMap {
+  return new GuestMemoryMap([
+    { guestBase: 0, size: half, buffer: new SharedArrayBuffer(half) },
+    { guestBase: half, size: half, buffer: new SharedArrayBuffer(half) },
+  ]);
+}
+
 function ether(dst: Uint8Array, src: Uint8Array, type: number, payload: Uint8Array): Uint8Array {
   const f = new Uint8Array(14 + payload.length);
   f.set(dst, 0);
@@ -473,11 +481,7 @@ for (const packed of [false, true]) {
 
     it("copies a frame that lies across two adjacent memory regions, bytes intact", () => {
       const half = 0x100000;
-      const memory = new GuestMemoryMap([
-        { guestBase: 0, size: half, buffer: new SharedArrayBuffer(half) },
-        { guestBase: half, size: half, buffer: new SharedArrayBuffer(half) },
-      ]);
-      const nic = new Nic({ packed, memory });
+      const nic = new Nic({ packed, memory: twoRegions(half) });
       const f = ether(OTHER, MAC, 0x0800, pattern(600, 7));
       nic.txRaw([hdr(), f], 1, half - 100);
       expect(nic.memory.addressOf!(nic.backend.given[0]!)).toBeUndefined();
@@ -486,11 +490,7 @@ for (const packed of [false, true]) {
 
     it("reads a header that straddles two adjacent memory regions in place, checksum fields included", () => {
       const half = 0x100000;
-      const memory = new GuestMemoryMap([
-        { guestBase: 0, size: half, buffer: new SharedArrayBuffer(half) },
-        { guestBase: half, size: half, buffer: new SharedArrayBuffer(half) },
-      ]);
-      const nic = new Nic({ packed, memory });
+      const nic = new Nic({ packed, memory: twoRegions(half) });
       const p = l4Packet(6, pattern(300, 5));
       const h = hdr({
         flags: NetHdrFlags.NEEDS_CSUM,

@@ -518,14 +518,15 @@ function withHdr(h: Uint8Array, frame: Uint8Array): Uint8Array {
   return b;
 }
 
-describe("NetDriver batched send and lending receive", () => {
-  const frameOf = (seq: number, len: number) => {
-    const f = ether(MAC_B, MAC_A, 0x88b5, pattern(len - 14, seq));
-    f[14] = seq & 0xff;
-    f[15] = seq >> 8;
-    return f;
-  };
+/** A frame from A to B whose bytes 14 and 15 carry `seq` (little-endian), `len` bytes long. */
+function frameOf(seq: number, len: number): Uint8Array {
+  const f = ether(MAC_B, MAC_A, 0x88b5, pattern(len - 14, seq));
+  f[14] = seq & 0xff;
+  f[15] = seq >> 8;
+  return f;
+}
 
+describe("NetDriver batched send and lending receive", () => {
   it("trySendBatch posts every frame that fits with one QueueNotify and says how many", () => {
     const { a, b } = pair({ packed: true });
     const frames = Array.from({ length: 10 }, (_, i) => frameOf(i, 60 + i * 90));
@@ -666,12 +667,6 @@ describe("NetDriver receive over random workloads (property)", () => {
     fc.constant({ kind: "pump" as const }),
   );
   const seqOf = (f: Uint8Array) => f[14]! | (f[15]! << 8);
-  const frameOf = (seq: number, len: number) => {
-    const f = ether(MAC_B, MAC_A, 0x88b5, pattern(len - 14, seq));
-    f[14] = seq & 0xff;
-    f[15] = seq >> 8;
-    return f;
-  };
 
   it("delivers every frame the wire carried, in order and byte for byte, and a lent view stays intact until the next receive call, whatever the allocator, slot size, queue limit and mix of lent, copied and late takes", () => {
     fc.assert(
