@@ -328,6 +328,14 @@ describe("GuestMemoryMap regions", () => {
     expect(mem.addressOf(new Uint8Array(a, 0xff8, 16))).toBeUndefined();
     expect(mem.addressOf(new Uint8Array(new ArrayBuffer(16)))).toBeUndefined();
     expect(mem.addressOf(new Uint8Array(b, 0xffc, 4))).toBe(0x3ffc);
+    // A region over part of a larger buffer: a view spilling past the region's end is outside,
+    // whether its length is counted in bytes (Uint8Array) or in elements (Uint16Array).
+    const big = new ArrayBuffer(0x2000);
+    const part = new GuestMemoryMap([{ guestBase: 0x8000, size: 0x1000, buffer: big }]);
+    expect(part.addressOf(new Uint8Array(big, 0xff8, 8))).toBe(0x8ff8);
+    expect(part.addressOf(new Uint8Array(big, 0xff8, 9))).toBeUndefined();
+    expect(part.addressOf(new Uint16Array(big, 0xff8, 4))).toBe(0x8ff8);
+    expect(part.addressOf(new Uint16Array(big, 0xff8, 5))).toBeUndefined();
   });
 
   it("is shared only when every region is a SharedArrayBuffer", () => {
