@@ -54,7 +54,8 @@ export interface DiskGeometry {
  * ```
  * @param spec - the disk
  * @throws BackendError (as a rejection) if the file cannot be opened; RangeError naming
- *   `spec.buffer` for a memory disk that is not whole sectors; TypeError naming `spec`
+ *   `spec.buffer` for a memory disk that is not whole sectors, or `options.io` for a bad `io`;
+ *   TypeError naming `spec`
  */
 export async function openDisk(spec: DiskSpec): Promise<FileDisk | MemoryDisk> {
   const readOnly = spec?.readOnly === true;

@@ -114,7 +114,7 @@ export class FileDisk implements BlockBackend {
    * @param options - read-only, block size, sync mode
    * @throws BackendError "not-found" (no such file), "permission" (EACCES/EPERM, e.g. a
    *   read-only file opened for writing), "bad-size" (not a regular file, or size not a multiple
-   *   of 512), "io" (anything else); RangeError naming `options.blockSize`
+   *   of 512), "io" (anything else); RangeError naming `options.blockSize` or `options.io`
    */
   static async open(path: string, options: FileDiskOptions = {}): Promise<FileDisk> {
     const bs = options.blockSize ?? SECTOR;
@@ -302,6 +302,9 @@ export class FileDisk implements BlockBackend {
         await this.#io([n === ZERO_CHUNK ? z : z.subarray(0, n)], pos, true, sector);
         pos += n;
         left -= n;
+        // With io "sync" each chunk is written before #io returns: give the event loop a turn
+        // between chunks, so a guest's request for gigabytes of zeroes cannot hold the thread.
+        if (this.#sync && left > 0) await new Promise<void>((resolve) => setImmediate(resolve));
       }
     } catch (e) {
       throw this.#wrap(e, `write zeroes at sector ${sector}`);

@@ -61,7 +61,8 @@ export interface BlockBackend {
   writeZeroes(sector: number, count: number, unmap: boolean): Promise<void>;
   /**
    * Optional: {@link BlockBackend.read} done before returning, for back-ends whose bytes are at
-   * hand (memory). A device that finds it completes a read inside the guest's notification,
+   * hand (memory) or that may block their thread (a file read synchronously on a thread that
+   * does nothing else). A device that finds it completes a read inside the guest's notification,
    * with no event-loop turn in between: in an emulator the guest then sees the completion as
    * soon as it takes interrupts again, as with a synchronous emulated controller, instead of
    * going idle and being woken. Same rules as `read`; throws (a `BackendError`) instead of

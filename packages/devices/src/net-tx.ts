@@ -1,7 +1,8 @@
 /**
  * The transmit path of the virtio-net device (VIRTIO 1.3 §5.1.6.2): each chain's readable part
  * is the header then the frame. The back-end gets the frame as a view of guest memory when it
- * lies in one segment; otherwise (or when a partial checksum must be completed) a copy.
+ * lies in one segment and one memory region; otherwise (or when a partial checksum must be
+ * completed) a copy.
  * @module
  */
 import type { GuestMemory } from "@virtio-ts/memory";

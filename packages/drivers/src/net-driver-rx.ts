@@ -43,7 +43,7 @@ interface MutSegment {
 export class NetDriverRx {
   /** The last malformed receive buffer's fault (the buffer was dropped). */
   lastFault: NetDeviceFault | undefined = undefined;
-  /** Reaping stopped because the frame queue was full. */
+  /** Reaping stopped because the frame queue or the frame store was full. */
   stalled = false;
   /** A held frame's buffer went back to the allocator while a queue was short: refill it. */
   refillDue = false;
@@ -163,7 +163,8 @@ export class NetDriverRx {
       this.#c.slab.free(this.#slots[i]!);
       this.#held--;
       if (!this.refillDue) {
-        for (const rx of this.#rx) if (rx.short) this.refillDue = true;
+        // Only queues in use are refilled (a queue beyond `pairs` stays short for good).
+        for (let p = 0; p < this.#c.pairs; p++) if (this.#rx[p]!.short) this.refillDue = true;
       }
     } else if (--this.#stored === 0) {
       this.#head = 0;

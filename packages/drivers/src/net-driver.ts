@@ -422,7 +422,9 @@ export class NetDriver {
   tryReceive(): Uint8Array | undefined {
     const rx = this.#rx;
     const f = rx.take();
-    if (f !== undefined) this.#afterTake(rx);
+    // Also when nothing was left: take() ended a loan, which may have freed room or a slot,
+    // and the poll that follows may reap a frame that is then there to take.
+    if (this.#afterTake(rx) && f === undefined) return rx.take();
     return f;
   }
 
@@ -439,7 +441,10 @@ export class NetDriver {
    * {@link NetDriver.onInterrupt} or a `frames()` iterator's `next()`; after that its bytes
    * belong to the device or to later frames. Use it synchronously, or copy what you keep
    * (`view.slice()`, which also gives an unshared copy for APIs that refuse shared memory,
-   * such as `TextDecoder`).
+   * such as `TextDecoder`: whether a given frame is lent from guest memory or from the store
+   * depends on load, so always slice for them). A frame lent from guest memory is only as
+   * steady as the device: one in another thread that breaks the protocol by writing a buffer
+   * it has used can still change its bytes; the driver checked its length and header.
    * @returns the frame, or undefined if none is buffered
    */
   tryReceiveView(): Uint8Array | undefined {
@@ -454,12 +459,14 @@ export class NetDriver {
    * After a frame left the queue: if reaping stopped for lack of room, there is room again;
    * if a receive buffer came back while a queue was short of slots, it can be posted. Both
    * need a poll (reap, refill, notify).
+   * @returns whether it polled
    */
-  #afterTake(rx: NetDriverRx): void {
-    if (!rx.stalled && !rx.refillDue) return;
+  #afterTake(rx: NetDriverRx): boolean {
+    if (!rx.stalled && !rx.refillDue) return false;
     rx.stalled = false;
     rx.refillDue = false;
     this.poll();
+    return true;
   }
 
   /**

@@ -639,6 +639,20 @@ describe("NetDriver batched send and lending receive", () => {
     expect(rest).toEqual(Array.from({ length: 23 }, (_, i) => f(i + 1)));
   });
 
+  it("ending a loan on a full one-frame queue reaps again: a frames() reader gets the frames left on the ring", async () => {
+    const { a, b } = pair({}, { driver: { rxQueueLimit: 1 } });
+    const sent = [frameOf(1, 100), frameOf(2, 100), frameOf(3, 100)];
+    a.driver.trySendBatch(sent);
+    pump(a, b);
+    // One frame queued; reaping stopped (back-pressure) with two on the used ring.
+    expect(b.driver.tryReceiveView()).toEqual(sent[0]);
+    const it = b.driver.frames();
+    const within = <T>(p: Promise<T>) =>
+      Promise.race([p, new Promise<"timeout">((r) => setTimeout(() => r("timeout"), 1000))]);
+    expect(await within(it.next())).toEqual({ value: sent[1], done: false });
+    expect(await within(it.next())).toEqual({ value: sent[2], done: false });
+  });
+
   it("a lent view stays unchanged until the next receive call, and tryReceive still copies", () => {
     const { a, b } = pair();
     a.driver.trySendBatch([frameOf(1, 200), frameOf(2, 300)]);

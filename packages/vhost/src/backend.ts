@@ -50,6 +50,12 @@ export interface VhostBackendOptions {
    * end of the turn. Default 8.
    */
   readonly usedBatch?: number;
+  /**
+   * Chains one call of the model may take for a kick before the worker lets control requests
+   * and timers run and then serves the ring again (vhost's weight, `vhost_exceeds_weight`).
+   * Default 256.
+   */
+  readonly weight?: number;
   /** GET_VRING_BASE waits at most this long for in-flight requests. Default 5000 ms. */
   readonly drainTimeoutMs?: number;
   /** Where guest faults are logged (rate-limited). Default: a `RateLimitedLog` on console.warn. */
@@ -79,7 +85,10 @@ class Ring {
   /** Bumped whenever the ring stops: a serving loop of an older generation exits. */
   gen = 0;
   serving = false;
-  /** `signalUsed` was called this turn; the decision waits for the end of the turn. */
+  /**
+   * `signalUsed` was called this turn; the decision waits for the end of the turn (or for
+   * `usedBatch` buffers used in one call of the model).
+   */
   signalPending = false;
   /** Buffers used since the last notification decision within model call `usedCall`. */
   usedSince = 0;
@@ -109,6 +118,7 @@ export class VhostBackend implements DeviceContext {
   readonly #post: (m: VhostMessage) => void;
   readonly #pollMs: number;
   readonly #usedBatch: number;
+  readonly #weight: number;
   readonly #drainMs: number;
   readonly #log: RateLimitedLog;
   #ctl: Int32Array | undefined = undefined;
@@ -131,7 +141,8 @@ export class VhostBackend implements DeviceContext {
    * @param model - the model, or a promise of it (a factory still opening its back-end)
    * @param post - where replies and events go (`parentPort.postMessage`)
    * @param options - busy-poll time, drain timeout, log
-   * @throws RangeError naming `options.pollUs`, `options.usedBatch` or `options.drainTimeoutMs`
+   * @throws RangeError naming `options.pollUs`, `options.usedBatch`, `options.weight` or
+   *   `options.drainTimeoutMs`
    */
   constructor(
     model: DeviceModel | Promise<DeviceModel>,
@@ -147,6 +158,11 @@ export class VhostBackend implements DeviceContext {
       throw new RangeError(`options.usedBatch must be an integer in [0, 65536], got ${usedBatch}`);
     }
     this.#usedBatch = usedBatch;
+    const weight = options.weight ?? 256;
+    if (!(Number.isInteger(weight) && weight >= 1 && weight <= 65536)) {
+      throw new RangeError(`options.weight must be an integer in [1, 65536], got ${weight}`);
+    }
+    this.#weight = weight;
     const drain = options.drainTimeoutMs ?? 5000;
     if (!(drain > 0 && drain <= 3_600_000)) {
       throw new RangeError(`options.drainTimeoutMs must be in (0, 3600000], got ${drain}`);
@@ -495,6 +511,9 @@ export class VhostBackend implements DeviceContext {
         // buffers arrived meanwhile and the last pass made progress, serve them first; if it
         // made none, the model is saturated and pops again from its own completions.
         if (this.#guard(() => q.enableNotifications(), false) === true && q.pops !== before) {
+          // Progress, and more buffers: serve them after one event-loop turn, so that a driver
+          // that keeps the ring fed cannot keep control requests waiting.
+          await new Promise<void>((resolve) => setImmediate(resolve));
           continue;
         }
         if (kick.pending() === 0) await kick.wait();
@@ -539,10 +558,23 @@ export class VhostBackend implements DeviceContext {
     }
   }
 
+  /**
+   * One call of the model for a kick of ring `index`, taking at most `weight` chains (vhost's
+   * `vhost_exceeds_weight`): a model with a synchronous back-end would otherwise go on
+   * for as long as the driver keeps the ring fed, holding BUSY and leaving control requests
+   * and the reset fence waiting. The serving loop finds the rest when it re-enables
+   * notifications, and serves it after a turn of the event loop.
+   */
   #notify(index: number, r: Ring): void {
-    if (r.queue === undefined || !this.#active) return;
+    const q = r.queue;
+    if (q === undefined || !this.#active) return;
     const model = this.model!;
-    this.#run(() => model.onQueueNotify(index, undefined));
+    q.popBudget = this.#weight;
+    try {
+      this.#run(() => model.onQueueNotify(index, undefined));
+    } finally {
+      q.popBudget = Number.POSITIVE_INFINITY;
+    }
   }
 
   /**
@@ -642,7 +674,14 @@ export class VhostBackend implements DeviceContext {
     r.usedSince += count;
     if (r.usedSince < this.#usedBatch || r.queue !== q) return;
     r.usedSince = 0;
-    if (q.needsInterrupt()) this.interrupt(index);
+    try {
+      if (q.needsInterrupt()) this.interrupt(index);
+    } catch (e) {
+      // A hostile event suppression area (e.g. an offset past the ring): the buffers are used
+      // already, so fail the device here instead of throwing out of the model's push.
+      if (!(e instanceof VirtioError)) throw e;
+      this.fail(e);
+    }
   }
 
   #decideSignals(): void {

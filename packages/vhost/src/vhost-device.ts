@@ -475,8 +475,9 @@ export class VhostDevice implements DeviceModel {
     const c = this.#ctl;
     const epoch = (Atomics.add(c, ControlWord.EPOCH, 1) + 1) >>> 0;
     const deadline = performance.now() + this.#resetWaitMs;
-    // Model code holds BUSY for one kick's or one completion's work (microseconds); the bound
-    // covers a worker that died inside it.
+    // Model code holds BUSY for one kick's or one completion's work: at most 256 chains per
+    // call (the worker's weight), microseconds each, a millisecond or so with a synchronous
+    // back-end; the bound covers a worker that died inside it.
     while (Atomics.load(c, ControlWord.BUSY) !== 0 && performance.now() < deadline) {
       Atomics.wait(c, ControlWord.BUSY, 1, 1);
     }

@@ -42,12 +42,18 @@ export class GatedDeviceQueue extends ForwardingDeviceQueue {
   inFlight = 0;
   /** Chains popped since construction (wraps harmlessly; compare for change only). */
   pops = 0;
+  /**
+   * Chains `pop` may still take before it answers false as if the ring were empty (a back-end's
+   * bound on one call of the model: vhost's weight). Infinity (default): no bound.
+   */
+  popBudget = Number.POSITIVE_INFINITY;
   /** Called each time `inFlight` drops to 0 on a push. */
   onIdle: (() => void) | undefined = undefined;
   /**
    * Called after every `push` (with 1) and `pushBatch` (with its count), once the buffers are
    * used: a back-end can decide a used buffer notification there, mid-batch, instead of only
-   * when the model calls `signalUsed` (interrupt moderation by count).
+   * when the model calls `signalUsed` (interrupt moderation by count). What it throws leaves
+   * `push` (the buffers are used by then).
    */
   onPushed: ((count: number) => void) | undefined = undefined;
   readonly #suppress: boolean;
@@ -65,7 +71,9 @@ export class GatedDeviceQueue extends ForwardingDeviceQueue {
   /** @inheritdoc */
   override pop(chain: DescriptorChain): boolean {
     if (this.stopping) return false;
+    if (this.popBudget <= 0) return false;
     if (this.inner.pop(chain)) {
+      this.popBudget--;
       this.inFlight++;
       this.pops++;
       if (this.#suppress && !this.#suppressed) {
@@ -105,10 +113,12 @@ export class GatedDeviceQueue extends ForwardingDeviceQueue {
   /**
    * Ask the driver for notifications again. While {@link GatedDeviceQueue.stopping}, they are
    * turned on but the answer is false: `pop` would find nothing, so a model's "pop until empty,
-   * re-enable, pop again if something arrived" loop must not go round again.
+   * re-enable, pop again if something arrived" loop must not go round again. With `popBudget`
+   * spent they stay off and the answer is false, for the same reason (the back-end comes back).
    * @returns true if buffers became available meanwhile (and the queue is not stopping)
    */
   override enableNotifications(): boolean {
+    if (this.popBudget <= 0) return false;
     this.#suppressed = false;
     return this.inner.enableNotifications() && !this.stopping;
   }

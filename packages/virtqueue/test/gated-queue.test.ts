@@ -25,6 +25,43 @@ function pair(suppressWhileBusy = false) {
 }
 
 describe("GatedDeviceQueue", () => {
+  it("popBudget: pop takes that many chains, then answers false and keeps notifications off until it is raised", () => {
+    const { drv, q, add, usedFlags } = pair(true);
+    const chain = new DescriptorChain(8);
+    for (let t = 1; t <= 3; t++) add(t);
+    drv.publish();
+    q.popBudget = 2;
+    expect([q.pop(chain), q.pop(chain), q.pop(chain)]).toEqual([true, true, false]);
+    // A model's "re-enable, pop again if something arrived" step must not loop: false, and
+    // the driver is still asked not to notify.
+    expect(q.enableNotifications()).toBe(false);
+    expect(usedFlags() & VIRTQ_USED_F_NO_NOTIFY).toBe(VIRTQ_USED_F_NO_NOTIFY);
+    q.popBudget = Number.POSITIVE_INFINITY;
+    expect(q.pop(chain)).toBe(true);
+    expect(q.pops).toBe(3);
+  });
+
+  it("onPushed hears of every push, with its count, once the buffer is used", () => {
+    const { drv, q, add } = pair();
+    const chain = new DescriptorChain(8);
+    for (let t = 1; t <= 3; t++) add(t);
+    drv.publish();
+    const heard: [number, number, number][] = [];
+    q.onPushed = (n) => heard.push([n, q.inFlight, drv.reap() === undefined ? 0 : 1]);
+    const heads: number[] = [];
+    for (let k = 0; k < 3; k++) {
+      expect(q.pop(chain)).toBe(true);
+      heads.push(chain.head);
+    }
+    for (const h of heads) q.push(h, 0);
+    // Each call comes after the buffer is in the used ring (the driver reaps it there).
+    expect(heard).toEqual([
+      [1, 2, 1],
+      [1, 1, 1],
+      [1, 0, 1],
+    ]);
+  });
+
   it("finds nothing while stopping, counts chains in flight and calls onIdle when they drain", () => {
     const { drv, q, add } = pair();
     const chain = new DescriptorChain(8);

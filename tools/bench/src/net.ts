@@ -238,9 +238,10 @@ const COPY_SLOT = 2048;
  * The copies a virtio-net path cannot avoid, and its switch, without rings, drivers or devices:
  * what moving a frame from guest A to guest B costs in V8 before any virtio work. Per frame, at
  * the virtio path's alignments (header 4 bytes into a slot, frame 8-aligned) and footprints
- * (A's slots reused per batch, B's cycling through a queue's worth): a device reads the header's flags and gso_type from A's shared memory and transmits
- * the frame into a bare Switch as a view of A's memory (made per frame, as `NetDevice` does: a
- * frame's address varies); B's port copies the frame and a header into B's shared memory; the
+ * (A's slots reused per batch, B's cycling through a queue's worth): a device reads the
+ * header's flags and gso_type from A's shared memory and transmits the frame into a bare
+ * Switch as a view of A's memory (made per frame, as `NetDevice` does: a frame's address
+ * varies); B's port copies the frame and a header into B's shared memory; the
  * sequence number is checked. With `driver`, also what the drivers do: A's driver copies a
  * header and the frame into A's memory first, and B's driver lends the frame where it lies (a
  * view of B's memory, made per frame), where the check reads it. Every copy is
