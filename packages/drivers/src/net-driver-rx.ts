@@ -67,12 +67,13 @@ export class NetDriverRx {
   #first = 0;
   #count = 0;
   readonly #store: Uint8Array;
-  /** Frames in `#store`; start of the oldest one's bytes, and where the next one's go. */
+  /**
+   * Frames in `#store` (the other `#count - #stored` are held in their receive buffers); start
+   * of the oldest one's bytes, and where the next one's go.
+   */
   #stored = 0;
   #head = 0;
   #tail = 0;
-  /** Frames held in their receive buffers. */
-  #held = 0;
   readonly #sg: Uint8Array[] = [];
   /** A frame lent by `takeView`: its bytes stay untouched until the next take or reap. */
   #lent = false;
@@ -161,7 +162,6 @@ export class NetDriverRx {
     if (held !== undefined) {
       this.#views[i] = undefined;
       this.#c.slab.free(this.#slots[i]!);
-      this.#held--;
       if (!this.refillDue) {
         // Only queues in use are refilled (a queue beyond `pairs` stays short for good).
         for (let p = 0; p < this.#c.pairs; p++) if (this.#rx[p]!.short) this.refillDue = true;
@@ -205,10 +205,7 @@ export class NetDriverRx {
     this.#views[i] = held;
     this.#slots[i] = slot;
     this.#count++;
-    if (held !== undefined) {
-      this.#held++;
-      return;
-    }
+    if (held !== undefined) return;
     if (this.#stored++ === 0) this.#head = at;
     // Frames start 8-aligned, as in guest memory (see NetDriverCore.lead): copies between
     // them run as words, not bytes.
@@ -381,18 +378,20 @@ export class NetDriverRx {
     // Held only while the allocator can still refill this queue to `rxBuffers` and keep its
     // reserve, and never for a waiting `frames()` reader, which owns what it gets: a copy.
     let held: Uint8Array | undefined;
+    let at = 0;
     if (
       slot >= 0 &&
-      this.#held < this.#rxBuffers &&
+      this.#count - this.#stored < this.#rxBuffers &&
       c.slab.available >= this.#rxBuffers - rx.posted + this.#reserve &&
       this.waiters.length === 0
     ) {
       const views = c.mem.sg(addr, n, this.#sg, "write");
       if (views.length === 1) held = views[0];
     }
-    const at = held === undefined ? this.#room(n) : 0;
-    const frame = held ?? this.#store.subarray(at, at + n);
-    if (held === undefined) {
+    let frame = held;
+    if (frame === undefined) {
+      at = this.#room(n);
+      frame = this.#store.subarray(at, at + n);
       if (from === undefined) c.mem.read(addr, frame);
       else frame.set(from.subarray(0, n));
     }

@@ -93,6 +93,8 @@ class Ring {
   /** Buffers used since the last notification decision within model call `usedCall`. */
   usedSince = 0;
   usedCall = 0;
+  /** Decide the used buffer notification of the running queue (run it under the guard). */
+  decide: () => void = () => {};
 
   /** Stop serving: the loop of this generation exits at its next wake-up. */
   stop(): void {
@@ -420,8 +422,10 @@ export class VhostBackend implements DeviceContext {
     // model is busy (vhost_disable_notify / vhost_enable_notify).
     const gated = new GatedDeviceQueue(q, { suppressWhileBusy: true });
     r.queue = gated;
-    r.usedSince = 0;
-    if (this.#usedBatch > 0) gated.onPushed = (n) => this.#onPushed(index, r, gated, n);
+    r.decide = () => {
+      if (gated.needsInterrupt()) this.interrupt(index);
+    };
+    if (this.#usedBatch > 0) gated.onPushed = (n) => this.#onPushed(r, gated, n);
     if (this.#active) {
       this.#run(() => model.onQueueEnable?.(index));
       this.#serve(index, r);
@@ -662,11 +666,10 @@ export class VhostBackend implements DeviceContext {
   }
 
   /**
-   * `count` buffers of ring `index` were used: after `usedBatch` of them in this model call
-   * since the last decision, decide the notification now (model code is running: its guard
-   * covers this).
+   * `count` buffers of ring `r` (running queue `q`) were used: after `usedBatch` of them in this
+   * model call since the last decision, decide the notification now.
    */
-  #onPushed(index: number, r: Ring, q: GatedDeviceQueue, count: number): void {
+  #onPushed(r: Ring, q: GatedDeviceQueue, count: number): void {
     if (r.usedCall !== this.#calls) {
       r.usedCall = this.#calls;
       r.usedSince = 0;
@@ -674,14 +677,9 @@ export class VhostBackend implements DeviceContext {
     r.usedSince += count;
     if (r.usedSince < this.#usedBatch || r.queue !== q) return;
     r.usedSince = 0;
-    try {
-      if (q.needsInterrupt()) this.interrupt(index);
-    } catch (e) {
-      // A hostile event suppression area (e.g. an offset past the ring): the buffers are used
-      // already, so fail the device here instead of throwing out of the model's push.
-      if (!(e instanceof VirtioError)) throw e;
-      this.fail(e);
-    }
+    // A nested guard: a hostile event suppression area (an offset past the ring) fails the
+    // device here instead of throwing out of the model's push, whose buffers are used already.
+    this.#guard(r.decide, false);
   }
 
   #decideSignals(): void {
@@ -691,13 +689,9 @@ export class VhostBackend implements DeviceContext {
       const r = this.#rings[index];
       if (r === undefined) continue;
       r.signalPending = false;
-      r.usedSince = 0;
-      const q = r.queue;
       // Stopped or reset since: a new ring starts from scratch (§2.6.1).
-      if (q === undefined) continue;
-      this.#guard(() => {
-        if (q.needsInterrupt()) this.interrupt(index);
-      }, false);
+      if (r.queue === undefined) continue;
+      this.#guard(r.decide, false);
     }
     list.length = 0;
   }
