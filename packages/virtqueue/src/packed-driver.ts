@@ -232,30 +232,23 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
     const size = this.size;
     const first = this.#nextAvail;
     let pos = first;
-    let readableBytes = 0;
+    let total = 0;
     let writableBytes = 0;
-    for (let i = 0; i < nr; i++) {
-      const s = readable[i];
+    // One loop over both lists (small on purpose: V8 inlines a callee only below a bytecode
+    // size, and this one must fit into `add`).
+    for (let i = 0; i < n; i++) {
+      const s = i < nr ? readable[i] : writable[i - nr];
       if (typeof s !== "object" || s === null) return false;
       const addr = s.addr;
       const len = s.len;
       if (!segmentValuesOk(addr, len)) return false;
       writeBody(desc, pos, addr, len);
-      readableBytes += len;
-      if (++pos === size) pos = 0;
-    }
-    for (let i = nr; i < n; i++) {
-      const s = writable[i - nr];
-      if (typeof s !== "object" || s === null) return false;
-      const addr = s.addr;
-      const len = s.len;
-      if (!segmentValuesOk(addr, len)) return false;
-      writeBody(desc, pos, addr, len);
-      writableBytes += len;
+      total += len;
+      if (i >= nr) writableBytes += len;
       if (++pos === size) pos = 0;
     }
     // §2.7.5.2 (and the le32 used length): the whole chain below 2^32 bytes.
-    if (readableBytes + writableBytes >= TWO_32) return false;
+    if (total >= TWO_32) return false;
     const id = this.#freeIds[--this.#idTop]!;
     // §2.8.21.1: WRITE for device-writable elements, AVAIL = wrap counter, USED = inverse;
     // §2.8.6: NEXT on all but the last; the ID in every descriptor. The first descriptor's word

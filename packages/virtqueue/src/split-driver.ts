@@ -286,42 +286,35 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
     const next = this.#next;
     const head = this.#freeHead;
     let idx = head;
-    let readableBytes = 0;
+    let w = 0;
+    let total = 0;
     let writableBytes = 0;
-    // The shadow link is what the free list already holds: the chain keeps it, so freeing walks
-    // the same links without reading the shared table. Two loops (readable, then writable)
-    // rather than one with a choice per segment.
-    for (let i = 0; i < nr; i++) {
-      const s = readable[i];
+    // One loop over both lists, each descriptor written with NEXT and the shadow link (what the
+    // free list already holds: the chain keeps it, so freeing walks the same links without
+    // reading the shared table); the last one's flags word is rewritten after the loop. Small on
+    // purpose: V8 inlines a callee only below a bytecode size, and this one must fit into `add`.
+    for (let i = 0; i < n; i++) {
+      const s = i < nr ? readable[i] : writable[i - nr];
       if (typeof s !== "object" || s === null) return false;
       const addr = s.addr;
       const len = s.len;
       if (!segmentValuesOk(addr, len)) return false;
-      readableBytes += len;
-      if (i === n - 1) writeDesc(desc, idx, addr, len, 0, 0);
-      else {
-        const nx = next[idx]!;
-        writeDesc(desc, idx, addr, len, F_NEXT, nx);
-        idx = nx;
-      }
+      total += len;
+      if (i >= nr) writableBytes += len;
+      w = idx << 2;
+      idx = next[idx]!;
+      // ToUint32 keeps the low word of the (safe integer) addr; the high word is 0 below 2^32,
+      // where a division would cost a float divide and a floor.
+      desc[w] = addr;
+      desc[w + 1] = addr > 0xffffffff ? Math.floor(addr / TWO_32) : 0;
+      desc[w + 2] = len;
+      desc[w + 3] = ((i < nr ? F_NEXT : F_NEXT | F_WRITE) | (idx << 16)) >>> 0;
     }
-    for (let i = nr; i < n; i++) {
-      const s = writable[i - nr];
-      if (typeof s !== "object" || s === null) return false;
-      const addr = s.addr;
-      const len = s.len;
-      if (!segmentValuesOk(addr, len)) return false;
-      writableBytes += len;
-      if (i === n - 1) writeDesc(desc, idx, addr, len, F_WRITE, 0);
-      else {
-        const nx = next[idx]!;
-        writeDesc(desc, idx, addr, len, F_WRITE | F_NEXT, nx);
-        idx = nx;
-      }
-    }
+    // The last descriptor: no NEXT, next 0 (§2.7.5: `next` is meaningful only with NEXT).
+    desc[w + 3] = n > nr ? F_WRITE : 0;
     // §2.7.5.2 (and the le32 used length): the whole chain below 2^32 bytes.
-    if (readableBytes + writableBytes >= TWO_32) return false;
-    this.#freeHead = next[idx]!;
+    if (total >= TWO_32) return false;
+    this.#freeHead = idx;
     this.#record(head, n, writableBytes, token);
     return true;
   }
