@@ -62,6 +62,17 @@ export class ExtentMap {
   }
 
   /**
+   * The extent that holds all of sectors `[from, to)` (`from < to`), or undefined when none
+   * does (the range is not in the map, or spans several extents): the common case of a read,
+   * answered without building a list.
+   */
+  covering(from: number, to: number): Extent | undefined {
+    const [c, i] = this.#find(from);
+    const x = this.#chunks[c]?.[i];
+    return x !== undefined && x.start <= from && x.end >= to ? x : undefined;
+  }
+
+  /**
    * The extents that overlap sectors `[from, to)`, in order: a snapshot, so a caller that
    * awaits between them is not disturbed by inserts meanwhile.
    */
@@ -131,6 +142,15 @@ export class ExtentMap {
     const end = start + count;
     const ch = this.#chunks;
     let [c0, i0] = this.#find(start);
+    // A record that rewrites exactly one extent's sectors (a guest rewriting a block): replace
+    // that extent, or keep it if a newer record wrote it. The general path below gives the same
+    // extents, with a list of pieces and a splice. A new object, not a change to the old one:
+    // lists handed out by `overlapping` keep what they held.
+    const same = ch[c0]?.[i0];
+    if (same !== undefined && same.start === start && same.end === end) {
+      if (same.seq < seq) ch[c0]![i0] = { start, end, off, seq };
+      return;
+    }
     if (ch.length === 0) {
       ch.push([]);
       c0 = 0;

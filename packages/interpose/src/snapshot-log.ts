@@ -389,6 +389,13 @@ export class SnapshotLog implements BlockBackend {
     this.#active++;
     try {
       const end = sector + len / SECTOR;
+      // Most reads lie in one extent: one log read (or zero fill), no list of pieces.
+      const one = len > 0 ? this.#index.covering(sector, end) : undefined;
+      if (one !== undefined) {
+        if (one.off < 0) for (const v of iovecs) v.fill(0);
+        else await this.#readLog(iovecs, shift(one, sector));
+        return;
+      }
       let cursor = sector;
       // A snapshot of the extents: writes completing during the awaits below must not shift
       // what this loop walks.
@@ -750,7 +757,7 @@ export class SnapshotLog implements BlockBackend {
     this.#markedEnd = scan.markedEnd;
   }
 
-  async #readLog(parts: Uint8Array[], pos: number): Promise<void> {
+  async #readLog(parts: readonly Uint8Array[], pos: number): Promise<void> {
     // In #pending too: close() waits for it before the descriptor goes.
     const p = readvAll(this.#fd, parts, pos);
     this.#pending.add(p);
@@ -1249,7 +1256,7 @@ async function writeAll(fh: FileHandle, buf: Uint8Array, pos: number): Promise<v
 }
 
 /** `preadv` all of `bufs` at `pos` through the callback API, resuming after short reads. */
-function readvAll(fd: number, bufs: Uint8Array[], pos: number): Promise<void> {
+function readvAll(fd: number, bufs: readonly Uint8Array[], pos: number): Promise<void> {
   return new Promise<void>((resolve, reject) => {
     let rest = bufs;
     let at = pos;

@@ -90,7 +90,27 @@ describe("ExtentMap over many extents (chunked)", () => {
       const b = a + 1 + rnd(500);
       const want = m.toArray().filter((e) => e.end > a && e.start < b);
       expect(m.overlapping(a, b)).toEqual(want);
+      // covering() is the one extent holding the whole range, exactly when there is one.
+      expect(m.covering(a, b)).toEqual(
+        want.length === 1 && want[0]!.start <= a && want[0]!.end >= b ? want[0] : undefined,
+      );
     }
+  });
+});
+
+describe("ExtentMap.covering (the read fast path)", () => {
+  it("returns the one extent holding the whole range, and nothing for a range it does not hold whole", () => {
+    const m = new ExtentMap();
+    m.insert(8, 8, 4096, 1); // [8, 16)
+    m.insert(16, 8, -1, 2); // [16, 24) zeroes
+    expect(m.covering(8, 16)).toEqual({ start: 8, end: 16, off: 4096, seq: 1 });
+    expect(m.covering(10, 12)).toEqual({ start: 8, end: 16, off: 4096, seq: 1 });
+    expect(m.covering(16, 24)).toEqual({ start: 16, end: 24, off: -1, seq: 2 });
+    expect(m.covering(12, 20)).toBeUndefined(); // two extents
+    expect(m.covering(4, 10)).toBeUndefined(); // starts in a gap
+    expect(m.covering(20, 30)).toBeUndefined(); // runs past the last extent
+    expect(m.covering(24, 25)).toBeUndefined(); // after every extent
+    expect(new ExtentMap().covering(0, 1)).toBeUndefined();
   });
 });
 
