@@ -37,6 +37,7 @@ import {
   snapshotLog,
 } from "@virtio-ts/interpose/node";
 import { blkRig, closedLoop, IO, randomBlocks } from "./blk-iops.js";
+import { FileLogFloor } from "./log-floor.js";
 
 /** Bytes per block request (the blk bench's). */
 export const INTERPOSE_IO = IO;
@@ -111,6 +112,21 @@ function blkCases(): BlkCase[] {
     { name: "bare MemoryDisk", make: async () => plain(mem()) },
     { name: "encrypt (raw key, XTS)", make: async () => plain(encrypt(mem(), xtsKey())) },
     { name: "snapshotLog (log file)", make: (dir, rep) => withLog(dir, rep, (log) => log) },
+    {
+      // What any file-backed checksummed log pays (log-floor.ts): the snapshotLog row's floor.
+      name: "  its floor: append+CRC-32",
+      make: async (dir, rep) => {
+        const path = join(dir, `floor-${rep}-${Math.random().toString(36).slice(2)}.log`);
+        const floor = new FileLogFloor(path, D / 512);
+        return {
+          disk: floor,
+          close: async () => {
+            floor.close();
+            await rm(path, { force: true });
+          },
+        };
+      },
+    },
     { name: "rateLimit (unreached)", make: async () => plain(rateLimit(group())(mem())) },
     { name: "mirror x2, ack all", make: async () => plain(mirror([mem(), mem()])) },
     {
