@@ -200,22 +200,17 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
    *   the same total the packed device enforces); TypeError if a segment is not an object.
    */
   add(readable: readonly Segment[], writable: readonly Segment[], token: T): boolean {
-    // Fast path, direct descriptors, each segment checked as its body is written. Anything else,
-    // or any argument it refuses, goes to #addChecked, which checks every argument before writing
-    // (and throws the error naming the argument).
+    // Fast paths, direct descriptors or an indirect table, each segment checked as it is written.
+    // Anything else, or any argument they refuse, goes to #addChecked, which checks every argument
+    // before writing (and throws the error naming the argument).
     const n = readable.length + writable.length;
-    const ind = this.#indirect;
-    if (
-      token === undefined ||
-      n === 0 ||
-      n > this.#numFree ||
-      (this.features.indirect && ind !== undefined && n > 1 && n <= ind.maxEntries)
-    ) {
-      return this.#addChecked(readable, writable, token);
+    if (token !== undefined && n > 0) {
+      const ind = this.#indirect;
+      if (this.features.indirect && ind !== undefined && n > 1 && n <= ind.maxEntries) {
+        if (this.#numFree > 0 && this.#addIndirect(readable, writable, token)) return true;
+      } else if (n <= this.#numFree && this.#addDirect(readable, writable, token)) return true;
     }
-    return (
-      this.#addDirect(readable, writable, token) || this.#addChecked(readable, writable, token)
-    );
+    return this.#addChecked(readable, writable, token);
   }
 
   /**
@@ -272,6 +267,42 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
   }
 
   /**
+   * Write a list of 2 to `maxEntries` segments into its buffer ID's indirect table (§2.8.7),
+   * checking each segment as it is written, then the one ring descriptor that refers to it.
+   * Needs a defined `token`, a free descriptor and the table area as words. Returns false when
+   * the area is not one view or a segment or the total is refused: nothing changed then but
+   * the free ID's own table slot, which the device does not read.
+   */
+  #addIndirect(readable: readonly Segment[], writable: readonly Segment[], token: T): boolean {
+    const words = this.#indWords;
+    if (words === undefined) return false;
+    const nr = readable.length;
+    const n = nr + writable.length;
+    const id = this.#freeIds[this.#idTop - 1]!; // taken below, once every segment is accepted
+    const base = id * this.#indirect!.maxEntries;
+    let total = 0;
+    let writableBytes = 0;
+    for (let i = 0; i < n; i++) {
+      const s = i < nr ? readable[i] : writable[i - nr];
+      if (typeof s !== "object" || s === null) return false;
+      const addr = s.addr;
+      const len = s.len;
+      if (!segmentValuesOk(addr, len)) return false;
+      total += len;
+      if (i >= nr) writableBytes += len;
+      // Table entries have the ring descriptors' layout; §2.8.19: WRITE is the only flag
+      // allowed in an indirect descriptor, and the ID is reserved.
+      writeBody(words, base + i, addr, len);
+      words[(base + i) * 4 + 3] = i >= nr ? F_WRITE << 16 : 0;
+    }
+    // §2.7.5.2 (and the le32 used length): the whole list below 2^32 bytes.
+    if (total >= TWO_32) return false;
+    this.#idTop--;
+    this.#writeIndirectHead(id, this.#indirect!.addr + base * 16, n, writableBytes, token);
+    return true;
+  }
+
+  /**
    * `add` with every argument checked first (checkChainArgs): indirect chains, a full ring,
    * and every argument the fast path refuses.
    */
@@ -287,34 +318,35 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
     // descriptor implies a free ID: every buffer in flight holds at least one descriptor.
     if (this.#numFree < needed) return false;
 
-    if (!useIndirect) {
-      // Every argument passed the checks, so the direct writer takes them all (unless a getter
+    if (!useIndirect || this.#indWords !== undefined) {
+      // Every argument passed the checks, so the fast writers take them all (unless a getter
       // answered differently the second time).
-      if (this.#addDirect(readable, writable, token)) return true;
+      const ok = useIndirect
+        ? this.#addIndirect(readable, writable, token)
+        : this.#addDirect(readable, writable, token);
+      if (ok) return true;
       throw new RangeError("readable and writable changed while add() was reading them");
     }
-    // One ring descriptor refers to the ID's own table slot (§2.8.7).
+    // An area across memory regions: one ring descriptor refers to the ID's own table slot
+    // (§2.8.7), written entry by entry through the memory's checked accessors.
     const id = this.#freeIds[--this.#idTop]!;
     const table = ind.addr + id * ind.maxEntries * 16;
-    const words = this.#indWords;
     const mem = this.#mem;
     for (let i = 0; i < n; i++) {
       const s = i < nr ? readable[i]! : writable[i - nr]!;
       // §2.8.19: WRITE is the only flag allowed in an indirect descriptor; the ID is reserved.
-      const flagsWord = i >= nr ? F_WRITE << 16 : 0;
-      if (words !== undefined) {
-        // Table entries have the ring descriptors' layout: the same writer, entry by entry.
-        const entry = id * ind.maxEntries + i;
-        writeBody(words, entry, s.addr, s.len);
-        words[entry * 4 + 3] = flagsWord;
-      } else {
-        const at = table + i * 16;
-        mem.writeU32(at, s.addr % TWO_32);
-        mem.writeU32(at + 4, Math.floor(s.addr / TWO_32));
-        mem.writeU32(at + 8, s.len);
-        mem.writeU32(at + 12, flagsWord);
-      }
+      const at = table + i * 16;
+      mem.writeU32(at, s.addr % TWO_32);
+      mem.writeU32(at + 4, Math.floor(s.addr / TWO_32));
+      mem.writeU32(at + 8, s.len);
+      mem.writeU32(at + 12, i >= nr ? F_WRITE << 16 : 0);
     }
+    this.#writeIndirectHead(id, table, n, writableBytes, token);
+    return true;
+  }
+
+  /** The one ring descriptor referring to buffer `id`'s table of `n` entries at `table`. */
+  #writeIndirectHead(id: number, table: number, n: number, writableBytes: number, token: T): void {
     const first = this.#nextAvail;
     let pos = first;
     let w = this.#availWrap;
@@ -324,8 +356,7 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
       pos = 0;
       w = !w;
     }
-    this.#record(id, first, pos, w, firstWord, needed, writableBytes, token);
-    return true;
+    this.#record(id, first, pos, w, firstWord, 1, writableBytes, token);
   }
 
   /**

@@ -256,21 +256,16 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
    * @returns false, adding nothing, if there are not enough free descriptors.
    */
   add(readable: readonly Segment[], writable: readonly Segment[], token: T): boolean {
-    // Fast path, direct descriptors, each segment checked as it is written. Anything else, or any
-    // argument it refuses, goes to #addChecked, which checks every argument before writing (and
-    // throws the error naming the argument).
+    // Fast paths, direct descriptors or an indirect table, each segment checked as it is written.
+    // Anything else, or any argument they refuse, goes to #addChecked, which checks every argument
+    // before writing (and throws the error naming the argument).
     const n = readable.length + writable.length;
-    if (
-      token === undefined ||
-      n === 0 ||
-      n > this.#numFree ||
-      (this.#ind !== undefined && n > 1 && n <= this.#indMax)
-    ) {
-      return this.#addChecked(readable, writable, token);
+    if (token !== undefined && n > 0) {
+      if (this.#ind !== undefined && n > 1 && n <= this.#indMax) {
+        if (this.#numFree > 0 && this.#addIndirect(readable, writable, token)) return true;
+      } else if (n <= this.#numFree && this.#addDirect(readable, writable, token)) return true;
     }
-    return (
-      this.#addDirect(readable, writable, token) || this.#addChecked(readable, writable, token)
-    );
+    return this.#addChecked(readable, writable, token);
   }
 
   /**
@@ -320,44 +315,71 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
   }
 
   /**
+   * Write a chain of 2 to `maxEntries` segments into its head's indirect table (§2.7.5.3),
+   * checking each segment as it is written, then the one ring descriptor that refers to it.
+   * Needs a defined `token`, a free descriptor and the indirect area. Returns false when a
+   * segment or the total is refused: nothing changed then but the free head's own table slot,
+   * which the device does not read.
+   */
+  #addIndirect(readable: readonly Segment[], writable: readonly Segment[], token: T): boolean {
+    const ind = this.#ind!;
+    const nr = readable.length;
+    const n = nr + writable.length;
+    // The head's own slot: free while the head is free, so no other chain uses it.
+    const head = this.#freeHead;
+    const base = head * this.#indMax;
+    let total = 0;
+    let writableBytes = 0;
+    for (let i = 0; i < n; i++) {
+      const s = i < nr ? readable[i] : writable[i - nr];
+      if (typeof s !== "object" || s === null) return false;
+      const addr = s.addr;
+      const len = s.len;
+      if (!segmentValuesOk(addr, len)) return false;
+      total += len;
+      if (i >= nr) writableBytes += len;
+      // §2.7.5.3: entries chained by next from index 0; WRITE marks device-writable entries.
+      writeDesc(ind, base + i, addr, len, i >= nr ? F_WRITE | F_NEXT : F_NEXT, i + 1);
+    }
+    // The last entry: no NEXT, next 0.
+    ind[(base + n - 1) * 4 + 3] = n > nr ? F_WRITE : 0;
+    // §2.7.5.2 (and the le32 used length): the whole chain below 2^32 bytes.
+    if (total >= TWO_32) return false;
+    this.#writeIndirectHead(head, base, n, writableBytes, token);
+    return true;
+  }
+
+  /**
    * `add` with every argument checked first (checkChainArgs): indirect chains, a full ring,
    * and every argument the fast path refuses.
    */
   #addChecked(readable: readonly Segment[], writable: readonly Segment[], token: T): boolean {
-    const writableBytes = checkChainArgs(readable, writable, token, this.size, "§2.7.5.3.1");
-    const nr = readable.length;
-    const n = nr + writable.length;
-    const ind = this.#ind;
-    const indirect = ind !== undefined && n > 1 && n <= this.#indMax;
+    checkChainArgs(readable, writable, token, this.size, "§2.7.5.3.1");
+    const n = readable.length + writable.length;
+    const indirect = this.#ind !== undefined && n > 1 && n <= this.#indMax;
     const needed = indirect ? 1 : n;
     if (this.#numFree < needed) return false;
-    if (!indirect) {
-      // Every argument passed the checks, so the direct writer takes them all (unless a getter
-      // answered differently the second time).
-      if (this.#addDirect(readable, writable, token)) return true;
-      throw new RangeError("readable and writable changed while add() was reading them");
+    // Every argument passed the checks, so the fast writers take them all (unless a getter
+    // answered differently the second time).
+    if (
+      indirect
+        ? this.#addIndirect(readable, writable, token)
+        : this.#addDirect(readable, writable, token)
+    ) {
+      return true;
     }
-    // The head's own slot: free while the head is free, so no other chain uses it.
-    const head = this.#freeHead;
-    const base = head * this.#indMax;
-    for (let i = 0; i < n; i++) {
-      const s = i < nr ? readable[i]! : writable[i - nr]!;
-      const last = i === n - 1;
-      // §2.7.5.3: entries chained by next from index 0; the last one has no NEXT. WRITE marks
-      // device-writable entries; the referring descriptor carries none (§2.7.5.3.2).
-      writeDesc(
-        ind,
-        base + i,
-        s.addr,
-        s.len,
-        (last ? 0 : F_NEXT) | (i >= nr ? F_WRITE : 0),
-        last ? 0 : i + 1,
-      );
-    }
+    throw new RangeError("readable and writable changed while add() was reading them");
+  }
+
+  /**
+   * The one ring descriptor at `head` referring to its table of `n` entries (at word `base`
+   * of the area), carrying only INDIRECT (§2.7.5.3.1: never with NEXT, never nested; the
+   * referring descriptor's WRITE is ignored, §2.7.5.3.2).
+   */
+  #writeIndirectHead(head: number, base: number, n: number, writableBytes: number, token: T): void {
     writeDesc(this.#v.desc, head, this.#indAddr + base * 16, n * 16, F_INDIRECT, 0);
     this.#freeHead = this.#next[head]!;
     this.#record(head, 1, writableBytes, token);
-    return true;
   }
 
   /** Shadow bookkeeping of a chain just written at `head`, and its avail ring entry. */
