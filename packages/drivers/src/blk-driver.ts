@@ -3,7 +3,7 @@
  * @see VIRTIO 1.3 §5.2 "Block Device"
  * @module
  */
-import { type GuestMemory, VirtioError } from "@virtio-ts/memory";
+import { type GuestMemory, GuestMemoryError, GuestMemoryMap, VirtioError } from "@virtio-ts/memory";
 import {
   BLK_ID_BYTES,
   BLK_SECTOR_SIZE,
@@ -222,6 +222,11 @@ export class BlkDriver {
   readonly #t: DriverTransport;
   readonly #mem: GuestMemory;
   readonly #slab: SlabAllocator;
+  /**
+   * The slab as one view when it lies in one memory region (else undefined): request headers
+   * and status bytes are this driver's own memory, written and read without a checked call each.
+   */
+  readonly #slabView: DataView | undefined;
   /** The ring area (rings and indirect tables): `[#areaStart, #areaEnd)`. */
   #areaStart = 0;
   #areaEnd = 0;
@@ -299,6 +304,7 @@ export class BlkDriver {
     this.#t = transport;
     this.#mem = memory;
     this.#slab = allocator;
+    this.#slabView = slabView(memory, allocator);
     const info = transport.probe();
     if (info.deviceId !== DeviceId.BLOCK) {
       throw new BlkDeviceFault("blk-not-block", `DeviceID is ${info.deviceId}`, info.deviceId);
@@ -751,13 +757,26 @@ export class BlkDriver {
     if (this.#slab.available < nSlots) return false;
     const mem = this.#mem;
     const hdr = this.#slab.alloc() as number;
-    mem.writeU32(hdr + BlkOutHdr.TYPE, req.type);
-    mem.writeU32(hdr + BlkOutHdr.IOPRIO, 0);
-    // le64 sector as two le32 halves (sector is a safe integer): no BigInt per request.
-    mem.writeU32(hdr + BlkOutHdr.SECTOR, req.sector % TWO_32);
-    mem.writeU32(hdr + BlkOutHdr.SECTOR + 4, Math.floor(req.sector / TWO_32));
-    // A value the device must overwrite: a completion that leaves it is caught in #complete.
-    mem.writeU8(hdr + HDR_STATUS, 0xff);
+    // le64 sector as two le32 halves (sector is a safe integer): no BigInt per request. The
+    // status byte gets a value the device must overwrite: a completion that leaves it is caught
+    // in #complete.
+    const lo = req.sector % TWO_32;
+    const hi = Math.floor(req.sector / TWO_32);
+    const v = this.#slabView;
+    if (v !== undefined) {
+      const o = hdr - this.#slab.base;
+      v.setUint32(o + BlkOutHdr.TYPE, req.type, true);
+      v.setUint32(o + BlkOutHdr.IOPRIO, 0, true);
+      v.setUint32(o + BlkOutHdr.SECTOR, lo, true);
+      v.setUint32(o + BlkOutHdr.SECTOR + 4, hi, true);
+      v.setUint8(o + HDR_STATUS, 0xff);
+    } else {
+      mem.writeU32(hdr + BlkOutHdr.TYPE, req.type);
+      mem.writeU32(hdr + BlkOutHdr.IOPRIO, 0);
+      mem.writeU32(hdr + BlkOutHdr.SECTOR, lo);
+      mem.writeU32(hdr + BlkOutHdr.SECTOR + 4, hi);
+      mem.writeU8(hdr + HDR_STATUS, 0xff);
+    }
     const readable = this.#readable;
     const writable = this.#writable;
     this.#nSeg = 0;
@@ -912,7 +931,11 @@ export class BlkDriver {
       if (len < 1) {
         throw new BlkDeviceFault("blk-short-used", "used length does not cover the status", len);
       }
-      const status = mem.readU8(req.hdr + HDR_STATUS);
+      const v = this.#slabView;
+      const status =
+        v !== undefined
+          ? v.getUint8(req.hdr - this.#slab.base + HDR_STATUS)
+          : mem.readU8(req.hdr + HDR_STATUS);
       if (status === BlkStatus.IOERR || status === BlkStatus.UNSUPP) {
         throw new BlkStatusError(status, req.type, req.sector);
       }
@@ -958,5 +981,20 @@ function checkSector(sector: number): void {
 function checkLength(n: number, name: string): void {
   if (!Number.isSafeInteger(n) || n <= 0 || n % BLK_SECTOR_SIZE !== 0) {
     throw new RangeError(`${name} must be a positive multiple of 512, got ${n}`);
+  }
+}
+
+/**
+ * The allocator's whole area as one view, or undefined if it spans memory regions or the memory
+ * is not a plain {@link GuestMemoryMap} (a wasm memory's buffer can be replaced, a translated
+ * memory's mapping can change: there every access goes through the memory's own calls).
+ */
+function slabView(memory: GuestMemory, allocator: SlabAllocator): DataView | undefined {
+  if (!(memory instanceof GuestMemoryMap)) return undefined;
+  try {
+    return memory.dataView(allocator.base, allocator.byteLength, "write");
+  } catch (e) {
+    if (e instanceof GuestMemoryError) return undefined;
+    throw e;
   }
 }

@@ -1,6 +1,12 @@
 import { MemoryDisk } from "@virtio-ts/backend-disk";
 import { BlkDevice } from "@virtio-ts/devices";
-import { createGuestMemory, type GuestMemory, VirtioError } from "@virtio-ts/memory";
+import {
+  createGuestMemory,
+  dmaWindows,
+  type GuestMemory,
+  TranslatedMemory,
+  VirtioError,
+} from "@virtio-ts/memory";
 import { BlkStatus, Feature, featureMask, hasFeature } from "@virtio-ts/spec";
 import { InThreadMmio, type MmioDevice } from "@virtio-ts/transport";
 import { describe, expect, it } from "vitest";
@@ -29,6 +35,8 @@ function setup(
     /** Accept RING_PACKED (default false: the tests that poke ring bytes assume a split ring). */
     packed?: boolean;
     maxDiscardSectors?: number;
+    /** The memory the driver is given (default: the device's own map). */
+    driverMemory?: (m: GuestMemory) => GuestMemory;
   } = {},
 ): Setup {
   const memory = createGuestMemory({ size: 0x400000 });
@@ -42,7 +50,7 @@ function setup(
   });
   const { device, transport } = new InThreadMmio(model, { memory, delivery: "none" });
   const slab = new SlabAllocator(0x100000, 4096, o.slots ?? 256);
-  const driver = new BlkDriver(transport, memory, slab, {
+  const driver = new BlkDriver(transport, o.driverMemory?.(memory) ?? memory, slab, {
     ringBase: 0x10000,
     queueSize: o.queueSize ?? 128,
     packed: o.packed ?? false,
@@ -203,6 +211,21 @@ describe("BlkDriver", () => {
   it("getId returns the device serial", async () => {
     const s = setup();
     expect(await s.settle(s.driver.getId())).toBe("virtio-ts-disk0");
+  });
+
+  it("behind a translated memory (no cached slab view) the headers and status bytes go through the memory's calls, with the same results", async () => {
+    // An identity window over all of memory: the driver writes the same bytes, but not through
+    // the view of its slab it keeps for a plain memory map.
+    const identity = (m: GuestMemory) =>
+      new TranslatedMemory(m, dmaWindows([{ iova: 0, gpa: 0, size: 0x400000, access: "rw" }]));
+    const s = setup({ driverMemory: identity });
+    const data = random(8 * 512, 3);
+    await s.settle(s.driver.write(77, data));
+    expect(s.disk.bytes.subarray(77 * 512, 85 * 512)).toEqual(data);
+    expect(await s.settle(s.driver.read(77, data.length))).toEqual(data);
+    const ro = setup({ readOnly: true, driverMemory: identity });
+    const err = await ro.settle(ro.driver.write(0, new Uint8Array(512))).catch((e: unknown) => e);
+    expect((err as BlkStatusError).status).toBe(BlkStatus.IOERR);
   });
 
   it("a write to a read-only disk fails with BlkStatusError IOERR", async () => {
