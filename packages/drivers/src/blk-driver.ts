@@ -872,7 +872,7 @@ export class BlkDriver {
     const slots = req.slots;
     req.hdr = -1;
     req.slots = NO_SLOTS;
-    for (const s of slots) this.#slab.free(s);
+    for (let i = 0; i < slots.length; i++) this.#slab.free(slots[i]!);
   }
 
   /**
@@ -951,10 +951,14 @@ export class BlkDriver {
         } else if (req.slots.length === 1 && req.into.length === req.length) {
           mem.read(req.slots[0]!, req.into);
         } else {
+          // Bounced through several slots (none for a read the device wrote directly). Indexed
+          // loops here and in #release: NO_SLOTS is frozen, and V8 iterates a frozen array with
+          // `for...of` through the generic iterator protocol.
+          const slots = req.slots;
           let off = 0;
-          for (const slot of req.slots) {
+          for (let i = 0; i < slots.length; i++) {
             const n = Math.min(this.#slab.slotSize, req.length - off);
-            mem.read(slot, req.into.subarray(off, off + n));
+            mem.read(slots[i]!, req.into.subarray(off, off + n));
             off += n;
           }
         }
