@@ -98,6 +98,30 @@ describe("ExtentMap over many extents (chunked)", () => {
   });
 });
 
+describe("ExtentMap.insert rewriting one extent's exact sectors (the fast path)", () => {
+  it("keeps the newer record when an older one over the same sectors completes later", () => {
+    const m = new ExtentMap();
+    m.insert(8, 8, 4096, 5);
+    m.insert(8, 8, 9999, 3); // record 3 completes after record 5: the data stays record 5's
+    expect(dump(m)).toEqual([[8, 16, 4096, 5]]);
+    m.insert(8, 8, 20_000, 6);
+    expect(dump(m)).toEqual([[8, 16, 20_000, 6]]);
+  });
+
+  it("leaves a list handed out by overlapping() as it was", () => {
+    const m = new ExtentMap();
+    m.insert(0, 8, 1000, 1);
+    m.insert(8, 8, 2000, 2);
+    const before = m.overlapping(0, 16);
+    m.insert(8, 8, 3000, 3);
+    expect(before).toEqual([
+      { start: 0, end: 8, off: 1000, seq: 1 },
+      { start: 8, end: 16, off: 2000, seq: 2 },
+    ]);
+    expect(m.overlapping(8, 16)).toEqual([{ start: 8, end: 16, off: 3000, seq: 3 }]);
+  });
+});
+
 describe("ExtentMap.covering (the read fast path)", () => {
   it("returns the one extent holding the whole range, and nothing for a range it does not hold whole", () => {
     const m = new ExtentMap();
