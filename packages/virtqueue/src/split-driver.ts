@@ -281,7 +281,7 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
     const next = this.#next;
     const head = this.#freeHead;
     let idx = head;
-    let w = 0;
+    let last = head;
     let total = 0;
     let writableBytes = 0;
     // One loop over both lists, each descriptor written with NEXT and the shadow link (what the
@@ -296,17 +296,12 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
       if (!segmentValuesOk(addr, len)) return false;
       total += len;
       if (i >= nr) writableBytes += len;
-      w = idx << 2;
+      last = idx;
       idx = next[idx]!;
-      // ToUint32 keeps the low word of the (safe integer) addr; the high word is 0 below 2^32,
-      // where a division would cost a float divide and a floor.
-      desc[w] = addr;
-      desc[w + 1] = addr > 0xffffffff ? Math.floor(addr / TWO_32) : 0;
-      desc[w + 2] = len;
-      desc[w + 3] = ((i < nr ? F_NEXT : F_NEXT | F_WRITE) | (idx << 16)) >>> 0;
+      writeDesc(desc, last, addr, len, i < nr ? F_NEXT : F_NEXT | F_WRITE, idx);
     }
     // The last descriptor: no NEXT, next 0 (§2.7.5: `next` is meaningful only with NEXT).
-    desc[w + 3] = n > nr ? F_WRITE : 0;
+    desc[last * 4 + 3] = n > nr ? F_WRITE : 0;
     // §2.7.5.2 (and the le32 used length): the whole chain below 2^32 bytes.
     if (total >= TWO_32) return false;
     this.#freeHead = idx;
@@ -345,7 +340,11 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
     ind[(base + n - 1) * 4 + 3] = n > nr ? F_WRITE : 0;
     // §2.7.5.2 (and the le32 used length): the whole chain below 2^32 bytes.
     if (total >= TWO_32) return false;
-    this.#writeIndirectHead(head, base, n, writableBytes, token);
+    // The one ring descriptor, carrying only INDIRECT (§2.7.5.3.1: never with NEXT, never
+    // nested; the referring descriptor's WRITE is ignored, §2.7.5.3.2).
+    writeDesc(this.#v.desc, head, this.#indAddr + base * 16, n * 16, F_INDIRECT, 0);
+    this.#freeHead = this.#next[head]!;
+    this.#record(head, 1, writableBytes, token);
     return true;
   }
 
@@ -369,17 +368,6 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
       return true;
     }
     throw new RangeError("readable and writable changed while add() was reading them");
-  }
-
-  /**
-   * The one ring descriptor at `head` referring to its table of `n` entries (at word `base`
-   * of the area), carrying only INDIRECT (§2.7.5.3.1: never with NEXT, never nested; the
-   * referring descriptor's WRITE is ignored, §2.7.5.3.2).
-   */
-  #writeIndirectHead(head: number, base: number, n: number, writableBytes: number, token: T): void {
-    writeDesc(this.#v.desc, head, this.#indAddr + base * 16, n * 16, F_INDIRECT, 0);
-    this.#freeHead = this.#next[head]!;
-    this.#record(head, 1, writableBytes, token);
   }
 
   /** Shadow bookkeeping of a chain just written at `head`, and its avail ring entry. */
