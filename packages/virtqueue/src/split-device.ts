@@ -36,7 +36,7 @@ const F_WRITE = SplitDescFlags.WRITE;
 const F_INDIRECT = SplitDescFlags.INDIRECT;
 const U32_MAX = 0xffffffff;
 const TWO_32 = 4294967296;
-// Why `#walk` stopped early, for `#walkTail` (0: it did not). The walk writes these, the flag
+// Why the walk in `pop` stopped early, for `#walkTail` (0: it did not). The walk writes these, the flag
 // bits and 2^32 as literals: a module-level `const` or an import costs a context load and a TDZ
 // check per use in V8, and bytecode, whose size decides whether V8 inlines the walk.
 const STOP_INDIRECT = 1; // an INDIRECT descriptor: not a failure, the tail walks the table
@@ -221,48 +221,52 @@ export class SplitDeviceQueue implements DeviceQueue {
    * @throws RingError or ChainError subclasses, as above.
    */
   pop(chain: DescriptorChain): boolean {
+    // One function from the avail index to the filled cursor, with no call on the way for a
+    // valid direct chain: V8 inlines a callee only below a bytecode size, which the walk is not,
+    // so splitting it off costs a call per chain (measured: 3–4 ns of a ~65 ns round trip).
+    const size = this.size;
+    let head: number;
     if (this.#replayNext < this.#replay.length) {
-      return this.#take(this.#replay[this.#replayNext++]!, chain);
+      head = this.#replay[this.#replayNext++]!;
+    } else {
+      const v = this.#v;
+      const last = this.#lastAvail;
+      if (last === this.#shadowAvail) {
+        // Acquire: the driver writes descriptors and ring entries with plain stores, then stores
+        // avail.idx (§2.7.13.3.1: with a memory barrier in between). This seq-cst load reads
+        // that store and synchronises with it, so every plain read below (ring entries,
+        // descriptors, indirect tables) of the entries before it sees what the driver wrote
+        // before publishing. Reading the ring before this load could see a stale entry. Until
+        // `pop` has consumed those entries it needs no further load: they stay published.
+        const availIdx = Atomics.load(v.avail, 1);
+        const pending = (availIdx - last) & 0xffff;
+        if (pending === 0) return false;
+        // §2.7.13: the ring is the size of the table, so a driver never has more than queue
+        // size entries outstanding; a larger distance (or a decrement, §2.7.6.1) is a corrupt
+        // index.
+        if (pending > size) throw new AvailIndexJumpError(availIdx, last, size);
+        this.#shadowAvail = availIdx;
+      }
+      head = v.avail[2 + (last & this.#mask)]!;
+      const next = (last + 1) & 0xffff;
+      this.#lastAvail = next;
+      if (this.#eventIdx && this.#notifyEnabled && next === this.#shadowAvail) {
+        // §2.7.10: tell the driver which index we will look at next, so it kicks only when it
+        // publishes past it (as QEMU does on every pop while notifications are enabled).
+        // Written only when this pop consumed the last entry known to be published: an index
+        // before that names an entry the driver has already published, so it could only bring
+        // a kick for entries this loop consumes anyway (vring_need_event fires for an event
+        // index inside the entries being published). Whoever sleeps after this pop has the
+        // last value stored, and the next `pop` loads avail.idx after it: the Dekker order of
+        // enableNotifications.
+        Atomics.store(v.used16, this.#availEventAt, next);
+      }
     }
-    const v = this.#v;
-    const last = this.#lastAvail;
-    if (last === this.#shadowAvail) {
-      // Acquire: the driver writes descriptors and ring entries with plain stores, then stores
-      // avail.idx (§2.7.13.3.1: with a memory barrier in between). This seq-cst load reads that
-      // store and synchronises with it, so every plain read below (ring entries, descriptors,
-      // indirect tables) of the entries before it sees what the driver wrote before publishing.
-      // Reading the ring before this load could see a stale entry. Until `pop` has consumed
-      // those entries it needs no further load: they stay published.
-      const availIdx = Atomics.load(v.avail, 1);
-      const pending = (availIdx - last) & 0xffff;
-      if (pending === 0) return false;
-      // §2.7.13: the ring is the size of the table, so a driver never has more than queue size
-      // entries outstanding; a larger distance (or a decrement, §2.7.6.1) is a corrupt index.
-      if (pending > this.size) throw new AvailIndexJumpError(availIdx, last, this.size);
-      this.#shadowAvail = availIdx;
-    }
-    const head = v.avail[2 + (last & this.#mask)]!;
-    const next = (last + 1) & 0xffff;
-    this.#lastAvail = next;
-    if (this.#eventIdx && this.#notifyEnabled && next === this.#shadowAvail) {
-      // §2.7.10: tell the driver which index we will look at next, so it kicks only when it
-      // publishes past it (as QEMU does on every pop while notifications are enabled). Written
-      // only when this pop consumed the last entry known to be published: an index before that
-      // names an entry the driver has already published, so it could only bring a kick for
-      // entries this loop consumes anyway (vring_need_event fires for an event index inside
-      // the entries being published). Whoever sleeps after this pop has the last value stored,
-      // and the next `pop` loads avail.idx after it: the Dekker order of enableNotifications.
-      Atomics.store(v.used16, this.#availEventAt, next);
-    }
-    return this.#take(head, chain);
-  }
-
-  /** Mark `head` in flight and walk its chain into `chain` (a ring pop or a replayed head). */
-  #take(head: number, chain: DescriptorChain): boolean {
-    if (head >= this.size) throw new HeadOutOfRangeError(head, this.size);
+    // Mark the head in flight, then walk its chain.
+    if (head >= size) throw new HeadOutOfRangeError(head, size);
     if (this.#track) {
       if (this.#inFlight[head] === 1) throw new HeadInFlightError(head);
-      // Mark in flight before validating, so a ChainError's head can be pushed back used.
+      // Marked before validating, so a ChainError's head can be pushed back used.
       this.#inFlight[head] = 1;
       // The in-flight count is below the queue size here (the head was not in flight), so the
       // order ring has room.
@@ -271,26 +275,10 @@ export class SplitDeviceQueue implements DeviceQueue {
       }
     }
     this.#inFlightCount++;
-    this.#writable[head] = 0;
-    const code = this.#walk(head, chain);
-    if (code !== OK) throw this.#check.error(code, head);
-    this.#writable[head] = chain.writableBytes;
-    return true;
-  }
-
-  /**
-   * Walk and validate the chain at `head` into `chain`; returns OK or an error code. The
-   * segment count and byte totals live in locals and are stored into the cursor once, at the
-   * end (or before an indirect table, whose walk appends through ChainCheck.segment).
-   *
-   * Kept small for the JIT: a failure only sets `stop` and leaves the loop; what the error
-   * needs, and the indirect case, are worked out in {@link SplitDeviceQueue.#walkTail}. (V8
-   * inlines a function into its caller only below a bytecode size, so error plumbing on the
-   * hot path costs a call per chain.)
-   */
-  #walk(head: number, chain: DescriptorChain): number {
+    // The walk: the segment count and byte totals live in locals and are stored into the
+    // cursor once, at the end. A failure only sets `stop` and leaves the loop; what the error
+    // needs, and an indirect table, are worked out in #walkTail, off the hot path.
     const desc = this.#v.desc;
-    const size = this.size;
     // §2.7.5.3.1: a chain is never longer than the queue size (indirect entries included);
     // §2.7.4.1: the device may set a lower limit, here the cursor's capacity.
     let budget = chain.capacity;
@@ -300,7 +288,6 @@ export class SplitDeviceQueue implements DeviceQueue {
     const addrs = chain.addrs;
     const lens = chain.lens;
     const check = this.#check;
-    chain.begin(head);
     let count = 0;
     let readableCount = 0;
     let readableBytes = 0;
@@ -363,9 +350,17 @@ export class SplitDeviceQueue implements DeviceQueue {
       }
       idx = fn >>> 16;
     }
-    chain.setTotals(count, readableCount, readableBytes, writableBytes);
-    if (stop === 0) return 0; // OK
-    return this.#walkTail(stop, chain, idx, addr, len, fn, budget);
+    chain.fill(head, count, readableCount, readableBytes, writableBytes);
+    if (stop !== 0) {
+      const code = this.#walkTail(stop, chain, idx, addr, len, fn, budget);
+      if (code !== OK) {
+        // A chain that failed validation can only be pushed back with `written` 0.
+        this.#writable[head] = 0;
+        throw check.error(code, head);
+      }
+    }
+    this.#writable[head] = chain.writableBytes;
+    return true;
   }
 
   /**
@@ -390,7 +385,7 @@ export class SplitDeviceQueue implements DeviceQueue {
         // intent, so the chain is refused. §2.7.5.3.2: zero or more direct descriptors followed
         // by one INDIRECT descriptor is valid, and its WRITE flag is ignored.
         if ((fn & 1) !== 0) return check.fail(E_IND_NEXT, idx, false, 0, 0);
-        // count > readableCount exactly when a writable segment was accepted (see #walk).
+        // count > readableCount exactly when a writable segment was accepted (see pop).
         const seenWritable = chain.count !== chain.readableCount;
         return this.#walkIndirect(chain, idx, addr, len, budget, seenWritable);
       }

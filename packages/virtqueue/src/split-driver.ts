@@ -20,10 +20,10 @@ const F_NEXT = SplitDescFlags.NEXT;
 const F_WRITE = SplitDescFlags.WRITE;
 const F_INDIRECT = SplitDescFlags.INDIRECT;
 
-// Life of a head descriptor in the private shadow. Only PUBLISHED heads may come back used.
+// Life of a head descriptor in the private shadow. Only an ADDED head whose avail entry is
+// published (before `#publishedIdx`, see reap) may come back used.
 const FREE = 0;
 const ADDED = 1;
-const PUBLISHED = 2;
 
 /**
  * Where a driver keeps its indirect descriptor tables (VIRTIO 1.3 §2.7.5.3, §2.8.7): one
@@ -129,11 +129,16 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
   readonly #descCount: Uint16Array;
   /** Writable bytes each in-flight chain offers (< 2^32 by the check in add). */
   readonly #writable: Uint32Array;
-  /** FREE, ADDED (not yet visible) or PUBLISHED, per head. */
+  /** FREE or ADDED (in flight, published or not), per head. */
   readonly #state: Uint8Array;
   /**
-   * Heads by avail position: to mark them published, and with IN_ORDER the order in which the
-   * device returns them (entries from `#reapPos` to `#availIdx` are in flight).
+   * The avail index each in-flight head was added at: it is published when that index is
+   * before `#publishedIdx` (so publish marks nothing per chain).
+   */
+  readonly #availPos: Uint16Array;
+  /**
+   * Heads by avail position: with IN_ORDER the order in which the device returns them
+   * (entries from `#reapPos` to `#availIdx` are in flight).
    */
   readonly #availHeads: Uint16Array;
   readonly #tokens: (T | undefined)[];
@@ -221,6 +226,7 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
     this.#descCount = new Uint16Array(size);
     this.#writable = new Uint32Array(size);
     this.#state = new Uint8Array(size);
+    this.#availPos = new Uint16Array(size);
     this.#availHeads = new Uint16Array(size);
     this.#tokens = new Array<T | undefined>(size).fill(undefined);
     this.#numFree = size;
@@ -381,10 +387,12 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
     // reads it only after seeing the avail.idx that publish() stores. The slot is free: at most
     // `size` chains are in flight and each holds a descriptor until the device has read its
     // entry (§2.7.13 "this is not possible since the ring buffer is the same size").
-    const slot = this.#availIdx & this.#mask;
+    const pos = this.#availIdx;
+    const slot = pos & this.#mask;
     this.#v.avail[2 + slot] = head;
     this.#availHeads[slot] = head;
-    this.#availIdx = (this.#availIdx + 1) & 0xffff;
+    this.#availPos[head] = pos;
+    this.#availIdx = (pos + 1) & 0xffff;
   }
 
   /**
@@ -404,9 +412,6 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
     const newIdx = this.#availIdx;
     const old = this.#publishedIdx;
     if (newIdx === old) return false;
-    for (let i = old; i !== newIdx; i = (i + 1) & 0xffff) {
-      this.#state[this.#availHeads[i & this.#mask]!] = PUBLISHED;
-    }
     this.#publishedIdx = newIdx;
     Atomics.store(v.avail, 1, newIdx);
     // §2.7.13.4.1: a barrier between the idx store and the read of flags / avail_event, or a
@@ -447,7 +452,15 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
     const id = v.used32[slot]!;
     const len = v.used32[slot + 1]!;
     if (id >= this.size) throw new UsedIdOutOfRangeError(id, this.size);
-    if (this.#state[id] !== PUBLISHED) throw new UsedIdNotInFlightError(id);
+    // In flight and published: added at an avail index in [publishedIdx - size, publishedIdx).
+    // One added since the last publish is at publishedIdx or after it, 65536 - size or more
+    // behind in 16-bit arithmetic (at most `size` heads are in flight).
+    if (
+      this.#state[id] !== ADDED ||
+      ((this.#publishedIdx - this.#availPos[id]! - 1) & 0xffff) >= this.size
+    ) {
+      throw new UsedIdNotInFlightError(id);
+    }
     const offered = this.#writable[id]!;
     if (len > offered) throw new UsedLenTooLargeError(id, len, offered);
     const token = this.#tokens[id] as T;

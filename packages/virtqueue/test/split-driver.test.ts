@@ -564,6 +564,27 @@ describe("SplitDriverQueue.reap", () => {
     expect(() => q.reap()).toThrow(notInFlight(0));
   });
 
+  it("tells published from unpublished heads across the 16-bit wrap of the avail index", () => {
+    const { raw, q } = setup();
+    q.setState({ availIdx: 65534, usedIdx: 65534, availWrap: true, usedWrap: true });
+    q.add(one(), [], "a"); // head 0 at avail index 65534
+    q.add(one(), [], "b"); // head 1 at 65535
+    q.publish();
+    q.add(one(), [], "c"); // head 2 at 0, added but not published
+    deviceUse(raw, 65534, 2, 0);
+    expect(() => q.reap()).toThrow(
+      expect.objectContaining({ code: "used-id-not-in-flight", id: 2 }),
+    );
+    deviceUse(raw, 65534, 1, 0);
+    expect(q.reap()).toBe("b");
+    q.publish(); // now head 2, at avail index 0, is published
+    deviceUse(raw, 65535, 2, 0);
+    expect(q.reap()).toBe("c");
+    deviceUse(raw, 0, 0, 0, 1);
+    expect(q.reap()).toBe("a");
+    expect(q.numFree).toBe(8);
+  });
+
   it("rejects a used length larger than the writable bytes offered, and accepts exactly that many", () => {
     const { raw, q } = setup();
     q.add(
