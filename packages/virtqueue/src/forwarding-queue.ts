@@ -53,6 +53,20 @@ export class ForwardingDeviceQueue implements DeviceQueue {
     this.inner.push(head, written);
   }
 
+  /**
+   * Calls `this.push`, so a wrapper that overrides only `push` still sees every used chain (the
+   * chain is then published at once). A wrapper that keeps the deferral overrides `use` too and
+   * calls `this.inner.use`.
+   */
+  use(head: number, written: number): void {
+    this.push(head, written);
+  }
+
+  /** @inheritdoc */
+  publishUsed(): void {
+    this.inner.publishUsed();
+  }
+
   /** @inheritdoc */
   pushBatch(count: number, written: number): void {
     this.inner.pushBatch(count, written);

@@ -127,6 +127,12 @@ export class PackedDeviceQueue implements DeviceQueue {
   #usedWrap = true;
   /** Ring descriptors marked used since the last needsInterrupt(). */
   #usedSince = 0;
+  /**
+   * Word index of the id/flags word of the first used descriptor not yet published (-1: none),
+   * and the word to store there (see {@link PackedDeviceQueue.use}).
+   */
+  #heldAt = -1;
+  #heldWord = 0;
   #signalledValid = false;
   #notifyEnabled = true;
   /**
@@ -582,6 +588,23 @@ export class PackedDeviceQueue implements DeviceQueue {
    *   exceeds the chain's writable bytes.
    */
   push(head: number, written: number): void {
+    this.use(head, written);
+    this.publishUsed();
+  }
+
+  /**
+   * Return a buffer as used, like {@link PackedDeviceQueue.push}, with the same checks, but
+   * leave it invisible to the driver until {@link PackedDeviceQueue.publishUsed} (or `push`,
+   * `pushBatch`, `needsInterrupt`, `getState`). The first used descriptor since the last
+   * publication keeps its id/flags word back; later ones are written whole with plain stores,
+   * and publishing stores the held word last, so the driver, which reads used descriptors in
+   * ring order, sees the batch at once (Linux vhost writes the head's flags last in the same
+   * way). In shared memory that is one seq-cst `Atomics.store` per batch instead of per buffer.
+   * @param head the buffer ID of a popped chain.
+   * @param written bytes written into the chain's writable part.
+   * @throws RangeError as {@link PackedDeviceQueue.push}.
+   */
+  use(head: number, written: number): void {
     if (!(head >= 0 && head < this.size) || this.#inFlight[head] !== 1) {
       throw new RangeError(`head ${head} is not a buffer ID in flight on this queue`);
     }
@@ -640,6 +663,22 @@ export class PackedDeviceQueue implements DeviceQueue {
     this.#orderFirst = (this.#orderFirst + count) % size;
     this.#inFlightCount = n - count;
     this.#writeUsed(last, written, descs);
+    this.publishUsed();
+  }
+
+  /**
+   * Make every buffer returned by {@link PackedDeviceQueue.use} visible to the driver: store the
+   * held id/flags word of the first one (§2.8.4: the flags are written after len and id). Stores
+   * nothing when nothing is waiting.
+   */
+  publishUsed(): void {
+    const at = this.#heldAt;
+    if (at < 0) return;
+    this.#heldAt = -1;
+    // Release: a driver whose Atomics.load sees this word also sees len and every used
+    // descriptor written after it with plain stores.
+    if (this.#atomic) Atomics.store(this.#descI32, at, this.#heldWord);
+    else this.#descI32[at] = this.#heldWord;
   }
 
   /** Write one used descriptor at the next used position, then skip `descs` descriptors. */
@@ -652,10 +691,14 @@ export class PackedDeviceQueue implements DeviceQueue {
     // §2.8.1: AVAIL and USED both equal the used wrap counter; §2.8.3: WRITE says whether
     // any data was written (len is reserved without it).
     const flags = (w ? F_AVAIL | F_USED : 0) | (written > 0 ? F_WRITE : 0);
-    // Release: id and flags are one word stored last, so a driver whose Atomics.load sees the
-    // new USED bit also sees len. §2.8.15: we never touch this descriptor again this lap.
-    if (this.#atomic) Atomics.store(this.#descI32, base + 3, id | (flags << 16));
-    else this.#descI32[base + 3] = id | (flags << 16);
+    // id and flags are one word, stored after len. The first used descriptor since the last
+    // publication is held back for publishUsed; the driver reads none after it before seeing
+    // it, so the later ones need no ordering of their own. §2.8.15: we never touch this
+    // descriptor again this lap.
+    if (this.#heldAt < 0) {
+      this.#heldAt = base + 3;
+      this.#heldWord = id | (flags << 16);
+    } else this.#descI32[base + 3] = id | (flags << 16);
     // A batch holds at most `size` descriptors (they were all in flight), so one subtraction
     // brings the position back into the ring.
     let next = pos + descs;
@@ -676,6 +719,7 @@ export class PackedDeviceQueue implements DeviceQueue {
    * @throws EventOffsetOutOfRangeError if DESC names an offset ≥ queue size.
    */
   needsInterrupt(): boolean {
+    this.publishUsed();
     const since = this.#usedSince;
     const valid = this.#signalledValid;
     this.#usedSince = 0;
@@ -720,6 +764,8 @@ export class PackedDeviceQueue implements DeviceQueue {
 
   /** @inheritdoc */
   getState(): QueueState {
+    // The saved used position is the one the driver sees: publish what `use` held back.
+    this.publishUsed();
     return {
       availIdx: this.#nextAvail,
       usedIdx: this.#nextUsed,
@@ -752,6 +798,7 @@ export class PackedDeviceQueue implements DeviceQueue {
     this.#inFlightCount = 0;
     this.#orderFirst = 0;
     this.#usedSince = 0;
+    this.#heldAt = -1;
     this.#signalledValid = false;
     this.#resetPool();
     this.#replay = [];

@@ -131,6 +131,8 @@ export class SplitDeviceQueue implements DeviceQueue {
   #shadowAvail = 0;
   /** Next used ring index to fill (free-running, 16 bits). */
   #usedIdx = 0;
+  /** `used.idx` as last stored: entries from it to `#usedIdx` are used, not yet published. */
+  #publishedUsed = 0;
   /** `used.idx` at the previous needsInterrupt() (Linux/QEMU: signalled_used). */
   #signalledUsed = 0;
   #signalledValid = false;
@@ -488,12 +490,24 @@ export class SplitDeviceQueue implements DeviceQueue {
    *   chain in flight), or `written` if it is not an integer in [0, the chain's writable bytes].
    */
   push(head: number, written: number): void {
-    this.#use(head, written);
+    this.use(head, written);
     this.#publishUsedIdx();
   }
 
-  /** Check and record one used chain (push's rules), without publishing `used.idx`. */
-  #use(head: number, written: number): void {
+  /**
+   * Return a chain as used, like {@link SplitDeviceQueue.push}, with the same checks, but
+   * without storing `used.idx`: the used element is written, and the driver sees it once
+   * {@link SplitDeviceQueue.publishUsed} (or `push`, `pushBatch`, `needsInterrupt`,
+   * `getState`) stores the index. A device that serves a batch calls `use` per chain and
+   * publishes once (QEMU's `virtqueue_fill` / `virtqueue_flush`, Linux vhost's
+   * `vhost_add_used_n`): in shared memory that is one seq-cst `Atomics.store` per batch, where
+   * `push` pays one per chain (JavaScript has no release store).
+   *
+   * @param head `chain.head` of a popped chain.
+   * @param written bytes written into the chain's writable part.
+   * @throws RangeError as {@link SplitDeviceQueue.push}.
+   */
+  use(head: number, written: number): void {
     // `typeof x === "number" && x >>> 0 === x`: an integer in [0, 2^32) (no NaN, fraction, string
     // or BigInt).
     const track = this.#track;
@@ -512,6 +526,15 @@ export class SplitDeviceQueue implements DeviceQueue {
     if (this.#inFlightCount > 0) this.#inFlightCount--;
     if (this.#inOrder) this.#orderFirst = (this.#orderFirst + 1) & this.#mask;
     this.#writeUsed(head, written, 1);
+  }
+
+  /**
+   * Store `used.idx`, making every chain returned by {@link SplitDeviceQueue.use} visible to the
+   * driver (§2.7.8.2: the used elements are written before the index). Stores nothing when
+   * nothing is waiting.
+   */
+  publishUsed(): void {
+    if (this.#publishedUsed !== this.#usedIdx) this.#publishUsedIdx();
   }
 
   /** Cold path of `push`: the RangeError naming `head`. */
@@ -577,8 +600,10 @@ export class SplitDeviceQueue implements DeviceQueue {
     // device model's writes into the buffers), so a driver that Atomics.loads used.idx sees them.
     // Memory no other thread can see needs no ordering beyond program order.
     const v = this.#v;
-    if (this.#atomic) Atomics.store(v.used16, 1, this.#usedIdx);
-    else v.used16[1] = this.#usedIdx;
+    const idx = this.#usedIdx;
+    this.#publishedUsed = idx;
+    if (this.#atomic) Atomics.store(v.used16, 1, idx);
+    else v.used16[1] = idx;
   }
 
   /**
@@ -593,6 +618,7 @@ export class SplitDeviceQueue implements DeviceQueue {
    */
   needsInterrupt(): boolean {
     const now = this.#usedIdx;
+    if (this.#publishedUsed !== now) this.#publishUsedIdx();
     const old = this.#signalledUsed;
     const valid = this.#signalledValid;
     this.#signalledUsed = now;
@@ -644,9 +670,12 @@ export class SplitDeviceQueue implements DeviceQueue {
   /**
    * Ring indices for stop/restart and migration: `availIdx` is the next avail index to
    * consume, `usedIdx` the next used index to fill (wrap counters unused, always true). Save it
-   * when no chain is in flight (vhost GET_VRING_BASE stops and drains first).
+   * when no chain is in flight (vhost GET_VRING_BASE stops and drains first). Chains returned
+   * by {@link SplitDeviceQueue.use} are published first, so `used.idx` in memory matches.
    */
   getState(): QueueState {
+    // The saved used index is the one in memory: publish what `use` left waiting.
+    this.publishUsed();
     return { availIdx: this.#lastAvail, usedIdx: this.#usedIdx, availWrap: true, usedWrap: true };
   }
 
@@ -665,7 +694,8 @@ export class SplitDeviceQueue implements DeviceQueue {
   /**
    * Restore ring indices saved by {@link SplitDeviceQueue.getState}. Chains in flight are
    * forgotten, and the next {@link SplitDeviceQueue.needsInterrupt} notifies if anything was
-   * pushed. Ring memory is not written.
+   * pushed. Ring memory is not written (so chains returned by {@link SplitDeviceQueue.use} and
+   * not published stay unpublished).
    * @throws RangeError naming the field if an index is not an integer in [0, 65535].
    */
   setState(state: QueueState): void {
@@ -674,6 +704,7 @@ export class SplitDeviceQueue implements DeviceQueue {
     this.#lastAvail = state.availIdx;
     this.#shadowAvail = state.availIdx;
     this.#usedIdx = state.usedIdx;
+    this.#publishedUsed = state.usedIdx;
     this.#signalledUsed = state.usedIdx;
     this.#inFlight.fill(0);
     this.#inFlightCount = 0;

@@ -78,6 +78,16 @@ export interface DeviceQueue {
    */
   push(head: number, written: number): void;
   /**
+   * Return a chain as used like {@link DeviceQueue.push}, but leave it invisible to the driver
+   * until {@link DeviceQueue.publishUsed} (or `push`, `pushBatch`, `needsInterrupt`, which
+   * publish first): a device that completes several chains at once publishes them together,
+   * as QEMU's `virtqueue_fill` / `virtqueue_flush` and Linux vhost's `vhost_add_used_n` do. In
+   * shared memory this saves a seq-cst `Atomics.store` per chain.
+   */
+  use(head: number, written: number): void;
+  /** Make every chain returned by {@link DeviceQueue.use} visible to the driver (§2.7.8.2, §2.8.4). */
+  publishUsed(): void;
+  /**
    * VIRTIO_F_IN_ORDER only: return the `count` oldest chains in flight with one used entry
    * (split §2.7.9, packed §2.8.8); all but the last count as completely written, the last
    * as `written` bytes.
@@ -86,6 +96,7 @@ export interface DeviceQueue {
   /**
    * Whether the driver wants an interrupt for the used buffers pushed since the last call
    * (NO_INTERRUPT flag, or `used_event` with EVENT_IDX). Call once per batch of pushes.
+   * Publishes what {@link DeviceQueue.use} left unpublished first.
    */
   needsInterrupt(): boolean;
   /**

@@ -22,6 +22,12 @@ class Recorder implements DeviceQueue {
   push(head: number, written: number): void {
     this.calls.push(`push:${head}:${written}`);
   }
+  use(head: number, written: number): void {
+    this.calls.push(`use:${head}:${written}`);
+  }
+  publishUsed(): void {
+    this.calls.push("publishUsed");
+  }
   pushBatch(count: number, written: number): void {
     this.calls.push(`pushBatch:${count}:${written}`);
   }
@@ -60,6 +66,7 @@ describe("ForwardingDeviceQueue", () => {
     expect(q.inner).toBe(r);
     expect(q.pop(new DescriptorChain(2))).toBe(true);
     q.push(1, 9);
+    q.publishUsed();
     q.pushBatch(2, 3);
     expect(q.needsInterrupt()).toBe(true);
     expect(q.enableNotifications()).toBe(true);
@@ -71,6 +78,7 @@ describe("ForwardingDeviceQueue", () => {
     expect(r.calls).toEqual([
       "pop:2",
       "push:1:9",
+      "publishUsed",
       "pushBatch:2:3",
       "needsInterrupt",
       "enableNotifications",
@@ -95,6 +103,20 @@ describe("ForwardingDeviceQueue", () => {
     q.push(0, 1);
     q.disableNotifications();
     expect([q.pushes, r.calls]).toEqual([1, ["push:0:1", "disableNotifications"]]);
+  });
+
+  it("sends use through this.push, so a subclass that overrides only push sees every used chain", () => {
+    class Counting extends ForwardingDeviceQueue {
+      pushes = 0;
+      override push(head: number, written: number): void {
+        this.pushes++;
+        super.push(head, written);
+      }
+    }
+    const r = new Recorder();
+    const q = new Counting(r);
+    q.use(2, 5);
+    expect([q.pushes, r.calls]).toEqual([1, ["push:2:5"]]);
   });
 
   it("names the missing capability when the wrapped queue cannot save or restore chains in flight", () => {

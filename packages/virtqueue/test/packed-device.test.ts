@@ -283,6 +283,72 @@ describe("PackedDeviceQueue.push", () => {
   });
 });
 
+describe("PackedDeviceQueue.use and publishUsed", () => {
+  it("§2.8.4 holds back the id/flags word of the first used descriptor until publishUsed, writing the later ones whole", () => {
+    const { raw, q, chain } = setup();
+    for (let id = 0; id < 3; id++) raw.offer([{ addr: D, len: 8, flags: F_WRITE }], id);
+    const heads: number[] = [];
+    while (q.pop(chain)) heads.push(chain.head);
+    expect(heads).toEqual([0, 1, 2]);
+    const availFlags = raw.flags(0);
+    q.use(1, 8);
+    q.use(0, 0);
+    q.use(2, 5);
+    // The first position keeps the driver's flags (not used yet for a driver reading in order);
+    // its len is written, and the later two are complete used descriptors.
+    expect([raw.flags(0), raw.len(0)]).toEqual([availFlags, 8]);
+    expect([raw.id(1), raw.len(1), raw.flags(1)]).toEqual([0, 0, F_AVAIL | F_USED]);
+    expect([raw.id(2), raw.len(2), raw.flags(2)]).toEqual([2, 5, F_AVAIL | F_USED | F_WRITE]);
+    q.publishUsed();
+    expect([raw.id(0), raw.flags(0)]).toEqual([1, F_AVAIL | F_USED | F_WRITE]);
+    // Nothing is held any more: a second publish writes nothing.
+    raw.setFlags(0, 0);
+    q.publishUsed();
+    expect(raw.flags(0)).toBe(0);
+  });
+
+  it("publishes what use held back in push, needsInterrupt and getState", () => {
+    for (const publisher of ["push", "needsInterrupt", "getState"] as const) {
+      const { raw, q, chain } = setup();
+      raw.offer([{ addr: D, len: 8, flags: F_WRITE }], 0);
+      raw.offer([{ addr: D, len: 8, flags: F_WRITE }], 1);
+      q.pop(chain);
+      const first = chain.head;
+      q.pop(chain);
+      q.use(first, 4);
+      expect(raw.flags(0) & F_USED).toBe(0);
+      if (publisher === "push") q.push(chain.head, 8);
+      else if (publisher === "needsInterrupt") q.needsInterrupt();
+      else expect(q.getState().usedIdx).toBe(1);
+      expect([raw.id(0), raw.len(0), raw.flags(0)]).toEqual([0, 4, F_AVAIL | F_USED | F_WRITE]);
+    }
+  });
+
+  it("refuses what push refuses, and holds nothing back after a refusal", () => {
+    const { raw, q, chain } = setup();
+    raw.offer([{ addr: D, len: 8, flags: F_WRITE }], 2);
+    q.pop(chain);
+    const availFlags = raw.flags(0);
+    expect(() => q.use(1, 0)).toThrow(/not a buffer ID in flight/);
+    expect(() => q.use(2, 9)).toThrow(/written must be an integer in \[0, 8\]/);
+    q.publishUsed();
+    expect(raw.flags(0)).toBe(availFlags);
+    q.use(2, 8);
+    expect(() => q.use(2, 0)).toThrow(RangeError);
+  });
+
+  it("forgets a held descriptor on setState, as the ring positions it belonged to are gone", () => {
+    const { raw, q, chain } = setup();
+    raw.offer([{ addr: D, len: 8, flags: F_WRITE }], 0);
+    q.pop(chain);
+    const availFlags = raw.flags(0);
+    q.use(0, 8);
+    q.setState({ availIdx: 0, usedIdx: 0, availWrap: true, usedWrap: true });
+    q.publishUsed();
+    expect(raw.flags(0)).toBe(availFlags);
+  });
+});
+
 describe("PackedDeviceQueue notifications", () => {
   it("interrupts with ENABLE, not with DISABLE, and not twice for the same pushes (VIRTIO 1.3 §2.8.10)", () => {
     const { raw, q, chain } = setup();

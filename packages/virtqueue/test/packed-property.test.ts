@@ -31,7 +31,7 @@ type Op =
   | { kind: "add"; r: Segment[]; w: Segment[]; publish: boolean }
   | { kind: "publish" }
   | { kind: "device"; max: number }
-  | { kind: "complete"; pick: number; frac: number }
+  | { kind: "complete"; pick: number; frac: number; count: number; defer: number }
   | { kind: "driver" };
 
 const opArb: fc.Arbitrary<Op> = fc.oneof(
@@ -47,6 +47,9 @@ const opArb: fc.Arbitrary<Op> = fc.oneof(
     kind: fc.constant("complete" as const),
     pick: fc.nat(),
     frac: fc.double({ min: 0, max: 1, noNaN: true }),
+    count: fc.integer({ min: 1, max: 3 }),
+    // 0: push each; 1: use each, needsInterrupt publishes; 2: use each, then publishUsed.
+    defer: fc.integer({ min: 0, max: 2 }),
   }),
   fc.record({ kind: fc.constant("driver" as const) }),
 );
@@ -118,8 +121,14 @@ function run(size: number, featureBits: bigint, useIndirect: boolean, ops: Op[],
       pending.push({ chain, token });
     }
   };
-  const complete = (pick: number, frac: number) => {
+  const complete = (pick: number, frac: number, count: number, defer: number) => {
     if (pending.length === 0) return;
+    const give = (head: number, len: number) =>
+      defer === 0 ? dev.push(head, len) : dev.use(head, len);
+    const decide = () => {
+      if (defer === 2) dev.publishUsed();
+      if (dev.needsInterrupt()) driver = "irq";
+    };
     if (features.inOrder) {
       // §2.8.8: oldest first, `pick` buffers at once; odd picks use one used descriptor for the
       // batch, and the driver must take every buffer but the last as completely written.
@@ -128,19 +137,21 @@ function run(size: number, featureBits: bigint, useIndirect: boolean, ops: Op[],
       const lastLen = Math.floor(batch[n - 1]!.chain.writableBytes * frac);
       batch.forEach(({ chain, token }, k) => {
         expectedLen.set(token, k === n - 1 ? lastLen : chain.writableBytes);
-        if (pick % 2 === 0) dev.push(chain.head, expectedLen.get(token)!);
+        if (pick % 2 === 0) give(chain.head, expectedLen.get(token)!);
         free.push(chain);
       });
       if (pick % 2 === 1) dev.pushBatch(n, lastLen);
-      if (dev.needsInterrupt()) driver = "irq";
+      decide();
       return;
     }
-    const { chain, token } = pending.splice(pick % pending.length, 1)[0]!;
-    const len = Math.floor(chain.writableBytes * frac);
-    expectedLen.set(token, len);
-    dev.push(chain.head, len);
-    free.push(chain);
-    if (dev.needsInterrupt()) driver = "irq";
+    for (let c = 0; c < count && pending.length > 0; c++) {
+      const { chain, token } = pending.splice((pick + c) % pending.length, 1)[0]!;
+      const len = Math.floor(chain.writableBytes * frac);
+      expectedLen.set(token, len);
+      give(chain.head, len);
+      free.push(chain);
+    }
+    decide();
   };
   const driverStep = () => {
     if (driver === "idle") return;
@@ -183,7 +194,7 @@ function run(size: number, featureBits: bigint, useIndirect: boolean, ops: Op[],
         deviceStep(op.max);
         break;
       case "complete":
-        complete(op.pick, op.frac);
+        complete(op.pick, op.frac, op.count, op.defer);
         break;
       case "driver":
         driverStep();
@@ -195,7 +206,7 @@ function run(size: number, featureBits: bigint, useIndirect: boolean, ops: Op[],
   publish();
   for (let guard = 0; guard < 10 * size + 100 && (!bothAsleep() || pending.length > 0); guard++) {
     deviceStep(size);
-    while (pending.length > 0) complete(0, 1);
+    while (pending.length > 0) complete(0, 1, 1, 0);
     driverStep();
   }
   expect([...inFlight.keys()]).toEqual([]);

@@ -26,7 +26,7 @@ const packed = { size: SIZE, desc: 0x1000, driver: 0x1000 + 16 * SIZE, device: 0
  * Pop and push `n` buffers already published (the first outside the count), then reap them,
  * counting the Atomics loads and stores.
  */
-function perBufferAtomics(kind: "split" | "packed", shared: boolean, n: number) {
+function perBufferAtomics(kind: "split" | "packed", shared: boolean, n: number, deferred = false) {
   const mem = createGuestMemory({ size: 0x10000, shared });
   const drv =
     kind === "split"
@@ -48,8 +48,10 @@ function perBufferAtomics(kind: "split" | "packed", shared: boolean, n: number) 
   for (let i = 1; i < n; i++) {
     expect(dev.pop(chain)).toBe(true);
     popped.push(chain.head);
-    dev.push(chain.head, 0);
+    if (deferred) dev.use(chain.head, 0);
+    else dev.push(chain.head, 0);
   }
+  if (deferred) dev.publishUsed();
   const reaped: number[] = [];
   for (let t = drv.reap(); t !== undefined; t = drv.reap()) reaped.push(t);
   const counts = { loads: load.mock.calls.length, stores: store.mock.calls.length };
@@ -76,6 +78,21 @@ describe("Atomics only where another thread can see the ring", () => {
       // descriptor on each side): 8 more buffers, at least 8 more calls.
       const grown = shared15.loads + shared15.stores - (shared7.loads + shared7.stores);
       expect(grown).toBeGreaterThanOrEqual(8);
+    });
+  }
+});
+
+describe("use, then one publishUsed per batch", () => {
+  for (const kind of ["split", "packed"] as const) {
+    it(`${kind}: in shared memory the Atomics stores do not grow with the buffers used, and the driver reaps them all`, () => {
+      const pushed = perBufferAtomics(kind, true, 16);
+      const used7 = perBufferAtomics(kind, true, 8, true);
+      const used15 = perBufferAtomics(kind, true, 16, true);
+      expect(used15.reaped).toEqual(Array.from({ length: 16 }, (_, i) => i));
+      expect(used15.stores).toBe(used7.stores);
+      // push stores once per buffer: at least 15 stores in that run, at most 3 here.
+      expect(pushed.stores).toBeGreaterThanOrEqual(15);
+      expect(used15.stores).toBeLessThanOrEqual(3);
     });
   }
 });

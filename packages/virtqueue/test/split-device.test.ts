@@ -362,6 +362,62 @@ describe("SplitDeviceQueue.push", () => {
   });
 });
 
+describe("SplitDeviceQueue.use and publishUsed", () => {
+  it("§2.7.8.2 writes used elements without moving used.idx, then publishUsed stores it once", () => {
+    const { raw, q, chain } = setup();
+    offerSimple(raw, 3);
+    while (q.pop(chain));
+    q.use(2, 0);
+    q.use(0, 0);
+    expect(raw.usedIdx()).toBe(0);
+    expect([raw.usedElem(0).id, raw.usedElem(1).id]).toEqual([2, 0]);
+    expect(q.inFlight).toBe(1);
+    q.publishUsed();
+    expect(raw.usedIdx()).toBe(2);
+    q.use(1, 0);
+    expect(raw.usedIdx()).toBe(2);
+    q.publishUsed();
+    expect(raw.usedIdx()).toBe(3);
+  });
+
+  it("publishes what use left waiting in push, needsInterrupt and getState", () => {
+    for (const publisher of ["push", "needsInterrupt", "getState"] as const) {
+      const { raw, q, chain } = setup();
+      offerSimple(raw, 2);
+      while (q.pop(chain));
+      q.use(0, 0);
+      if (publisher === "push") q.push(1, 0);
+      else if (publisher === "needsInterrupt") expect(q.needsInterrupt()).toBe(true);
+      else expect(q.getState().usedIdx).toBe(1);
+      expect(raw.usedIdx()).toBe(publisher === "push" ? 2 : 1);
+    }
+  });
+
+  it("stores nothing when nothing waits, so a driver's used.idx is never rewritten", () => {
+    const { raw, q, chain } = setup();
+    offerSimple(raw, 1);
+    q.pop(chain);
+    q.push(0, 0);
+    raw.mem.writeU16(raw.layout.device + 2, 0x1234);
+    q.publishUsed();
+    expect(raw.usedIdx()).toBe(0x1234);
+  });
+
+  it("refuses what push refuses, naming head or written", () => {
+    const { raw, q, chain } = setup();
+    raw.writeDesc(0, { addr: D, len: 64, flags: F_WRITE });
+    raw.offer(0);
+    q.pop(chain);
+    expect(() => q.use(3, 0)).toThrow(/head 3 is not a chain in flight/);
+    expect(() => q.use(0, 65)).toThrow(/written must be an integer in \[0, 64\]/);
+    q.use(0, 64);
+    expect(() => q.use(0, 0)).toThrow(/head 0 is not a chain in flight/);
+    q.publishUsed();
+    expect(raw.usedElem(0)).toEqual({ id: 0, len: 64 });
+    expect(raw.usedIdx()).toBe(1);
+  });
+});
+
 describe("SplitDeviceQueue used buffer notifications", () => {
   it("§2.7.7.2 without EVENT_IDX notifies unless VIRTQ_AVAIL_F_NO_INTERRUPT is set", () => {
     const { raw, q, chain } = setup();

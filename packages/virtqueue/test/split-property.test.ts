@@ -36,7 +36,7 @@ type Op =
   | { kind: "add"; r: Segment[]; w: Segment[]; publish: boolean }
   | { kind: "publish" }
   | { kind: "device"; max: number }
-  | { kind: "complete"; count: number; pick: number; frac: number }
+  | { kind: "complete"; count: number; pick: number; frac: number; defer: number }
   | { kind: "driver" };
 
 const opArb = (maxSegs: number): fc.Arbitrary<Op> =>
@@ -54,6 +54,8 @@ const opArb = (maxSegs: number): fc.Arbitrary<Op> =>
       count: fc.integer({ min: 1, max: 3 }),
       pick: fc.nat(),
       frac: fc.double({ min: 0, max: 1, noNaN: true }),
+      // 0: push each; 1: use each, needsInterrupt publishes; 2: use each, then publishUsed.
+      defer: fc.integer({ min: 0, max: 2 }),
     }),
     fc.record({ kind: fc.constant("driver" as const) }),
   );
@@ -144,9 +146,27 @@ function run(size: number, featureBits: bigint, useIndirect: boolean, ops: Op[],
       popped.push({ chain, req });
     }
   };
-  const complete = (count: number, pick: number, frac: number) => {
+  const usedIdx = () => mem.readU16(layout.device + 2);
+  const complete = (count: number, pick: number, frac: number, defer: number) => {
     if (popped.length === 0) return;
     const driverSlept = driver === "asleep";
+    const before = usedIdx();
+    let used = 0;
+    // Return one chain: push it, or use it and check the driver cannot see it yet.
+    const give = (head: number, len: number) => {
+      if (defer === 0) dev.push(head, len);
+      else {
+        dev.use(head, len);
+        used++;
+        expect(usedIdx()).toBe(before);
+      }
+    };
+    const publishAndDecide = () => {
+      if (defer === 2) dev.publishUsed();
+      const irq = dev.needsInterrupt();
+      if (used > 0) expect(usedIdx()).toBe((before + used) & 0xffff);
+      return irq;
+    };
     if (features.inOrder) {
       // §2.7.9: oldest first; odd picks return the batch with one used element, in which the
       // driver must take every buffer but the last as completely written.
@@ -155,11 +175,11 @@ function run(size: number, featureBits: bigint, useIndirect: boolean, ops: Op[],
       const lastLen = Math.floor(batch[n - 1]!.chain.writableBytes * frac);
       batch.forEach(({ chain, req }, k) => {
         pushedLen.set(req.token, k === n - 1 ? lastLen : chain.writableBytes);
-        if (pick % 2 === 0) dev.push(chain.head, pushedLen.get(req.token)!);
+        if (pick % 2 === 0) give(chain.head, pushedLen.get(req.token)!);
         free.push(chain);
       });
       if (pick % 2 === 1) dev.pushBatch(n, lastLen);
-      const irq = dev.needsInterrupt();
+      const irq = publishAndDecide();
       if (driverSlept) expect(irq).toBe(true);
       if (irq) driver = "irq";
       return;
@@ -168,10 +188,10 @@ function run(size: number, featureBits: bigint, useIndirect: boolean, ops: Op[],
       const { chain, req } = popped.splice((pick + c) % popped.length, 1)[0]!;
       const len = Math.floor(chain.writableBytes * frac);
       pushedLen.set(req.token, len);
-      dev.push(chain.head, len);
+      give(chain.head, len);
       free.push(chain);
     }
-    const irq = dev.needsInterrupt();
+    const irq = publishAndDecide();
     // §2.7.7.2: the driver asked for interrupts and we used buffers.
     if (driverSlept) expect(irq).toBe(true);
     if (irq) driver = "irq";
@@ -218,7 +238,7 @@ function run(size: number, featureBits: bigint, useIndirect: boolean, ops: Op[],
         deviceStep(op.max);
         break;
       case "complete":
-        complete(op.count, op.pick, op.frac);
+        complete(op.count, op.pick, op.frac, op.defer);
         break;
       case "driver":
         driverStep();
@@ -234,7 +254,7 @@ function run(size: number, featureBits: bigint, useIndirect: boolean, ops: Op[],
     guard++
   ) {
     deviceStep(size);
-    while (popped.length > 0) complete(1, 0, 1);
+    while (popped.length > 0) complete(1, 0, 1, 0);
     driverStep();
   }
   expect([...inFlight]).toEqual([]);

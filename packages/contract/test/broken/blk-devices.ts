@@ -101,6 +101,8 @@ class ShortLenContext implements DeviceContext {
         pop: (chain) => q.pop(chain),
         // The bug: forgets that the status byte counts as written.
         push: (head, written) => q.push(head, Math.max(0, written - 1)),
+        use: (head, written) => q.use(head, Math.max(0, written - 1)),
+        publishUsed: () => q.publishUsed(),
         pushBatch: (count, written) => q.pushBatch(count, written),
         needsInterrupt: () => q.needsInterrupt(),
         enableNotifications: () => q.enableNotifications(),
