@@ -14,7 +14,9 @@
 //   wake syscall only if someone may be asleep, as V8 does.
 //
 // Build: gcc -O2 -pthread -o split_ring split_ring.c
-// Usage: split_ring single|threads OPS QUEUE_SIZE BATCH
+// Usage: split_ring single|single-deferred|threads OPS QUEUE_SIZE BATCH
+// (single-deferred: the device writes each used element and publishes used.idx once per batch,
+// QEMU's virtqueue_fill / virtqueue_flush, as the TypeScript rows with `use` + `publishUsed`.)
 // Prints: "<measured ops> <nanoseconds> <kicks> <interrupts> <cpu nanoseconds>" (the first fifth
 // of OPS is warm-up, not measured; kicks and interrupts are counted over the whole run; CPU time
 // is the process's, every thread, over the measured part).
@@ -235,14 +237,25 @@ static int device_pop(struct chain *c) {
   return 1;
 }
 
-static int device_push(uint16_t head, uint32_t written) {
+/* Write the used element without publishing it (QEMU's virtqueue_fill). */
+static int device_use(uint16_t head, uint32_t written) {
   if (head >= num || !dev.in_flight[head] || written > dev.writable[head]) return -1;
   dev.in_flight[head] = 0;
   struct vring_used_elem *e = &vr.used->ring[dev.used_idx & (num - 1)];
   e->id = head;
   e->len = written;
   dev.used_idx++;
+  return 0;
+}
+
+/* Publish every used element written so far (QEMU's virtqueue_flush). */
+static void device_publish_used(void) {
   atomic_store_explicit(A16(&vr.used->idx), dev.used_idx, memory_order_release);
+}
+
+static int device_push(uint16_t head, uint32_t written) {
+  if (device_use(head, written) != 0) return -1;
+  device_publish_used();
   return 0;
 }
 
@@ -298,7 +311,8 @@ static void check(int ok, const char *what) {
   if (!ok) die(what);
 }
 
-static void run_single(void) {
+/* deferred: the device writes each used element and publishes used.idx once per batch. */
+static void run_single(int deferred) {
   struct chain c;
   uint64_t sent = 0, reaped = 0;
   uint32_t token;
@@ -307,7 +321,12 @@ static void run_single(void) {
       check(driver_add(DATA_BASE, DATA_READ_LEN, DATA_BASE + 64, DATA_WRITE_LEN, (uint32_t)sent), "add");
     driver_publish();
     int r;
-    while ((r = device_pop(&c)) == 1) check(device_push(c.head, c.writable_bytes) == 0, "push");
+    if (deferred) {
+      while ((r = device_pop(&c)) == 1) check(device_use(c.head, c.writable_bytes) == 0, "use");
+      device_publish_used();
+    } else {
+      while ((r = device_pop(&c)) == 1) check(device_push(c.head, c.writable_bytes) == 0, "push");
+    }
     check(r == 0, "pop");
     device_needs_interrupt();
     while ((r = driver_reap(&token)) == 1) {
@@ -391,7 +410,7 @@ static void run_threads(void) {
 }
 
 int main(int argc, char **argv) {
-  if (argc != 5) die("usage: split_ring single|threads OPS QUEUE_SIZE BATCH");
+  if (argc != 5) die("usage: split_ring single|single-deferred|threads OPS QUEUE_SIZE BATCH");
   total_ops = strtoull(argv[2], NULL, 10);
   num = (unsigned)strtoul(argv[3], NULL, 10);
   batch = strtoull(argv[4], NULL, 10);
@@ -405,9 +424,10 @@ int main(int argc, char **argv) {
   vring_init(&vr, num, mem, RING_ALIGN);
   driver_init();
   device_init();
-  if (strcmp(argv[1], "single") == 0) run_single();
+  if (strcmp(argv[1], "single") == 0) run_single(0);
+  else if (strcmp(argv[1], "single-deferred") == 0) run_single(1);
   else if (strcmp(argv[1], "threads") == 0) run_threads();
-  else die("mode must be single or threads");
+  else die("mode must be single, single-deferred or threads");
   printf("%llu %llu %llu %llu %llu\n", (unsigned long long)(total_ops - warm_ops),
          (unsigned long long)(t_end - t_warm), (unsigned long long)kicks_sent,
          (unsigned long long)irqs_sent, (unsigned long long)(cpu_end - cpu_warm));

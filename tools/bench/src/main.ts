@@ -128,16 +128,28 @@ function row(cells: string[]): string {
   return cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join("  ");
 }
 
-function runC(bin: string, mode: "single" | "threads", ops: number): ThreadRate {
+function runC(
+  bin: string,
+  mode: "single" | "single-deferred" | "threads",
+  ops: number,
+): ThreadRate {
   const out = execFileSync(bin, [mode, `${ops}`, `${SIZE}`, `${BATCH}`], { encoding: "utf8" });
   const [measured, ns, kicks, irqs, cpuNs] = out.trim().split(/\s+/).map(Number);
   return { ops: measured!, ns: ns!, kicks: kicks!, irqs: irqs!, cpuNs: cpuNs! };
 }
 
-/** {@link runSingle} (or the JS floor) in a fresh worker isolate (see ring-worker.ts for why). */
-function runIsolated(kind: RingRunKind, shared: boolean, ops: number): Promise<Rate> {
+/**
+ * {@link runSingle} (or the JS floor) in a fresh worker isolate (see ring-worker.ts for why).
+ * `deferred`: the device publishes used.idx once per batch (`use` + `publishUsed`).
+ */
+function runIsolated(
+  kind: RingRunKind,
+  shared: boolean,
+  ops: number,
+  deferred = false,
+): Promise<Rate> {
   const w = new Worker(new URL("./ring-worker.js", import.meta.url), {
-    workerData: { kind, shared, ops },
+    workerData: { kind, shared, ops, deferred },
   });
   return new Promise<Rate>((resolve, reject) => {
     w.once("message", (r: Rate) => {
@@ -191,6 +203,14 @@ async function splitBench(): Promise<void> {
   const floorRuns = await repeatAll(() => runFloor(true, OPS.tsSingle));
   const floorPlainRuns = await repeatAll(() => runIsolated("floor", false, OPS.tsSingle));
   const cSingleRuns = bin ? await repeatAll(() => runC(bin, "single", OPS.cSingle)) : undefined;
+  // The device returns each batch with `use` and publishes used.idx once (QEMU's
+  // virtqueue_fill / virtqueue_flush), in all three: library, floor and C (single-deferred).
+  // Shared memory, each in a fresh isolate.
+  const tsDeferredRuns = await repeatAll(() => runIsolated("split", true, OPS.tsSingle, true));
+  const floorDeferredRuns = await repeatAll(() => runIsolated("floor", true, OPS.tsSingle, true));
+  const cDeferredRuns = bin
+    ? await repeatAll(() => runC(bin, "single-deferred", OPS.cSingle))
+    : undefined;
   const tsSingle = median(tsSingleRuns);
   const tsPlain = median(tsPlainRuns);
   const cSingle = cSingleRuns === undefined ? undefined : median(cSingleRuns);
@@ -237,6 +257,27 @@ async function splitBench(): Promise<void> {
       cpuRatio(floorPlainRuns, cSingleRuns),
     ]),
   );
+  const cDeferred = cDeferredRuns === undefined ? undefined : median(cDeferredRuns);
+  const tsDeferred = median(tsDeferredRuns);
+  const floorDeferred = median(floorDeferredRuns);
+  console.log(
+    row([
+      "one thread, used.idx per batch",
+      mops(tsDeferred),
+      mops(cDeferred),
+      ratio(tsDeferred, cDeferred),
+      cpuRatio(tsDeferredRuns, cDeferredRuns),
+    ]),
+  );
+  console.log(
+    row([
+      "JS floor, used.idx per batch",
+      mops(floorDeferred),
+      mops(cDeferred),
+      ratio(floorDeferred, cDeferred),
+      cpuRatio(floorDeferredRuns, cDeferredRuns),
+    ]),
+  );
   console.log(
     row([
       "two threads, Atomics doorbells",
@@ -255,6 +296,10 @@ async function splitBench(): Promise<void> {
       `virtio-ts ${cpuNs(tsSingleRuns)} (ArrayBuffer memory ${cpuNs(tsPlainRuns)}), ` +
       `JS floor ${cpuNs(floorRuns)} (ArrayBuffer memory ${cpuNs(floorPlainRuns)}), C ${cpuNs(cSingleRuns)}; ` +
       `the library's CPU ${cpuRatio(floorRuns, tsSingleRuns)}× the floor's (ArrayBuffer memory ${cpuRatio(floorPlainRuns, tsPlainRuns)}×)`,
+  );
+  console.log(
+    `  used.idx per batch (use + publishUsed): virtio-ts ${cpuNs(tsDeferredRuns)}, JS floor ${cpuNs(floorDeferredRuns)}, ` +
+      `C ${cpuNs(cDeferredRuns)}; the library's CPU ${cpuRatio(floorDeferredRuns, tsDeferredRuns)}× the floor's`,
   );
   const per1k = (r: ThreadRate | undefined, n: number, k: "kicks" | "irqs") =>
     r === undefined ? "n/a" : ((1000 * r[k]) / n).toFixed(1);

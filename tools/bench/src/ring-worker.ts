@@ -12,17 +12,19 @@ import { MEM_SIZE, type RingKind, runSingle } from "./split-workload.js";
 /** What a ring worker runs: the library on one ring layout, or one of the two JS floors. */
 export type RingRunKind = RingKind | "floor" | "packedFloor";
 
-const { kind, shared, ops } = workerData as {
+const { kind, shared, ops, deferred } = workerData as {
   kind: RingRunKind;
   shared: boolean;
   ops: number;
+  /** The device publishes used.idx once per batch (packed rows do not take it). */
+  deferred: boolean;
 };
 const once = () =>
   kind === "floor"
-    ? runFloor(shared, ops)
+    ? runFloor(shared, ops, deferred)
     : kind === "packedFloor"
       ? runPackedFloor(shared, ops)
-      : runSingle(createGuestMemory({ size: MEM_SIZE, shared }), ops, kind);
+      : runSingle(createGuestMemory({ size: MEM_SIZE, shared }), ops, kind, deferred);
 // A whole run first, not timed: the JIT settles as it has for the in-process rows, whose later
 // repetitions run on code optimized during the earlier ones.
 once();

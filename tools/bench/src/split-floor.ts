@@ -22,8 +22,16 @@ import {
   warmOps,
 } from "./split-workload.js";
 
-/** One timed run of `total` round trips (the first fifth is warm-up) over fresh memory. */
-export function runFloor(shared: boolean, total: number): Rate & { notifications: number } {
+/**
+ * One timed run of `total` round trips (the first fifth is warm-up) over fresh memory.
+ * `deferred`: the device stores used.idx once per batch, after the pushes, instead of per push
+ * (the library's `use` + `publishUsed`).
+ */
+export function runFloor(
+  shared: boolean,
+  total: number,
+  deferred = false,
+): Rate & { notifications: number } {
   const buffer = shared ? new SharedArrayBuffer(MEM_SIZE) : new ArrayBuffer(MEM_SIZE);
   const L = layoutFor(SIZE);
   const desc = new Uint32Array(buffer, L.desc, 4 * SIZE);
@@ -139,6 +147,11 @@ export function runFloor(shared: boolean, total: number): Rate & { notifications
       used32[slot] = head;
       used32[slot + 1] = writableBytes;
       usedIdx = (usedIdx + 1) & 0xffff;
+      if (deferred) continue;
+      if (shared) Atomics.store(used16, 1, usedIdx);
+      else used16[1] = usedIdx;
+    }
+    if (deferred) {
       if (shared) Atomics.store(used16, 1, usedIdx);
       else used16[1] = usedIdx;
     }

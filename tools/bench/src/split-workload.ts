@@ -120,28 +120,41 @@ export class DriverSide {
   }
 }
 
-/** Device side: pops validated chains and pushes them used. */
+/**
+ * Device side: pops validated chains and returns them used, with `push` (each published at
+ * once) or, when `deferred`, with `use` (published together by the `needsInterrupt` that
+ * follows the batch).
+ */
 export class DeviceSide {
   readonly q: DeviceQueue;
   readonly #chain = new DescriptorChain(SIZE);
+  readonly #deferred: boolean;
   /** Chains pushed so far. */
   done = 0;
 
-  constructor(mem: GuestMemory, kind: RingKind = "split") {
+  constructor(mem: GuestMemory, kind: RingKind = "split", deferred = false) {
     this.q =
       kind === "split"
         ? new SplitDeviceQueue(mem, layoutFor(SIZE), FEATURES)
         : new PackedDeviceQueue(mem, packedLayoutFor(SIZE), FEATURES);
+    this.#deferred = deferred;
   }
 
-  /** Pop and push up to `max` chains; returns how many. */
+  /** Pop and return up to `max` chains; returns how many. */
   serve(max: number): number {
     const q = this.q;
     const chain = this.#chain;
     let n = 0;
-    while (n < max && q.pop(chain)) {
-      q.push(chain.head, chain.writableBytes);
-      n++;
+    if (this.#deferred) {
+      while (n < max && q.pop(chain)) {
+        q.use(chain.head, chain.writableBytes);
+        n++;
+      }
+    } else {
+      while (n < max && q.pop(chain)) {
+        q.push(chain.head, chain.writableBytes);
+        n++;
+      }
     }
     this.done += n;
     return n;
@@ -168,12 +181,20 @@ export function roundTrips(
   }
 }
 
-/** The one-thread bench on a fresh queue pair; timed after {@link warmOps}. */
-export function runSingle(mem: GuestMemory, total: number, kind: RingKind = "split"): Rate {
+/**
+ * The one-thread bench on a fresh queue pair; timed after {@link warmOps}. `deferred`: the
+ * device returns chains with `use`, published once per batch (see {@link DeviceSide}).
+ */
+export function runSingle(
+  mem: GuestMemory,
+  total: number,
+  kind: RingKind = "split",
+  deferred = false,
+): Rate {
   const warm = warmOps(total);
   let tWarm = 0;
   let cpuWarm = process.cpuUsage();
-  roundTrips(new DriverSide(mem, kind), new DeviceSide(mem, kind), total, warm, () => {
+  roundTrips(new DriverSide(mem, kind), new DeviceSide(mem, kind, deferred), total, warm, () => {
     tWarm = performance.now();
     cpuWarm = process.cpuUsage();
   });
