@@ -111,7 +111,16 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
   readonly size: number;
   /** The negotiated ring features. */
   readonly features: RingFeatures;
-  readonly #v: SplitRingViews;
+  // The ring's views as own fields (not through a views object): one load fewer per use, which
+  // measured ~3 ns of a ~60 ns round trip.
+  /** Descriptor table, 4 u32 words per descriptor. */
+  readonly #desc: Uint32Array;
+  /** Available ring as u16 words: flags, idx, ring[size], used_event. */
+  readonly #avail: Uint16Array;
+  /** Used ring as u16 words: flags, idx, …, avail_event. */
+  readonly #used16: Uint16Array;
+  /** Used ring elements as u32 words, from used+4: id, len per element. */
+  readonly #used32: Uint32Array;
   /** `features.inOrder` / `features.eventIdx`, as own fields for the hot paths. */
   readonly #inOrder: boolean;
   readonly #eventIdx: boolean;
@@ -181,7 +190,11 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
     features: RingFeatures,
     options: SplitDriverOptions = {},
   ) {
-    this.#v = mapSplitRing(mem, layout, "driver");
+    const views: SplitRingViews = mapSplitRing(mem, layout, "driver");
+    this.#desc = views.desc;
+    this.#avail = views.avail;
+    this.#used16 = views.used16;
+    this.#used32 = views.used32;
     const size = layout.size;
     this.size = size;
     this.features = features;
@@ -283,7 +296,7 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
   #addDirect(readable: readonly Segment[], writable: readonly Segment[], token: T): boolean {
     const nr = readable.length;
     const n = nr + writable.length;
-    const desc = this.#v.desc;
+    const desc = this.#desc;
     const next = this.#next;
     const head = this.#freeHead;
     let idx = head;
@@ -348,7 +361,7 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
     if (total >= TWO_32) return false;
     // The one ring descriptor, carrying only INDIRECT (§2.7.5.3.1: never with NEXT, never
     // nested; the referring descriptor's WRITE is ignored, §2.7.5.3.2).
-    writeDesc(this.#v.desc, head, this.#indAddr + base * 16, n * 16, F_INDIRECT, 0);
+    writeDesc(this.#desc, head, this.#indAddr + base * 16, n * 16, F_INDIRECT, 0);
     this.#freeHead = this.#next[head]!;
     this.#record(head, 1, writableBytes, token);
     return true;
@@ -389,8 +402,8 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
     // entry (§2.7.13 "this is not possible since the ring buffer is the same size").
     const pos = this.#availIdx;
     const slot = pos & this.#mask;
-    this.#v.avail[2 + slot] = head;
-    this.#availHeads[slot] = head;
+    this.#avail[2 + slot] = head;
+    if (this.#inOrder) this.#availHeads[slot] = head;
     this.#availPos[head] = pos;
     this.#availIdx = (pos + 1) & 0xffff;
   }
@@ -408,12 +421,11 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
    * @returns whether the device must be notified (kicked).
    */
   publish(): boolean {
-    const v = this.#v;
     const newIdx = this.#availIdx;
     const old = this.#publishedIdx;
     if (newIdx === old) return false;
     this.#publishedIdx = newIdx;
-    Atomics.store(v.avail, 1, newIdx);
+    Atomics.store(this.#avail, 1, newIdx);
     // §2.7.13.4.1: a barrier between the idx store and the read of flags / avail_event, or a
     // wakeup is lost: we read a stale avail_event (no kick) while the device, which stores
     // avail_event and then re-reads avail.idx, reads our stale idx (and sleeps). Linux puts
@@ -422,9 +434,9 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
     // agent's program order, so this load cannot be ordered before the store above, and one of
     // the two sides is bound to see the other's write.
     if (this.#eventIdx) {
-      return vringNeedEvent(Atomics.load(v.used16, this.#availEventAt), newIdx, old);
+      return vringNeedEvent(Atomics.load(this.#used16, this.#availEventAt), newIdx, old);
     }
-    return (Atomics.load(v.used16, 0) & VIRTQ_USED_F_NO_NOTIFY) === 0;
+    return (Atomics.load(this.#used16, 0) & VIRTQ_USED_F_NO_NOTIFY) === 0;
   }
 
   /**
@@ -436,12 +448,11 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
    */
   reap(): T | undefined {
     if (this.#inOrder) return this.#reapInOrder();
-    const v = this.#v;
     const last = this.#lastUsed;
     if (last === this.#shadowUsed) {
       // Acquire: pairs with the device's store of used.idx after it wrote the elements, so the
       // plain reads of every element before that index see what the device wrote (§2.7.8.2).
-      const usedIdx = Atomics.load(v.used16, 1);
+      const usedIdx = Atomics.load(this.#used16, 1);
       const pending = (usedIdx - last) & 0xffff;
       if (pending === 0) return undefined;
       if (pending > this.size) throw new UsedIndexJumpError(usedIdx, last, this.size);
@@ -449,8 +460,9 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
     }
     const slot = (last & this.#mask) << 1;
     // Read once into locals: the device may change the element while we look at it.
-    const id = v.used32[slot]!;
-    const len = v.used32[slot + 1]!;
+    const used32 = this.#used32;
+    const id = used32[slot]!;
+    const len = used32[slot + 1]!;
     if (id >= this.size) throw new UsedIdOutOfRangeError(id, this.size);
     // In flight and published: added at an avail index in [publishedIdx - size, publishedIdx).
     // One added since the last publish is at publishedIdx or after it, 65536 - size or more
@@ -465,7 +477,16 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
     if (len > offered) throw new UsedLenTooLargeError(id, len, offered);
     const token = this.#tokens[id] as T;
     this.#tokens[id] = undefined;
-    this.#free(id);
+    // Free the chain's descriptors, following the private shadow links only (the count and
+    // writable bytes of a free head are never read, so they are left as they are).
+    const count = this.#descCount[id]!;
+    const links = this.#next;
+    let tail = id;
+    for (let i = count - 1; i > 0; i--) tail = links[tail]!;
+    links[tail] = this.#freeHead;
+    this.#freeHead = id;
+    this.#numFree += count;
+    this.#state[id] = FREE;
     const next = (last + 1) & 0xffff;
     this.#lastUsed = next;
     this.#lastLen = len;
@@ -476,24 +497,23 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
       // could only bring an interrupt for elements this loop reaps anyway. A driver that waits
       // after this reap has the last value stored, and the next `reap` loads used.idx after it:
       // the Dekker order of enableInterrupts.
-      Atomics.store(v.avail, this.#usedEventAt, next);
+      Atomics.store(this.#avail, this.#usedEventAt, next);
     }
     return token;
   }
 
   /** `reap` with VIRTIO_F_IN_ORDER: buffers come back in avail order, possibly batched. */
   #reapInOrder(): T | undefined {
-    const v = this.#v;
     const last = this.#lastUsed;
     const mask = this.#mask;
     if (this.#batchLeft === 0) {
-      const usedIdx = Atomics.load(v.used16, 1);
+      const usedIdx = Atomics.load(this.#used16, 1);
       const pending = (usedIdx - last) & 0xffff;
       if (pending === 0) return undefined;
       if (pending > this.size) throw new UsedIndexJumpError(usedIdx, last, this.size);
       const slot = (last & mask) << 1;
-      const id = v.used32[slot]!;
-      const len = v.used32[slot + 1]!;
+      const id = this.#used32[slot]!;
+      const len = this.#used32[slot + 1]!;
       if (id >= this.size) throw new UsedIdOutOfRangeError(id, this.size);
       // §2.7.9: the id names the batch's last buffer; the batch starts at the oldest one and
       // cannot be longer than what used.idx covers or what is published. Bounded by the size.
@@ -512,36 +532,17 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
     const len = --this.#batchLeft === 0 ? this.#batchLen : this.#writable[head]!;
     const token = this.#tokens[head] as T;
     this.#tokens[head] = undefined;
-    this.#free(head);
+    // §2.7.5.2: descriptors are taken in ring order and come back in the same order, so the
+    // free ones are always the `numFree` that follow the in-flight ones; the links stay fixed.
+    this.#numFree += this.#descCount[head]!;
+    this.#state[head] = FREE;
     this.#reapPos = (this.#reapPos + 1) & 0xffff;
     this.#lastUsed = (last + 1) & 0xffff;
     this.#lastLen = len;
     if (this.#eventIdx && this.#interruptsEnabled) {
-      Atomics.store(v.avail, this.#usedEventAt, this.#lastUsed);
+      Atomics.store(this.#avail, this.#usedEventAt, this.#lastUsed);
     }
     return token;
-  }
-
-  /** Return a chain's descriptors to the free list, following the private shadow links only. */
-  #free(head: number): void {
-    const count = this.#descCount[head]!;
-    if (this.#inOrder) {
-      // §2.7.5.2: descriptors are taken in ring order and come back in the same order, so the
-      // free ones are always the `numFree` that follow the in-flight ones; the links stay fixed.
-      this.#numFree += count;
-      this.#descCount[head] = 0;
-      this.#writable[head] = 0;
-      this.#state[head] = FREE;
-      return;
-    }
-    let tail = head;
-    for (let i = count - 1; i > 0; i--) tail = this.#next[tail]!;
-    this.#next[tail] = this.#freeHead;
-    this.#freeHead = head;
-    this.#numFree += count;
-    this.#descCount[head] = 0;
-    this.#writable[head] = 0;
-    this.#state[head] = FREE;
   }
 
   /**
@@ -555,11 +556,11 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
    */
   enableInterrupts(): boolean {
     this.#interruptsEnabled = true;
-    const v = this.#v;
-    if (this.features.eventIdx) Atomics.store(v.avail, this.#usedEventAt, this.#lastUsed);
-    else Atomics.and(v.avail, 0, ~VIRTQ_AVAIL_F_NO_INTERRUPT & 0xffff);
+    const avail = this.#avail;
+    if (this.features.eventIdx) Atomics.store(avail, this.#usedEventAt, this.#lastUsed);
+    else Atomics.and(avail, 0, ~VIRTQ_AVAIL_F_NO_INTERRUPT & 0xffff);
     // Seq-cst store then load: the same Dekker ordering as in publish().
-    return Atomics.load(v.used16, 1) !== this.#lastUsed;
+    return Atomics.load(this.#used16, 1) !== this.#lastUsed;
   }
 
   /**
@@ -572,10 +573,9 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
    */
   disableInterrupts(): void {
     this.#interruptsEnabled = false;
-    const v = this.#v;
     if (this.features.eventIdx) {
-      Atomics.store(v.avail, this.#usedEventAt, (this.#lastUsed - 1) & 0xffff);
-    } else Atomics.or(v.avail, 0, VIRTQ_AVAIL_F_NO_INTERRUPT);
+      Atomics.store(this.#avail, this.#usedEventAt, (this.#lastUsed - 1) & 0xffff);
+    } else Atomics.or(this.#avail, 0, VIRTQ_AVAIL_F_NO_INTERRUPT);
   }
 
   /**
@@ -605,7 +605,6 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
         throw new RangeError(`state.${k} must be an integer in [0, 65535], got ${x}`);
       }
     }
-    const v = this.#v;
     this.#availIdx = state.availIdx;
     this.#publishedIdx = state.availIdx;
     this.#lastUsed = state.usedIdx;
@@ -613,10 +612,10 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
     this.#reapPos = state.availIdx;
     this.#batchLeft = 0;
     this.#interruptsEnabled = true;
-    Atomics.store(v.avail, 0, 0);
-    if (this.features.eventIdx) Atomics.store(v.avail, this.#usedEventAt, state.usedIdx);
-    Atomics.store(v.used16, 1, state.usedIdx);
-    Atomics.store(v.avail, 1, state.availIdx);
+    Atomics.store(this.#avail, 0, 0);
+    if (this.features.eventIdx) Atomics.store(this.#avail, this.#usedEventAt, state.usedIdx);
+    Atomics.store(this.#used16, 1, state.usedIdx);
+    Atomics.store(this.#avail, 1, state.availIdx);
   }
 
   /**
@@ -627,11 +626,10 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
    * start at 0; every descriptor is free and interrupts are enabled.
    */
   reset(): void {
-    const v = this.#v;
-    v.desc.fill(0);
-    v.avail.fill(0);
-    v.used16.fill(0);
-    v.used32.fill(0);
+    this.#desc.fill(0);
+    this.#avail.fill(0);
+    this.#used16.fill(0);
+    this.#used32.fill(0);
     const size = this.size;
     // The last link (= size) is never followed: add checks numFree before taking descriptors.
     for (let i = 0; i < size; i++) this.#next[i] = i + 1;
