@@ -95,6 +95,12 @@ export class SplitDeviceQueue implements DeviceQueue {
   readonly features: RingFeatures;
   readonly #mem: GuestMemory;
   readonly #check: ChainCheck;
+  /**
+   * `mem.stableRange` (empty if none): the walk checks a buffer against it inline and calls
+   * `ChainCheck.accessible` (the memory's own check) only outside it.
+   */
+  readonly #rangeStart: number;
+  readonly #rangeEnd: number;
   readonly #layout: QueueLayout;
   // The ring's views as own fields (not through a views object): one load fewer per use.
   // Replaced together by remap().
@@ -120,7 +126,7 @@ export class SplitDeviceQueue implements DeviceQueue {
   /** 1 where a head is popped and not yet pushed (when tracking). */
   readonly #inFlight: Uint8Array;
   /** Writable bytes of each in-flight chain, to refuse a push that claims more. */
-  readonly #writable: Float64Array;
+  readonly #writable: Uint32Array;
   /** Epoch-stamped visited map for loop detection, reused across pops without clearing. */
   readonly #visited: Uint32Array;
   /** IN_ORDER: heads in flight in the order they were popped (a ring of `size` entries). */
@@ -175,6 +181,9 @@ export class SplitDeviceQueue implements DeviceQueue {
     this.#layout = layout;
     this.#mem = mem;
     this.#check = new ChainCheck(mem, "INDIRECT and NEXT set together");
+    const range = mem.stableRange;
+    this.#rangeStart = range === undefined ? 1 : range.start;
+    this.#rangeEnd = range === undefined ? 0 : range.end;
     this.size = layout.size;
     this.features = features;
     this.#eventIdx = features.eventIdx === true;
@@ -188,7 +197,7 @@ export class SplitDeviceQueue implements DeviceQueue {
     this.#usedEventAt = 2 + layout.size;
     this.#availEventAt = 2 + 4 * layout.size;
     this.#inFlight = new Uint8Array(layout.size);
-    this.#writable = new Float64Array(layout.size);
+    this.#writable = new Uint32Array(layout.size);
     this.#visited = new Uint32Array(layout.size);
     this.#order = new Uint16Array(features.inOrder ? layout.size : 0);
   }
@@ -299,10 +308,18 @@ export class SplitDeviceQueue implements DeviceQueue {
     let budget = chain.capacity;
     if (budget > size) budget = size;
     const visited = this.#visited;
-    const epoch = this.#nextEpoch();
+    let epoch = (this.#epoch + 1) >>> 0;
+    if (epoch === 0) {
+      // Once per 2^32 walks: clear the stamps so an old one cannot look like this epoch.
+      visited.fill(0);
+      epoch = 1;
+    }
+    this.#epoch = epoch;
     const addrs = chain.addrs;
     const lens = chain.lens;
     const check = this.#check;
+    const rangeStart = this.#rangeStart;
+    const rangeEnd = this.#rangeEnd;
     let count = 0;
     let readableCount = 0;
     let readableBytes = 0;
@@ -341,7 +358,12 @@ export class SplitDeviceQueue implements DeviceQueue {
         stop = 4; // STOP_TOO_LONG
         break;
       }
-      if (!check.accessible(addr, len, writable)) {
+      // Inside the memory's stable range (an exact `len ≤ end − addr`, so addr + len cannot
+      // wrap), or else whatever the memory says (ChainCheck.accessible).
+      if (
+        !(addr >= rangeStart && len <= rangeEnd - addr) &&
+        !check.accessible(addr, len, writable)
+      ) {
         stop = 5; // STOP_OUT_OF_BOUNDS
         break;
       }
