@@ -7,7 +7,10 @@
 //
 // split: split-ring round trips per second, one thread (in shared memory, and in a plain
 //        ArrayBuffer where the ring needs no Atomics) and two workers with Atomics doorbells,
-//        beside c/split_ring.c (same shape) compiled with gcc in this run; ratio TS / C.
+//        beside c/split_ring.c (same shape) compiled with gcc in this run; ratio TS / C. Two
+//        floors in the same run: the same calls written minimal (split-api-floor.ts) and the
+//        same work with no API (split-floor.ts); and the rows again with used.idx published
+//        once per batch (use + publishUsed; C's single-deferred).
 // heap:  heap growth and garbage collections over 1,000,000 operations of each hot loop: ring
 //        round trips, blk requests (MemoryDisk, depth 32) and virtio-net frames.
 // blk:   4 KiB random IOPS, BlkDriver -> MMIO -> BlkDevice -> FileDisk vs raw positional I/O on
@@ -201,12 +204,18 @@ async function splitBench(): Promise<void> {
   // The same work written out by hand in one function (split-floor.ts): what V8 charges for it.
   // Placed as the library rows are: shared memory in this isolate, ArrayBuffer in fresh ones.
   const floorRuns = await repeatAll(() => runFloor(true, OPS.tsSingle));
+  // The same calls written minimal (split-api-floor.ts): what the API shape itself costs. In
+  // fresh isolates, so this isolate's ring call sites stay monomorphic.
+  const apiFloorRuns = await repeatAll(() => runIsolated("apiFloor", true, OPS.tsSingle));
   const floorPlainRuns = await repeatAll(() => runIsolated("floor", false, OPS.tsSingle));
   const cSingleRuns = bin ? await repeatAll(() => runC(bin, "single", OPS.cSingle)) : undefined;
   // The device returns each batch with `use` and publishes used.idx once (QEMU's
   // virtqueue_fill / virtqueue_flush), in all three: library, floor and C (single-deferred).
   // Shared memory, each in a fresh isolate.
   const tsDeferredRuns = await repeatAll(() => runIsolated("split", true, OPS.tsSingle, true));
+  const apiFloorDeferredRuns = await repeatAll(() =>
+    runIsolated("apiFloor", true, OPS.tsSingle, true),
+  );
   const floorDeferredRuns = await repeatAll(() => runIsolated("floor", true, OPS.tsSingle, true));
   const cDeferredRuns = bin
     ? await repeatAll(() => runC(bin, "single-deferred", OPS.cSingle))
@@ -239,6 +248,16 @@ async function splitBench(): Promise<void> {
   );
   const floor = median(floorRuns);
   const floorPlain = median(floorPlainRuns);
+  const apiFloor = median(apiFloorRuns);
+  console.log(
+    row([
+      "API floor (same calls, minimal)",
+      mops(apiFloor),
+      mops(cSingle),
+      ratio(apiFloor, cSingle),
+      cpuRatio(apiFloorRuns, cSingleRuns),
+    ]),
+  );
   console.log(
     row([
       "JS floor (hand-inlined, no API)",
@@ -260,6 +279,7 @@ async function splitBench(): Promise<void> {
   const cDeferred = cDeferredRuns === undefined ? undefined : median(cDeferredRuns);
   const tsDeferred = median(tsDeferredRuns);
   const floorDeferred = median(floorDeferredRuns);
+  const apiFloorDeferred = median(apiFloorDeferredRuns);
   console.log(
     row([
       "one thread, used.idx per batch",
@@ -267,6 +287,15 @@ async function splitBench(): Promise<void> {
       mops(cDeferred),
       ratio(tsDeferred, cDeferred),
       cpuRatio(tsDeferredRuns, cDeferredRuns),
+    ]),
+  );
+  console.log(
+    row([
+      "API floor, used.idx per batch",
+      mops(apiFloorDeferred),
+      mops(cDeferred),
+      ratio(apiFloorDeferred, cDeferred),
+      cpuRatio(apiFloorDeferredRuns, cDeferredRuns),
     ]),
   );
   console.log(
@@ -294,12 +323,14 @@ async function splitBench(): Promise<void> {
   console.log(
     `  one thread, CPU per round trip (median of ${REPS}; TS/C CPU is their inverse ratio): ` +
       `virtio-ts ${cpuNs(tsSingleRuns)} (ArrayBuffer memory ${cpuNs(tsPlainRuns)}), ` +
-      `JS floor ${cpuNs(floorRuns)} (ArrayBuffer memory ${cpuNs(floorPlainRuns)}), C ${cpuNs(cSingleRuns)}; ` +
-      `the library's CPU ${cpuRatio(floorRuns, tsSingleRuns)}× the floor's (ArrayBuffer memory ${cpuRatio(floorPlainRuns, tsPlainRuns)}×)`,
+      `API floor ${cpuNs(apiFloorRuns)}, JS floor ${cpuNs(floorRuns)} (ArrayBuffer memory ${cpuNs(floorPlainRuns)}), C ${cpuNs(cSingleRuns)}; ` +
+      `the library's CPU ${cpuRatio(floorRuns, tsSingleRuns)}× the floor's (ArrayBuffer memory ${cpuRatio(floorPlainRuns, tsPlainRuns)}×), ` +
+      `${cpuRatio(apiFloorRuns, tsSingleRuns)}× the API floor's`,
   );
   console.log(
-    `  used.idx per batch (use + publishUsed): virtio-ts ${cpuNs(tsDeferredRuns)}, JS floor ${cpuNs(floorDeferredRuns)}, ` +
-      `C ${cpuNs(cDeferredRuns)}; the library's CPU ${cpuRatio(floorDeferredRuns, tsDeferredRuns)}× the floor's`,
+    `  used.idx per batch (use + publishUsed): virtio-ts ${cpuNs(tsDeferredRuns)}, API floor ${cpuNs(apiFloorDeferredRuns)}, ` +
+      `JS floor ${cpuNs(floorDeferredRuns)}, C ${cpuNs(cDeferredRuns)}; the library's CPU ` +
+      `${cpuRatio(floorDeferredRuns, tsDeferredRuns)}× the floor's, ${cpuRatio(apiFloorDeferredRuns, tsDeferredRuns)}× the API floor's`,
   );
   const per1k = (r: ThreadRate | undefined, n: number, k: "kicks" | "irqs") =>
     r === undefined ? "n/a" : ((1000 * r[k]) / n).toFixed(1);

@@ -6,7 +6,6 @@ import type { GuestMemory } from "@virtio-ts/memory";
 import { Feature, featureMask, splitAvailSize } from "@virtio-ts/spec";
 import {
   DescriptorChain,
-  type DeviceQueue,
   type DriverQueue,
   PackedDeviceQueue,
   PackedDriverQueue,
@@ -16,6 +15,7 @@ import {
   SplitDeviceQueue,
   SplitDriverQueue,
 } from "@virtio-ts/virtqueue";
+import { ApiFloorDevice, ApiFloorDriver, type BenchDeviceQueue } from "./split-api-floor.js";
 
 /** Queue size of every split-ring bench. */
 export const SIZE = 256;
@@ -74,8 +74,11 @@ export function packedLayoutFor(size: number): QueueLayout {
   return { size, desc: 0x1000, driver, device: driver + 4 };
 }
 
-/** Which ring layout a bench runs on. */
-export type RingKind = "split" | "packed";
+/**
+ * Which ring a bench runs on: the library's split or packed queues, or the split ring's API
+ * floor (split-api-floor.ts: the same calls, minimal, for the bench's chains only).
+ */
+export type RingKind = "split" | "packed" | "apiFloor";
 
 /** Driver side: adds batches of 2-descriptor chains, publishes, reaps. */
 export class DriverSide {
@@ -91,7 +94,9 @@ export class DriverSide {
     this.q =
       kind === "split"
         ? new SplitDriverQueue<number>(mem, layoutFor(SIZE), FEATURES)
-        : new PackedDriverQueue<number>(mem, packedLayoutFor(SIZE), FEATURES);
+        : kind === "packed"
+          ? new PackedDriverQueue<number>(mem, packedLayoutFor(SIZE), FEATURES)
+          : new ApiFloorDriver(mem, layoutFor(SIZE));
   }
 
   /** Add up to {@link BATCH} chains (fewer if the ring is full or `total` is reached). */
@@ -126,7 +131,7 @@ export class DriverSide {
  * follows the batch).
  */
 export class DeviceSide {
-  readonly q: DeviceQueue;
+  readonly q: BenchDeviceQueue;
   readonly #chain = new DescriptorChain(SIZE);
   readonly #deferred: boolean;
   /** Chains pushed so far. */
@@ -136,7 +141,9 @@ export class DeviceSide {
     this.q =
       kind === "split"
         ? new SplitDeviceQueue(mem, layoutFor(SIZE), FEATURES)
-        : new PackedDeviceQueue(mem, packedLayoutFor(SIZE), FEATURES);
+        : kind === "packed"
+          ? new PackedDeviceQueue(mem, packedLayoutFor(SIZE), FEATURES)
+          : new ApiFloorDevice(mem, layoutFor(SIZE));
     this.#deferred = deferred;
   }
 
