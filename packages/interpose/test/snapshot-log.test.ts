@@ -140,6 +140,40 @@ describe("snapshotLog", () => {
     await again.close();
   });
 
+  it("a read inside one logged extent releases the log when it settles: a commit after it completes", async () => {
+    const log = await snapshotLog(new RamDisk(16), logPath(), { create: true });
+    await log.write(4, [pseudoRandom(1024, 7)]);
+    const got = new Uint8Array(1024);
+    await log.read(4, [got]);
+    expect(got).toEqual(pseudoRandom(1024, 7));
+    // A commit waits until no read or write is active; a read never released would hang it.
+    const committed = log.commit().then(() => "committed");
+    const late = new Promise((r) => setTimeout(() => r("still waiting"), 2000));
+    expect(await Promise.race([committed, late])).toBe("committed");
+    await log.close();
+  });
+
+  it("a log read that finds the file cut short rejects with BackendError io, and the log is released", async () => {
+    const path = logPath();
+    const log = await snapshotLog(new RamDisk(16), path, { create: true });
+    await log.write(4, [pseudoRandom(1024, 8)]);
+    await log.flush();
+    // Cut the file behind the log's back: the record's data is gone.
+    await writeFile(path, (await readFile(path)).subarray(0, LOG_HEADER_BYTES));
+    await expect(log.read(4, [new Uint8Array(1024)])).rejects.toMatchObject({
+      name: "BackendError",
+      code: "io",
+    });
+    // A commit waits until no request is active: it settles (here it fails, the log being cut).
+    const committed = log.commit().then(
+      () => "settled",
+      () => "settled",
+    );
+    const late = new Promise((r) => setTimeout(() => r("still waiting"), 2000));
+    expect(await Promise.race([committed, late])).toBe("settled");
+    await log.close();
+  });
+
   it("discard leaves the data; flush fdatasyncs and appends one flush marker per flushed batch", async () => {
     const log = await snapshotLog(new RamDisk(8), logPath(), { create: true });
     await log.write(0, [new Uint8Array(512).fill(7)]);
