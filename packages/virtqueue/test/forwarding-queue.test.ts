@@ -58,6 +58,15 @@ class Recorder implements DeviceQueue {
   }
 }
 
+/** A wrapper that overrides only `push`, counting the calls. */
+class Counting extends ForwardingDeviceQueue {
+  pushes = 0;
+  override push(head: number, written: number): void {
+    this.pushes++;
+    super.push(head, written);
+  }
+}
+
 describe("ForwardingDeviceQueue", () => {
   it("forwards every DeviceQueue call, with its arguments and result, to the wrapped queue", () => {
     const r = new Recorder();
@@ -91,13 +100,6 @@ describe("ForwardingDeviceQueue", () => {
   });
 
   it("lets a subclass change one call and keep the others", () => {
-    class Counting extends ForwardingDeviceQueue {
-      pushes = 0;
-      override push(head: number, written: number): void {
-        this.pushes++;
-        super.push(head, written);
-      }
-    }
     const r = new Recorder();
     const q = new Counting(r);
     q.push(0, 1);
@@ -106,13 +108,6 @@ describe("ForwardingDeviceQueue", () => {
   });
 
   it("sends use through this.push, so a subclass that overrides only push sees every used chain", () => {
-    class Counting extends ForwardingDeviceQueue {
-      pushes = 0;
-      override push(head: number, written: number): void {
-        this.pushes++;
-        super.push(head, written);
-      }
-    }
     const r = new Recorder();
     const q = new Counting(r);
     q.use(2, 5);
