@@ -67,9 +67,18 @@ export class ExtentMap {
    * answered without building a list.
    */
   covering(from: number, to: number): Extent | undefined {
-    const [c, i] = this.#find(from);
-    const x = this.#chunks[c]?.[i];
+    const x = this.first(from);
     return x !== undefined && x.start <= from && x.end >= to ? x : undefined;
+  }
+
+  /**
+   * The first extent that ends after sector `from`, or undefined: a range `[from, to)` touches
+   * no extent when this is undefined or starts at `to` or later, and lies in one extent when
+   * this holds it whole (what a read needs to know, from one lookup).
+   */
+  first(from: number): Extent | undefined {
+    const [c, i] = this.#find(from);
+    return this.#chunks[c]?.[i];
   }
 
   /**

@@ -230,6 +230,9 @@ export class SnapshotLog implements BlockBackend {
   readonly #maxExtents: number;
   readonly #index = new ExtentMap();
   readonly #pending = new Set<Promise<void>>();
+  /** Reads on the fast path (#readOne) not yet settled, and close()'s wake-up when they are. */
+  #fastReads = 0;
+  #fastDrained: (() => void) | undefined = undefined;
   readonly #pool: Uint8Array[] = [];
   readonly #smallPool: Uint8Array[] = [];
   /** The append batch still open for records (written on the next turn). */
@@ -383,16 +386,20 @@ export class SnapshotLog implements BlockBackend {
 
   /** @inheritdoc */
   read(sector: number, iovecs: readonly Uint8Array[]): Promise<void> {
-    // The common case without async layers: no exclusive section (commit, snapshot) pending,
-    // the log open, and the whole read inside one logged extent: one readv of the log, in
-    // #pending for close() and counted in #active until it settles. Anything else, including
-    // arguments that would throw, takes #readAny, which checks them and rejects.
+    // The common cases without async layers: no exclusive section (commit, rollback) pending,
+    // the log open, and the whole read inside one logged extent (one readv of the log) or
+    // outside every extent (one read of the base). Anything else, including arguments that
+    // would throw, takes #readAny, which checks them and rejects.
     if (this.#exclusive === undefined && !this.#guard.closed) {
       try {
         const len = total(iovecs);
         if (len > 0 && sectorRangeFits(sector, len, this.capacity)) {
-          const one = this.#index.covering(sector, sector + len / SECTOR);
-          if (one !== undefined && one.off >= 0) return this.#readOne(iovecs, shift(one, sector));
+          const end = sector + len / SECTOR;
+          const x = this.#index.first(sector);
+          if (x === undefined || x.start >= end) return this.#readBase(sector, iovecs);
+          if (x.start <= sector && x.end >= end && x.off >= 0) {
+            return this.#readOne(iovecs, shift(x, sector));
+          }
         }
       } catch {
         // #readAny throws the same error as a rejection.
@@ -401,23 +408,45 @@ export class SnapshotLog implements BlockBackend {
     return this.#readAny(sector, iovecs);
   }
 
-  /** `read`'s fast path: one extent, one readv of the log, no `async` layer. */
-  #readOne(iovecs: readonly Uint8Array[], pos: number): Promise<void> {
+  /** `read`'s fast path for a range no record wrote: the base's read, counted in #active. */
+  #readBase(sector: number, iovecs: readonly Uint8Array[]): Promise<void> {
     this.#active++;
-    const p = readvAll(this.#fd, iovecs, pos).then(
-      () => {
-        this.#pending.delete(p);
-        this.#leave();
-      },
+    let p: Promise<void>;
+    try {
+      p = this.base.read(sector, iovecs);
+    } catch (e) {
+      this.#leave();
+      return Promise.reject(e);
+    }
+    return p.then(
+      () => this.#leave(),
       (e: unknown) => {
-        this.#pending.delete(p);
         this.#leave();
-        throw this.#fail(e, `read at byte ${pos}`);
+        throw e;
       },
     );
-    // In #pending too: close() waits for it before the descriptor goes.
-    this.#pending.add(p);
-    return p;
+  }
+
+  /**
+   * `read`'s fast path: one extent, one readv of the log, one promise settled from the readv
+   * callback. Counted in #active (a commit or rollback waits for it) and in #fastReads (close()
+   * waits for it before the descriptor goes).
+   */
+  #readOne(iovecs: readonly Uint8Array[], pos: number): Promise<void> {
+    this.#active++;
+    this.#fastReads++;
+    return new Promise<void>((resolve, reject) => {
+      readvAllThen(this.#fd, iovecs, pos, (e) => {
+        this.#leave();
+        if (--this.#fastReads === 0 && this.#fastDrained !== undefined) {
+          const drained = this.#fastDrained;
+          this.#fastDrained = undefined;
+          drained();
+        }
+        if (e === undefined) resolve();
+        else reject(this.#fail(e, `read at byte ${pos}`));
+      });
+    });
   }
 
   /** `read` in general: waits out an exclusive section, walks every extent the read touches. */
@@ -639,6 +668,11 @@ export class SnapshotLog implements BlockBackend {
   async close(): Promise<void> {
     if (this.#guard.closed) return;
     this.#guard.closed = true;
+    if (this.#fastReads > 0) {
+      await new Promise<void>((r) => {
+        this.#fastDrained = r;
+      });
+    }
     await Promise.allSettled([...this.#pending]);
     await this.#fh.close();
   }
@@ -1294,27 +1328,40 @@ async function writeAll(fh: FileHandle, buf: Uint8Array, pos: number): Promise<v
   }
 }
 
-/** `preadv` all of `bufs` at `pos` through the callback API, resuming after short reads. */
+/** `preadv` all of `bufs` at `pos`, resuming after short reads. */
 function readvAll(fd: number, bufs: readonly Uint8Array[], pos: number): Promise<void> {
   return new Promise<void>((resolve, reject) => {
-    let rest = bufs;
-    let at = pos;
-    let left = 0;
-    for (const b of bufs) left += b.length;
-    const step = (err: NodeJS.ErrnoException | null, n: number): void => {
-      if (err !== null) reject(err);
-      else if (n === left) resolve();
-      else if (n === 0) reject(new BackendError("io", `unexpected end of log at byte ${at}`));
-      else {
-        at += n;
-        left -= n;
-        rest = dropPrefix(rest, n);
-        readv(fd, rest, at, step);
-      }
-    };
-    if (left === 0) resolve();
-    else readv(fd, rest, at, step);
+    readvAllThen(fd, bufs, pos, (e) => (e === undefined ? resolve() : reject(e)));
   });
+}
+
+/**
+ * `preadv` all of `bufs` at `pos` through the callback API, resuming after short reads; `done`
+ * gets undefined or the error (a short file is BackendError "io").
+ */
+function readvAllThen(
+  fd: number,
+  bufs: readonly Uint8Array[],
+  pos: number,
+  done: (e: unknown) => void,
+): void {
+  let rest = bufs;
+  let at = pos;
+  let left = 0;
+  for (const b of bufs) left += b.length;
+  const step = (err: NodeJS.ErrnoException | null, n: number): void => {
+    if (err !== null) done(err);
+    else if (n === left) done(undefined);
+    else if (n === 0) done(new BackendError("io", `unexpected end of log at byte ${at}`));
+    else {
+      at += n;
+      left -= n;
+      rest = dropPrefix(rest, n);
+      readv(fd, rest, at, step);
+    }
+  };
+  if (left === 0) done(undefined);
+  else readv(fd, rest, at, step);
 }
 
 /** `bufs` without its first `n` bytes (whole buffers dropped, the next one cut). */

@@ -94,6 +94,10 @@ describe("ExtentMap over many extents (chunked)", () => {
       expect(m.covering(a, b)).toEqual(
         want.length === 1 && want[0]!.start <= a && want[0]!.end >= b ? want[0] : undefined,
       );
+      // first() is the first extent ending after a: the first that touches the range, if any.
+      const first = m.first(a);
+      expect(first === undefined || first.start >= b ? [] : [first]).toEqual(want.slice(0, 1));
+      expect(first).toEqual(m.toArray().find((e) => e.end > a));
     }
   });
 });

@@ -130,22 +130,30 @@ describe("snapshotLog", () => {
     await Promise.all(writes);
     expect(log.logBytes).toBe(LOG_HEADER_BYTES + 64 * (LOG_RECORD_HEADER_BYTES + 1024));
     const outs = Array.from({ length: 64 }, () => new Uint8Array(1024));
-    const reads = outs.map((o, i) => log.read(i * 2, [o]));
-    const closed = log.close();
+    let settled = 0;
+    const reads = outs.map((o, i) => log.read(i * 2, [o]).finally(() => settled++));
+    // close() resolves only after every read in flight has settled.
+    const closed = log.close().then(() => settled);
     await Promise.all(reads);
-    await closed;
+    expect(await closed).toBe(64);
     for (const [i, o] of outs.entries()) expect(o).toEqual(pseudoRandom(1024, i + 40));
     const again = await snapshotLog(base, path);
     expect(again.sequence).toBe(64);
     await again.close();
   });
 
-  it("a read inside one logged extent releases the log when it settles: a commit after it completes", async () => {
-    const log = await snapshotLog(new RamDisk(16), logPath(), { create: true });
+  it("a read inside one logged extent, or outside every extent, releases the log when it settles: a commit after it completes", async () => {
+    const base = new RamDisk(16, { fill: 0x5a });
+    const log = await snapshotLog(base, logPath(), { create: true });
     await log.write(4, [pseudoRandom(1024, 7)]);
     const got = new Uint8Array(1024);
     await log.read(4, [got]);
     expect(got).toEqual(pseudoRandom(1024, 7));
+    // Sectors 8–11: no record wrote them, so the base answers (split across two buffers).
+    const fromBase = [new Uint8Array(512), new Uint8Array(1536)];
+    await log.read(8, fromBase);
+    expect(fromBase.every((b) => b.every((x) => x === 0x5a))).toBe(true);
+    expect(base.calls.filter((c) => c.startsWith("read"))).toHaveLength(1);
     // A commit waits until no read or write is active; a read never released would hang it.
     const committed = log.commit().then(() => "committed");
     const late = new Promise((r) => setTimeout(() => r("still waiting"), 2000));
@@ -165,6 +173,26 @@ describe("snapshotLog", () => {
       code: "io",
     });
     // A commit waits until no request is active: it settles (here it fails, the log being cut).
+    const committed = log.commit().then(
+      () => "settled",
+      () => "settled",
+    );
+    const late = new Promise((r) => setTimeout(() => r("still waiting"), 2000));
+    expect(await Promise.race([committed, late])).toBe("settled");
+    await log.close();
+  });
+
+  it("a base read that fails rejects with the base's error and releases the log", async () => {
+    const base = new RamDisk(16);
+    const log = await snapshotLog(base, logPath(), { create: true });
+    const broken = new Error("base read failed");
+    base.read = () => Promise.reject(broken);
+    await expect(log.read(8, [new Uint8Array(512)])).rejects.toBe(broken);
+    const thrown = new Error("base read threw");
+    base.read = () => {
+      throw thrown;
+    };
+    await expect(log.read(8, [new Uint8Array(512)])).rejects.toBe(thrown);
     const committed = log.commit().then(
       () => "settled",
       () => "settled",
