@@ -436,7 +436,7 @@ export class SnapshotLog implements BlockBackend {
     this.#active++;
     this.#fastReads++;
     return new Promise<void>((resolve, reject) => {
-      readvAllThen(this.#fd, iovecs, pos, (e) => {
+      const done = (e: unknown): void => {
         this.#leave();
         if (--this.#fastReads === 0 && this.#fastDrained !== undefined) {
           const drained = this.#fastDrained;
@@ -445,7 +445,13 @@ export class SnapshotLog implements BlockBackend {
         }
         if (e === undefined) resolve();
         else reject(this.#fail(e, `read at byte ${pos}`));
-      });
+      };
+      try {
+        readvAllThen(this.#fd, iovecs, pos, done);
+      } catch (e) {
+        // fs.readv refuses bad arguments synchronously (e.g. an iovec that is not a view).
+        done(e);
+      }
     });
   }
 

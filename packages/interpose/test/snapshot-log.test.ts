@@ -182,6 +182,20 @@ describe("snapshotLog", () => {
     await log.close();
   });
 
+  it("a read refused by fs.readv itself (an iovec that is not a view) rejects and releases the log", async () => {
+    const log = await snapshotLog(new RamDisk(16), logPath(), { create: true });
+    await log.write(4, [pseudoRandom(1024, 9)]);
+    const notAView = { length: 1024 } as unknown as Uint8Array;
+    await expect(log.read(4, [notAView])).rejects.toThrow();
+    const committed = log.commit().then(
+      () => "settled",
+      () => "settled",
+    );
+    const late = new Promise((r) => setTimeout(() => r("still waiting"), 2000));
+    expect(await Promise.race([committed, late])).toBe("settled");
+    await log.close();
+  });
+
   it("a base read that fails rejects with the base's error and releases the log", async () => {
     const base = new RamDisk(16);
     const log = await snapshotLog(base, logPath(), { create: true });
