@@ -59,8 +59,10 @@ function isAvailable(flags: number, wrap: boolean): boolean {
  * Driver Event Suppression structure — untrusted, each descriptor read once and validated; the
  * device (this class) writes used descriptors (over descriptors it has consumed) and the Device
  * Event Suppression structure. A descriptor's `id` and `flags` share one 32-bit word, which is
- * read with `Atomics.load` before the descriptor's other fields and written with
- * `Atomics.store` after them, so publication order holds across threads.
+ * read with `Atomics.load` before the descriptor's other fields and written after them, so
+ * publication order holds across threads: with `Atomics.store` for the first used descriptor of
+ * a batch, which is written last (see {@link PackedDeviceQueue.use}); the later ones of the
+ * batch with plain stores, which that store publishes.
  *
  * Buffer IDs: {@link DescriptorChain.head} is the chain's buffer ID (from its last descriptor,
  * §2.8.6) and {@link DescriptorChain.descCount} the number of ring descriptors it occupied
@@ -598,8 +600,9 @@ export class PackedDeviceQueue implements DeviceQueue {
    * `pushBatch`, `needsInterrupt`, `getState`). The first used descriptor since the last
    * publication keeps its id/flags word back; later ones are written whole with plain stores,
    * and publishing stores the held word last, so the driver, which reads used descriptors in
-   * ring order, sees the batch at once (Linux vhost writes the head's flags last in the same
-   * way). In shared memory that is one seq-cst `Atomics.store` per batch instead of per buffer.
+   * ring order, sees the batch at once (QEMU's `virtqueue_packed_flush` fills a batch's
+   * first used descriptor last in the same way). In shared memory that is one seq-cst
+   * `Atomics.store` per batch instead of per buffer.
    * @param head the buffer ID of a popped chain.
    * @param written bytes written into the chain's writable part.
    * @throws RangeError as {@link PackedDeviceQueue.push}.
@@ -725,7 +728,7 @@ export class PackedDeviceQueue implements DeviceQueue {
     this.#usedSince = 0;
     this.#signalledValid = true;
     if (valid && since === 0) return false;
-    // The seq-cst loads below are ordered after the flags store in push(): the full barrier the
+    // The seq-cst loads below are ordered after publishUsed's flags store: the full barrier the
     // suppression race needs (Linux virtio_mb before reading the event structure).
     const flags = Atomics.load(this.#driverEvent, 1) & 3;
     if (flags === EV_DISABLE) return false;
@@ -777,7 +780,8 @@ export class PackedDeviceQueue implements DeviceQueue {
   /**
    * Restore positions saved by {@link PackedDeviceQueue.getState}: `availIdx` / `usedIdx` are
    * ring positions in [0, queue size), with their wrap counters. Buffers in flight are
-   * forgotten: save state only once they have been pushed.
+   * forgotten: save state only once they have been pushed. A used descriptor that
+   * {@link PackedDeviceQueue.use} held back and nothing published is dropped with them.
    * @throws RangeError for a position outside the ring or a non-boolean wrap counter.
    */
   setState(state: QueueState): void {

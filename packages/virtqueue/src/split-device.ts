@@ -36,9 +36,9 @@ const F_WRITE = SplitDescFlags.WRITE;
 const F_INDIRECT = SplitDescFlags.INDIRECT;
 const U32_MAX = 0xffffffff;
 const TWO_32 = 4294967296;
-// Why the walk in `pop` stopped early, for `#walkTail` (0: it did not). The walk writes these, the flag
-// bits and 2^32 as literals: a module-level `const` or an import costs a context load and a TDZ
-// check per use in V8, and bytecode, whose size decides whether V8 inlines the walk.
+// Why the walk in `pop` stopped early, for `#walkTail` (0: it did not). The walk writes these, the
+// flag bits and 2^32 as literals: a module-level `const` or an import costs a context load and a
+// TDZ check per use in V8, and bytecode.
 const STOP_INDIRECT = 1; // an INDIRECT descriptor: not a failure, the tail walks the table
 const STOP_LOOP = 2;
 const STOP_READABLE_AFTER_WRITABLE = 3;
@@ -290,8 +290,10 @@ export class SplitDeviceQueue implements DeviceQueue {
     if (head >= size) throw new HeadOutOfRangeError(head, size);
     if (this.#track) {
       if (this.#inFlight[head] === 1) throw new HeadInFlightError(head);
-      // Marked before validating, so a ChainError's head can be pushed back used.
+      // Marked before validating, so a ChainError's head can be pushed back used (with 0
+      // writable bytes until the walk succeeds).
       this.#inFlight[head] = 1;
+      this.#writable[head] = 0;
       // The in-flight count is below the queue size here (the head was not in flight), so the
       // order ring has room.
       if (this.#inOrder) {
@@ -390,11 +392,8 @@ export class SplitDeviceQueue implements DeviceQueue {
     chain.fill(head, count, readableCount, readableBytes, writableBytes);
     if (stop !== 0) {
       const code = this.#walkTail(stop, chain, idx, addr, len, fn, budget);
-      if (code !== OK) {
-        // A chain that failed validation can only be pushed back with `written` 0.
-        this.#writable[head] = 0;
-        throw check.error(code, head);
-      }
+      // A chain that failed validation can only be pushed back with `written` 0.
+      if (code !== OK) throw check.error(code, head);
     }
     this.#writable[head] = chain.writableBytes;
     return true;

@@ -20,8 +20,8 @@ const F_NEXT = SplitDescFlags.NEXT;
 const F_WRITE = SplitDescFlags.WRITE;
 const F_INDIRECT = SplitDescFlags.INDIRECT;
 
-// Life of a head descriptor in the private shadow. Only an ADDED head whose avail entry is
-// published (before `#publishedIdx`, see reap) may come back used.
+// Life of a head descriptor in the private shadow. Only an ADDED head that a publish has made
+// visible (its publish generation is past, see reap) may come back used.
 const FREE = 0;
 const ADDED = 1;
 
@@ -141,10 +141,14 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
   /** FREE or ADDED (in flight, published or not), per head. */
   readonly #state: Uint8Array;
   /**
-   * The avail index each in-flight head was added at: it is published when that index is
-   * before `#publishedIdx` (so publish marks nothing per chain).
+   * The publish generation each in-flight head was added in (`#generation` at its add): it is
+   * published once `#generation` has moved past it, so publish marks nothing per chain. A
+   * Float64Array and a counter of publishes that cannot wrap (2^53), not avail indices: a head
+   * may stay in flight across any number of adds of other chains.
    */
-  readonly #availPos: Uint16Array;
+  readonly #addedIn: Float64Array;
+  /** Publishes that made something visible so far: the current publish generation. */
+  #generation = 0;
   /**
    * Heads by avail position: with IN_ORDER the order in which the device returns them
    * (entries from `#reapPos` to `#availIdx` are in flight).
@@ -239,7 +243,7 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
     this.#descCount = new Uint16Array(size);
     this.#writable = new Uint32Array(size);
     this.#state = new Uint8Array(size);
-    this.#availPos = new Uint16Array(size);
+    this.#addedIn = new Float64Array(size);
     this.#availHeads = new Uint16Array(size);
     this.#tokens = new Array<T | undefined>(size).fill(undefined);
     this.#numFree = size;
@@ -404,7 +408,7 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
     const slot = pos & this.#mask;
     this.#avail[2 + slot] = head;
     if (this.#inOrder) this.#availHeads[slot] = head;
-    this.#availPos[head] = pos;
+    this.#addedIn[head] = this.#generation;
     this.#availIdx = (pos + 1) & 0xffff;
   }
 
@@ -425,6 +429,7 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
     const old = this.#publishedIdx;
     if (newIdx === old) return false;
     this.#publishedIdx = newIdx;
+    this.#generation++;
     Atomics.store(this.#avail, 1, newIdx);
     // §2.7.13.4.1: a barrier between the idx store and the read of flags / avail_event, or a
     // wakeup is lost: we read a stale avail_event (no kick) while the device, which stores
@@ -464,13 +469,9 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
     const id = used32[slot]!;
     const len = used32[slot + 1]!;
     if (id >= this.size) throw new UsedIdOutOfRangeError(id, this.size);
-    // In flight and published: added at an avail index in [publishedIdx - size, publishedIdx).
-    // One added since the last publish is at publishedIdx or after it, 65536 - size or more
-    // behind in 16-bit arithmetic (at most `size` heads are in flight).
-    if (
-      this.#state[id] !== ADDED ||
-      ((this.#publishedIdx - this.#availPos[id]! - 1) & 0xffff) >= this.size
-    ) {
+    // In flight and published: added in an earlier publish generation than the current one
+    // (one added since the last publish has the current generation).
+    if (this.#state[id] !== ADDED || this.#addedIn[id] === this.#generation) {
       throw new UsedIdNotInFlightError(id);
     }
     const offered = this.#writable[id]!;

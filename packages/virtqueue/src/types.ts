@@ -79,8 +79,8 @@ export interface DeviceQueue {
   push(head: number, written: number): void;
   /**
    * Return a chain as used like {@link DeviceQueue.push}, but leave it invisible to the driver
-   * until {@link DeviceQueue.publishUsed} (or `push`, `pushBatch`, `needsInterrupt`, which
-   * publish first): a device that completes several chains at once publishes them together,
+   * until {@link DeviceQueue.publishUsed} (or `push`, `pushBatch`, `needsInterrupt`,
+   * `getState`, which publish first): a device that completes several chains at once publishes them together,
    * as QEMU's `virtqueue_fill` / `virtqueue_flush` and Linux vhost's `vhost_add_used_n` do. In
    * shared memory this saves a seq-cst `Atomics.store` per chain.
    */
@@ -106,7 +106,10 @@ export interface DeviceQueue {
   enableNotifications(): boolean;
   /** Ask the driver not to notify (kick) while the device is polling. */
   disableNotifications(): void;
-  /** Ring indices for stop/restart and migration. */
+  /**
+   * Ring indices for stop/restart and migration; publishes what {@link DeviceQueue.use} left
+   * unpublished first, so the state matches the ring in memory.
+   */
   getState(): QueueState;
   /** Restore ring indices saved by {@link DeviceQueue.getState}. */
   setState(state: QueueState): void;

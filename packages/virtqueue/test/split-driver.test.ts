@@ -564,6 +564,25 @@ describe("SplitDriverQueue.reap", () => {
     expect(() => q.reap()).toThrow(notInFlight(0));
   });
 
+  it("accepts a head that stayed in flight while more than a ring's worth of other chains came and went", () => {
+    const { raw, q } = setup(4);
+    q.add(one(), [], "long"); // head 0, avail index 0
+    q.publish();
+    let used = 0;
+    for (let i = 0; i < 9; i++) {
+      q.add(one(), [], `short-${i}`);
+      q.publish();
+      const [head] = availRing(raw, i + 1, 1);
+      expect(head).not.toBe(0);
+      deviceUse(raw, used++, head!, 0);
+      expect(q.reap()).toBe(`short-${i}`);
+    }
+    // Nine avail indices later (more than the queue size), the long chain comes back.
+    deviceUse(raw, used++, 0, 0);
+    expect(q.reap()).toBe("long");
+    expect(q.numFree).toBe(4);
+  });
+
   it("tells published from unpublished heads across the 16-bit wrap of the avail index", () => {
     const { raw, q } = setup();
     q.setState({ availIdx: 65534, usedIdx: 65534, availWrap: true, usedWrap: true });
