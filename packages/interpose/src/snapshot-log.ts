@@ -230,9 +230,13 @@ export class SnapshotLog implements BlockBackend {
   readonly #maxExtents: number;
   readonly #index = new ExtentMap();
   readonly #pending = new Set<Promise<void>>();
-  /** Reads on the fast path (#readOne) not yet settled, and close()'s wake-up when they are. */
-  #fastReads = 0;
-  #fastDrained: (() => void) | undefined = undefined;
+  /**
+   * Reads not yet settled (every path, from the moment their arguments passed), and close()'s
+   * wake-up when none is left: close() must not take the descriptor from under a read, also
+   * one waiting between its pieces (on the base, or on a commit).
+   */
+  #reads = 0;
+  #readsDrained: (() => void) | undefined = undefined;
   readonly #pool: Uint8Array[] = [];
   readonly #smallPool: Uint8Array[] = [];
   /** The append batch still open for records (written on the next turn). */
@@ -429,20 +433,16 @@ export class SnapshotLog implements BlockBackend {
 
   /**
    * `read`'s fast path: one extent, one readv of the log, one promise settled from the readv
-   * callback. Counted in #active (a commit or rollback waits for it) and in #fastReads (close()
+   * callback. Counted in #active (a commit or rollback waits for it) and in #reads (close()
    * waits for it before the descriptor goes).
    */
   #readOne(iovecs: readonly Uint8Array[], pos: number): Promise<void> {
     this.#active++;
-    this.#fastReads++;
+    this.#reads++;
     return new Promise<void>((resolve, reject) => {
       const done = (e: unknown): void => {
         this.#leave();
-        if (--this.#fastReads === 0 && this.#fastDrained !== undefined) {
-          const drained = this.#fastDrained;
-          this.#fastDrained = undefined;
-          drained();
-        }
+        this.#readEnd();
         if (e === undefined) resolve();
         else reject(this.#fail(e, `read at byte ${pos}`));
       };
@@ -459,6 +459,25 @@ export class SnapshotLog implements BlockBackend {
   async #readAny(sector: number, iovecs: readonly Uint8Array[]): Promise<void> {
     const len = total(iovecs);
     this.#guard.span(sector, len);
+    this.#reads++;
+    try {
+      await this.#readPieces(sector, iovecs, len);
+    } finally {
+      this.#readEnd();
+    }
+  }
+
+  /** A read settled: count it out of #reads, and wake close() when it was the last. */
+  #readEnd(): void {
+    if (--this.#reads === 0 && this.#readsDrained !== undefined) {
+      const drained = this.#readsDrained;
+      this.#readsDrained = undefined;
+      drained();
+    }
+  }
+
+  /** #readAny's body: waits out an exclusive section, then walks every extent the read touches. */
+  async #readPieces(sector: number, iovecs: readonly Uint8Array[], len: number): Promise<void> {
     while (this.#exclusive !== undefined) await this.#exclusive;
     this.#active++;
     try {
@@ -674,9 +693,9 @@ export class SnapshotLog implements BlockBackend {
   async close(): Promise<void> {
     if (this.#guard.closed) return;
     this.#guard.closed = true;
-    if (this.#fastReads > 0) {
+    if (this.#reads > 0) {
       await new Promise<void>((r) => {
-        this.#fastDrained = r;
+        this.#readsDrained = r;
       });
     }
     await Promise.allSettled([...this.#pending]);

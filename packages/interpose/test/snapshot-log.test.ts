@@ -197,6 +197,34 @@ describe("snapshotLog", () => {
     await log.close();
   });
 
+  it("close waits for a read paused between its pieces, which then reads the log after the base", async () => {
+    const base = new RamDisk(16, { fill: 0x33 });
+    const log = await snapshotLog(base, logPath(), { create: true });
+    await log.write(2, [pseudoRandom(512, 11)]);
+    // Sectors 1–2: the base's sector 1, then the log's sector 2. The base answers when told to.
+    let answer!: () => void;
+    const baseRead = base.read.bind(base);
+    base.read = (sector, iovecs) =>
+      new Promise<void>((r) => {
+        answer = r;
+      }).then(() => baseRead(sector, iovecs));
+    const got = new Uint8Array(1024);
+    const read = log.read(1, [got]);
+    await new Promise((r) => setTimeout(r, 10));
+    let closed = false;
+    const closing = log.close().then(() => {
+      closed = true;
+    });
+    await new Promise((r) => setTimeout(r, 10));
+    expect(closed).toBe(false);
+    answer();
+    await read;
+    await closing;
+    const want = new Uint8Array(1024).fill(0x33);
+    want.set(pseudoRandom(512, 11), 512);
+    expect(got).toEqual(want);
+  });
+
   it("a base read that fails rejects with the base's error and releases the log", async () => {
     const base = new RamDisk(16);
     const log = await snapshotLog(base, logPath(), { create: true });
