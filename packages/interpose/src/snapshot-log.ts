@@ -415,20 +415,19 @@ export class SnapshotLog implements BlockBackend {
   /** `read`'s fast path for a range no record wrote: the base's read, counted in #active. */
   #readBase(sector: number, iovecs: readonly Uint8Array[]): Promise<void> {
     this.#active++;
-    let p: Promise<void>;
     try {
-      p = this.base.read(sector, iovecs);
+      return this.base.read(sector, iovecs).then(
+        () => this.#leave(),
+        (e: unknown) => {
+          this.#leave();
+          throw e;
+        },
+      );
     } catch (e) {
+      // A base that throws instead of rejecting (or returns no promise) still releases the log.
       this.#leave();
       return Promise.reject(e);
     }
-    return p.then(
-      () => this.#leave(),
-      (e: unknown) => {
-        this.#leave();
-        throw e;
-      },
-    );
   }
 
   /**
