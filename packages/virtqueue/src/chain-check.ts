@@ -52,9 +52,12 @@ const U32_MAX = 0xffffffff;
  */
 export class ChainCheck {
   readonly #mem: GuestMemory;
-  /** `mem.stableRange` (empty if none): a buffer inside it needs no `mem.check` call. */
-  readonly #rangeStart: number;
-  readonly #rangeEnd: number;
+  /**
+   * `mem.stableRange` (empty if none: start 1, end 0): a buffer inside it needs no `mem.check`
+   * call. Read by the split walk, which checks it inline before calling `accessible`.
+   */
+  readonly rangeStart: number;
+  readonly rangeEnd: number;
   readonly #indirectWithNext: string;
   #index = 0;
   #indirect = false;
@@ -65,8 +68,8 @@ export class ChainCheck {
   constructor(mem: GuestMemory, indirectWithNext: string) {
     this.#mem = mem;
     const r = mem.stableRange;
-    this.#rangeStart = r === undefined ? 1 : r.start;
-    this.#rangeEnd = r === undefined ? 0 : r.end;
+    this.rangeStart = r === undefined ? 1 : r.start;
+    this.rangeEnd = r === undefined ? 0 : r.end;
     this.#indirectWithNext = indirectWithNext;
   }
 
@@ -111,7 +114,7 @@ export class ChainCheck {
    */
   accessible(addr: number, len: number, writable: boolean): boolean {
     return (
-      (addr >= this.#rangeStart && len <= this.#rangeEnd - addr) ||
+      (addr >= this.rangeStart && len <= this.rangeEnd - addr) ||
       this.#mem.check(addr, len, writable ? "write" : "read")
     );
   }

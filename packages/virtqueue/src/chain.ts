@@ -187,30 +187,6 @@ export class DescriptorChain {
   }
 
   /**
-   * Set the id, segment count and totals of a chain whose `addrs` / `lens` the caller wrote
-   * itself, and `descCount` 0 (used by the split device queue's walk; not for device models).
-   * @param head the chain's id.
-   * @param count segments written.
-   * @param readableCount leading readable segments.
-   * @param readableBytes their total bytes.
-   * @param writableBytes total bytes of the writable segments.
-   */
-  fill(
-    head: number,
-    count: number,
-    readableCount: number,
-    readableBytes: number,
-    writableBytes: number,
-  ): void {
-    this.head = head;
-    this.count = count;
-    this.readableCount = readableCount;
-    this.readableBytes = readableBytes;
-    this.writableBytes = writableBytes;
-    this.descCount = 0;
-  }
-
-  /**
    * Set the segment count and totals after the caller wrote `addrs` / `lens` itself (used by
    * the device queues' chain walks, which keep them in locals; not for device models).
    * @param count segments written.

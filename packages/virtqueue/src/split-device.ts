@@ -95,25 +95,19 @@ export class SplitDeviceQueue implements DeviceQueue {
   readonly features: RingFeatures;
   readonly #mem: GuestMemory;
   readonly #check: ChainCheck;
-  /**
-   * `mem.stableRange` (empty if none): the walk checks a buffer against it inline and calls
-   * `ChainCheck.accessible` (the memory's own check) only outside it.
-   */
-  readonly #rangeStart: number;
-  readonly #rangeEnd: number;
   readonly #layout: QueueLayout;
   // The ring's views as own fields (not through a views object): one load fewer per use.
-  // Replaced together by remap().
+  // Set together by #map() (the constructor and remap()).
   /** Descriptor table, 4 u32 words per descriptor. */
-  #desc: Uint32Array;
+  #desc!: Uint32Array;
   /** Available ring as u16 words: flags, idx, ring[size], used_event. */
-  #avail: Uint16Array;
+  #avail!: Uint16Array;
   /** Used ring as u16 words: flags, idx, …, avail_event. */
-  #used16: Uint16Array;
+  #used16!: Uint16Array;
   /** Used ring elements as u32 words, from used+4: id, len per element. */
-  #used32: Uint32Array;
+  #used32!: Uint32Array;
   /** Whether the ring is in shared memory: `used.idx` is then published with `Atomics`. */
-  #atomic: boolean;
+  #atomic!: boolean;
   readonly #mask: number;
   readonly #eventIdx: boolean;
   readonly #indirect: boolean;
@@ -172,18 +166,10 @@ export class SplitDeviceQueue implements DeviceQueue {
     features: RingFeatures,
     options: SplitDeviceOptions = {},
   ) {
-    const views: SplitRingViews = mapSplitRing(mem, layout, "device");
-    this.#desc = views.desc;
-    this.#avail = views.avail;
-    this.#used16 = views.used16;
-    this.#used32 = views.used32;
-    this.#atomic = inSharedMemory(views.used16);
     this.#layout = layout;
     this.#mem = mem;
+    this.#map();
     this.#check = new ChainCheck(mem, "INDIRECT and NEXT set together");
-    const range = mem.stableRange;
-    this.#rangeStart = range === undefined ? 1 : range.start;
-    this.#rangeEnd = range === undefined ? 0 : range.end;
     this.size = layout.size;
     this.features = features;
     this.#eventIdx = features.eventIdx === true;
@@ -320,8 +306,10 @@ export class SplitDeviceQueue implements DeviceQueue {
     const addrs = chain.addrs;
     const lens = chain.lens;
     const check = this.#check;
-    const rangeStart = this.#rangeStart;
-    const rangeEnd = this.#rangeEnd;
+    chain.begin(head);
+    // The memory's stable range, checked inline; ChainCheck.accessible only outside it.
+    const rangeStart = check.rangeStart;
+    const rangeEnd = check.rangeEnd;
     let count = 0;
     let readableCount = 0;
     let readableBytes = 0;
@@ -389,7 +377,7 @@ export class SplitDeviceQueue implements DeviceQueue {
       }
       idx = fn >>> 16;
     }
-    chain.fill(head, count, readableCount, readableBytes, writableBytes);
+    chain.setTotals(count, readableCount, readableBytes, writableBytes);
     if (stop !== 0) {
       const code = this.#walkTail(stop, chain, idx, addr, len, fn, budget);
       // A chain that failed validation can only be pushed back with `written` 0.
@@ -650,8 +638,8 @@ export class SplitDeviceQueue implements DeviceQueue {
    * was pushed, since the previous index is unknown (as QEMU does).
    */
   needsInterrupt(): boolean {
+    this.publishUsed();
     const now = this.#usedIdx;
-    if (this.#publishedUsed !== now) this.#publishUsedIdx();
     const old = this.#signalledUsed;
     const valid = this.#signalledValid;
     this.#signalledUsed = now;
@@ -722,6 +710,11 @@ export class SplitDeviceQueue implements DeviceQueue {
    * @throws QueueConfigError if the ring is no longer inside memory.
    */
   remap(): void {
+    this.#map();
+  }
+
+  /** Map the ring's views (the constructor and remap), and whether they are in shared memory. */
+  #map(): void {
     const views: SplitRingViews = mapSplitRing(this.#mem, this.#layout, "device");
     this.#desc = views.desc;
     this.#avail = views.avail;

@@ -21,6 +21,22 @@ import type {
 
 const TWO_32 = 4294967296;
 
+/**
+ * The split ring's four views (as the library's `mapSplitRing` lays them out): each side maps
+ * what it writes with "write" access and the rest with "read".
+ */
+function ringViews(mem: GuestMemory, layout: QueueLayout, side: "driver" | "device") {
+  const size = layout.size;
+  const drv = side === "driver" ? "write" : "read";
+  const dev = side === "driver" ? "read" : "write";
+  return {
+    desc: mem.u32View(layout.desc, 4 * size, drv),
+    avail: mem.u16View(layout.driver, 3 + size, drv),
+    used16: mem.u16View(layout.device, 3 + 4 * size, dev),
+    used32: mem.u32View(layout.device + 4, 2 * size, dev),
+  };
+}
+
 /** Driver side of the API floor (see the file comment). */
 export class ApiFloorDriver implements DriverQueue<number> {
   readonly size: number;
@@ -35,7 +51,9 @@ export class ApiFloorDriver implements DriverQueue<number> {
   readonly #descCount: Uint16Array;
   readonly #writable: Uint32Array;
   readonly #inFlight: Uint8Array;
-  readonly #availPos: Uint16Array;
+  /** The publish generation each head was added in (published once the generation moved on). */
+  readonly #addedIn: Float64Array;
+  #generation = 0;
   readonly #tokens: (number | undefined)[];
   #freeHead = 0;
   #numFree: number;
@@ -50,17 +68,18 @@ export class ApiFloorDriver implements DriverQueue<number> {
     const size = layout.size;
     this.size = size;
     this.#mask = size - 1;
-    this.#desc = mem.u32View(layout.desc, 4 * size, "write");
-    this.#avail = mem.u16View(layout.driver, 3 + size, "write");
-    this.#used16 = mem.u16View(layout.device, 3 + 4 * size, "read");
-    this.#used32 = mem.u32View(layout.device + 4, 2 * size, "read");
+    const v = ringViews(mem, layout, "driver");
+    this.#desc = v.desc;
+    this.#avail = v.avail;
+    this.#used16 = v.used16;
+    this.#used32 = v.used32;
     this.#availEventAt = 2 + 4 * size;
     this.#usedEventAt = 2 + size;
     this.#next = new Uint16Array(size);
     this.#descCount = new Uint16Array(size);
     this.#writable = new Uint32Array(size);
     this.#inFlight = new Uint8Array(size);
-    this.#availPos = new Uint16Array(size);
+    this.#addedIn = new Float64Array(size);
     this.#tokens = new Array<number | undefined>(size).fill(undefined);
     this.#numFree = size;
     this.reset();
@@ -117,7 +136,7 @@ export class ApiFloorDriver implements DriverQueue<number> {
     this.#inFlight[head] = 1;
     const pos = this.#availIdx;
     this.#avail[2 + (pos & this.#mask)] = head;
-    this.#availPos[head] = pos;
+    this.#addedIn[head] = this.#generation;
     this.#availIdx = (pos + 1) & 0xffff;
     return true;
   }
@@ -127,6 +146,7 @@ export class ApiFloorDriver implements DriverQueue<number> {
     const old = this.#publishedIdx;
     if (newIdx === old) return false;
     this.#publishedIdx = newIdx;
+    this.#generation++;
     Atomics.store(this.#avail, 1, newIdx);
     const event = Atomics.load(this.#used16, this.#availEventAt);
     return ((newIdx - event - 1) & 0xffff) < ((newIdx - old) & 0xffff);
@@ -144,11 +164,7 @@ export class ApiFloorDriver implements DriverQueue<number> {
     const slot = (last & this.#mask) << 1;
     const id = this.#used32[slot]!;
     const len = this.#used32[slot + 1]!;
-    if (
-      id >= this.size ||
-      this.#inFlight[id] !== 1 ||
-      ((this.#publishedIdx - this.#availPos[id]! - 1) & 0xffff) >= this.size
-    ) {
+    if (id >= this.size || this.#inFlight[id] !== 1 || this.#addedIn[id] === this.#generation) {
       throw new Error("used id not in flight");
     }
     if (len > this.#writable[id]!) throw new Error("used length too large");
@@ -230,10 +246,11 @@ export class ApiFloorDevice implements BenchDeviceQueue {
     const size = layout.size;
     this.size = size;
     this.#mask = size - 1;
-    this.#desc = mem.u32View(layout.desc, 4 * size, "read");
-    this.#avail = mem.u16View(layout.driver, 3 + size, "read");
-    this.#used16 = mem.u16View(layout.device, 3 + 4 * size, "write");
-    this.#used32 = mem.u32View(layout.device + 4, 2 * size, "write");
+    const v = ringViews(mem, layout, "device");
+    this.#desc = v.desc;
+    this.#avail = v.avail;
+    this.#used16 = v.used16;
+    this.#used32 = v.used32;
     this.#availEventAt = 2 + 4 * size;
     this.#usedEventAt = 2 + size;
     this.#inFlight = new Uint8Array(size);
@@ -307,7 +324,8 @@ export class ApiFloorDevice implements BenchDeviceQueue {
       if (fn >>> 16 >= size) throw new Error("next");
       idx = fn >>> 16;
     }
-    chain.fill(head, count, readableCount, readableBytes, writableBytes);
+    chain.begin(head);
+    chain.setTotals(count, readableCount, readableBytes, writableBytes);
     this.#writable[head] = writableBytes;
     return true;
   }
